@@ -1,0 +1,117 @@
+"""Class-rebalancing samplers for the training loader, correct under DDP.
+
+The sampler subclasses ``DistributedSampler`` so that Lightning does not wrap it
+again: every rank draws the same global index list from a generator seeded by
+``(seed, epoch)`` and keeps its own stride of it, so ranks never overlap and
+together cover the whole epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+SAMPLER_MODES = ("none", "oversample", "sqrt")
+EPOCH_LENGTHS = ("original", "balanced")
+
+
+def class_sample_weights(labels: np.ndarray, mode: str) -> np.ndarray:
+    """Per-sample weights (N,) summing to 1: inverse class frequency (``oversample``) or its sqrt."""
+    if mode not in ("oversample", "sqrt"):
+        raise ValueError(f"data.sampler={mode!r} is invalid; allowed: {list(SAMPLER_MODES)}")
+    labels = np.asarray(labels).reshape(-1)
+    counts = np.bincount(labels)
+    power = 1.0 if mode == "oversample" else 0.5
+    per_class = np.zeros(len(counts))
+    per_class[counts > 0] = counts[counts > 0] ** -power
+    weights = per_class[labels]
+    return weights / weights.sum()
+
+
+def epoch_num_samples(labels: np.ndarray, epoch_length: str) -> int:
+    """``original``: N; ``balanced``: number of classes present x majority-class count."""
+    labels = np.asarray(labels).reshape(-1)
+    if epoch_length == "original":
+        return len(labels)
+    if epoch_length == "balanced":
+        counts = np.bincount(labels)
+        return int((counts > 0).sum() * counts.max())
+    raise ValueError(f"data.epoch_length={epoch_length!r} is invalid; allowed: {list(EPOCH_LENGTHS)}")
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class ClassBalancedSampler(DistributedSampler):
+    """Draws indices with replacement, probability ``class_sample_weights(labels, mode)``.
+
+    Args:
+        labels: (N,) integer class labels of the training set.
+        mode: ``oversample`` (inverse frequency) or ``sqrt`` (inverse square root).
+        epoch_length: ``original`` (N draws) or ``balanced`` (classes x majority count).
+        seed: base seed; the draw of epoch e uses ``seed + e`` (call ``set_epoch``).
+        num_replicas, rank: default to the initialised process group, else 1 and 0.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        mode: str,
+        epoch_length: str = "original",
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        world, this_rank = _world()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = this_rank if rank is None else rank
+        labels = np.asarray(labels).reshape(-1)
+        super().__init__(labels, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.weights = torch.as_tensor(class_sample_weights(labels, mode), dtype=torch.double)
+        self.epoch_total = epoch_num_samples(labels, epoch_length)
+        # Every rank yields the same number of indices so DDP steps stay in lock-step.
+        self.num_samples = math.ceil(self.epoch_total / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def global_indices(self) -> torch.Tensor:
+        """The whole epoch's draw (total_size,), identical on every rank."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.global_indices()[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sampler: rank r gets indices r, r + W, r + 2W, ... without padding.
+
+    ``DistributedSampler`` pads with repeated samples so that ranks are even, which
+    counts some test images twice. Evaluation needs no lock-step, so we do not pad.
+    """
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        world, this_rank = _world()
+        super().__init__(
+            dataset,
+            num_replicas=world if num_replicas is None else num_replicas,
+            rank=this_rank if rank is None else rank,
+            shuffle=False,
+        )
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -1,0 +1,1 @@
+"""LightningModules, one per training method; plain nn code lives in components/."""

@@ -1,0 +1,158 @@
+"""Supervised classifier: any network, CE / weighted CE / focal loss, medical metrics."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import CatMetric, MaxMetric
+
+from lightning_modules.components.losses import ClassificationLoss
+from lightning_modules.metrics import MULTI_LABEL, classification_metrics, probabilities
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def gathered_order(n: int, world_size: int) -> np.ndarray:
+    """Dataset index of each row gathered from ``UnpaddedDistributedSampler`` shards.
+
+    Rank r evaluates indices r, r+W, ...; gathering concatenates rank 0's rows, then rank 1's.
+    """
+    return np.concatenate([np.arange(r, n, world_size) for r in range(world_size)])
+
+
+class Classifier(L.LightningModule):
+    """Trains ``net`` on labelled images.
+
+    Args:
+        net: module mapping images (B, C, H, W) to logits (B, num_classes).
+        num_classes: number of classes (labels for multi-label tasks).
+        task: ``medmnist.INFO[flag]["task"]``; binary tasks use two logits and softmax.
+        optimizer: partial taking ``params``.
+        scheduler: optional partial taking ``optimizer``.
+        scheduler_interval: ``epoch`` or ``step``.
+        loss: kwargs of ``ClassificationLoss`` (``name``, ``class_weighted``, ...).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        task: str,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        loss: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"model.scheduler_interval={scheduler_interval!r}; allowed: epoch, step")
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.task = task
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.criterion = ClassificationLoss(**(loss or {}), multi_label=task == MULTI_LABEL)
+        self.train_metrics = classification_metrics(num_classes, task, "train/")
+        self.val_metrics = classification_metrics(num_classes, task, "val/")
+        self.test_metrics = classification_metrics(num_classes, task, "test/")
+        self.val_acc_best, self.val_auc_best = MaxMetric(), MaxMetric()
+        self.test_probs, self.test_labels = CatMetric(), CatMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        if self.criterion.class_weighted:
+            self.criterion.set_class_weights(self.trainer.datamodule.class_weights)
+
+    def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        probs = probabilities(logits.detach().float(), self.task)
+        return loss, probs, y.long() if self.task == MULTI_LABEL else y
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation must not count as a "best" epoch.
+        self.val_acc_best.reset()
+        self.val_auc_best.reset()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, probs, y = self._shared_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
+                "Lower the learning rate, check the input normalisation, or clip gradients "
+                "(trainer.gradient_clip_val)."
+            )
+        self.train_metrics.update(probs, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, probs, y = self._shared_step(batch)
+        self.val_metrics.update(probs, y)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.val_acc_best.update(values["val/acc"])
+        self.val_auc_best.update(values["val/auc"])
+        self.log_dict(values)
+        self.log("val/acc_best", self.val_acc_best.compute())
+        self.log("val/auc_best", self.val_auc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, probs, y = self._shared_step(batch)
+        self.test_metrics.update(probs, y)
+        self.test_probs.update(probs)
+        self.test_labels.update(y.float())
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+        probs = self.test_probs.compute().cpu().numpy()  # collective: every rank calls it
+        labels = self.test_labels.compute().cpu().numpy().astype(np.int64)
+        self.test_probs.reset()
+        self.test_labels.reset()
+        if self.trainer.is_global_zero:
+            order = gathered_order(len(probs), self.trainer.world_size)
+            sorted_probs, sorted_labels = np.empty_like(probs), np.empty_like(labels)
+            sorted_probs[order], sorted_labels[order] = probs, labels
+            save_predictions(Path(self.trainer.default_root_dir) / "predictions", "test", sorted_probs, sorted_labels)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+        }
+
+
+def save_predictions(folder: Path, split: str, probs: np.ndarray, labels: np.ndarray) -> Path:
+    """Write ``{split}_predictions.npz`` (probs (N, K) float32, labels) and a CSV copy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}_predictions.npz"
+    np.savez(path, probs=probs.astype(np.float32), labels=labels)
+    with open(folder / f"{split}_predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        label_cols = ["label"] if labels.ndim == 1 else [f"label_{k}" for k in range(labels.shape[1])]
+        writer.writerow(["index", *label_cols, *[f"prob_{k}" for k in range(probs.shape[1])]])
+        for i, (lab, p) in enumerate(zip(labels, probs)):
+            writer.writerow([i, *np.atleast_1d(lab).tolist(), *[f"{v:.6f}" for v in p]])
+    return path

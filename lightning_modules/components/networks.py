@@ -1,0 +1,58 @@
+"""Any timm model by name, with channel and class counts from the data config."""
+
+from __future__ import annotations
+
+import os
+
+import timm
+from torch import nn
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be fetched or found in the local cache."""
+
+
+def use_small_input_stem(model: nn.Module) -> nn.Module:
+    """Swap a ResNet's 7x7/2 conv + max-pool stem for a 3x3/1 conv (MedMNIST v2 at 28 px)."""
+    conv1 = getattr(model, "conv1", None)
+    if not isinstance(conv1, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise ValueError(f"small_input_stem needs a ResNet-style model, got {type(model).__name__}")
+    model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def timm_network(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    pretrained: bool = False,
+    small_input_stem: bool = False,
+    **kwargs,
+) -> nn.Module:
+    """``timm.create_model(name, ...)``; extra kwargs (``img_size``, ``patch_size``,
+    ``drop_path_rate``...) go to the model. ``small_input_stem`` replaces a ResNet stem for
+    28-64 px inputs. ``pretrained=True`` without network access or a cached copy fails fast
+    with a clear message instead of hanging on retries."""
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+        raise ValueError(f"Unknown timm model {name!r}. Similar names: {close}")
+    model = _create(name, num_classes, in_chans, pretrained, **kwargs)
+    return use_small_input_stem(model) if small_input_stem else model
+
+
+def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    # Short network timeouts: an offline machine should fail in seconds, not minutes.
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except Exception as err:  # hub / network / missing-weights errors
+        raise PretrainedWeightsError(
+            f"Could not load pretrained weights for {name!r} ({type(err).__name__}: {err}). "
+            "The weights come from the Hugging Face hub and need network access once; "
+            "download them on a connected machine (they are cached under ~/.cache/huggingface) "
+            "or set model.net.pretrained=false to train from scratch."
+        ) from err

@@ -1,0 +1,144 @@
+"""Training entry point: ``python train.py experiment=<name> [overrides]``.
+
+``train(cfg)`` is a plain function (used by tests and sweeps); ``main`` is the thin
+``@hydra.main`` wrapper whose return value (the best monitored validation metric) is
+the sweep objective.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.medmnist_files import DatasetError
+from datamodules.resolvers import register_resolvers
+
+log = logging.getLogger("train")
+
+
+def wandb_offline() -> bool:
+    """True unless a W&B API key is configured (env var or ~/.netrc), so W&B never prompts."""
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+def _register_all_resolvers() -> None:
+    register_resolvers()
+    if not OmegaConf.has_resolver("wandb_offline"):
+        OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+
+
+_register_all_resolvers()
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a group (callbacks, loggers) that has a ``_target_``."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so that each multirun job becomes its own run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def _test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
+    if which not in ("best", "last"):
+        raise ValueError(f"test_ckpt={which!r} is invalid; allowed: best, last")
+    ckpt_cb = trainer.checkpoint_callback
+    if trainer.fast_dev_run or ckpt_cb is None:
+        log.warning("No checkpoint was saved (fast_dev_run or no ModelCheckpoint): testing current weights.")
+        return None
+    path = ckpt_cb.best_model_path if which == "best" else ckpt_cb.last_model_path
+    if not path:
+        raise RuntimeError(f"No {which} checkpoint was written; check callbacks.model_checkpoint.")
+    return path
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, then test the checkpoint chosen by ``cfg.monitor``; returns all logged metrics.
+
+    Writes ``config.yaml`` (resolved) and ``metrics.json`` into ``cfg.paths.output_dir``.
+    The key ``objective`` holds the best monitored validation value.
+    """
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()  # fail within seconds on missing data, before building the model
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["git_commit"] = git_commit()
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        ckpt_cb = trainer.checkpoint_callback
+        best = ckpt_cb.best_model_score if ckpt_cb is not None else None
+        metrics["objective"] = float(best) if best is not None else metrics.get(cfg.monitor.metric, float("nan"))
+        if cfg.get("test"):
+            ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+            metrics["test_checkpoint"] = ckpt_path
+    finally:
+        _finish_wandb()
+
+    metrics["wall_time_s"] = time.time() - start
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except (DatasetError, InstantiationException, ValueError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        # One readable message instead of a deep stack trace; HYDRA_FULL_ERROR=1 shows it.
+        print(f"\nerror: {err}", file=sys.stderr)
+        sys.exit(1)
+    return metrics.get("objective")
+
+
+if __name__ == "__main__":
+    main()
