@@ -39,6 +39,8 @@ def _register_all_resolvers() -> None:
     register_resolvers()
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("cwd"):
+        OmegaConf.register_new_resolver("cwd", os.getcwd)
 
 
 _register_all_resolvers()
@@ -92,9 +94,9 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # fail within seconds on missing data, before building the model
-    model: L.LightningModule = instantiate(cfg.model)
+    model: L.LightningModule = instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -115,7 +117,7 @@ def train(cfg: DictConfig) -> dict:
         metrics["objective"] = float(best) if best is not None else metrics.get(cfg.monitor.metric, float("nan"))
         if cfg.get("test"):
             ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
             metrics["test_checkpoint"] = ckpt_path
     finally:

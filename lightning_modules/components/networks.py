@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import socket
+from unittest.mock import patch
 
 import timm
+from huggingface_hub import constants as hf_constants
 from torch import nn
 
 
@@ -33,7 +35,7 @@ def timm_network(
     """``timm.create_model(name, ...)``; extra kwargs (``img_size``, ``patch_size``,
     ``drop_path_rate``...) go to the model. ``small_input_stem`` replaces a ResNet stem for
     28-64 px inputs. ``pretrained=True`` without network access or a cached copy fails fast
-    with a clear message instead of hanging on retries."""
+    with a clear message instead of retrying for a minute."""
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
         raise ValueError(f"Unknown timm model {name!r}. Similar names: {close}")
@@ -41,17 +43,32 @@ def timm_network(
     return use_small_input_stem(model) if small_input_stem else model
 
 
-def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    # Short network timeouts: an offline machine should fail in seconds, not minutes.
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the weights hub opens within ``timeout_s``."""
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+    def create() -> nn.Module:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+    if not pretrained:
+        return create()
+    online = hub_reachable()
+    try:
+        if online:
+            return create()
+        # Offline: use only the local cache, so the hub client does not retry for a minute.
+        with patch.object(hf_constants, "HF_HUB_OFFLINE", True):
+            return create()
     except Exception as err:  # hub / network / missing-weights errors
+        where = "" if online else " (huggingface.co is unreachable from this machine)"
         raise PretrainedWeightsError(
-            f"Could not load pretrained weights for {name!r} ({type(err).__name__}: {err}). "
+            f"Could not load pretrained weights for {name!r}{where}: {type(err).__name__}: {err}. "
             "The weights come from the Hugging Face hub and need network access once; "
             "download them on a connected machine (they are cached under ~/.cache/huggingface) "
             "or set model.net.pretrained=false to train from scratch."

@@ -1,0 +1,167 @@
+"""End-to-end: every experiment config through train(cfg), multirun and error paths."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import CONF_DIR, REPO, compose_cfg, tiny_overrides
+from train import train
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def _tiny_model_overrides(name: str) -> list[str]:
+    # Keep timm models small; the CNN is already tiny.
+    return ["data.batch_size=8"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
+    cfg = compose_cfg(
+        [f"experiment={experiment}", "debug=fdr", *tiny_overrides(data_root), *_tiny_model_overrides(experiment)],
+        tmp_path,
+    )
+    metrics = train(cfg)
+    assert "test/acc" in metrics and 0 <= metrics["test/acc"] <= 1
+    assert (tmp_path / "config.yaml").is_file()
+    preds = np.load(tmp_path / "predictions" / "test_predictions.npz")
+    assert preds["probs"].shape[1] == cfg.data.num_classes
+    np.testing.assert_allclose(preds["probs"].sum(1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_full_config_instantiates(experiment, tmp_path):
+    """The real-size configs compose and build (data is not loaded)."""
+    cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
+    model = instantiate(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert instantiate(cfg.data).num_classes == cfg.model.num_classes
+
+
+@pytest.mark.parametrize("dataset", ["pneumoniamnist", "dermamnist"])
+def test_experiments_work_with_any_dataset(dataset, data_root, tmp_path):
+    cfg = compose_cfg(["experiment=resnet18_derma", f"data={dataset}", "debug=fdr", *tiny_overrides(data_root)], tmp_path)
+    metrics = train(cfg)
+    assert cfg.model.net.in_chans == (1 if dataset == "pneumoniamnist" else 3)
+    assert "test/auc" in metrics
+
+
+def test_quickstart_learns_and_saves_consistent_predictions(data_root, tmp_path):
+    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=3"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["val/auc_best"] > 0.8  # class-dependent synthetic images are learnable
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and len(ckpts) == 2
+    assert Path(metrics["test_checkpoint"]).name in ckpts
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
+    # Independent recomputation from the saved predictions.
+    preds = np.load(tmp_path / "predictions" / "test_predictions.npz")
+    assert len(preds["labels"]) == 70
+    acc = (preds["probs"].argmax(1) == preds["labels"]).mean()
+    assert acc == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert metrics["objective"] == pytest.approx(metrics["val/auc_best"], abs=1e-6)
+
+
+def test_class_weighted_focal_loss_and_oversampling_run(data_root, tmp_path):
+    cfg = compose_cfg(
+        ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", "model.loss.name=focal",
+         "model.loss.class_weighted=true", "data.sampler=sqrt", "data.label_fraction=0.5"],
+        tmp_path,
+    )
+    assert "test/auc" in train(cfg)
+
+
+def test_resume_from_checkpoint(data_root, tmp_path):
+    first = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1"], tmp_path / "a")
+    train(first)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    second = compose_cfg(
+        ["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=2", f"ckpt_path={last}"],
+        tmp_path / "b",
+    )
+    train(second)
+    rows = [r.split(",") for r in (tmp_path / "b" / "csv" / "metrics.csv").read_text().splitlines()]
+    epoch_col, step_col = rows[0].index("epoch"), rows[0].index("step")
+    assert "0" not in {r[epoch_col] for r in rows[1:]}  # epoch 0 was not trained again
+    assert min(int(r[step_col]) for r in rows[1:]) > 0  # the step counter continued
+
+
+def test_wandb_logger_runs_offline_without_api_key(data_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", "logger=wandb"], tmp_path)
+    assert cfg.logger.wandb.offline is True
+    train(cfg)
+    import wandb
+
+    assert wandb.run is None  # finished, so the next multirun job gets its own run
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def _run_cli(args: list[str], cwd: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, env=environment,
+    )
+
+
+def test_multirun_seeds_produce_separate_runs(data_root, tmp_path):
+    proc = _run_cli(
+        ["-m", "experiment=quickstart", "seed=0,1", *tiny_overrides(data_root), "trainer.max_epochs=1"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "quickstart" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    seeds = [json.loads((j / "metrics.json").read_text()) and (j / "config.yaml").read_text() for j in jobs]
+    assert "seed: 0" in seeds[0] and "seed: 1" in seeds[1]
+
+
+def test_missing_dataset_offline_fails_fast_with_one_message(tmp_path):
+    start = time.time()
+    proc = _run_cli(["experiment=cnn_derma", f"data.root={tmp_path}/empty", "data.download=false"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert time.time() - start < 60
+    err = proc.stderr
+    assert "zenodo.org/records" in err and f"{tmp_path}/empty/dermamnist.npz" in err and "MEDMNIST_ROOT" in err
+    assert "Traceback" not in err
+
+
+def test_invalid_config_value_is_one_message(tmp_path):
+    proc = _run_cli(["experiment=quickstart", "data.label_fraction=1.5", f"data.root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "data.label_fraction=1.5 is invalid; allowed: (0, 1]" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.ddp
+def test_ddp_sim_two_cpu_processes(data_root, tmp_path):
+    proc = _run_cli(
+        ["experiment=quickstart", "trainer=ddp_sim", *tiny_overrides(data_root)[:3], "logger=csv",
+         "~callbacks.rich_progress_bar", "trainer.max_epochs=2", "data.sampler=oversample",
+         f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    preds = np.load(run / "predictions" / "test_predictions.npz")
+    # The unpadded eval sampler: every test image exactly once, in dataset order.
+    labels = np.load(data_root / "dermamnist.npz")["test_labels"].reshape(-1)
+    np.testing.assert_array_equal(preds["labels"], labels)
+    acc = (preds["probs"].argmax(1) == labels).mean()
+    assert acc == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
