@@ -25,6 +25,7 @@ from datamodules.medmnist_files import DatasetError
 from datamodules.resolvers import register_resolvers
 
 log = logging.getLogger("train")
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def wandb_offline() -> bool:
@@ -44,6 +45,26 @@ def _register_all_resolvers() -> None:
 
 
 _register_all_resolvers()
+
+
+def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
+    """Compose ``conf/train.yaml`` as ``python train.py <overrides>`` would, writing to ``output_dir``.
+
+    For tests, benchmarks and notebooks that call ``train(cfg)`` without the CLI.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(output_dir).resolve())
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def instantiate_group(group: DictConfig | None) -> list:

@@ -5,16 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-
-import train  # noqa: F401  (registers the OmegaConf resolvers)
 from datamodules.synthetic import write_synthetic_medmnist
+from train import compose_config as compose_cfg  # noqa: F401  (also registers the resolvers)
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
 REAL_PNEUMONIA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
 
 
@@ -28,19 +22,6 @@ def data_root(tmp_path_factory) -> Path:
         n_train=120, n_val=40, n_test=40, seed=2,
     )
     return root
-
-
-def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` like ``python train.py <overrides>`` would, output in ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def tiny_overrides(data_root: Path) -> list[str]:

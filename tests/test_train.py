@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from tests.conftest import CONF_DIR, REPO, compose_cfg, tiny_overrides
-from train import train
+from tests.conftest import REPO, compose_cfg, tiny_overrides
+from train import CONF_DIR, train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
