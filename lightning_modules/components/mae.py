@@ -1,0 +1,166 @@
+"""Masked autoencoder: decoder, reconstruction loss and the U-MAE uniformity regulariser.
+
+Shapes: L patches per image, K = round(L * (1 - mask_ratio)) visible, P = p*p*C pixels per patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from lightning_modules.components.patches import gather_tokens, patchify, random_masking
+from lightning_modules.components.vit import ViTEncoder, init_vit_weights, sincos_pos_embed
+
+
+def check_mask_ratio(mask_ratio: float) -> None:
+    if not 0 <= mask_ratio < 1:
+        raise ValueError(f"mask_ratio={mask_ratio} is invalid; allowed range is [0, 1)")
+
+
+class MAEDecoder(nn.Module):
+    """Lightweight transformer decoder: visible latents + mask tokens -> pixels per patch.
+
+    Args:
+        num_patches: L (a square number).
+        encoder_dim: width of the encoder output.
+        patch_pixels: P = p*p*C, the prediction size per patch.
+        embed_dim, depth, num_heads: decoder size (its own width and depth).
+    """
+
+    def __init__(
+        self, num_patches: int, encoder_dim: int, patch_pixels: int,
+        embed_dim: int = 512, depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        grid = int(round(num_patches**0.5))
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.register_buffer("pos_embed", sincos_pos_embed(grid, embed_dim), persistent=False)
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)
+        )
+        self.norm = norm(embed_dim)
+        self.pred = nn.Linear(embed_dim, patch_pixels)
+        self.apply(init_vit_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent (B, 1 + K, De) with CLS first, ids_restore (B, L) -> predictions (B, L, P)."""
+        x = self.embed(latent)
+        b, n_vis = x.shape[0], x.shape[1] - 1
+        masks = self.mask_token.expand(b, ids_restore.shape[1] - n_vis, -1)
+        patches = torch.cat([x[:, 1:], masks], dim=1)  # visible first, then mask tokens
+        patches = gather_tokens(patches, ids_restore) + self.pos_embed  # back to image order
+        x = torch.cat([x[:, :1], patches], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.pred(self.norm(x))[:, 1:]
+
+
+def reconstruction_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    norm_pix: bool = False,
+    patch_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error on masked patches only.
+
+    Args:
+        pred, target: (B, L, P) predicted and true pixels per patch.
+        mask: (B, L), 1 = masked (counted), 0 = visible (ignored).
+        norm_pix: normalise each target patch by its own mean and std (MAE's best setting).
+        patch_weights: optional (B, L) weight per patch (MLO-MAE: the masking probability).
+    Returns:
+        scalar: sum(w * m * mse) / sum(m), with w = 1 when no weights are given.
+    """
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = (pred - target).pow(2).mean(dim=-1)
+    weighted = per_patch * mask if patch_weights is None else per_patch * mask * patch_weights
+    return weighted.sum() / mask.sum().clamp(min=1)
+
+
+def uniformity_loss(features: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """U-MAE's spectral uniformity regulariser: mean squared cosine similarity / tau.
+
+    features (B, D); under DDP the features of all ranks are gathered (with gradients)
+    so the regulariser sees the global batch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        features = torch.cat(all_gather(features), dim=0)
+    z = F.normalize(features, dim=-1)
+    return (z @ z.T / tau).pow(2).mean()
+
+
+@dataclass
+class MAEOutput:
+    """One MAE forward: loss terms and what callbacks need to draw reconstructions."""
+
+    loss: torch.Tensor  # reconstruction loss (scalar)
+    pred: torch.Tensor  # (B, L, P) predicted pixels (normalised-patch space when norm_pix)
+    mask: torch.Tensor  # (B, L) 1 = masked
+    latent: torch.Tensor  # (B, 1 + K, D) encoder output on visible patches
+
+
+class MaskedAutoencoder(nn.Module):
+    """Encoder + decoder with random masking.
+
+    Args:
+        encoder: a ``ViTEncoder``.
+        mask_ratio: fraction of patches hidden, in [0, 1).
+        decoder_dim, decoder_depth, decoder_heads: decoder size.
+        norm_pix_loss: per-patch normalised pixel target.
+    """
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        mask_ratio: float = 0.75,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        norm_pix_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        check_mask_ratio(mask_ratio)
+        self.encoder, self.mask_ratio, self.norm_pix_loss = encoder, mask_ratio, norm_pix_loss
+        patch_pixels = encoder.patch_size**2 * encoder.in_chans
+        self.decoder = MAEDecoder(encoder.num_patches, encoder.embed_dim, patch_pixels,
+                                  decoder_dim, decoder_depth, decoder_heads)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        masking: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        patch_weights: torch.Tensor | None = None,
+    ) -> MAEOutput:
+        """images (B, C, H, W); ``masking`` = (ids_keep, mask, ids_restore), random when None."""
+        if masking is None:
+            masking = random_masking(images.shape[0], self.encoder.num_patches, self.mask_ratio, images.device)
+        ids_keep, mask, ids_restore = masking
+        latent = self.encoder(images, ids_keep)
+        pred = self.decoder(latent, ids_restore)
+        target = patchify(images, self.encoder.patch_size)
+        loss = reconstruction_loss(pred, target, mask, self.norm_pix_loss, patch_weights)
+        return MAEOutput(loss=loss, pred=pred, mask=mask, latent=latent)
+
+    def pixels(self, images: torch.Tensor, out: MAEOutput) -> torch.Tensor:
+        """Predicted patches in image pixel space (B, L, P), undoing norm_pix per patch."""
+        if not self.norm_pix_loss:
+            return out.pred
+        target = patchify(images, self.encoder.patch_size)
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        return out.pred * (var + 1e-6).sqrt() + mean
