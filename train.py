@@ -105,11 +105,12 @@ def _test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
     return path
 
 
-def train(cfg: DictConfig) -> dict:
+def run_stage(cfg: DictConfig) -> dict:
     """Fit, then test the checkpoint chosen by ``cfg.monitor``; returns all logged metrics.
 
     Writes ``config.yaml`` (resolved) and ``metrics.json`` into ``cfg.paths.output_dir``.
-    The key ``objective`` holds the best monitored validation value.
+    ``objective`` is the best monitored validation value; ``best_checkpoint`` and
+    ``last_checkpoint`` are the saved checkpoint paths (None when none was saved).
     """
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)
@@ -136,6 +137,8 @@ def train(cfg: DictConfig) -> dict:
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_score if ckpt_cb is not None else None
         metrics["objective"] = float(best) if best is not None else metrics.get(cfg.monitor.metric, float("nan"))
+        metrics["best_checkpoint"] = (ckpt_cb.best_model_path or None) if ckpt_cb else None
+        metrics["last_checkpoint"] = (ckpt_cb.last_model_path or None) if ckpt_cb else None
         if cfg.get("test"):
             ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -149,6 +152,82 @@ def train(cfg: DictConfig) -> dict:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
+
+def stage_config(base: DictConfig, stage: DictConfig, stage_dir: Path) -> DictConfig:
+    """The config of one pipeline stage: ``base`` with the stage's nodes applied.
+
+    A stage node that has a ``_target_`` (a model, a datamodule) replaces the base node;
+    any other node is merged into it. Everything the stage writes goes to ``stage_dir``.
+    """
+    cfg = base.copy()
+    OmegaConf.set_struct(cfg, False)
+    for key, value in stage.items():
+        if key == "init_from":
+            continue
+        replace = not isinstance(value, DictConfig) or "_target_" in value or key not in cfg
+        if replace:
+            cfg[key] = value
+        else:
+            cfg[key] = OmegaConf.merge(cfg[key], value)
+    cfg.paths.output_dir = str(stage_dir)
+    return cfg
+
+
+def run_pipeline(cfg: DictConfig) -> dict:
+    """Run ``cfg.stages`` in order, each in ``<output_dir>/<stage>/``.
+
+    A stage with ``init_from: {stage: NAME, ckpt: best|last}`` starts its network from that
+    stage's checkpoint (``model.net.pretrained_ckpt``). A finished stage leaves
+    ``stage.json`` and is skipped when the pipeline is run again in the same directory
+    (``hydra.run.dir=<run dir>``); an interrupted stage resumes from its ``last.ckpt``.
+    Returns the last stage's metrics plus every stage's under ``<stage>/<key>``.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    del base["stages"]
+    done: dict[str, dict] = {}
+    metrics: dict = {}
+    for name, stage in cfg.stages.items():
+        if stage is None:
+            continue
+        stage_dir = output_dir / name
+        marker = stage_dir / "stage.json"
+        if marker.is_file():
+            log.info("Stage %r already finished (%s): skipped.", name, marker)
+            done[name] = json.loads(marker.read_text())
+        else:
+            scfg = stage_config(base, stage, stage_dir)
+            init = stage.get("init_from")
+            if init:
+                if init.stage not in done:
+                    raise ValueError(f"stages.{name}.init_from.stage={init.stage!r} has not run before {name!r}")
+                key = f"{init.get('ckpt', 'best')}_checkpoint"
+                if not done[init.stage].get(key):
+                    raise RuntimeError(f"stage {init.stage!r} saved no {key}; cannot initialise {name!r}")
+                scfg.model.net.pretrained_ckpt = done[init.stage][key]
+            last = stage_dir / "checkpoints" / "last.ckpt"
+            if last.is_file() and not scfg.get("ckpt_path"):
+                log.info("Resuming stage %r from %s", name, last)
+                scfg.ckpt_path = str(last)
+            done[name] = run_stage(scfg)
+            if is_global_zero():
+                marker.write_text(json.dumps(done[name], indent=2, sort_keys=True))
+        metrics.update({f"{name}/{k}": v for k, v in done[name].items()})
+        metrics.update(done[name])
+    if is_global_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+
+
+def train(cfg: DictConfig) -> dict:
+    """One training run, or a pipeline when the config declares ``stages``."""
+    return run_pipeline(cfg) if cfg.get("stages") else run_stage(cfg)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:

@@ -10,9 +10,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from timm.data import Mixup
 from torchmetrics import CatMetric, MaxMetric
 
 from lightning_modules.components.losses import ClassificationLoss
+from lightning_modules.components.optim import param_groups
 from lightning_modules.metrics import MULTI_LABEL, classification_metrics, probabilities
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -38,6 +40,10 @@ class Classifier(L.LightningModule):
         scheduler: optional partial taking ``optimizer``.
         scheduler_interval: ``epoch`` or ``step``.
         loss: kwargs of ``ClassificationLoss`` (``name``, ``class_weighted``, ...).
+        layer_decay: layer-wise lr decay for ViT nets (``net.encoder.blocks``); None = off.
+        freeze_encoder: linear probing: the encoder is frozen (eval mode), only the head trains.
+        mixup: kwargs of ``timm.data.Mixup`` (``mixup_alpha``, ``cutmix_alpha``, ``prob``...);
+            the training loss becomes soft-target cross-entropy.
     """
 
     def __init__(
@@ -49,15 +55,30 @@ class Classifier(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         loss: dict | None = None,
+        layer_decay: float | None = None,
+        freeze_encoder: bool = False,
+        mixup: dict | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"model.scheduler_interval={scheduler_interval!r}; allowed: epoch, step")
+        encoder = getattr(net, "encoder", None)
+        if (layer_decay is not None or freeze_encoder) and not hasattr(encoder, "blocks"):
+            raise ValueError("model.layer_decay / model.freeze_encoder need a ViT net with an encoder")
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"model.layer_decay={layer_decay} is invalid; allowed: (0, 1]")
+        if freeze_encoder:
+            encoder.requires_grad_(False)
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.task = task
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.criterion = ClassificationLoss(**(loss or {}), multi_label=task == MULTI_LABEL)
+        self.mixup = None
+        if mixup:
+            if task == MULTI_LABEL or self.criterion.class_weighted or self.criterion.name != "ce":
+                raise ValueError("model.mixup needs a single-label task and the unweighted ce loss")
+            self.mixup = Mixup(**mixup, label_smoothing=self.criterion.label_smoothing, num_classes=num_classes)
         self.train_metrics = classification_metrics(num_classes, task, "train/")
         self.val_metrics = classification_metrics(num_classes, task, "val/")
         self.test_metrics = classification_metrics(num_classes, task, "test/")
@@ -83,8 +104,21 @@ class Classifier(L.LightningModule):
         self.val_acc_best.reset()
         self.val_auc_best.reset()
 
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.freeze_encoder:
+            self.net.encoder.eval()  # frozen features: no dropout / drop path
+
+    def _mixup_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        if len(x) % 2:
+            raise ValueError(f"mixup needs an even batch size, got {len(x)}")
+        mixed, soft = self.mixup(x, y)
+        logits = self(mixed)
+        loss = torch.sum(-soft * logits.log_softmax(dim=-1), dim=-1).mean()
+        return loss, probabilities(logits.detach().float(), self.task), y
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, probs, y = self._shared_step(batch)
+        loss, probs, y = self._mixup_step(batch) if self.mixup else self._shared_step(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"Training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
@@ -134,7 +168,13 @@ class Classifier(L.LightningModule):
             save_predictions(Path(self.trainer.default_root_dir) / "predictions", "test", sorted_probs, sorted_labels)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        kw = getattr(self.optimizer_factory, "keywords", {})
+        if "lr" not in kw:
+            raise ValueError("model.optimizer must set lr")
+        layer_decay = self.hparams.layer_decay
+        num_layers = len(self.net.encoder.blocks) if layer_decay is not None else None
+        groups = param_groups(self.net, kw["lr"], kw.get("weight_decay", 0.0), layer_decay, num_layers)
+        optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

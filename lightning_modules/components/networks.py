@@ -73,3 +73,32 @@ def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwar
             "download them on a connected machine (they are cached under ~/.cache/huggingface) "
             "or set model.net.pretrained=false to train from scratch."
         ) from err
+
+
+def vit_network(
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float = 4.0,
+    drop_path_rate: float = 0.0,
+    pooling: str = "cls",
+    head_dropout: float = 0.0,
+    pretrained_ckpt: str | None = None,
+) -> nn.Module:
+    """Our ``ViTClassifier`` (MAE-compatible encoder + LayerNorm/Dropout/Linear head).
+
+    ``pretrained_ckpt``: a pretraining (or classifier) checkpoint whose encoder weights are
+    loaded strictly; the head is always new. Errors before training on any mismatch.
+    """
+    from lightning_modules.components.checkpoints import load_encoder
+    from lightning_modules.components.vit import ViTClassifier, ViTEncoder
+
+    encoder = ViTEncoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
+                         drop_path_rate=drop_path_rate)
+    if pretrained_ckpt:
+        load_encoder(encoder, pretrained_ckpt)
+    return ViTClassifier(encoder, num_classes, pooling=pooling, head_dropout=head_dropout)

@@ -1,0 +1,181 @@
+"""MAE pretraining with an online linear probe (``val/probe_acc``, ``val/probe_auc``)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MaxMetric
+
+from lightning_modules.components.losses import ClassificationLoss
+from lightning_modules.components.mae import MaskedAutoencoder, uniformity_loss
+from lightning_modules.components.optim import cosine_with_warmup, param_groups
+from lightning_modules.components.patches import masking_from_scores, unpatchify
+from lightning_modules.components.vit import pool
+from lightning_modules.metrics import MULTI_LABEL, classification_metrics, probabilities
+
+PROBE_INPUTS = ("full", "visible")
+
+
+def fixed_scores(batch: int, num_patches: int, seed: int, device) -> torch.Tensor:
+    """Masking scores (B, L) that are the same at every call with the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, num_patches, generator=g).to(device)
+
+
+class MAEPretrain(L.LightningModule):
+    """Masked-autoencoder pretraining (manual optimisation: MAE optimiser + probe optimiser).
+
+    One backward of ``reconstruction (+ uniformity) + probe loss`` per step; the probe sees
+    detached features, so its gradient never reaches the encoder, and the two optimisers
+    own disjoint parameters.
+
+    Args:
+        mae: the ``MaskedAutoencoder``.
+        num_classes, task: label space of the probe; ``num_classes=0`` disables the probe
+            (e.g. pretraining on a union of datasets with different labels).
+        lr, weight_decay, betas: AdamW for encoder + decoder (no decay on biases, norms,
+            tokens, position embeddings).
+        warmup_epochs, min_lr_ratio: linear warmup then cosine, stepped per epoch.
+        probe_lr: AdamW lr of the probe (no weight decay).
+        probe_input: ``full`` (an extra no-grad encoder pass on unmasked images, matching
+            validation) or ``visible`` (the visible-token features of the MAE pass; free).
+        uniformity_weight, uniformity_tau: U-MAE regulariser on mean-pooled latents (0 = off).
+        grad_clip: max gradient norm of the MAE optimiser (None = off).
+    """
+
+    def __init__(
+        self,
+        mae: MaskedAutoencoder,
+        num_classes: int,
+        task: str,
+        lr: float = 1.5e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: int = 5,
+        min_lr_ratio: float = 0.0,
+        probe_lr: float = 1e-3,
+        probe_input: str = "full",
+        uniformity_weight: float = 0.0,
+        uniformity_tau: float = 0.1,
+        grad_clip: float | None = None,
+    ) -> None:
+        super().__init__()
+        if probe_input not in PROBE_INPUTS:
+            raise ValueError(f"model.probe_input={probe_input!r} is invalid; allowed: {list(PROBE_INPUTS)}")
+        self.save_hyperparameters(logger=False, ignore=["mae"])
+        self.automatic_optimization = False
+        self.mae = mae
+        self.task = task
+        dim = mae.encoder.embed_dim
+        self.probe = None
+        if num_classes > 0:
+            self.probe = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
+            self.probe_criterion = ClassificationLoss(multi_label=task == MULTI_LABEL)
+            self.val_probe = classification_metrics(num_classes, task, "val/probe_")
+            self.probe_auc_best = MaxMetric()
+
+    # ----- reused by callbacks -----------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Images (B, C, H, W) -> masked input, reconstruction and reconstruction with the
+        visible patches pasted back, each (B, C, H, W); the same masks for the same seed."""
+        enc = self.mae.encoder
+        masking = masking_from_scores(fixed_scores(len(images), enc.num_patches, seed, images.device),
+                                      self.mae.mask_ratio)
+        out = self.mae(images, masking)
+        return reconstruction_panels(images, self.mae.pixels(images, out), out.mask, enc.patch_size)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled encoder features of unmasked images, (B, D)."""
+        return pool(self.mae.encoder(images), "mean")
+
+    # ----- training ----------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        opt_mae, *opt_probe = self.optimizers()
+        out = self.mae(x)
+        loss = out.loss
+        logs = {"train/recon_loss": out.loss.detach()}
+        if self.hparams.uniformity_weight > 0:
+            unif = uniformity_loss(pool(out.latent, "mean"), self.hparams.uniformity_tau)
+            loss = loss + self.hparams.uniformity_weight * unif
+            logs["train/uniformity"] = unif.detach()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"MAE loss is {loss.item()} at epoch {self.current_epoch}; lower model.lr or set model.grad_clip"
+            )
+        total = loss
+        if self.probe is not None:
+            if self.hparams.probe_input == "full":
+                with torch.no_grad():
+                    feats = self.features(x)
+            else:
+                feats = pool(out.latent, "mean").detach()
+            probe_loss = self.probe_criterion(self.probe(feats), y)
+            total = total + probe_loss
+            logs["train/probe_loss"] = probe_loss.detach()
+        for opt in (opt_mae, *opt_probe):
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        if self.hparams.grad_clip:
+            self.clip_gradients(opt_mae, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        for opt in (opt_mae, *opt_probe):
+            opt.step()
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(x))
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_schedulers().step()
+
+    def on_train_start(self) -> None:
+        if self.probe is not None:
+            self.probe_auc_best.reset()
+
+    # ----- validation --------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        enc = self.mae.encoder
+        # The same masks every epoch, so val/loss is comparable across epochs.
+        masking = masking_from_scores(fixed_scores(len(x), enc.num_patches, batch_idx, x.device), self.mae.mask_ratio)
+        out = self.mae(x, masking)
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=len(x))
+        if self.probe is not None:
+            probs = probabilities(self.probe(self.features(x)).float(), self.task)
+            self.val_probe.update(probs, y.long() if self.task == MULTI_LABEL else y)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.probe is None:
+            return
+        values = self.val_probe.compute()
+        self.val_probe.reset()
+        self.probe_auc_best.update(values["val/probe_auc"])
+        self.log_dict(values)
+        self.log("val/probe_auc_best", self.probe_auc_best.compute(), prog_bar=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups(self.mae, hp.lr, hp.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = max(1, self.trainer.max_epochs or 1)
+        sched = cosine_with_warmup(opt, min(hp.warmup_epochs, total - 1), total, hp.min_lr_ratio)
+        optimizers = [opt]
+        if self.probe is not None:
+            optimizers.append(torch.optim.AdamW(self.probe.parameters(), lr=hp.probe_lr, weight_decay=0.0))
+        return optimizers, [sched]
+
+
+def reconstruction_panels(
+    images: torch.Tensor, pred_patches: torch.Tensor, mask: torch.Tensor, patch_size: int
+) -> dict[str, torch.Tensor]:
+    """images (B, C, H, W), predicted pixels (B, L, P), mask (B, L) 1 = masked ->
+    ``original``, ``masked`` (hidden patches zeroed), ``reconstruction``, ``pasted``."""
+    c = images.shape[1]
+    pixel_mask = unpatchify(mask.unsqueeze(-1).expand(-1, -1, patch_size**2 * c), patch_size, c)
+    recon = unpatchify(pred_patches, patch_size, c)
+    return {
+        "original": images,
+        "masked": images * (1 - pixel_mask),
+        "reconstruction": recon,
+        "pasted": images * (1 - pixel_mask) + recon * pixel_mask,
+    }
