@@ -139,6 +139,10 @@ def run_stage(cfg: DictConfig) -> dict:
         metrics["objective"] = float(best) if best is not None else metrics.get(cfg.monitor.metric, float("nan"))
         metrics["best_checkpoint"] = (ckpt_cb.best_model_path or None) if ckpt_cb else None
         metrics["last_checkpoint"] = (ckpt_cb.last_model_path or None) if ckpt_cb else None
+        if trainer.fast_dev_run:  # ModelCheckpoint is off: save one so later stages can load it
+            path = output_dir / "checkpoints" / "fast_dev_run.ckpt"
+            trainer.save_checkpoint(path)
+            metrics["best_checkpoint"] = metrics["last_checkpoint"] = str(path)
         if cfg.get("test"):
             ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)

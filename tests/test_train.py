@@ -17,9 +17,20 @@ from train import CONF_DIR, train
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
+TINY_VIT = ["encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2", "encoder.patch_size=4",
+            "encoder.decoder_dim=16", "encoder.decoder_depth=1", "encoder.decoder_heads=2"]
+
+
 def _tiny_model_overrides(name: str) -> list[str]:
-    # Keep timm models small; the CNN is already tiny.
-    return ["data.batch_size=8"]
+    """Small batches and a one-block ViT; stage-level data keys are set for pipelines too."""
+    cfg = compose_cfg([f"experiment={name}"], Path("."))
+    extra = [f"++stages.{s}.data.batch_size=8" for s in (cfg.get("stages") or {})]
+    return ["data.batch_size=8", *TINY_VIT, *extra]
+
+
+def _stage_models(cfg) -> list:
+    stages = cfg.get("stages")
+    return [stage.model for stage in stages.values()] if stages else [cfg.model]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -30,8 +41,9 @@ def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
     )
     metrics = train(cfg)
     assert "test/acc" in metrics and 0 <= metrics["test/acc"] <= 1
-    assert (tmp_path / "config.yaml").is_file()
-    preds = np.load(tmp_path / "predictions" / "test_predictions.npz")
+    run_dir = tmp_path / list(cfg.stages)[-1] if cfg.get("stages") else tmp_path
+    assert (run_dir / "config.yaml").is_file()
+    preds = np.load(run_dir / "predictions" / "test_predictions.npz")
     assert preds["probs"].shape[1] == cfg.data.num_classes
     np.testing.assert_allclose(preds["probs"].sum(1), 1, rtol=1e-5)
 
@@ -40,9 +52,10 @@ def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
 def test_experiment_full_config_instantiates(experiment, tmp_path):
     """The real-size configs compose and build (data is not loaded)."""
     cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
-    model = instantiate(cfg.model)
-    assert sum(p.numel() for p in model.parameters()) > 0
-    assert instantiate(cfg.data).num_classes == cfg.model.num_classes
+    for node in _stage_models(cfg):
+        model = instantiate(node)
+        assert sum(p.numel() for p in model.parameters()) > 0
+        assert instantiate(cfg.data).num_classes == node.num_classes
 
 
 @pytest.mark.parametrize("dataset", ["pneumoniamnist", "dermamnist"])

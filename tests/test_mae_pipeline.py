@@ -1,0 +1,172 @@
+"""MAE pretraining module, fine-tuning from its checkpoint, and the stage pipeline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from lightning_modules.components.checkpoints import CheckpointMismatchError, load_encoder
+from lightning_modules.components.mae import MaskedAutoencoder
+from lightning_modules.components.networks import vit_network
+from lightning_modules.components.optim import cosine_with_warmup, param_groups
+from lightning_modules.components.vit import ViTClassifier, ViTEncoder
+from lightning_modules.mae import MAEPretrain
+from tests.conftest import compose_cfg, tiny_overrides
+from tests.test_train import TINY_VIT
+from train import train
+
+ARCH = dict(img_size=28, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+
+
+def _mae_module(in_chans=3, num_classes=7):
+    enc = ViTEncoder(in_chans=in_chans, **ARCH)
+    mae = MaskedAutoencoder(enc, 0.75, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    return MAEPretrain(mae, num_classes=num_classes, task="multi-class")
+
+
+def _save_pretrain_ckpt(module, path: Path) -> Path:
+    torch.save({"state_dict": module.state_dict()}, path)
+    return path
+
+
+def test_finetune_encoder_reproduces_pretraining_features(tmp_path):
+    module = _mae_module()
+    ckpt = _save_pretrain_ckpt(module, tmp_path / "pre.ckpt")
+    net = vit_network(num_classes=7, in_chans=3, pretrained_ckpt=str(ckpt), **ARCH)
+    x = torch.randn(4, 3, 28, 28)
+    module.eval(), net.eval()
+    torch.testing.assert_close(net.encoder(x), module.mae.encoder(x), rtol=0, atol=0)
+
+
+def test_checkpoint_of_other_architecture_lists_mismatched_keys(tmp_path):
+    ckpt = _save_pretrain_ckpt(_mae_module(), tmp_path / "pre.ckpt")
+    deeper = ViTEncoder(in_chans=3, **{**ARCH, "depth": 3})
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys: \['blocks\.2\."):
+        load_encoder(deeper, ckpt)
+    wider = ViTEncoder(in_chans=3, **{**ARCH, "embed_dim": 64})
+    with pytest.raises(CheckpointMismatchError, match="shape of cls_token: checkpoint \\(1, 1, 32\\), model \\(1, 1, 64\\)"):
+        load_encoder(wider, ckpt)
+
+
+def test_channel_mismatch_is_named(tmp_path):
+    ckpt = _save_pretrain_ckpt(_mae_module(in_chans=3), tmp_path / "pre.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="input channels: checkpoint 3, data 1.*as_rgb"):
+        vit_network(num_classes=2, in_chans=1, pretrained_ckpt=str(ckpt), **ARCH)
+
+
+def test_checkpoint_without_encoder_is_rejected(tmp_path):
+    path = tmp_path / "cnn.ckpt"
+    torch.save({"state_dict": {"net.features.0.weight": torch.zeros(1)}}, path)
+    with pytest.raises(CheckpointMismatchError, match="holds no encoder weights"):
+        vit_network(num_classes=2, in_chans=3, pretrained_ckpt=str(path), **ARCH)
+
+
+def test_layer_decay_first_block_lr_below_last_after_scheduler_step():
+    model = ViTClassifier(ViTEncoder(in_chans=3, **{**ARCH, "depth": 4}), num_classes=3)
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5, num_layers=4)
+    opt = torch.optim.AdamW(groups)
+    sched = cosine_with_warmup(opt, warmup_steps=0, total_steps=10)
+    opt.step()
+    sched.step()
+    lr_of = {g["layer"]: g["lr"] for g in opt.param_groups}
+    assert lr_of[1] < lr_of[4] < lr_of[5]  # block 0 < block 3 < head
+    assert lr_of[1] / lr_of[4] == pytest.approx(0.5**3)
+    assert lr_of[5] == pytest.approx(1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 10)).item()))
+    no_decay = [g for g in opt.param_groups if g["weight_decay"] == 0]
+    assert any(p is model.encoder.cls_token for g in no_decay for p in g["params"])
+
+
+def test_probe_update_does_not_change_encoder():
+    module = _mae_module()
+    before = {k: v.clone() for k, v in module.mae.state_dict().items()}
+    probe_opt = torch.optim.AdamW(module.probe.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 3, 28, 28), torch.randint(0, 7, (8,))
+    feats = module.features(x).detach()
+    loss = module.probe_criterion(module.probe(feats), y)
+    loss.backward()
+    assert all(p.grad is None for p in module.mae.parameters())
+    probe_opt.step()
+    after = module.mae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_reconstruct_panels_use_fixed_masks():
+    module = _mae_module().eval()
+    x = torch.randn(2, 3, 28, 28)
+    a, b = module.reconstruct(x), module.reconstruct(x)
+    assert torch.equal(a["masked"], b["masked"])
+    visible = (a["masked"] != 0).float()
+    torch.testing.assert_close(a["pasted"] * visible, x * visible)
+
+
+def _pipeline_overrides(data_root, epochs=1):
+    return [
+        "experiment=mae_small", "data=dermamnist", *tiny_overrides(data_root), *TINY_VIT,
+        f"stages.pretrain.trainer.max_epochs={epochs}", f"stages.finetune.trainer.max_epochs={epochs}",
+        "++stages.pretrain.data.batch_size=32", "stages.finetune.data.batch_size=32",
+        "stages.pretrain.callbacks.reconstructions.every_n_epochs=1",
+    ]
+
+
+def test_pipeline_runs_stages_passes_checkpoint_and_resumes(data_root, tmp_path):
+    metrics = train(compose_cfg(_pipeline_overrides(data_root), tmp_path))
+    pre, fine = tmp_path / "pretrain", tmp_path / "finetune"
+    assert (pre / "reconstructions" / "epoch_000.png").is_file()
+    assert (fine / "predictions" / "test_predictions.npz").is_file()
+    assert "pretrain/val/probe_auc" in metrics and "test/auc" in metrics
+    pre_info = json.loads((pre / "stage.json").read_text())
+    fine_cfg = (fine / "config.yaml").read_text()
+    assert f"pretrained_ckpt: {pre_info['best_checkpoint']}" in fine_cfg
+
+    # Simulate an interruption of the fine-tuning stage, then run again in the same folder.
+    (fine / "stage.json").unlink()
+    pre_ckpt_mtime = Path(pre_info["last_checkpoint"]).stat().st_mtime_ns
+    train(compose_cfg(_pipeline_overrides(data_root, epochs=2), tmp_path))
+    assert Path(pre_info["last_checkpoint"]).stat().st_mtime_ns == pre_ckpt_mtime  # pretrain not redone
+    rows = [r.split(",") for r in (fine / "csv" / "metrics.csv").read_text().splitlines()]
+    epoch_col = rows[0].index("epoch")
+    epochs = {r[epoch_col] for r in rows[1:] if r[epoch_col]}
+    assert "1" in epochs and "0" not in epochs  # resumed after epoch 0 instead of restarting
+    assert json.loads((fine / "stage.json").read_text())["last_checkpoint"].endswith("last.ckpt")
+
+
+def test_single_finetune_stage_from_given_checkpoint(data_root, tmp_path):
+    module = _mae_module(in_chans=3)
+    ckpt = _save_pretrain_ckpt(module, tmp_path / "pre.ckpt")
+    cfg = compose_cfg(
+        ["experiment=vit_small", "data=dermamnist", *tiny_overrides(data_root), "debug=fdr",
+         "encoder.depth=2", "encoder.embed_dim=32", "encoder.num_heads=2", "encoder.patch_size=4",
+         f"model.net.pretrained_ckpt={ckpt}", "data.batch_size=8"],
+        tmp_path / "run",
+    )
+    model = instantiate(cfg.model, _convert_="all")
+    torch.testing.assert_close(model.net.encoder.state_dict(), module.mae.encoder.state_dict())
+    assert "test/auc" in train(cfg)
+
+
+def test_linear_probe_mode_trains_only_the_head(data_root, tmp_path):
+    cfg = compose_cfg(
+        ["experiment=vit_small", "data=dermamnist", *tiny_overrides(data_root), *TINY_VIT, "debug=fdr",
+         "model.freeze_encoder=true", "data.batch_size=8"],
+        tmp_path,
+    )
+    model = instantiate(cfg.model, _convert_="all")
+    before = {k: v.clone() for k, v in model.net.encoder.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("net.head.") for n in trainable)
+    from lightning import Trainer
+
+    dm = instantiate(cfg.data, _convert_="all")
+    Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False).fit(model, dm)
+    assert all(torch.equal(before[k], v) for k, v in model.net.encoder.state_dict().items())
+
+
+def test_mixup_training_step(data_root, tmp_path):
+    cfg = compose_cfg(
+        ["experiment=vit_small", "data=dermamnist", *tiny_overrides(data_root), *TINY_VIT, "debug=fdr",
+         "+model.mixup={mixup_alpha: 0.8, cutmix_alpha: 1.0}", "data.batch_size=8"],
+        tmp_path,
+    )
+    assert "test/acc" in train(cfg)
