@@ -93,7 +93,8 @@ class MAEPretrain(L.LightningModule):
     # ----- training ----------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        opt_mae, *opt_probe = self.optimizers()
+        opts = self.optimizers()
+        opt_mae, *opt_probe = opts if isinstance(opts, list) else [opts]
         out = self.mae(x)
         loss = out.loss
         logs = {"train/recon_loss": out.loss.detach()}

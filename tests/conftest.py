@@ -21,6 +21,8 @@ def data_root(tmp_path_factory) -> Path:
         root / "pneumoniamnist.npz", num_classes=2, channels=1, proportions=[0.26, 0.74],
         n_train=120, n_val=40, n_test=40, seed=2,
     )
+    for flag, k in (("pathmnist", 9), ("bloodmnist", 8)):  # for cross-dataset pretraining
+        write_synthetic_medmnist(root / f"{flag}.npz", num_classes=k, n_train=90, n_val=27, n_test=27, seed=k)
     return root
 
 
@@ -28,6 +30,7 @@ def tiny_overrides(data_root: Path) -> list[str]:
     """Overrides that make any experiment run in seconds on CPU with synthetic data."""
     return [
         f"data.root={data_root}",
+        f"paths.medmnist_root={data_root}",
         "data.download=false",
         "data.num_workers=0",
         "trainer=cpu",

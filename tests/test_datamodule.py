@@ -122,3 +122,16 @@ def test_real_pneumoniamnist_official_split():
     assert dm.task == "binary-class" and dm.class_names == ["normal", "pneumonia"]
     w = dm.class_weights
     assert w[0] > w[1]  # the minority class (normal) gets the larger weight
+
+
+def test_union_pools_sets_drops_labels_and_harmonises_channels(data_root):
+    from datamodules.union_datamodule import MedMNISTUnionDataModule
+
+    dm = MedMNISTUnionDataModule(["dermamnist", "pneumoniamnist"], in_chans=3,
+                                 member={"root": str(data_root), "download": False})
+    dm.setup("fit")
+    assert len(dm.train_set) == 210 + 120 and len(dm.val_set) == 70 + 40
+    x, y = dm.train_set[len(dm.train_set) - 1]  # a pneumonia (grayscale) image
+    assert x.shape == (3, 28, 28) and y.item() == -1
+    with pytest.raises(ValueError, match=r"in_chans=1 but \['dermamnist'\] are RGB"):
+        MedMNISTUnionDataModule(["dermamnist", "pneumoniamnist"], in_chans=1)
