@@ -63,6 +63,16 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(x))[:, 1:]
 
 
+def patch_errors(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = False) -> torch.Tensor:
+    """Mean squared error per patch, (B, L, P) x 2 -> (B, L); ``norm_pix`` normalises each
+    target patch by its own mean and std first."""
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    return (pred - target).pow(2).mean(dim=-1)
+
+
 def reconstruction_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -80,11 +90,7 @@ def reconstruction_loss(
     Returns:
         scalar: sum(w * m * mse) / sum(m), with w = 1 when no weights are given.
     """
-    if norm_pix:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6).sqrt()
-    per_patch = (pred - target).pow(2).mean(dim=-1)
+    per_patch = patch_errors(pred, target, norm_pix)
     weighted = per_patch * mask if patch_weights is None else per_patch * mask * patch_weights
     return weighted.sum() / mask.sum().clamp(min=1)
 
@@ -156,6 +162,12 @@ class MaskedAutoencoder(nn.Module):
         target = patchify(images, self.encoder.patch_size)
         loss = reconstruction_loss(pred, target, mask, self.norm_pix_loss, patch_weights)
         return MAEOutput(loss=loss, pred=pred, mask=mask, latent=latent)
+
+    def patch_errors(self, images: torch.Tensor, masking: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Per-patch reconstruction error (B, L) for the given masking (masked and visible patches)."""
+        ids_keep, _, ids_restore = masking
+        pred = self.decoder(self.encoder(images, ids_keep), ids_restore)
+        return patch_errors(pred, patchify(images, self.encoder.patch_size), self.norm_pix_loss)
 
     def pixels(self, images: torch.Tensor, out: MAEOutput) -> torch.Tensor:
         """Predicted patches in image pixel space (B, L, P), undoing norm_pix per patch."""
