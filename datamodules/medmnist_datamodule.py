@@ -9,7 +9,8 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Subset
 
 from datamodules.medmnist_files import (
     MULTI_LABEL,
@@ -71,6 +72,10 @@ class MedMNISTDataModule(L.LightningDataModule):
         sampler: ``none``, ``oversample`` (inverse class frequency) or ``sqrt``.
         epoch_length: ``original`` or ``balanced`` (classes x majority count), with a sampler.
         split_seed: seed of every split we make; defaults to the run's seed in the configs.
+        mlo: MLO-MAE level data, ``{level3_fraction: 0.2, cadence: [2, 1, 1]}``: the training
+            loader then yields ``{"level1": ..., "level2": ..., "level3": ...}`` per step, with
+            level I on the whole training set and levels II / III on a stratified, seeded
+            split of it; batch sizes are ``batch_size`` times the cadence (one cycle a step).
         synthetic: if set, write a synthetic file of these ``make_synthetic_arrays`` kwargs
             at the expected path when it is absent (tests and offline demos).
         num_classes, in_chans, task: optional cross-checks of values the configs interpolate.
@@ -96,6 +101,7 @@ class MedMNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         split_seed: int = 0,
+        mlo: dict | None = None,
         synthetic: dict | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
@@ -130,6 +136,16 @@ class MedMNISTDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.split_seed = split_seed
         self.synthetic = dict(synthetic) if synthetic else None
+        self.mlo = dict(mlo) if mlo else None
+        if self.mlo is not None:
+            fraction = self.mlo.get("level3_fraction", 0.2)
+            cadence = list(self.mlo.get("cadence", [2, 1, 1]))
+            _require(0 < fraction < 1, "mlo.level3_fraction", fraction, "(0, 1)")
+            _require(len(cadence) == 3 and all(int(c) == c and c >= 1 for c in cadence),
+                     "mlo.cadence", cadence, "three integers >= 1 (level I : II : III)")
+            _require(self.task != MULTI_LABEL, "mlo", self.mlo, "single-label tasks only")
+            self.mlo = {"level3_fraction": fraction, "cadence": [int(c) for c in cadence]}
+        self.level_indices: dict[str, np.ndarray] = {}
         for key, given, actual in (
             ("num_classes", num_classes, self.num_classes),
             ("in_chans", in_chans, self.in_chans),
@@ -211,6 +227,11 @@ class MedMNISTDataModule(L.LightningDataModule):
         self.test_set = ArrayDataset(
             arrays.images["test"], arrays.labels["test"], eval_tf, self.as_rgb, multi
         )
+        if self.mlo is not None:
+            level2, level3 = stratified_split(
+                self.train_labels, self.mlo["level3_fraction"], self.split_seed + 2, "data.mlo.level3_fraction"
+            )
+            self.level_indices = {"level2": level2, "level3": level3}
 
     @staticmethod
     def _images(arrays: MedMNISTArrays, source: str) -> np.ndarray:
@@ -235,7 +256,9 @@ class MedMNISTDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        if self.mlo is not None:
+            return self._mlo_loaders()
         drop_last = len(self.train_set) > self.batch_size  # no size-1 batch for BatchNorm
         if self.sampler == "none":
             return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=drop_last)
@@ -243,6 +266,20 @@ class MedMNISTDataModule(L.LightningDataModule):
             self.train_labels.reshape(-1), self.sampler, self.epoch_length, seed=self.split_seed
         )
         return self._loader(self.train_set, self.batch_size, sampler=sampler, drop_last=drop_last)
+
+    def _mlo_loaders(self) -> CombinedLoader:
+        """One MLO-MAE cycle per step; Lightning shards each loader under DDP."""
+        n1, n2, n3 = self.mlo["cadence"]
+        sets = {
+            "level1": (self.train_set, n1),
+            "level2": (Subset(self.train_set, self.level_indices["level2"]), n2),
+            "level3": (Subset(self.train_set, self.level_indices["level3"]), n3),
+        }
+        loaders = {
+            name: self._loader(ds, self.batch_size * n, shuffle=True, drop_last=len(ds) > self.batch_size * n)
+            for name, (ds, n) in sets.items()
+        }
+        return CombinedLoader(loaders, mode="max_size_cycle")
 
     def _eval_loader(self, dataset) -> DataLoader:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -28,9 +28,18 @@ def _tiny_model_overrides(name: str) -> list[str]:
     return ["data.batch_size=8", *TINY_VIT, *extra]
 
 
-def _stage_models(cfg) -> list:
+def _stage_configs(cfg, tmp_path) -> list:
+    from train import stage_config
+
     stages = cfg.get("stages")
-    return [stage.model for stage in stages.values()] if stages else [cfg.model]
+    if not stages:
+        return [cfg]
+    from omegaconf import OmegaConf
+
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    del base["stages"]
+    return [stage_config(base, stage, tmp_path / name) for name, stage in stages.items()]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -52,10 +61,10 @@ def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
 def test_experiment_full_config_instantiates(experiment, tmp_path):
     """The real-size configs compose and build (data is not loaded)."""
     cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
-    for node in _stage_models(cfg):
-        model = instantiate(node)
+    for scfg in _stage_configs(cfg, tmp_path):
+        model = instantiate(scfg.model, _convert_="all")
         assert sum(p.numel() for p in model.parameters()) > 0
-        assert instantiate(cfg.data).num_classes == node.num_classes
+        assert instantiate(scfg.data).num_classes == scfg.model.num_classes
 
 
 @pytest.mark.parametrize("dataset", ["pneumoniamnist", "dermamnist"])

@@ -1,0 +1,46 @@
+"""Every N epochs: image | masking-probability heatmap | kept (bright) vs masked patches."""
+
+from __future__ import annotations
+
+import lightning as L
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from callbacks.images import fixed_val_images, save_figure, to_display  # noqa: E402
+
+
+class MaskMapCallback(L.Callback):
+    """Draws the learned masks of fixed validation images for modules with ``mask_maps(images)``
+    returning (probabilities (B, L), mask (B, L) with 1 = masked). PNGs go to
+    ``<run dir>/mask_maps/epoch_XXX.png`` and to W&B when on."""
+
+    def __init__(self, every_n_epochs: int = 10, num_images: int = 8) -> None:
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError("every_n_epochs and num_images must be >= 1")
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(pl_module, "mask_maps"):
+            return
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
+            return
+        images = fixed_val_images(trainer, self.num_images).to(pl_module.device)
+        probs, mask = pl_module.mask_maps(images)
+        side = int(round(probs.shape[1] ** 0.5))
+        n = len(images)
+        fig, axes = plt.subplots(n, 3, figsize=(3 * 1.8, n * 1.6), squeeze=False)
+        for i in range(n):
+            axes[i, 0].imshow(to_display(images[i], images[i]), cmap="gray" if images.shape[1] == 1 else None)
+            heat = axes[i, 1].imshow(probs[i].reshape(side, side).cpu().float(), cmap="magma", vmin=0, vmax=1)
+            axes[i, 2].imshow(1 - mask[i].reshape(side, side).cpu().float(), cmap="gray", vmin=0, vmax=1)
+            for ax in axes[i]:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        for ax, title in zip(axes[0], ("image", "masking probability", "kept (white) / masked")):
+            ax.set_title(title, fontsize=8)
+        fig.colorbar(heat, ax=axes[:, 1].tolist(), fraction=0.05)
+        fig.suptitle(f"epoch {epoch}", fontsize=9)
+        save_figure(fig, trainer, "mask_maps", f"epoch_{epoch:03d}", "mask_maps")
