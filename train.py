@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.medmnist_files import DatasetError
 from datamodules.resolvers import register_resolvers
+from lightning_modules.manual_optimization import check_manual_optimization_trainer
 
 log = logging.getLogger("train")
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -119,6 +120,8 @@ def run_stage(cfg: DictConfig) -> dict:
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # fail within seconds on missing data, before building the model
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    if not model.automatic_optimization:
+        check_manual_optimization_trainer(cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("accumulate_grad_batches", 1))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

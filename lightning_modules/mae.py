@@ -12,7 +12,6 @@ from lightning_modules.components.mae import MaskedAutoencoder, uniformity_loss
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, unpatchify
 from lightning_modules.components.vit import pool
-from lightning_modules.manual_optimization import check_manual_optimization_trainer
 from lightning_modules.metrics import MULTI_LABEL, classification_metrics, probabilities
 
 PROBE_INPUTS = ("full", "visible")
@@ -126,9 +125,6 @@ class MAEPretrain(L.LightningModule):
             opt.step()
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(x))
-
-    def setup(self, stage: str) -> None:
-        check_manual_optimization_trainer(self.trainer)
 
     def on_train_epoch_end(self) -> None:
         self.lr_schedulers().step()

@@ -27,7 +27,6 @@ from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, random_masking
 from lightning_modules.components.vit import ClassificationHead, pool
 from lightning_modules.mae import fixed_scores, reconstruction_panels
-from lightning_modules.manual_optimization import check_manual_optimization_trainer
 from lightning_modules.metrics import MULTI_LABEL, classification_metrics
 
 MASK_MODES = ("learned", "random")
@@ -210,9 +209,6 @@ class MLOMAE(L.LightningModule):
         self.log("train/level2_loss", loss2, on_step=False, on_epoch=True, batch_size=len(x2))
 
     # ----- fit hooks ---------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        check_manual_optimization_trainer(self.trainer)
-
     def on_train_start(self) -> None:
         self.val_auc_best.reset()
 

@@ -1,0 +1,204 @@
+"""MLO-MAE module: level isolation, learning masks, DDP equivalence and bad input."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_modules.components.mae import MaskedAutoencoder
+from lightning_modules.components.vit import ViTEncoder
+from lightning_modules.mlo_mae import MLOMAE, allreduce_mean, check_cadence
+from tests.conftest import compose_cfg, tiny_overrides
+from tests.test_train import TINY_VIT
+from train import train
+
+
+def tiny_module(seed=0, **kw) -> MLOMAE:
+    torch.manual_seed(seed)
+    enc = ViTEncoder(img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=2, num_heads=2)
+    mae = MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2)
+    kw.setdefault("head_dropout", 0.0)
+    kw.setdefault("cadence", (1, 1, 1))
+    module = MLOMAE(mae, num_classes=3, task="multi-class", masking_net="mlp", masking_hidden=8,
+                    lr=0.5, lr_head=0.5, lr_mask=5.0, **kw)
+    module.manual_backward = lambda loss: loss.backward()  # no Trainer in these unit tests
+    return module
+
+
+def global_batch(seed=1, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)) for _ in range(3)]
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("mae.") else "")
+            for k in before if not torch.equal(before[k], after[k])}
+
+
+def run_cycle(module, batches):
+    opts, _ = _optimizers(module)
+    (x1, _), (x2, y2), (x3, y3) = batches
+    _, level1_data = module.level1(x1, opts[0])
+    _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
+    module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
+    return opts
+
+
+def _optimizers(module):
+    # Plain SGD: its update is linear in the gradient, so single-process and DDP runs can be
+    # compared to rounding (Adam would blow up float noise in exactly-zero gradients such as
+    # the attention key bias's).
+    hp = module.hparams
+    return [
+        torch.optim.SGD(module.mae.parameters(), lr=hp.lr),
+        torch.optim.SGD(module.head.parameters(), lr=hp.lr_head),
+        torch.optim.SGD(module.masknet.parameters(), lr=hp.lr_mask),
+    ], None
+
+
+def test_each_level_changes_only_its_own_parameters():
+    module = tiny_module()
+    opts, _ = _optimizers(module)
+    (x1, _), (x2, y2), (x3, y3) = global_batch()
+    before = snapshot(module)
+    _, level1_data = module.level1(x1, opts[0])
+    assert changed(before, module) == {"mae.encoder", "mae.decoder"}
+    before = snapshot(module)
+    _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
+    assert changed(before, module) == {"head"}
+    before = snapshot(module)
+    module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
+    assert changed(before, module) == {"masknet"}
+
+
+def test_masking_network_output_changes_after_level3_step():
+    module = tiny_module()
+    opts, _ = _optimizers(module)
+    (x1, _), (x2, y2), (x3, y3) = global_batch()
+    _, level1_data = module.level1(x1, opts[0])
+    _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
+    probe = torch.randn(4, 1, 8, 8)
+    before, _ = module.mask_maps(probe)
+    module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
+    after, _ = module.mask_maps(probe)
+    assert (after - before).abs().max() > 1e-5
+
+
+def _ddp_worker(rank, world, port, reduce, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    module = tiny_module(reduce_hypergradients=reduce)
+    mae_params = [p for p in module.mae.parameters()]
+
+    def synced_backward(loss):  # what DDP does for manual_backward: average the gradients
+        loss.backward()
+        allreduce_mean([p.grad for p in mae_params if p.grad is not None])
+
+    module.manual_backward = synced_backward
+    shard = [(x[rank::world], y[rank::world]) for x, y in global_batch()]
+    run_cycle(module, shard)
+    if rank == 0:
+        torch.save({k: v.clone() for k, v in module.state_dict().items()}, out)
+    dist.destroy_process_group()
+
+
+def _ddp_state(tmp_path, reduce, port):
+    out = tmp_path / f"ddp_{reduce}.pt"
+    mp.spawn(_ddp_worker, args=(2, port, reduce, str(out)), nprocs=2, join=True)
+    return torch.load(out)
+
+
+@pytest.mark.ddp
+def test_two_process_ddp_equals_single_process_and_needs_the_allreduce(tmp_path):
+    single = tiny_module()
+    run_cycle(single, global_batch())
+    expected = single.state_dict()
+    ddp = _ddp_state(tmp_path, reduce=True, port=29533)
+    for k in expected:
+        torch.testing.assert_close(ddp[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
+    unreduced = _ddp_state(tmp_path, reduce=False, port=29534)
+    diff = max((unreduced[k] - expected[k]).abs().max().item() for k in expected if k.startswith("masknet"))
+    assert diff > 1e-4  # without the hand-written all-reduce the masking network drifts
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"cadence": (2, 0, 1)}, r"model.cadence=\[2, 0, 1\] is invalid"),
+     ({"mask_mode": "sampled"}, "model.mask_mode='sampled'"),
+     ({"hypergradient": "fast"}, "model.hypergradient='fast'")],
+)
+def test_invalid_module_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_module(**kwargs)
+
+
+def test_mask_ratio_must_be_strictly_inside_zero_one():
+    enc = ViTEncoder(img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=1, num_heads=2)
+    with pytest.raises(ValueError, match=r"mask_ratio=0.0 is invalid; MLO-MAE needs \(0, 1\)"):
+        MLOMAE(MaskedAutoencoder(enc, 0.0), num_classes=3, task="multi-class")
+    assert check_cadence([2, 1, 1]) == (2, 1, 1)
+
+
+def _mlo_overrides(data_root, *extra):
+    return ["experiment=mlo_mae_small", "data=dermamnist", *tiny_overrides(data_root), *TINY_VIT, "debug=fdr",
+            "++stages.pretrain.data.batch_size=8", "stages.finetune.data.batch_size=8", *extra]
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [("trainer.gradient_clip_val=1.0", "gradient_clip_val=1.0 cannot be used with manual optimisation"),
+     ("trainer.accumulate_grad_batches=2", "accumulate_grad_batches=2 cannot be used"),
+     ("stages.pretrain.data.mlo.level3_fraction=1.0", r"data.mlo.level3_fraction=1.0 is invalid"),
+     ("stages.pretrain.data.mlo.cadence=[0,1,1]", r"data.mlo.cadence=\[0, 1, 1\] is invalid")],
+)
+def test_bad_trainer_and_data_settings_fail_before_training(data_root, tmp_path, override, match):
+    with pytest.raises(Exception, match=match):
+        train(compose_cfg(_mlo_overrides(data_root, override), tmp_path))
+    assert not (tmp_path / "pretrain" / "checkpoints").exists()
+
+
+def test_pipeline_leaves_mask_maps_reconstructions_and_metrics(data_root, tmp_path):
+    overrides = [o for o in _mlo_overrides(data_root) if o != "debug=fdr"] + [
+        "stages.pretrain.trainer.max_epochs=1", "stages.finetune.trainer.max_epochs=1",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "stages.pretrain.callbacks.mask_maps.every_n_epochs=1",
+        "stages.pretrain.callbacks.reconstructions.every_n_epochs=1"]
+    metrics = train(compose_cfg(overrides, tmp_path))
+    assert (tmp_path / "pretrain" / "mask_maps" / "epoch_000.png").is_file()
+    assert (tmp_path / "pretrain" / "reconstructions" / "epoch_000.png").is_file()
+    assert "pretrain/val/mask_mean_prob" in metrics and "pretrain/train/level3_loss" in metrics
+    assert "test/auc" in metrics
+
+
+def test_random_mask_mode_reproduces_mae_without_level3(data_root, tmp_path):
+    metrics = train(compose_cfg(_mlo_overrides(data_root, "stages.pretrain.model.mask_mode=random"), tmp_path))
+    assert "pretrain/train/level3_loss" not in metrics and "test/acc" in metrics
+
+
+def test_full_size_config_runs_one_forward(tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from train import stage_config
+
+    cfg = compose_cfg(["experiment=mlo_mae_derma"], tmp_path)
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    del base["stages"]
+    model = instantiate(stage_config(base, cfg.stages.pretrain, tmp_path).model, _convert_="all")
+    assert model.mae.encoder.depth == 12 and model.mae.encoder.num_patches == 256
+    assert sum(p.numel() for p in model.masknet.parameters()) > 95e6  # the paper's ~100M MLP
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        masking, probs, _ = model.masks(x)
+        out = model.mae(x, masking, patch_weights=probs)
+    assert out.pred.shape == (2, 256, 12) and torch.isfinite(out.loss)
+    assert int(out.mask[0].sum()) == 192
