@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
 from timm.data import Mixup
+from torch import nn
 from torchmetrics import CatMetric, MaxMetric
 
 from lightning_modules.components.losses import ClassificationLoss

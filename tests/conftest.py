@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from datamodules.synthetic import write_synthetic_medmnist
 from train import compose_config as compose_cfg  # noqa: F401  (also registers the resolvers)
 

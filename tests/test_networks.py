@@ -2,8 +2,8 @@ import pytest
 import timm
 import torch
 
-from lightning_modules.components.cnn import DermaCNN, feature_map_size
 from lightning_modules.components import networks
+from lightning_modules.components.cnn import DermaCNN, feature_map_size
 from lightning_modules.components.networks import PretrainedWeightsError, timm_network
 
 

@@ -1,0 +1,138 @@
+"""Step cost of MLO-MAE vs plain MAE on the same model and batch, measured side by side.
+
+For each arm: warm-up, then the median wall time of repeated steps in this one process.
+- ``mae``: one plain MAE training step (random masks, forward + backward + AdamW).
+- ``mlo-ours`` / ``mlo-original``: one MLO-MAE cycle at the cadence (default 2 : 1 : 1)
+  with the merged schedule or the original implementation's, reported per cycle and
+  amortised per level-I step (cycle / n1), the unit the handbook's targets use.
+Peak memory is reported on CUDA (torch.cuda.max_memory_allocated per arm).
+
+    python benchmarks/mlo_step_cost.py                       # CPU, small ViT (28 px, patch 4)
+    python benchmarks/mlo_step_cost.py --device cuda --vit-b # ViT-B patch 2 at 32 px, bf16 autocast
+Targets (issue): ours <= 0.7x original; amortised MLO cycle <= 3.2x a plain MAE step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from contextlib import nullcontext
+
+import torch
+
+from lightning_modules.components.mae import MaskedAutoencoder
+from lightning_modules.components.optim import param_groups
+from lightning_modules.components.patches import random_masking
+from lightning_modules.components.vit import ViTEncoder
+from lightning_modules.mlo_mae import MLOMAE
+
+
+def build(args, schedule: str) -> MLOMAE:
+    torch.manual_seed(0)
+    if args.vit_b:
+        arch = dict(img_size=32, patch_size=2, embed_dim=768, depth=12, num_heads=12)
+        dec = dict(decoder_dim=512, decoder_depth=8, decoder_heads=16)
+    else:
+        arch = dict(img_size=28, patch_size=4, embed_dim=192, depth=6, num_heads=3)
+        dec = dict(decoder_dim=128, decoder_depth=2, decoder_heads=4)
+    mae = MaskedAutoencoder(ViTEncoder(in_chans=3, **arch), 0.75, **dec)
+    module = MLOMAE(mae, num_classes=7, task="multi-class", masking_net=args.masking_net,
+                    cadence=tuple(args.cadence), hypergradient=schedule).to(args.device)
+    module.manual_backward = lambda loss: loss.backward()
+    return module
+
+
+def measure(arms: dict, device: str, warmup: int, repeats: int) -> dict[str, tuple[float, float | None]]:
+    """Median seconds per call of each arm, timed round-robin so that load drift hits all
+    arms alike, and peak CUDA memory in GiB of each arm's calls (None on CPU)."""
+    cuda = device.startswith("cuda")
+    for fn in arms.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in arms}
+    peaks = dict.fromkeys(arms)
+    for _ in range(repeats):
+        for name, fn in arms.items():
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[name] = max(peaks[name] or 0.0, torch.cuda.max_memory_allocated() / 2**30)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), peaks[name]) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--vit-b", action="store_true", help="ViT-B patch 2 at 32 px (the study's model)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--cadence", nargs=3, type=int, default=[2, 1, 1])
+    parser.add_argument("--masking-net", default="mlp", choices=["mlp", "patch_scorer"])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*self.log.*")  # modules used without a Trainer
+    dev, b = args.device, args.batch
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else nullcontext()
+    size = 32 if args.vit_b else 28
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(b, 3, size, size, generator=g).to(dev) for _ in range(3)]
+    y = [torch.randint(0, 7, (b,), generator=g).to(dev) for _ in range(3)]
+    n1, n2, n3 = args.cadence
+
+    arms = {}
+    mae_module = build(args, "ours")
+    mae_opt = torch.optim.AdamW(param_groups(mae_module.mae, 1e-4, 0.05), betas=(0.9, 0.95))
+
+    def mae_step():
+        with autocast:
+            masking = random_masking(b, mae_module.mae.encoder.num_patches, 0.75, dev)
+            loss = mae_module.mae(x[0], masking).loss
+        mae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        mae_opt.step()
+
+    arms["mae step"] = mae_step
+
+    for schedule in ("original", "ours"):
+        module = build(args, schedule)
+        hp = module.hparams
+        opts = [torch.optim.AdamW(param_groups(m, lr, hp.weight_decay), betas=(0.9, 0.95))
+                for m, lr in ((module.mae, hp.lr), (module.head, hp.lr_head), (module.masknet, hp.lr_mask))]
+
+        def cycle(module=module, opts=opts, schedule=schedule):
+            with autocast:
+                for _ in range(n1):
+                    _, level1_data = module.level1(x[0], opts[0])
+                for i in range(n2):
+                    _, feats2 = module.level2(x[1], y[1], opts[1], keep_graph=schedule == "ours" and i == n2 - 1)
+                for _ in range(n3):
+                    module.level3(level1_data, x[2], y[2], x[1], y[1], feats2, opts[2], opts)
+
+        arms[f"mlo-{schedule} cycle"] = cycle
+
+    results = measure(arms, dev, args.warmup, args.repeats)
+
+    mae_t = results["mae step"][0]
+    model = "ViT-B/2 @32px" if args.vit_b else "ViT depth 6 / width 192 / patch 4 @28px"
+    print(f"\ndevice {dev}, {model}, batch {b}, cadence {n1}:{n2}:{n3}, masking net {args.masking_net}, "
+          f"median of {args.repeats} after {args.warmup} warm-up\n")
+    print("| arm | s / call | per level-I step vs MAE step | peak GiB |")
+    print("|---|---|---|---|")
+    for name, (t, peak) in results.items():
+        per_step = t / n1 if name.startswith("mlo") else t
+        mem = f"{peak:.2f}" if peak is not None else "n/a (CPU)"
+        print(f"| {name} | {t:.4f} | {per_step / mae_t:.2f}x | {mem} |")
+    ratio = results["mlo-ours cycle"][0] / results["mlo-original cycle"][0]
+    print(f"\nours / original cycle time: {ratio:.2f} (target <= 0.70)")
+    print(f"ours amortised per level-I step: {results['mlo-ours cycle'][0] / n1 / mae_t:.2f}x MAE (target <= 3.2)")
+
+
+if __name__ == "__main__":
+    main()
