@@ -1,9 +1,12 @@
-"""From-scratch ViT vs MAE -> fine-tune on the real PneumoniaMNIST at several label fractions.
+"""From-scratch ViT vs MAE -> fine-tune (and MLO-MAE -> fine-tune) on the real PneumoniaMNIST
+at several label fractions.
 
 Protocol (CPU, small ViT of ``encoder=vit_small``: depth 6, width 192, patch 4 at 28 px):
 - MAE pretraining (``experiment=mae_small``'s pretrain stage) once per seed on all 4708
   training images, labels unused; the last checkpoint is passed on (no label-based
-  selection, so low-label arms see no extra labels).
+  selection, so low-label arms see no extra labels). ``--methods ... mlo_mae`` adds
+  MLO-MAE pretraining (``experiment=mlo_mae_small``, same epochs); it uses the training
+  labels in its levels II / III, so compare it at label fraction 1.
 - Fine-tuning (``experiment=vit_small``'s recipe) from that encoder, and the same recipe
   from scratch, on a stratified, seeded ``label_fraction`` of the training labels.
 - The checkpoint with the best validation AUC (official validation split, all 524 images)
@@ -13,6 +16,7 @@ Prints a mean +- std table over seeds of test ACC and AUC and the wall time of e
 
     python benchmarks/mae_label_fraction.py --data-root ../shared/data
     python benchmarks/mae_label_fraction.py --seeds 0 --fractions 0.1 --pretrain-epochs 2   # smoke
+    python benchmarks/mae_label_fraction.py --methods scratch mae mlo_mae --fractions 1.0
 """
 
 from __future__ import annotations
@@ -32,22 +36,23 @@ def common(data_root: Path, seed: int) -> list[str]:
             "trainer=cpu", "logger=csv", "~callbacks.rich_progress_bar"]
 
 
-def pretrain(data_root: Path, seed: int, epochs: int, out: Path) -> tuple[str, float]:
+def pretrain(method: str, data_root: Path, seed: int, epochs: int, out: Path) -> tuple[str, float]:
     from train import compose_config, train
 
     cfg = compose_config(
-        ["experiment=mae_small", *common(data_root, seed), "stages.finetune=null",
+        [f"experiment={method}_small", *common(data_root, seed), "stages.finetune=null",
          f"stages.pretrain.trainer.max_epochs={epochs}"],
-        out / f"pretrain_seed{seed}",
+        out / f"{method}_pretrain_seed{seed}",
     )
     m = train(cfg)
     return m["pretrain/last_checkpoint"], m["pretrain/wall_time_s"]
 
 
-def finetune(data_root: Path, seed: int, fraction: float, epochs: int, ckpt: str | None, out: Path) -> dict:
+def finetune(method: str, data_root: Path, seed: int, fraction: float, epochs: int, ckpt: str | None,
+             out: Path) -> dict:
     from train import compose_config, train
 
-    name = f"{'mae' if ckpt else 'scratch'}_f{fraction}_seed{seed}"
+    name = f"{method}_f{fraction}_seed{seed}"
     overrides = ["experiment=vit_small", *common(data_root, seed), f"data.label_fraction={fraction}",
                  f"trainer.max_epochs={epochs}"]
     if ckpt:
@@ -65,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=["scratch", "mae"], choices=["scratch", "mae", "mlo_mae"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", nargs="+", type=int, default=None,
@@ -79,27 +85,31 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_mae_"))
 
     start = time.time()
-    ckpts, pre_wall = {}, []
-    for seed in args.seeds:
-        ckpts[seed], wall = pretrain(root, seed, args.pretrain_epochs, out)
-        pre_wall.append(wall)
+    ckpts, pre_wall = {}, {}
+    for method in args.methods:
+        if method == "scratch":
+            continue
+        pre_wall[method] = []
+        for seed in args.seeds:
+            ckpts[method, seed], wall = pretrain(method, root, seed, args.pretrain_epochs, out)
+            pre_wall[method].append(wall)
     results = {}
     for fraction in args.fractions:
-        for arm in ("scratch", "mae"):
+        for arm in args.methods:
             results[arm, fraction] = [
-                finetune(root, s, fraction, epochs[fraction], ckpts[s] if arm == "mae" else None, out)
-                for s in args.seeds
+                finetune(arm, root, s, fraction, epochs[fraction], ckpts.get((arm, s)), out) for s in args.seeds
             ]
             print(f"[done] {arm} @ {fraction}: AUC {fmt([r['auc'] for r in results[arm, fraction]])}")
 
     print(f"\nPneumoniaMNIST 28 px, official split, CPU, ViT depth 6 / width 192 / patch 4; seeds {args.seeds}")
-    print(f"MAE pretraining: {args.pretrain_epochs} epochs on all training images, "
-          f"{statistics.mean(pre_wall):.0f} s per seed (not included below)")
+    for method, walls in pre_wall.items():
+        print(f"{method} pretraining: {args.pretrain_epochs} epochs on all training images, "
+              f"{statistics.mean(walls):.0f} s per seed (not included below)")
     print(f"test metrics of the best-val-AUC checkpoint; run folders: {out}\n")
     print("| label fraction | epochs | arm | test ACC | test AUC | wall s / run |")
     print("|---|---|---|---|---|---|")
     for fraction in args.fractions:
-        for arm in ("scratch", "mae"):
+        for arm in args.methods:
             rs = results[arm, fraction]
             print(f"| {fraction:g} | {epochs[fraction]} | {arm} | {fmt([r['acc'] for r in rs])} | "
                   f"{fmt([r['auc'] for r in rs])} | {statistics.mean(r['wall'] for r in rs):.0f} |")
