@@ -202,3 +202,33 @@ def test_full_size_config_runs_one_forward(tmp_path):
         out = model.mae(x, masking, patch_weights=probs)
     assert out.pred.shape == (2, 256, 12) and torch.isfinite(out.loss)
     assert int(out.mask[0].sum()) == 192
+
+
+def test_hypergradient_under_bf16_autocast_stays_fp32():
+    from lightning_modules.components.hypergradient import mlo_hypergradient
+    from tests.test_hypergradient import tiny_setup
+
+    mae, head, net, b = tiny_setup()
+    reference = mlo_hypergradient(mae, head, net, b, xi=0.5, eta=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = mlo_hypergradient(mae, head, net, b, xi=0.5, eta=0.5)
+    for r, m in zip(reference, mixed):
+        assert m.dtype == torch.float32
+        torch.testing.assert_close(m, r, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.ddp
+def test_mlo_pipeline_under_ddp_sim(data_root, tmp_path):
+    from tests.test_train import _run_cli
+
+    proc = _run_cli(
+        ["experiment=mlo_mae_small", "data=dermamnist", "trainer=ddp_sim", *tiny_overrides(data_root)[:4],
+         "logger=csv", "~callbacks.rich_progress_bar", *TINY_VIT, "stages.pretrain.trainer.max_epochs=1",
+         "stages.finetune.trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "++stages.pretrain.data.batch_size=8", "stages.finetune.data.batch_size=8",
+         f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "pretrain" / "stage.json").is_file()
+    assert (tmp_path / "run" / "finetune" / "predictions" / "test_predictions.npz").is_file()
