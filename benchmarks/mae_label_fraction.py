@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import mean_std
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EPOCHS = {0.01: 100, 0.1: 30, 1.0: 10}
 
@@ -59,11 +61,6 @@ def finetune(method: str, data_root: Path, seed: int, fraction: float, epochs: i
         overrides.append(f"model.net.pretrained_ckpt={ckpt}")
     m = train(compose_config(overrides, out / name))
     return {"acc": m["test/acc"], "auc": m["test/auc"], "wall": m["wall_time_s"]}
-
-
-def fmt(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} +- {sd:.3f}"
 
 
 def main() -> None:
@@ -99,7 +96,7 @@ def main() -> None:
             results[arm, fraction] = [
                 finetune(arm, root, s, fraction, epochs[fraction], ckpts.get((arm, s)), out) for s in args.seeds
             ]
-            print(f"[done] {arm} @ {fraction}: AUC {fmt([r['auc'] for r in results[arm, fraction]])}")
+            print(f"[done] {arm} @ {fraction}: AUC {mean_std([r['auc'] for r in results[arm, fraction]])}")
 
     print(f"\nPneumoniaMNIST 28 px, official split, CPU, ViT depth 6 / width 192 / patch 4; seeds {args.seeds}")
     for method, walls in pre_wall.items():
@@ -111,8 +108,8 @@ def main() -> None:
     for fraction in args.fractions:
         for arm in args.methods:
             rs = results[arm, fraction]
-            print(f"| {fraction:g} | {epochs[fraction]} | {arm} | {fmt([r['acc'] for r in rs])} | "
-                  f"{fmt([r['auc'] for r in rs])} | {statistics.mean(r['wall'] for r in rs):.0f} |")
+            print(f"| {fraction:g} | {epochs[fraction]} | {arm} | {mean_std([r['acc'] for r in rs])} | "
+                  f"{mean_std([r['auc'] for r in rs])} | {statistics.mean(r['wall'] for r in rs):.0f} |")
     print(f"\ntotal wall time: {time.time() - start:.0f} s")
 
 

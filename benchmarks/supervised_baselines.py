@@ -18,6 +18,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from common import mean_std
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = {  # MedMNIST v2 (Yang et al. 2023), PneumoniaMNIST test ACC / AUC
     "ResNet-18 (28)": (0.854, 0.944),
@@ -40,11 +42,6 @@ def run_arm(arm: str, seed: int, data_root: Path, out: Path, resnet_epochs: int)
     m = train(cfg)
     return {"acc": m["test/acc"], "auc": m["test/auc"], "val_auc": m["objective"], "wall": m["wall_time_s"],
             "epochs": int(cfg.trainer.max_epochs)}
-
-
-def fmt(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} +- {sd:.3f}"
 
 
 def main() -> None:
@@ -70,8 +67,8 @@ def main() -> None:
     print("| arm | epochs | test ACC | test AUC | val AUC (selection) | wall s / run |")
     print("|---|---|---|---|---|---|")
     for arm, results in rows:
-        print(f"| {arm} | {results[0]['epochs']} | {fmt([r['acc'] for r in results])} | "
-              f"{fmt([r['auc'] for r in results])} | {fmt([r['val_auc'] for r in results])} | "
+        print(f"| {arm} | {results[0]['epochs']} | {mean_std([r['acc'] for r in results])} | "
+              f"{mean_std([r['auc'] for r in results])} | {mean_std([r['val_auc'] for r in results])} | "
               f"{statistics.mean(r['wall'] for r in results):.0f} |")
     for name, (acc, auc) in REFERENCE.items():
         print(f"| MedMNIST v2 {name} (reference) | - | {acc:.3f} | {auc:.3f} | - | - |")

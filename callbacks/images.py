@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import lightning as L
@@ -35,3 +36,33 @@ def save_figure(fig, trainer: L.Trainer, folder: str, name: str, wandb_key: str)
         if type(logger).__name__ == "WandbLogger":
             logger.log_image(key=wandb_key, images=[str(path)], step=trainer.global_step)
     return path
+
+
+class EpochFigureCallback(L.Callback, ABC):
+    """Base for callbacks that draw fixed validation images every ``every_n_epochs`` epochs
+    (and after the last epoch), on rank zero, for modules that have the method ``needs``."""
+
+    needs: str = ""
+
+    def __init__(self, every_n_epochs: int = 10, num_images: int = 8) -> None:
+        if every_n_epochs < 1 or num_images < 1:
+            raise ValueError("every_n_epochs and num_images must be >= 1")
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(pl_module, self.needs):
+            return
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
+            return
+        images = fixed_val_images(trainer, self.num_images).to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            self.draw(trainer, pl_module, images, epoch)
+        finally:
+            pl_module.train(was_training)
+
+    @abstractmethod
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, images: torch.Tensor, epoch: int) -> None:
+        """Draw and save the figure of ``images`` (N, C, H, W) at ``epoch``."""

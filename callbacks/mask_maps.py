@@ -8,26 +8,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from callbacks.images import fixed_val_images, save_figure, to_display  # noqa: E402
+from callbacks.images import EpochFigureCallback, save_figure, to_display  # noqa: E402
 
 
-class MaskMapCallback(L.Callback):
+class MaskMapCallback(EpochFigureCallback):
     """Draws the learned masks of fixed validation images for modules with ``mask_maps(images)``
     returning (probabilities (B, L), mask (B, L) with 1 = masked). PNGs go to
     ``<run dir>/mask_maps/epoch_XXX.png`` and to W&B when on."""
 
-    def __init__(self, every_n_epochs: int = 10, num_images: int = 8) -> None:
-        if every_n_epochs < 1 or num_images < 1:
-            raise ValueError("every_n_epochs and num_images must be >= 1")
-        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+    needs = "mask_maps"
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(pl_module, "mask_maps"):
-            return
-        epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
-            return
-        images = fixed_val_images(trainer, self.num_images).to(pl_module.device)
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, images, epoch: int) -> None:
         probs, mask = pl_module.mask_maps(images)
         side = int(round(probs.shape[1] ** 0.5))
         n = len(images)

@@ -8,34 +8,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from callbacks.images import fixed_val_images, save_figure, to_display  # noqa: E402
+from callbacks.images import EpochFigureCallback, save_figure, to_display  # noqa: E402
 
 COLUMNS = ("original", "masked", "reconstruction", "pasted")
 
 
-class ReconstructionCallback(L.Callback):
+class ReconstructionCallback(EpochFigureCallback):
     """Draws reconstructions of fixed validation images with fixed masks.
 
     Works with any module that has ``reconstruct(images) -> dict`` of the four panels
-    (``MAEPretrain``, MLO-MAE). PNGs go to ``<run dir>/reconstructions/epoch_XXX.png``.
+    (``MAEPretrain``, ``MLOMAE``). PNGs go to ``<run dir>/reconstructions/epoch_XXX.png``.
     """
 
-    def __init__(self, every_n_epochs: int = 5, num_images: int = 8) -> None:
-        if every_n_epochs < 1 or num_images < 1:
-            raise ValueError("every_n_epochs and num_images must be >= 1")
-        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+    needs = "reconstruct"
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(pl_module, "reconstruct"):
-            return
-        epoch = trainer.current_epoch
-        if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
-            return
-        images = fixed_val_images(trainer, self.num_images).to(pl_module.device)
-        was_training = pl_module.training
-        pl_module.eval()
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, images, epoch: int) -> None:
         panels = pl_module.reconstruct(images)
-        pl_module.train(was_training)
         n = len(images)
         fig, axes = plt.subplots(n, 4, figsize=(4 * 1.6, n * 1.6), squeeze=False)
         for i in range(n):

@@ -15,7 +15,12 @@ from torchmetrics import CatMetric, MaxMetric
 
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.optim import param_groups
-from lightning_modules.metrics import MULTI_LABEL, classification_metrics, probabilities
+from lightning_modules.metrics import (
+    MULTI_LABEL,
+    classification_metrics,
+    log_epoch_metrics,
+    probabilities,
+)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -139,13 +144,7 @@ class Classifier(L.LightningModule):
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.val_metrics.reset()
-        self.val_acc_best.update(values["val/acc"])
-        self.val_auc_best.update(values["val/auc"])
-        self.log_dict(values)
-        self.log("val/acc_best", self.val_acc_best.compute())
-        self.log("val/auc_best", self.val_auc_best.compute(), prog_bar=True)
+        log_epoch_metrics(self, self.val_metrics, {"val/acc": self.val_acc_best, "val/auc": self.val_auc_best})
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, probs, y = self._shared_step(batch)

@@ -12,7 +12,12 @@ from lightning_modules.components.mae import MaskedAutoencoder, uniformity_loss
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, unpatchify
 from lightning_modules.components.vit import pool
-from lightning_modules.metrics import MULTI_LABEL, classification_metrics, probabilities
+from lightning_modules.metrics import (
+    MULTI_LABEL,
+    classification_metrics,
+    log_epoch_metrics,
+    probabilities,
+)
 
 PROBE_INPUTS = ("full", "visible")
 
@@ -146,13 +151,8 @@ class MAEPretrain(L.LightningModule):
             self.val_probe.update(probs, y.long() if self.task == MULTI_LABEL else y)
 
     def on_validation_epoch_end(self) -> None:
-        if self.probe is None:
-            return
-        values = self.val_probe.compute()
-        self.val_probe.reset()
-        self.probe_auc_best.update(values["val/probe_auc"])
-        self.log_dict(values)
-        self.log("val/probe_auc_best", self.probe_auc_best.compute(), prog_bar=True)
+        if self.probe is not None:
+            log_epoch_metrics(self, self.val_probe, {"val/probe_auc": self.probe_auc_best})
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -10,8 +10,9 @@ All metrics take probabilities (softmax for single-label tasks, sigmoid for mult
 
 from __future__ import annotations
 
+import lightning as L
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -48,3 +49,14 @@ def classification_metrics(num_classes: int, task: str, prefix: str) -> MetricCo
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     """Softmax over classes, or per-label sigmoid for multi-label tasks. Shape (B, K)."""
     return logits.sigmoid() if task == MULTI_LABEL else logits.softmax(dim=-1)
+
+
+def log_epoch_metrics(module: L.LightningModule, metrics: MetricCollection, bests: dict[str, MaxMetric]) -> dict:
+    """Compute, log and reset ``metrics``; track and log ``<key>_best`` for each key of ``bests``."""
+    values = metrics.compute()
+    metrics.reset()
+    module.log_dict(values)
+    for key, tracker in bests.items():
+        tracker.update(values[key])
+        module.log(f"{key}_best", tracker.compute(), prog_bar=True)
+    return values

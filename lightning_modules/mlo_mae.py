@@ -27,7 +27,7 @@ from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, random_masking
 from lightning_modules.components.vit import ClassificationHead, pool
 from lightning_modules.mae import fixed_scores, reconstruction_panels
-from lightning_modules.metrics import MULTI_LABEL, classification_metrics
+from lightning_modules.metrics import MULTI_LABEL, classification_metrics, log_epoch_metrics
 
 MASK_MODES = ("learned", "random")
 
@@ -232,11 +232,7 @@ class MLOMAE(L.LightningModule):
                 self.log_dict({f"val/mask_{k}": v for k, v in mask_statistics(probs).items()}, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.val_metrics.reset()
-        self.val_auc_best.update(values["val/auc"])
-        self.log_dict(values)
-        self.log("val/auc_best", self.val_auc_best.compute(), prog_bar=True)
+        log_epoch_metrics(self, self.val_metrics, {"val/auc": self.val_auc_best})
 
     def configure_optimizers(self):
         hp = self.hparams
