@@ -232,3 +232,21 @@ def test_mlo_pipeline_under_ddp_sim(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "pretrain" / "stage.json").is_file()
     assert (tmp_path / "run" / "finetune" / "predictions" / "test_predictions.npz").is_file()
+
+
+def test_mlo_pretraining_checkpoints_and_resumes(data_root, tmp_path):
+    def overrides(epochs):
+        return [o for o in _mlo_overrides(data_root) if o != "debug=fdr"] + [
+            "stages.finetune=null", f"stages.pretrain.trainer.max_epochs={epochs}",
+            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+
+    train(compose_cfg(overrides(1), tmp_path))
+    pre = tmp_path / "pretrain"
+    ckpt = torch.load(pre / "checkpoints" / "last.ckpt", weights_only=False)
+    assert len(ckpt["optimizer_states"]) == 3 and len(ckpt["lr_schedulers"]) == 3
+    (pre / "stage.json").unlink()  # as if interrupted after epoch 0
+    metrics = train(compose_cfg(overrides(2), tmp_path))
+    resumed = torch.load(pre / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == ckpt["epoch"] + 1  # one more epoch, not a restart
+    assert resumed["global_step"] > ckpt["global_step"]
+    assert metrics["pretrain/last_checkpoint"].endswith("last.ckpt")
