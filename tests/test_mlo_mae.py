@@ -247,6 +247,8 @@ def test_mlo_pretraining_checkpoints_and_resumes(data_root, tmp_path):
     (pre / "stage.json").unlink()  # as if interrupted after epoch 0
     metrics = train(compose_cfg(overrides(2), tmp_path))
     resumed = torch.load(pre / "checkpoints" / "last.ckpt", weights_only=False)
-    assert resumed["epoch"] == ckpt["epoch"] + 1  # one more epoch, not a restart
-    assert resumed["global_step"] > ckpt["global_step"]
+    assert resumed["global_step"] == 2 * ckpt["global_step"]  # 2 batches x (2 + 1 + 1) steps per epoch
+    rows = [r.split(",") for r in (pre / "csv" / "metrics.csv").read_text().splitlines()]
+    col = rows[0].index("epoch")
+    assert "0" not in {r[col] for r in rows[1:]}  # epoch 0 was restored, not trained again
     assert metrics["pretrain/last_checkpoint"].endswith("last.ckpt")
