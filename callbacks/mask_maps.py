@@ -32,6 +32,6 @@ class MaskMapCallback(EpochFigureCallback):
                 ax.set_yticks([])
         for ax, title in zip(axes[0], ("image", "masking probability", "kept (white) / masked")):
             ax.set_title(title, fontsize=8)
-        fig.colorbar(heat, ax=axes[:, 1].tolist(), fraction=0.05)
+        fig.colorbar(heat, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02, label="masking probability")
         fig.suptitle(f"epoch {epoch}", fontsize=9)
         save_figure(fig, trainer, "mask_maps", f"epoch_{epoch:03d}", "mask_maps")

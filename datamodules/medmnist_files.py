@@ -68,6 +68,7 @@ def download_file(url: str, dest: Path, md5: str, timeout_s: float = DOWNLOAD_TI
 
     On any failure the temporary file is removed and ``dest`` is left untouched.
     """
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -85,6 +86,9 @@ def download_file(url: str, dest: Path, md5: str, timeout_s: float = DOWNLOAD_TI
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        for folder in created:  # folders this call made, innermost first, if still empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
     return dest
 
