@@ -1,0 +1,108 @@
+"""Evaluation figures of saved predictions: confusion matrices, per-class accuracy, ROC
+curves, confidence box plots and the reliability diagram. Each returns a matplotlib figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from callbacks.evaluation import confusion_matrix, reliability_bins  # noqa: E402
+
+
+def _short(names: list[str], width: int = 18) -> list[str]:
+    return [n if len(n) <= width else n[: width - 1] + "…" for n in names]
+
+
+def confusion_figure(labels: np.ndarray, probs: np.ndarray, class_names: list[str]):
+    """Counts and row-normalised confusion matrices side by side."""
+    k = len(class_names)
+    cm = confusion_matrix(labels, probs.argmax(1), k)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    names = _short(class_names)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (2 + 0.6 * k), 1.5 + 0.6 * k))
+    for ax, mat, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+        ax.imshow(mat, cmap="Blues", vmin=0)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="white" if mat[i, j] > mat.max() / 2 else "black")
+        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy_figure(table: list[dict]):
+    rows = table[:-2]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(rows), 3.2))
+    ax.bar(range(len(rows)), [r["accuracy"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        ax.text(i, r["accuracy"] + 0.02, f"{r['accuracy']:.2f}\nn={r['support']}", ha="center", fontsize=6)
+    ax.set_xticks(range(len(rows)), _short([r["class"] for r in rows]), rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("accuracy (recall)")
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(labels: np.ndarray, probs: np.ndarray, class_names: list[str]):
+    """One-vs-rest ROC curve of every class (classes absent from the labels are skipped)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for i, name in enumerate(class_names):
+        positive = labels == i
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, i])
+        ax.plot(fpr, tpr, lw=1, label=f"{_short([name])[0]} ({roc_auc_score(positive, probs[:, i]):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.6)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def confidence_figure(labels: np.ndarray, probs: np.ndarray, class_names: list[str]):
+    """Probability of the predicted class, correct vs wrong, per true class (box plots)."""
+    pred, conf = probs.argmax(1), probs.max(1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * k, 3.2))
+    for offset, correct, color in ((-0.2, True, "tab:green"), (0.2, False, "tab:red")):
+        data = [conf[(labels == i) & ((pred == labels) == correct)] for i in range(k)]
+        keep = [i for i in range(k) if len(data[i])]
+        if keep:
+            box = ax.boxplot([data[i] for i in keep], positions=[i + offset for i in keep], widths=0.35,
+                             patch_artist=True, showfliers=False)
+            for patch in box["boxes"]:
+                patch.set_facecolor(color)
+                patch.set_alpha(0.5)
+    ax.set_xticks(range(k), _short(class_names), rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("probability of predicted class")
+    ax.set_ylim(0, 1.02)
+    ax.plot([], [], color="tab:green", lw=6, alpha=0.5, label="correct")
+    ax.plot([], [], color="tab:red", lw=6, alpha=0.5, label="wrong")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(labels: np.ndarray, probs: np.ndarray, ece: float, n_bins: int = 15):
+    b = reliability_bins(probs, labels, n_bins)
+    centers = (b["edges"][:-1] + b["edges"][1:]) / 2
+    fig, ax = plt.subplots(figsize=(4, 4))
+    filled = b["count"] > 0
+    ax.bar(centers[filled], b["accuracy"][filled], width=1 / n_bins, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE = {ece:.3f})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,78 @@
+"""Writes the test-time evaluation of a classifier into ``<run dir>/eval/``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import matplotlib.pyplot as plt
+import numpy as np
+
+from callbacks import evaluation_figures as figs
+from callbacks.evaluation import confusion_matrix, per_class_table, summary_metrics
+from lightning_modules.metrics import MULTI_LABEL
+
+log = logging.getLogger(__name__)
+TABLE_COLUMNS = ("class", "support", "accuracy", "precision", "recall", "specificity", "f1")
+
+
+def write_evaluation(
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str], task: str, out_dir: Path, split: str = "test"
+) -> dict:
+    """Per-class table (CSV), summary (JSON), confusion matrix (CSV) and five PNG figures.
+
+    Returns ``{"summary": ..., "table": ..., "figures": {name: path}}``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = per_class_table(probs, labels, class_names)
+    summary = summary_metrics(probs, labels, task)
+    with open(out_dir / f"{split}_per_class.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    (out_dir / f"{split}_summary.json").write_text(json.dumps(summary, indent=2))
+    cm = confusion_matrix(labels, probs.argmax(1), len(class_names))
+    np.savetxt(out_dir / f"{split}_confusion_matrix.csv", cm, fmt="%d", delimiter=",",
+               header=",".join(class_names), comments="")
+    figures = {
+        "confusion_matrix": figs.confusion_figure(labels, probs, class_names),
+        "per_class_accuracy": figs.per_class_accuracy_figure(table),
+        "roc_curves": figs.roc_figure(labels, probs, class_names),
+        "confidence": figs.confidence_figure(labels, probs, class_names),
+        "reliability": figs.reliability_figure(labels, probs, summary["ece"]),
+    }
+    paths = {}
+    for name, fig in figures.items():
+        paths[name] = out_dir / f"{split}_{name}.png"
+        fig.savefig(paths[name], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    return {"summary": summary, "table": table, "figures": paths}
+
+
+class EvaluationCallback(L.Callback):
+    """After testing a classifier, evaluates its saved test predictions (see
+    ``Classifier.on_test_epoch_end``) and writes ``<run dir>/eval/``; logs the figures and
+    the per-class table to W&B when a WandbLogger is attached."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        root = Path(trainer.default_root_dir)
+        preds = root / "predictions" / "test_predictions.npz"
+        dm = trainer.datamodule
+        if not preds.is_file() or dm is None or not hasattr(dm, "class_names"):
+            return
+        if dm.task == MULTI_LABEL:
+            log.warning("Per-class evaluation of multi-label tasks is not implemented; eval/ skipped.")
+            return
+        data = np.load(preds)
+        result = write_evaluation(data["probs"], data["labels"], dm.class_names, dm.task, root / "eval")
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_table(key="eval/test_per_class", columns=list(TABLE_COLUMNS),
+                                 data=[[row[c] for c in TABLE_COLUMNS] for row in result["table"]])
+                for name, path in result["figures"].items():
+                    logger.log_image(key=f"eval/{name}", images=[str(path)])

@@ -1,0 +1,82 @@
+"""Per-class evaluation against scikit-learn / medmnist, and the written eval/ folder."""
+
+import json
+
+import numpy as np
+import pytest
+from medmnist.evaluator import getACC, getAUC
+from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
+
+from callbacks.evaluation import expected_calibration_error, per_class_table, summary_metrics
+from callbacks.evaluation_report import write_evaluation
+from tests.conftest import compose_cfg, tiny_overrides
+from train import train
+
+
+def _predictions(n=400, k=5, seed=0, never_predicted=3):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, k)) * 2
+    logits[:, never_predicted] -= 100
+    labels = rng.integers(0, k, n)
+    logits[np.arange(n), labels] += rng.random(n) * 2  # some signal
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs, labels
+
+
+def test_per_class_table_matches_sklearn_including_never_predicted_class():
+    probs, labels = _predictions()
+    names = [f"c{i}" for i in range(5)]
+    table = per_class_table(probs, labels, names)
+    pred = probs.argmax(1)
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=range(5), zero_division=0)
+    for i in range(5):
+        row = table[i]
+        assert row["support"] == s[i]
+        assert row["precision"] == pytest.approx(p[i]) and row["recall"] == pytest.approx(r[i])
+        assert row["f1"] == pytest.approx(f[i]) and row["accuracy"] == row["recall"]
+        negatives = labels != i
+        assert row["specificity"] == pytest.approx((pred[negatives] != i).mean())
+    assert table[3]["precision"] == 0 and table[3]["recall"] == 0  # never predicted
+    for avg, row in (("macro", table[5]), ("weighted", table[6])):
+        p, r, f, _ = precision_recall_fscore_support(labels, pred, average=avg, zero_division=0)
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((p, r, f))
+
+
+@pytest.mark.parametrize("k, task", [(5, "multi-class"), (2, "binary-class")])
+def test_summary_matches_medmnist_evaluator_and_sklearn(k, task):
+    probs, labels = _predictions(k=k, never_predicted=1)
+    s = summary_metrics(probs, labels, task)
+    assert s["acc"] == pytest.approx(getACC(labels, probs, task))
+    assert s["auc"] == pytest.approx(getAUC(labels, probs, task))
+    assert s["balanced_acc"] == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
+
+
+def test_ece_hand_worked():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 1])
+    # bins (15): 0.9 -> bin 13 (2 samples, acc 0.5, conf 0.9); 0.6 -> bin 9 (2 samples, acc 1, conf 0.6)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+def test_write_evaluation_files_hold_the_computed_numbers(tmp_path):
+    probs, labels = _predictions()
+    names = [f"class {i}" for i in range(5)]
+    result = write_evaluation(probs, labels, names, "multi-class", tmp_path)
+    summary = json.loads((tmp_path / "test_summary.json").read_text())
+    assert summary["acc"] == pytest.approx((probs.argmax(1) == labels).mean())
+    rows = (tmp_path / "test_per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,support,accuracy,precision,recall,specificity,f1" and len(rows) == 1 + 5 + 2
+    assert float(rows[1].split(",")[4]) == pytest.approx(result["table"][0]["recall"])
+    cm = np.loadtxt(tmp_path / "test_confusion_matrix.csv", delimiter=",", skiprows=1)
+    assert cm.sum() == len(labels) and cm[:, 3].sum() == 0
+    for path in result["figures"].values():
+        assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_classifier_run_writes_eval_folder_consistent_with_metrics(data_root, tmp_path):
+    metrics = train(compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1"], tmp_path))
+    summary = json.loads((tmp_path / "eval" / "test_summary.json").read_text())
+    assert summary["acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert summary["auc"] == pytest.approx(metrics["test/auc"], abs=1e-4)
+    assert summary["balanced_acc"] == pytest.approx(metrics["test/bal_acc"], abs=1e-6)
+    assert (tmp_path / "eval" / "test_confusion_matrix.png").is_file()
