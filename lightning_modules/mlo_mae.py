@@ -177,18 +177,17 @@ class MLOMAE(L.LightningModule):
         x1, tokens1, masking1, _ = level1_data
         batches = LevelBatches(x1, tokens1, masking1, x2, y2, x3, y3)
         xi, eta = opts[0].param_groups[0]["lr"], opts[1].param_groups[0]["lr"]
+        info: dict = {}
         grads = mlo_hypergradient(
             self.mae, self.head, self.masknet, batches, xi=xi, eta=eta, alpha=self.hparams.alpha,
             pooling=self.hparams.pooling, schedule=self.hparams.hypergradient, reduce=self._reduce,
-            feats2=feats2 if self.hparams.hypergradient == "ours" else None,
+            feats2=feats2 if self.hparams.hypergradient == "ours" else None, info=info,
         )
         opt.zero_grad(set_to_none=True)
         for p, g in zip((p for p in self.masknet.parameters() if p.requires_grad), grads):
             p.grad = g
         opt.step()
-        with torch.no_grad():
-            self.log("train/level3_loss", F.cross_entropy(self.head(pool(self.mae.encoder(x3), self.hparams.pooling)), y3),
-                     on_step=False, on_epoch=True, batch_size=len(x3))
+        self.log("train/level3_loss", info["level3_loss"], on_step=False, on_epoch=True, batch_size=len(x3))
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opts = self.optimizers()

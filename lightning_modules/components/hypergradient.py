@@ -110,12 +110,12 @@ def features(mae: MaskedAutoencoder, images: Tensor, pooling: str) -> Tensor:
 
 def level3_directions(
     mae: MaskedAutoencoder, head: nn.Module, b: LevelBatches, pooling: str, reduce: Reduce
-) -> tuple[list[Tensor], list[Tensor]]:
-    """dL3/dtheta and dL3/dw at the current weights (one encoder forward + backward)."""
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """dL3/dtheta, dL3/dw at the current weights (one encoder forward + backward), and L3."""
     enc, hp = _trainable(mae.encoder), _trainable(head)
     loss = F.cross_entropy(head(features(mae, b.x3, pooling)), b.y3)
     g = reduce(_grads(loss, enc + hp))
-    return g[: len(enc)], g[len(enc):]
+    return g[: len(enc)], g[len(enc):], loss.detach()
 
 
 def head_edge(
@@ -182,6 +182,7 @@ def mlo_hypergradient(
     schedule: str = "ours",
     reduce: Reduce = no_reduce,
     feats2: Tensor | None = None,
+    info: dict | None = None,
 ) -> list[Tensor]:
     """Finite-difference hypergradient of L3 with respect to the masking network's parameters.
 
@@ -192,13 +193,16 @@ def mlo_hypergradient(
         reduce: in-place mean over DDP ranks of a list of tensors (identity for one process);
             applied to every direction and to the result so all ranks agree.
         feats2: level-II pooled features with their graph to the encoder, reused by ``ours``.
+        info: if given, receives ``level3_loss`` (so callers need no extra forward to log it).
     Returns:
         one gradient per trainable masking-network parameter.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r} is invalid; allowed: {list(SCHEDULES)}")
     with exact_fp32(mae, head, masknet):
-        v_theta, v_w = level3_directions(mae, head, batches, pooling, reduce)
+        v_theta, v_w, loss3 = level3_directions(mae, head, batches, pooling, reduce)
+        if info is not None:
+            info["level3_loss"] = loss3
         u_head = head_edge(mae, head, batches, v_w, eta, alpha, pooling, reduce, schedule, feats2)
         if schedule == "original":  # one pretrain pair per path
             g_direct = pretrain_edge(mae, masknet, batches, v_theta, xi, alpha, reduce)
@@ -221,7 +225,7 @@ def exact_hypergradient(
     b = batches
     enc, hp, phi = _trainable(mae.encoder), _trainable(head), _trainable(masknet)
     with exact_fp32(mae, head, masknet), sdpa_kernel(SDPBackend.MATH):
-        v_theta, v_w = level3_directions(mae, head, b, pooling, no_reduce)
+        v_theta, v_w, _ = level3_directions(mae, head, b, pooling, no_reduce)
         loss2 = F.cross_entropy(head(features(mae, b.x2, pooling)), b.y2)
         g_w = torch.autograd.grad(loss2, hp, create_graph=True)
         hvp = _grads(sum((g * v).sum() for g, v in zip(g_w, v_w)), enc)
