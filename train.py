@@ -21,6 +21,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.run_report import write_pipeline_report, write_run_report
 from datamodules.medmnist_files import DatasetError
 from datamodules.resolvers import register_resolvers
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
@@ -130,7 +131,7 @@ def run_stage(cfg: DictConfig) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams["git_commit"] = git_commit()
+    hparams["git_commit"] = commit = git_commit()
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
@@ -155,8 +156,10 @@ def run_stage(cfg: DictConfig) -> dict:
         _finish_wandb()
 
     metrics["wall_time_s"] = time.time() - start
+    metrics["git_commit"] = commit
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_run_report(output_dir, cfg, metrics)
     return metrics
 
 
@@ -225,6 +228,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
     if is_global_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_pipeline_report(output_dir, [n for n, s in cfg.stages.items() if s is not None], cfg.task_name)
     return metrics
 
 

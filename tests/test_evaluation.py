@@ -80,3 +80,16 @@ def test_classifier_run_writes_eval_folder_consistent_with_metrics(data_root, tm
     assert summary["auc"] == pytest.approx(metrics["test/auc"], abs=1e-4)
     assert summary["balanced_acc"] == pytest.approx(metrics["test/bal_acc"], abs=1e-6)
     assert (tmp_path / "eval" / "test_confusion_matrix.png").is_file()
+
+
+def test_report_md_holds_the_numbers_figures_and_protocol(data_root, tmp_path):
+    metrics = train(compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1",
+                                 "data.label_fraction=0.5", "data.sampler=sqrt"], tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert f"{metrics['test/auc']:.4f}" in report and f"{metrics['test/acc']:.4f}" in report
+    assert "| melanocytic nevi |" in report  # per-class rows carry the class names
+    for line in report.splitlines():
+        if line.startswith("!["):
+            assert (tmp_path / line.split("](")[1].rstrip(")")).is_file()
+    assert "| label fraction | 0.5 |" in report and "| sampler | sqrt" in report
+    assert "val/auc (max) on validation" in report and "| seed | 0 (split seed 0) |" in report

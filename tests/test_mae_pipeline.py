@@ -116,6 +116,9 @@ def test_pipeline_runs_stages_passes_checkpoint_and_resumes(data_root, tmp_path)
     assert (pre / "reconstructions" / "epoch_000.png").is_file()
     assert (fine / "predictions" / "test_predictions.npz").is_file()
     assert "pretrain/val/probe_auc" in metrics and "test/auc" in metrics
+    root_report = (tmp_path / "report.md").read_text()
+    assert "# Stage: pretrain" in root_report and "](pretrain/reconstructions/epoch_000.png)" in root_report
+    assert f"{metrics['test/auc']:.4f}" in root_report
     pre_info = json.loads((pre / "stage.json").read_text())
     fine_cfg = (fine / "config.yaml").read_text()
     assert f"pretrained_ckpt: {pre_info['best_checkpoint']}" in fine_cfg

@@ -1,0 +1,97 @@
+"""``report.md`` of a run: quick results, per-class table, figures and the protocol.
+
+Called by ``train.py`` at the end of every run (and of every pipeline stage); it reads
+what the run left in its folder (``eval/``, ``reconstructions/``, ``mask_maps/``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+QUICK = (("test/acc", "ACC"), ("test/auc", "AUC"), ("test/bal_acc", "balanced acc"), ("test/f1_macro", "macro F1"))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _latest_png(folder: Path) -> Path | None:
+    pngs = sorted(folder.glob("*.png"))
+    return pngs[-1] if pngs else None
+
+
+def protocol_rows(cfg: DictConfig, metrics: dict) -> list[tuple[str, str]]:
+    """What a reader needs to reproduce the numbers."""
+    data, trainer, model = cfg.data, cfg.trainer, cfg.model
+    loss = model.get("loss") or {}
+    rows = [
+        ("experiment", f"{cfg.get('task_name')} ({model.get('_target_', '').rsplit('.', 1)[-1]})"),
+        ("dataset", f"{data.get('flag', data.get('flags'))}, {data.get('size')} px -> {data.get('img_size')} px"),
+        ("split", f"{data.get('split', 'official')}" + (f" (val fraction {data.get('val_fraction')})"
+                                                          if data.get("split") == "stratified" else "")),
+        ("label fraction", str(data.get("label_fraction", 1.0))),
+        ("sampler", f"{data.get('sampler', 'none')} (epoch length {data.get('epoch_length', 'original')})"),
+        ("loss", f"{loss.get('name', '-')}, class weighted {loss.get('class_weighted', False)}, "
+                 f"label smoothing {loss.get('label_smoothing', 0.0)}" if loss else "see model"),
+        ("selection", f"{cfg.monitor.metric} ({cfg.monitor.mode}) on validation; best value "
+                      f"{_fmt(metrics.get('objective'))}"),
+        ("tested checkpoint", str(metrics.get("test_checkpoint", "-"))),
+        ("epochs", f"max {trainer.get('max_epochs')}"),
+        ("seed", f"{cfg.get('seed')} (split seed {data.get('split_seed')})"),
+        ("git commit", str(metrics.get("git_commit") or "-")),
+        ("wall time", f"{metrics.get('wall_time_s', float('nan')):.0f} s"),
+    ]
+    return rows
+
+
+def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str | None = None) -> Path:
+    """Write ``run_dir/report.md`` from ``metrics`` and the files the run left."""
+    lines = [f"# {title or cfg.get('task_name', 'run')}", ""]
+    quick = [(label, metrics[key]) for key, label in QUICK if isinstance(metrics.get(key), float)]
+    summary_path = run_dir / "eval" / "test_summary.json"
+    if summary_path.is_file():
+        quick.append(("ECE", json.loads(summary_path.read_text())["ece"]))
+    if quick:
+        lines += ["## Test results (checkpoint selected on validation)", "",
+                  "| " + " | ".join(k for k, _ in quick) + " |", "|" + "---|" * len(quick),
+                  "| " + " | ".join(_fmt(v) for _, v in quick) + " |", ""]
+    table = run_dir / "eval" / "test_per_class.csv"
+    if table.is_file():
+        with open(table) as f:
+            rows = list(csv.reader(f))
+        lines += ["## Per-class test metrics", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(_fmt(float(c)) if i > 1 else c for i, c in enumerate(r)) + " |" for r in rows[1:]]
+        lines.append("")
+    figures = sorted((run_dir / "eval").glob("test_*.png")) if (run_dir / "eval").is_dir() else []
+    for folder in ("reconstructions", "mask_maps"):
+        latest = _latest_png(run_dir / folder)
+        if latest is not None:
+            figures.append(latest)
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in figures]
+        lines.append("")
+    lines += ["## Protocol", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in protocol_rows(cfg, metrics)]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_pipeline_report(run_dir: Path, stages: list[str], title: str) -> Path:
+    """Root ``report.md`` of a pipeline: every stage's report, image links re-rooted."""
+    lines = [f"# {title} (pipeline: {' -> '.join(stages)})", ""]
+    for name in stages:
+        stage_report = run_dir / name / "report.md"
+        if not stage_report.is_file():
+            continue
+        body = stage_report.read_text().splitlines()[1:]  # drop the stage's title
+        body = [line.replace("](", f"]({name}/") if line.startswith("![") else line for line in body]
+        lines += [f"# Stage: {name}", *[("#" + line) if line.startswith("## ") else line for line in body], ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
