@@ -10,9 +10,12 @@ from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from callbacks import evaluation_figures as figs
 from callbacks.evaluation import confusion_matrix, per_class_table, summary_metrics
+from callbacks.thresholds import SplitPredictions, tuned_comparison
 from lightning_modules.metrics import MULTI_LABEL
 
 log = logging.getLogger(__name__)
@@ -52,10 +55,35 @@ def write_evaluation(
     return {"summary": summary, "table": table, "figures": paths}
 
 
+@torch.no_grad()
+def validation_predictions(pl_module: L.LightningModule, dataset, batch_size: int) -> SplitPredictions:
+    """Softmax probabilities of the whole validation set with the module's current weights."""
+    was_training = pl_module.training
+    pl_module.eval()
+    probs, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        probs.append(pl_module(x.to(pl_module.device)).float().softmax(-1).cpu())
+        labels.append(y)
+    pl_module.train(was_training)
+    return SplitPredictions(torch.cat(probs).numpy(), torch.cat(labels).numpy(), "val")
+
+
 class EvaluationCallback(L.Callback):
     """After testing a classifier, evaluates its saved test predictions (see
     ``Classifier.on_test_epoch_end``) and writes ``<run dir>/eval/``; logs the figures and
-    the per-class table to W&B when a WandbLogger is attached."""
+    the per-class table to W&B when a WandbLogger is attached.
+
+    Args:
+        tune_thresholds: also fit a decision rule on the validation predictions of the
+            tested checkpoint (binary threshold / per-class offsets, see ``thresholds``)
+            and report its test scores next to the untuned ones
+            (``eval/test_threshold_tuning.json``).
+        objective: ``f1`` / ``youden`` / ``sensitivity`` (binary) or ``macro_f1`` /
+            ``balanced_acc`` (multi-class); None = ``f1`` / ``macro_f1``.
+    """
+
+    def __init__(self, tune_thresholds: bool = True, objective: str | None = None) -> None:
+        self.tune_thresholds, self.objective = tune_thresholds, objective
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -70,6 +98,11 @@ class EvaluationCallback(L.Callback):
             return
         data = np.load(preds)
         result = write_evaluation(data["probs"], data["labels"], dm.class_names, dm.task, root / "eval")
+        if self.tune_thresholds:
+            val = validation_predictions(pl_module, dm.val_set, dm.eval_batch_size)
+            test = SplitPredictions(data["probs"], data["labels"], "test")
+            tuning = tuned_comparison(val, test, self.objective)
+            (root / "eval" / "test_threshold_tuning.json").write_text(json.dumps(tuning, indent=2))
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 logger.log_table(key="eval/test_per_class", columns=list(TABLE_COLUMNS),

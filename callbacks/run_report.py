@@ -59,6 +59,17 @@ def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str |
         lines += ["## Test results (checkpoint selected on validation)", "",
                   "| " + " | ".join(k for k, _ in quick) + " |", "|" + "---|" * len(quick),
                   "| " + " | ".join(_fmt(v) for _, v in quick) + " |", ""]
+    tuning_path = run_dir / "eval" / "test_threshold_tuning.json"
+    if tuning_path.is_file():
+        t = json.loads(tuning_path.read_text())
+        rule = f"threshold {t['threshold']:.4f}" if "threshold" in t else "offsets " + ", ".join(
+            f"{v:+.2f}" for v in t["offsets"])
+        names = list(t["untuned"])
+        lines += [f"## Threshold tuning ({t['kind']}, objective {t['objective']}, fitted on validation: {rule})", "",
+                  "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        lines += [f"| {which} | " + " | ".join(_fmt(float(t[which][n])) for n in names) + " |"
+                  for which in ("untuned", "tuned")]
+        lines.append("")
     table = run_dir / "eval" / "test_per_class.csv"
     if table.is_file():
         with open(table) as f:

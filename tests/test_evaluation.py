@@ -93,3 +93,36 @@ def test_report_md_holds_the_numbers_figures_and_protocol(data_root, tmp_path):
             assert (tmp_path / line.split("](")[1].rstrip(")")).is_file()
     assert "| label fraction | 0.5 |" in report and "| sampler | sqrt" in report
     assert "val/auc (max) on validation" in report and "| seed | 0 (split seed 0) |" in report
+    tuning = json.loads((tmp_path / "eval" / "test_threshold_tuning.json").read_text())
+    assert tuning["kind"] == "class offsets" and len(tuning["offsets"]) == 7
+    assert f"| untuned | {tuning['untuned']['macro_f1']:.4f}" in report
+
+
+def test_threshold_tuning_improves_validation_objective_and_refuses_test_data():
+    from callbacks.thresholds import (
+        SplitPredictions,
+        _binary_scores,
+        _multiclass_score,
+        binary_predict,
+        fit_binary_threshold,
+        fit_class_offsets,
+        offset_predict,
+    )
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.2).astype(int)  # rare positives, under-confident model
+    p1 = np.clip(0.15 + 0.3 * labels + rng.normal(0, 0.12, 300), 0.01, 0.99)
+    val = SplitPredictions(np.stack([1 - p1, p1], 1), labels, "val")
+    t = fit_binary_threshold(val, "f1")
+    assert _binary_scores(labels, binary_predict(val.probs, t))["f1"] > _binary_scores(labels, val.probs.argmax(1))["f1"]
+    assert _binary_scores(labels, binary_predict(val.probs, fit_binary_threshold(val, "sensitivity", 0.95)))[
+        "sensitivity"] >= 0.95
+    probs, labels = _predictions(k=4, never_predicted=2)
+    val = SplitPredictions(probs, labels, "val")
+    offsets = fit_class_offsets(val, "balanced_acc")
+    assert _multiclass_score(labels, offset_predict(probs, offsets), 4, "balanced_acc") > \
+        _multiclass_score(labels, probs.argmax(1), 4, "balanced_acc")
+    with pytest.raises(ValueError, match="validation predictions only, got split='test'"):
+        fit_class_offsets(SplitPredictions(probs, labels, "test"))
+    with pytest.raises(ValueError, match="split='test'"):
+        fit_binary_threshold(SplitPredictions(probs[:, :2], labels, "test"))
