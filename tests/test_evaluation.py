@@ -1,6 +1,7 @@
 """Per-class evaluation against scikit-learn / medmnist, and the written eval/ folder."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,21 @@ def test_threshold_tuning_improves_validation_objective_and_refuses_test_data():
         fit_class_offsets(SplitPredictions(probs, labels, "test"))
     with pytest.raises(ValueError, match="split='test'"):
         fit_binary_threshold(SplitPredictions(probs[:, :2], labels, "test"))
+
+
+def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path, capsys):
+    import evaluate
+
+    metrics = train(compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1"],
+                                tmp_path / "run"))
+    ckpt = Path(metrics["test_checkpoint"])
+    single = evaluate.evaluate([ckpt], out=tmp_path / "single")
+    assert single["summary"]["acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert single["summary"]["auc"] == pytest.approx(metrics["test/auc"], abs=1e-4)
+    assert (tmp_path / "single" / "report.md").is_file()
+    ensemble = evaluate.evaluate([ckpt, ckpt], out=tmp_path / "ensemble")
+    np.testing.assert_allclose(ensemble["probs"], single["probs"], rtol=1e-6)
+    with pytest.raises(evaluate.CheckpointError, match="predicts 7 classes but the dataset has 2"):
+        evaluate.load_classifier(ckpt, num_classes=2)
+    assert evaluate.main([str(tmp_path / "nowhere.ckpt")]) == 1
+    assert "no config.yaml" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""Re-evaluate saved classifier checkpoints without training; average several (ensemble).
+
+    python evaluate.py logs/cnn_derma/runs/<time>/checkpoints/epoch_009.ckpt
+    python evaluate.py RUN_A/checkpoints/epoch_009.ckpt RUN_B/checkpoints/epoch_007.ckpt --out ensemble/
+    python evaluate.py CKPT --split val --root ../shared/data
+
+Each checkpoint is rebuilt from the ``config.yaml`` its run saved (the folder above
+``checkpoints/``); the data come from the first checkpoint's config (``--root`` to read
+the files from elsewhere). Writes ``predictions/``, ``eval/`` and ``report.md`` into
+``--out`` (default: ``<first run>/evaluate_<split>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import train  # noqa: F401  (registers the config resolvers)
+from callbacks.evaluation_report import write_evaluation
+from callbacks.run_report import write_run_report
+from lightning_modules.classifier import save_predictions
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be evaluated on the requested data."""
+
+
+def run_config(ckpt: Path):
+    path = ckpt.resolve().parent.parent / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: no config.yaml in {path.parent} (was it written by train.py?)")
+    return OmegaConf.load(path)
+
+
+def load_classifier(ckpt: Path, num_classes: int):
+    """The Classifier of ``ckpt`` with its weights; the class count must match the data."""
+    cfg = run_config(ckpt)
+    if not str(cfg.model.get("_target_", "")).endswith("Classifier"):
+        raise CheckpointError(f"{ckpt} is not a classifier checkpoint ({cfg.model.get('_target_')})")
+    if cfg.model.num_classes != num_classes:
+        raise CheckpointError(
+            f"{ckpt} predicts {cfg.model.num_classes} classes but the dataset has {num_classes}; "
+            "evaluate it on the dataset it was trained for"
+        )
+    if "pretrained_ckpt" in cfg.model.get("net", {}):
+        cfg.model.net.pretrained_ckpt = None  # the full weights come from the checkpoint below
+    model = instantiate(cfg.model, _convert_="all")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    probs, labels = [], []
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        probs.append(model(x).float().softmax(-1))
+        labels.append(y)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None) -> dict:
+    """Average the probabilities of ``ckpts`` on ``split`` and write the evaluation."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split={split!r} is invalid; allowed: test, val")
+    cfg = run_config(ckpts[0])
+    if root is not None:
+        cfg.data.root = root
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    dataset = datamodule.test_set if split == "test" else datamodule.val_set
+    runs = [predict(load_classifier(c, datamodule.num_classes), dataset, datamodule.eval_batch_size) for c in ckpts]
+    probs, labels = np.mean([p for p, _ in runs], axis=0), runs[0][1]
+    out = out or ckpts[0].resolve().parent.parent / f"evaluate_{split}"
+    save_predictions(out / "predictions", split, probs, labels)
+    result = write_evaluation(probs, labels, datamodule.class_names, datamodule.task, out / "eval", split)
+    summary = result["summary"]
+    metrics = {f"test/{k}": v for k, v in summary.items() if k in ("acc", "auc", "f1_macro")}
+    metrics["test/bal_acc"] = summary["balanced_acc"]
+    metrics["test_checkpoint"] = ", ".join(str(c) for c in ckpts)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if split == "test":
+        write_run_report(out, cfg, metrics, title=f"evaluation of {len(ckpts)} checkpoint(s) on {split}")
+    return {"probs": probs, "labels": labels, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpts", nargs="+", type=Path)
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--root", default=None, help="folder of the MedMNIST files (default: the run's)")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.ckpts, args.split, args.out, args.root)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
