@@ -130,6 +130,7 @@ def test_wandb_logger_runs_offline_without_api_key(data_root, tmp_path, monkeypa
 
 
 def _run_cli(args: list[str], cwd: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
@@ -187,3 +188,18 @@ def test_ddp_sim_two_cpu_processes(data_root, tmp_path):
     acc = (preds["probs"].argmax(1) == labels).mean()
     assert acc == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_optuna_sweep_and_submitit_local_launcher(data_root, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr"]
+    proc = _run_cli(["-m", *common, "hparams_search=optuna", "hydra.sweeper.n_trials=2"], cwd=tmp_path / "optuna")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = list((tmp_path / "optuna" / "logs").rglob("optimization_results.yaml"))
+    assert len(results) == 1 and "best_params" in results[0].read_text()
+    proc = _run_cli(["-m", *common, "hydra/launcher=local", "hydra.launcher.cpus_per_task=1", "seed=0,1"],
+                    cwd=tmp_path / "submitit")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((tmp_path / "submitit" / "logs").rglob("metrics.json"))
+    assert len(jobs) == 2 and (jobs[0].parent.parent / ".submitit").is_dir()
