@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_sup
 
 from callbacks.evaluation import expected_calibration_error, per_class_table, summary_metrics
 from callbacks.evaluation_report import write_evaluation
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.conftest import REAL_PNEUMONIA, compose_cfg, tiny_overrides
 from train import train
 
 
@@ -145,3 +145,23 @@ def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path
         evaluate.load_classifier(ckpt, num_classes=2)
     assert evaluate.main([str(tmp_path / "nowhere.ckpt")]) == 1
     assert "no config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_PNEUMONIA.is_file(), reason="real PneumoniaMNIST not available")
+def test_cnn_derma_on_real_pneumoniamnist_report_matches_saved_predictions(tmp_path):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    metrics = train(compose_cfg(["experiment=cnn_derma", "data=pneumoniamnist", f"data.root={REAL_PNEUMONIA.parent}",
+                                 "data.download=false", "trainer=cpu", "trainer.max_epochs=2",
+                                 "~callbacks.rich_progress_bar"], tmp_path))
+    preds = np.load(tmp_path / "predictions" / "test_predictions.npz")
+    assert len(preds["labels"]) == 624
+    acc = accuracy_score(preds["labels"], preds["probs"][:, 1] > 0.5)
+    auc = roc_auc_score(preds["labels"], preds["probs"][:, 1])
+    report = (tmp_path / "report.md").read_text()
+    assert f"| {acc:.4f} | {auc:.4f} |" in report
+    assert metrics["test/auc"] == pytest.approx(auc, abs=1e-4)
+    for line in report.splitlines():
+        if line.startswith("!["):
+            assert (tmp_path / line.split("](")[1].rstrip(")")).read_bytes()[:4] == b"\x89PNG"
