@@ -120,13 +120,19 @@ def test_wandb_logger_runs_offline_without_api_key(data_root, tmp_path, monkeypa
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", "logger=wandb"], tmp_path)
+    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1", "logger=wandb"],
+                      tmp_path)  # not fast_dev_run: it replaces every logger by a dummy
     assert cfg.logger.wandb.offline is True
     train(cfg)
     import wandb
 
     assert wandb.run is None  # finished, so the next multirun job gets its own run
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = runs[0] / "files" / "media"
+    images = {p.name.rsplit("_", 2)[0] for p in (media / "images" / "eval").glob("*.png")}
+    assert images == {"confusion_matrix", "per_class_accuracy", "roc_curves", "confidence", "reliability"}
+    assert list((media / "table" / "eval").glob("test_per_class_*.table.json"))
 
 
 def _run_cli(args: list[str], cwd: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
