@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -291,18 +290,3 @@ class MedMNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)
-
-    def describe(self) -> dict:
-        """Protocol facts for logs and reports."""
-        return {
-            "flag": self.flag,
-            "size": self.size,
-            "img_size": self.img_size,
-            "file": os.fspath(self.path),
-            "split": self.split,
-            "label_fraction": self.label_fraction,
-            "sampler": self.sampler,
-            "n_train": len(self.train_set) if self.train_set else None,
-            "n_val": len(self.val_set) if self.val_set else None,
-            "n_test": len(self.test_set) if self.test_set else None,
-        }
