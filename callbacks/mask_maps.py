@@ -14,7 +14,7 @@ from callbacks.images import EpochFigureCallback, save_figure, to_display  # noq
 class MaskMapCallback(EpochFigureCallback):
     """Draws the learned masks of fixed validation images for modules with ``mask_maps(images)``
     returning (probabilities (B, L), mask (B, L) with 1 = masked). PNGs go to
-    ``<run dir>/mask_maps/epoch_XXX.png`` and to W&B when on."""
+    ``<run dir>/mask_maps/epoch_<NNN>.png`` and to W&B when on."""
 
     needs = "mask_maps"
 

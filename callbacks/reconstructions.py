@@ -17,7 +17,7 @@ class ReconstructionCallback(EpochFigureCallback):
     """Draws reconstructions of fixed validation images with fixed masks.
 
     Works with any module that has ``reconstruct(images) -> dict`` of the four panels
-    (``MAEPretrain``, ``MLOMAE``). PNGs go to ``<run dir>/reconstructions/epoch_XXX.png``.
+    (``MAEPretrain``, ``MLOMAE``). PNGs go to ``<run dir>/reconstructions/epoch_<NNN>.png``.
     """
 
     needs = "reconstruct"
