@@ -203,7 +203,8 @@ class MLOMAE(L.LightningModule):
             for x3, y3 in zip(batch["level3"][0].chunk(n3), batch["level3"][1].chunk(n3)):
                 self.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
             stats = mask_statistics(level1_data[3])
-            self.log_dict({f"train/mask_{k}": v for k, v in stats.items()}, on_step=False, on_epoch=True)
+            self.log_dict({f"train/mask_{k}": v for k, v in stats.items()}, on_step=False, on_epoch=True,
+                          batch_size=len(level1_data[0]))
         self.log("train/level1_loss", loss1, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         self.log("train/level2_loss", loss2, on_step=False, on_epoch=True, batch_size=len(x2))
 
@@ -225,10 +226,12 @@ class MLOMAE(L.LightningModule):
         if batch_idx == 0:  # how much the masks of the same images change between epochs
             mask = masking[1]
             if self._reference_masks is not None and self._reference_masks.shape == mask.shape:
-                self.log("val/mask_change", (mask != self._reference_masks).float().mean(), sync_dist=True)
+                self.log("val/mask_change", (mask != self._reference_masks).float().mean(), sync_dist=True,
+                         batch_size=len(x))
             self._reference_masks = mask.detach()
             if probs is not None:
-                self.log_dict({f"val/mask_{k}": v for k, v in mask_statistics(probs).items()}, sync_dist=True)
+                self.log_dict({f"val/mask_{k}": v for k, v in mask_statistics(probs).items()}, sync_dist=True,
+                              batch_size=len(x))
 
     def on_validation_epoch_end(self) -> None:
         log_epoch_metrics(self, self.val_metrics, {"val/auc": self.val_auc_best})
