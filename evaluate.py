@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import train  # noqa: F401  (registers the config resolvers)
-from callbacks.evaluation_report import write_evaluation
+from callbacks.evaluation_report import predict_probs, write_evaluation
 from callbacks.run_report import write_run_report
 from lightning_modules.classifier import save_predictions
 
@@ -59,15 +59,6 @@ def load_classifier(ckpt: Path, num_classes: int):
     return model.eval()
 
 
-@torch.no_grad()
-def predict(model, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    probs, labels = [], []
-    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        probs.append(model(x).float().softmax(-1))
-        labels.append(y)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
-
-
 def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None) -> dict:
     """Average the probabilities of ``ckpts`` on ``split`` and write the evaluation."""
     if split not in ("test", "val"):
@@ -79,7 +70,7 @@ def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, ro
     datamodule.prepare_data()
     datamodule.setup("test")
     dataset = datamodule.test_set if split == "test" else datamodule.val_set
-    runs = [predict(load_classifier(c, datamodule.num_classes), dataset, datamodule.eval_batch_size) for c in ckpts]
+    runs = [predict_probs(load_classifier(c, datamodule.num_classes), dataset, datamodule.eval_batch_size) for c in ckpts]
     probs, labels = np.mean([p for p, _ in runs], axis=0), runs[0][1]
     out = out or ckpts[0].resolve().parent.parent / f"evaluate_{split}"
     save_predictions(out / "predictions", split, probs, labels)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from callbacks import evaluation_figures as figs
 from callbacks.evaluation import confusion_matrix, per_class_table, summary_metrics
+from callbacks.images import wandb_loggers
 from callbacks.thresholds import SplitPredictions, tuned_comparison
 from lightning_modules.metrics import MULTI_LABEL
 
@@ -56,16 +57,18 @@ def write_evaluation(
 
 
 @torch.no_grad()
-def validation_predictions(pl_module: L.LightningModule, dataset, batch_size: int) -> SplitPredictions:
-    """Softmax probabilities of the whole validation set with the module's current weights."""
-    was_training = pl_module.training
-    pl_module.eval()
+def predict_probs(model: torch.nn.Module, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities (N, K) and labels (N,) of a whole dataset, in order, on the
+    model's device and in eval mode (its mode is restored afterwards)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     probs, labels = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        probs.append(pl_module(x.to(pl_module.device)).float().softmax(-1).cpu())
+        probs.append(model(x.to(device)).float().softmax(-1).cpu())
         labels.append(y)
-    pl_module.train(was_training)
-    return SplitPredictions(torch.cat(probs).numpy(), torch.cat(labels).numpy(), "val")
+    model.train(was_training)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
 class EvaluationCallback(L.Callback):
@@ -99,13 +102,12 @@ class EvaluationCallback(L.Callback):
         data = np.load(preds)
         result = write_evaluation(data["probs"], data["labels"], dm.class_names, dm.task, root / "eval")
         if self.tune_thresholds:
-            val = validation_predictions(pl_module, dm.val_set, dm.eval_batch_size)
+            val = SplitPredictions(*predict_probs(pl_module, dm.val_set, dm.eval_batch_size), "val")
             test = SplitPredictions(data["probs"], data["labels"], "test")
             tuning = tuned_comparison(val, test, self.objective)
             (root / "eval" / "test_threshold_tuning.json").write_text(json.dumps(tuning, indent=2))
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                logger.log_table(key="eval/test_per_class", columns=list(TABLE_COLUMNS),
-                                 data=[[row[c] for c in TABLE_COLUMNS] for row in result["table"]])
-                for name, path in result["figures"].items():
-                    logger.log_image(key=f"eval/{name}", images=[str(path)])
+        for logger in wandb_loggers(trainer):
+            logger.log_table(key="eval/test_per_class", columns=list(TABLE_COLUMNS),
+                             data=[[row[c] for c in TABLE_COLUMNS] for row in result["table"]])
+            for name, path in result["figures"].items():
+                logger.log_image(key=f"eval/{name}", images=[str(path)])

@@ -32,10 +32,14 @@ def save_figure(fig, trainer: L.Trainer, folder: str, name: str, wandb_key: str)
     path = out / f"{name}.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_image(key=wandb_key, images=[str(path)], step=trainer.global_step)
+    for logger in wandb_loggers(trainer):
+        logger.log_image(key=wandb_key, images=[str(path)], step=trainer.global_step)
     return path
+
+
+def wandb_loggers(trainer: L.Trainer) -> list:
+    """The trainer's W&B loggers (none unless ``logger=wandb`` or ``many``)."""
+    return [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
 
 
 class EpochFigureCallback(L.Callback, ABC):

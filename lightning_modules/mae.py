@@ -22,10 +22,18 @@ from lightning_modules.metrics import (
 PROBE_INPUTS = ("full", "visible")
 
 
-def fixed_scores(batch: int, num_patches: int, seed: int, device) -> torch.Tensor:
-    """Masking scores (B, L) that are the same at every call with the same seed."""
+def fixed_masking(mae: MaskedAutoencoder, batch: int, seed: int, device) -> tuple[torch.Tensor, ...]:
+    """Random masking of ``mae`` that is the same at every call with the same seed."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, num_patches, generator=g).to(device)
+    scores = torch.rand(batch, mae.encoder.num_patches, generator=g).to(device)
+    return masking_from_scores(scores, mae.mask_ratio)
+
+
+@torch.no_grad()
+def reconstruct_with(mae: MaskedAutoencoder, images: torch.Tensor, masking) -> dict[str, torch.Tensor]:
+    """The four reconstruction panels (see ``reconstruction_panels``) for a given masking."""
+    out = mae(images, masking)
+    return reconstruction_panels(images, mae.pixels(images, out), out.mask, mae.encoder.patch_size)
 
 
 class MAEPretrain(L.LightningModule):
@@ -85,11 +93,7 @@ class MAEPretrain(L.LightningModule):
     def reconstruct(self, images: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
         """Images (B, C, H, W) -> masked input, reconstruction and reconstruction with the
         visible patches pasted back, each (B, C, H, W); the same masks for the same seed."""
-        enc = self.mae.encoder
-        masking = masking_from_scores(fixed_scores(len(images), enc.num_patches, seed, images.device),
-                                      self.mae.mask_ratio)
-        out = self.mae(images, masking)
-        return reconstruction_panels(images, self.mae.pixels(images, out), out.mask, enc.patch_size)
+        return reconstruct_with(self.mae, images, fixed_masking(self.mae, len(images), seed, images.device))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Mean-pooled encoder features of unmasked images, (B, D)."""
@@ -141,10 +145,8 @@ class MAEPretrain(L.LightningModule):
     # ----- validation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        enc = self.mae.encoder
         # The same masks every epoch, so val/loss is comparable across epochs.
-        masking = masking_from_scores(fixed_scores(len(x), enc.num_patches, batch_idx, x.device), self.mae.mask_ratio)
-        out = self.mae(x, masking)
+        out = self.mae(x, fixed_masking(self.mae, len(x), batch_idx, x.device))
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=len(x))
         if self.probe is not None:
             probs = probabilities(self.probe(self.features(x)).float(), self.task)

@@ -23,7 +23,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-MULTI_LABEL = "multi-label, binary-class"
+from datamodules.medmnist_files import MULTI_LABEL
 
 
 def classification_metrics(num_classes: int, task: str, prefix: str) -> MetricCollection:

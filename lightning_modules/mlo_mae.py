@@ -26,7 +26,7 @@ from lightning_modules.components.masking import build_masking_net, mask_statist
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, random_masking
 from lightning_modules.components.vit import ClassificationHead, pool
-from lightning_modules.mae import fixed_scores, reconstruction_panels
+from lightning_modules.mae import fixed_masking, reconstruct_with
 from lightning_modules.metrics import MULTI_LABEL, classification_metrics, log_epoch_metrics
 
 MASK_MODES = ("learned", "random")
@@ -130,13 +130,10 @@ class MLOMAE(L.LightningModule):
     def reconstruct(self, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
         """Reconstruction panels (see ``MAEPretrain.reconstruct``) with this module's masks."""
         if self.hparams.mask_mode == "random":
-            enc = self.mae.encoder
-            masking = masking_from_scores(fixed_scores(len(images), enc.num_patches, seed, images.device),
-                                          self.mae.mask_ratio)
+            masking = fixed_masking(self.mae, len(images), seed, images.device)
         else:
             masking = self.masks(images)[0]
-        out = self.mae(images, masking)
-        return reconstruction_panels(images, self.mae.pixels(images, out), out.mask, self.mae.encoder.patch_size)
+        return reconstruct_with(self.mae, images, masking)
 
     @torch.no_grad()
     def mask_maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
