@@ -2,13 +2,13 @@
 
 One training step is one cycle (the datamodule's ``mlo`` option provides one batch per
 level, ``cadence`` times the batch size):
-  level I   (n1 chunks): encoder + decoder on the probability-weighted reconstruction loss;
+  level I   (n1 chunks): encoder + decoder on the weighted reconstruction loss;
   level II  (n2 chunks): classification head on encoder features of unmasked images;
   level III (n3 chunks): masking network by the finite-difference hypergradient of the
             level-III classification loss (see ``components/hypergradient.py``).
 Manual optimisation; DDP-safe: the encoder update goes through ``manual_backward``
 (the only path on which Lightning arms DDP's gradient sync), every ``autograd.grad``
-result is all-reduced by hand.
+result is all-reduced by hand, and a non-finite loss on any rank stops every rank.
 """
 
 from __future__ import annotations
@@ -20,9 +20,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MaxMetric
 
-from lightning_modules.components.hypergradient import SCHEDULES, LevelBatches, mlo_hypergradient
+from lightning_modules.components.hypergradient import (
+    SCALINGS,
+    SCHEDULES,
+    LevelBatches,
+    forward_is_exact,
+    mlo_hypergradient,
+)
 from lightning_modules.components.mae import MaskedAutoencoder
-from lightning_modules.components.masking import build_masking_net, mask_statistics
+from lightning_modules.components.masking import (
+    PATCH_WEIGHTINGS,
+    build_masking_net,
+    mask_statistics,
+    patch_weights,
+)
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, random_masking
 from lightning_modules.components.vit import ClassificationHead, pool
@@ -32,14 +43,39 @@ from lightning_modules.metrics import MULTI_LABEL, classification_metrics, log_e
 MASK_MODES = ("learned", "random")
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def allreduce_mean(tensors: list[Tensor]) -> list[Tensor]:
     """In-place mean over DDP ranks (no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         world = dist.get_world_size()
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             t.div_(world)
     return tensors
+
+
+def raise_if_not_finite(loss: Tensor, name: str, fix: str) -> None:
+    """Raise on every DDP rank when ``loss`` is NaN or inf on any rank, so that no rank is left
+    waiting in a collective for one that has stopped."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if _distributed():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item() > 0:
+        where = f" (rank {dist.get_rank()}: {loss.item()})" if _distributed() else f" ({loss.item()})"
+        raise FloatingPointError(f"{name} is not finite on at least one rank{where}; {fix}")
+
+
+def check_precision(precision) -> None:
+    """Refuse fp16 mixed precision: its GradScaler unscales at ``optimizer.step()`` the level-II
+    and level-III gradients that MLO-MAE sets by hand (they were never scaled), so the head and
+    the masking network would silently stop learning."""
+    if str(precision).startswith("16"):
+        raise ValueError(f"trainer.precision={precision} is not supported by MLO-MAE (fp16's loss scaling would "
+                         "divide the hand-set head and masking-net gradients by the loss scale); use "
+                         "trainer.precision=bf16-mixed or 32-true")
 
 
 def check_cadence(cadence) -> tuple[int, int, int]:
@@ -55,14 +91,20 @@ class MLOMAE(L.LightningModule):
     Args:
         mae: the ``MaskedAutoencoder`` (its ``mask_ratio`` must lie in (0, 1)).
         num_classes, task: label space of the level-II/III head (single-label tasks).
-        masking_net: ``mlp`` (the paper's) or ``patch_scorer`` (light); ``masking_hidden``.
+        masking_net: ``mlp`` (the paper's) or ``patch_scorer`` (light); ``masking_hidden``;
+            ``masking_temperature`` divides the logits; ``masking_input_norm`` normalises
+            each token before the mlp.
+        patch_weighting: ``probability`` (the paper: w = p) or ``normalized`` (p divided by its
+            mean over each image's masked patches; see ``masking.patch_weights``).
         mask_mode: ``learned``, or ``random`` (plain MAE inside the same module; no level III).
-        cadence: level I : II : III steps per cycle, e.g. (2, 1, 1).
+        cadence: level I : II : III steps per cycle, e.g. (2, 1, 1); any integers >= 1.
         lr, lr_head, lr_mask, weight_decay, betas: AdamW of each level (cosine, per epoch,
             after ``warmup_epochs`` of linear warmup).
         pooling, head_dropout: the head's input and dropout.
         alpha: finite-difference scale (eps = alpha / ||v||).
-        hypergradient: ``ours`` or ``original`` schedule.
+        hypergradient: ``ours`` or ``original`` schedule of passes.
+        hypergradient_scaling: ``official`` (unit weights, the official code) or ``unrolled``
+            (paths scaled by the level-I lr xi and xi * the level-II lr eta).
         grad_clip: max gradient norm of the level-I optimiser (None = off).
         reduce_hypergradients: all-reduce every ``autograd.grad`` result under DDP (only a
             test switches it off, to show that ranks then drift apart).
@@ -75,6 +117,9 @@ class MLOMAE(L.LightningModule):
         task: str,
         masking_net: str = "mlp",
         masking_hidden: int | None = None,
+        masking_temperature: float = 1.0,
+        masking_input_norm: bool = False,
+        patch_weighting: str = "probability",
         mask_mode: str = "learned",
         cadence: tuple[int, int, int] = (2, 1, 1),
         lr: float = 1e-3,
@@ -87,16 +132,18 @@ class MLOMAE(L.LightningModule):
         head_dropout: float = 0.1,
         alpha: float = 0.01,
         hypergradient: str = "ours",
+        hypergradient_scaling: str = "official",
         grad_clip: float | None = None,
         reduce_hypergradients: bool = True,
     ) -> None:
         super().__init__()
         if not 0 < mae.mask_ratio < 1:
             raise ValueError(f"mask_ratio={mae.mask_ratio} is invalid; MLO-MAE needs (0, 1)")
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"model.mask_mode={mask_mode!r} is invalid; allowed: {list(MASK_MODES)}")
-        if hypergradient not in SCHEDULES:
-            raise ValueError(f"model.hypergradient={hypergradient!r} is invalid; allowed: {list(SCHEDULES)}")
+        for name, value, allowed in (("mask_mode", mask_mode, MASK_MODES), ("hypergradient", hypergradient, SCHEDULES),
+                                     ("hypergradient_scaling", hypergradient_scaling, SCALINGS),
+                                     ("patch_weighting", patch_weighting, PATCH_WEIGHTINGS)):
+            if value not in allowed:
+                raise ValueError(f"model.{name}={value!r} is invalid; allowed: {list(allowed)}")
         if task == MULTI_LABEL:
             raise ValueError("MLO-MAE supports single-label tasks (its level-II/III loss is cross-entropy)")
         if alpha <= 0:
@@ -107,24 +154,31 @@ class MLOMAE(L.LightningModule):
         self.mae, self.task = mae, task
         enc = mae.encoder
         self.head = ClassificationHead(enc.embed_dim, num_classes, head_dropout)
-        self.masknet = build_masking_net(masking_net, enc.num_patches, enc.embed_dim, masking_hidden)
+        self.masknet = build_masking_net(masking_net, enc.num_patches, enc.embed_dim, masking_hidden,
+                                         masking_temperature, masking_input_norm)
         self.val_metrics = classification_metrics(num_classes, task, "val/")
         self.val_auc_best = MaxMetric()
         self._reference_masks: Tensor | None = None
 
     # ----- masks -------------------------------------------------------------------------
-    def masking_tokens(self, images: Tensor) -> Tensor:
-        """The masking network's input: patch + position embeddings (B, L, D), held constant."""
-        return self.mae.encoder.embed(images).detach()
-
     def masks(self, images: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor | None, Tensor]:
-        """(masking, patch weights or None, masking-net input tokens) for a batch."""
-        tokens = self.masking_tokens(images)
-        if self.hparams.mask_mode == "random":
-            return random_masking(len(images), self.mae.encoder.num_patches, self.mae.mask_ratio, images.device), None, tokens
-        with torch.no_grad():
-            probs = self.masknet(tokens)
+        """(masking, probabilities (B, L) or None, masking-net input tokens (B, L, D)).
+
+        The tokens (patch + position embeddings, held constant) and the probabilities are
+        computed in fp32 even under autocast, so that the top-k cut has no bf16 ties.
+        """
+        with torch.autocast(images.device.type, enabled=False):
+            tokens = self.mae.encoder.embed(images.float()).detach()
+            if self.hparams.mask_mode == "random":
+                n = self.mae.encoder.num_patches
+                return random_masking(len(images), n, self.mae.mask_ratio, images.device), None, tokens
+            with torch.no_grad():
+                probs = self.masknet(tokens)
         return masking_from_scores(probs, self.mae.mask_ratio), probs, tokens
+
+    def weights(self, probs: Tensor | None, mask: Tensor) -> Tensor | None:
+        """Patch weights of the level-I loss (None for random masks: plain MAE)."""
+        return None if probs is None else patch_weights(probs, mask, self.hparams.patch_weighting)
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
@@ -147,44 +201,52 @@ class MLOMAE(L.LightningModule):
     def _reduce(self, tensors: list[Tensor]) -> list[Tensor]:
         return allreduce_mean(tensors) if self.hparams.reduce_hypergradients else tensors
 
-    def level1(self, x: Tensor, opt) -> tuple[Tensor, LevelBatches | None]:
+    def level1(self, x: Tensor, opt) -> tuple[Tensor, tuple]:
+        """One encoder + decoder step; returns the loss and (x, tokens, masking, probs, weights)."""
         masking, probs, tokens = self.masks(x)
-        out = self.mae(x, masking, patch_weights=probs)
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"level-I loss is {out.loss.item()}; lower model.lr or set model.grad_clip")
+        weights = self.weights(probs, masking[1])
+        out = self.mae(x, masking, patch_weights=weights)
+        raise_if_not_finite(out.loss, "the level-I loss", "lower model.lr or set model.grad_clip")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(out.loss)
         if self.hparams.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
-        return out.loss.detach(), (x, tokens, masking, probs)
+        return out.loss.detach(), (x, tokens, masking, probs, weights)
 
-    def level2(self, x: Tensor, y: Tensor, opt, keep_graph: bool) -> tuple[Tensor, Tensor]:
+    def level2(self, x: Tensor, y: Tensor, opt, keep_graph: bool) -> tuple[Tensor, Tensor | None]:
+        """One head step. Returns the loss and, when ``keep_graph`` and the encoder forward was
+        exact fp32 (see ``forward_is_exact``), the pooled features with their graph, for the
+        ``ours`` head edge; otherwise None (the head edge then re-runs the encoder in fp32)."""
+        keep = keep_graph and forward_is_exact(self.mae.encoder, x.device.type)
         feats = pool(self.mae.encoder(x), self.hparams.pooling)
-        loss = F.cross_entropy(self.head(feats), y)
+        loss = F.cross_entropy(self.head(feats).float(), y)
+        raise_if_not_finite(loss, "the level-II loss", "lower model.lr_head")
         params = list(self.head.parameters())
-        grads = self._reduce(list(torch.autograd.grad(loss, params, retain_graph=keep_graph)))
+        grads = self._reduce(list(torch.autograd.grad(loss, params, retain_graph=keep)))
         opt.zero_grad(set_to_none=True)
         for p, g in zip(params, grads):
             p.grad = g
         opt.step()
-        return loss.detach(), feats
+        return loss.detach(), feats if keep else None
 
-    def level3(self, level1_data, x3: Tensor, y3: Tensor, x2: Tensor, y2: Tensor, feats2, opt, opts) -> None:
-        x1, tokens1, masking1, _ = level1_data
-        batches = LevelBatches(x1, tokens1, masking1, x2, y2, x3, y3)
-        xi, eta = opts[0].param_groups[0]["lr"], opts[1].param_groups[0]["lr"]
+    def level3(self, level1_data: tuple, x3: Tensor, y3: Tensor, x2: Tensor, y2: Tensor, feats2, opt, opts) -> dict:
+        """One masking-net step by the hypergradient; returns its ``info`` (loss, path norms)."""
+        x1, tokens1, masking1, _, _ = level1_data
+        hp = self.hparams
         info: dict = {}
         grads = mlo_hypergradient(
-            self.mae, self.head, self.masknet, batches, xi=xi, eta=eta, alpha=self.hparams.alpha,
-            pooling=self.hparams.pooling, schedule=self.hparams.hypergradient, reduce=self._reduce,
-            feats2=feats2 if self.hparams.hypergradient == "ours" else None, info=info,
+            self.mae, self.head, self.masknet, LevelBatches(x1, tokens1, masking1, x2, y2, x3, y3),
+            scaling=hp.hypergradient_scaling, xi=opts[0].param_groups[0]["lr"], eta=opts[1].param_groups[0]["lr"],
+            alpha=hp.alpha, pooling=hp.pooling, schedule=hp.hypergradient, weighting=hp.patch_weighting,
+            reduce=self._reduce, feats2=feats2, info=info,
         )
+        raise_if_not_finite(info["level3_loss"], "the level-III loss", "lower model.lr_mask or model.lr_head")
         opt.zero_grad(set_to_none=True)
         for p, g in zip((p for p in self.masknet.parameters() if p.requires_grad), grads):
             p.grad = g
         opt.step()
-        self.log("train/level3_loss", info["level3_loss"], on_step=False, on_epoch=True, batch_size=len(x3))
+        return info
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opts = self.optimizers()
@@ -196,16 +258,24 @@ class MLOMAE(L.LightningModule):
         for i, (x2, y2) in enumerate(zip(x2s, y2s)):
             keep = learned and i == n2 - 1 and self.hparams.hypergradient == "ours"
             loss2, feats2 = self.level2(x2, y2, opts[1], keep_graph=keep)
+        log = {"on_step": False, "on_epoch": True}
         if learned:
             for x3, y3 in zip(batch["level3"][0].chunk(n3), batch["level3"][1].chunk(n3)):
-                self.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
-            stats = mask_statistics(level1_data[3])
-            self.log_dict({f"train/mask_{k}": v for k, v in stats.items()}, on_step=False, on_epoch=True,
-                          batch_size=len(level1_data[0]))
+                info = self.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
+                self.log("train/level3_loss", info["level3_loss"], batch_size=len(x3), **log)
+                self.log_dict({f"train/hypergrad_{k}": info[k].float() for k in ("total", "direct", "head")},
+                              batch_size=1, **log)
+            x1, _, (_, mask1, _), probs1, weights1 = level1_data
+            stats = mask_statistics(probs1, mask1, weights1)
+            self.log_dict({f"train/mask_{k}": v for k, v in stats.items()}, batch_size=len(x1), **log)
         self.log("train/level1_loss", loss1, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
-        self.log("train/level2_loss", loss2, on_step=False, on_epoch=True, batch_size=len(x2))
+        self.log("train/level2_loss", loss2, batch_size=len(x2), **log)
 
     # ----- fit hooks ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None:
+            check_precision(self.trainer.precision)
+
     def on_train_start(self) -> None:
         self.val_auc_best.reset()
 
@@ -216,19 +286,18 @@ class MLOMAE(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         masking, probs, _ = self.masks(x)
-        out = self.mae(x, masking, patch_weights=probs)
+        out = self.mae(x, masking, patch_weights=self.weights(probs, masking[1]))
         self.log("val/loss", out.loss, sync_dist=True, batch_size=len(x))
         logits = self.head(pool(self.mae.encoder(x), self.hparams.pooling))
         self.val_metrics.update(logits.float().softmax(-1), y)
-        if batch_idx == 0:  # how much the masks of the same images change between epochs
+        if batch_idx == 0 and probs is not None:  # the first validation batch: the same images every epoch
             mask = masking[1]
             if self._reference_masks is not None and self._reference_masks.shape == mask.shape:
                 self.log("val/mask_change", (mask != self._reference_masks).float().mean(), sync_dist=True,
-                         batch_size=len(x))
+                         batch_size=1)
             self._reference_masks = mask.detach()
-            if probs is not None:
-                self.log_dict({f"val/mask_{k}": v for k, v in mask_statistics(probs).items()}, sync_dist=True,
-                              batch_size=len(x))
+            stats = mask_statistics(probs, mask, self.weights(probs, mask))
+            self.log_dict({f"val/mask_{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=1)
 
     def on_validation_epoch_end(self) -> None:
         log_epoch_metrics(self, self.val_metrics, {"val/auc": self.val_auc_best})

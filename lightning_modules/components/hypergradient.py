@@ -1,20 +1,27 @@
 """MLO-MAE hypergradient of the masking network, as pure functions.
 
 Notation: theta = encoder, w = classification head, phi = masking network.
-Level I loss  L1(theta, phi) = sum(p * m * e(theta)) / sum(m): per-patch errors e of the
-              masked patches (m = 1), weighted by the masking probabilities p = phi(tokens).
-Level II loss L2(w, theta)   = CE(head_w(pool(enc_theta(x2))), y2).
-Level III     L3(w, theta)   = CE(head_w(pool(enc_theta(x3))), y3).
-One-step unrolled (DARTS) approximation of dL3/dphi:
-    u     = dL3/dtheta - eta * d2L2/(dtheta dw) . dL3/dw        (direction on theta)
-    grad  = -xi * d2L1/(dphi dtheta) . u
+  L1(theta, phi) = sum(W(p) * m * e(theta)) / sum(m): per-patch errors e of the masked
+                   patches (m = 1), weighted by W(p), p = phi(tokens) (see ``masking.patch_weights``).
+  L2(w, theta)   = CE(head_w(pool(enc_theta(x2))), y2).
+  L3(w, theta)   = CE(head_w(pool(enc_theta(x3))), y3).
+  v_theta = dL3/dtheta, v_w = dL3/dw, H1 = d2L1/(dphi dtheta), H2 = d2L2/(dtheta dw).
+
+Two scalings of the same two paths (direct: mask -> pretrain; head: mask -> finetune -> pretrain):
+  official  g = -H1 v_theta + H1 H2 v_w = -H1 (v_theta - H2 v_w)
+            (the official code: Betty's ``darts`` on every edge, unit weights);
+  unrolled  g = -xi H1 (v_theta - eta H2 v_w)
+            (one-step unrolled SGD of level I with lr xi and level II with lr eta, DARTS).
 Both mixed products are central finite differences: perturb by +-eps*v, eps = alpha/||v||,
-with exact weight restoration, fp32 passes with TF32 off and dropout frozen (traps 1-3
-of the design handbook). ``schedule="ours"`` merges the two directions into one pretrain
-pair and computes the head edge through the head alone plus one encoder backward;
-``schedule="original"`` follows the original implementation (two separate paths, each
-with its own +- pair; the head edge re-runs the encoder). ``exact_hypergradient`` is the
-double-backward reference used by the tests.
+with exact weight restoration, fp32 passes with TF32 off and dropout frozen (traps 1-3 of
+the design handbook).
+
+Schedules (same estimate up to finite-difference error):
+  ``ours``: the head edge perturbs the head alone on fixed level-II features, then one
+  backward through the encoder (reusing the level-II forward when it was exact fp32); the
+  two theta directions are merged (H1 is linear) into one pretrain +- pair.
+  ``original``: the original implementation's passes: the head edge re-runs the encoder at
+  both perturbed heads, and each path gets its own pretrain +- pair.
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.components.mae import MaskedAutoencoder
+from lightning_modules.components.masking import patch_weights
 from lightning_modules.components.vit import pool
 
 Reduce = Callable[[list[Tensor]], list[Tensor]]
 SCHEDULES = ("ours", "original")
+SCALINGS = ("official", "unrolled")
 
 
 def no_reduce(tensors: list[Tensor]) -> list[Tensor]:
@@ -90,6 +99,20 @@ def exact_fp32(*modules: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+def forward_is_exact(module: nn.Module, device_type: str) -> bool:
+    """True when a forward of ``module`` run now equals its fp32 eval-mode forward: no
+    autocast, no TF32 on CUDA, no active dropout or drop path. Then ``ours`` may reuse it."""
+    if torch.is_autocast_enabled(device_type):
+        return False
+    if device_type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
+        return False
+    for m in module.modules():
+        p = getattr(m, "p", None) if isinstance(m, nn.Dropout) else getattr(m, "drop_prob", None)
+        if m.training and p:
+            return False
+    return True
+
+
 def _grads(loss: Tensor, params: Sequence[Tensor], **kw) -> list[Tensor]:
     out = torch.autograd.grad(loss, params, allow_unused=True, **kw)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(out, params)]
@@ -111,7 +134,8 @@ def features(mae: MaskedAutoencoder, images: Tensor, pooling: str) -> Tensor:
 def level3_directions(
     mae: MaskedAutoencoder, head: nn.Module, b: LevelBatches, pooling: str, reduce: Reduce
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """dL3/dtheta, dL3/dw at the current weights (one encoder forward + backward), and L3."""
+    """v_theta = dL3/dtheta, v_w = dL3/dw at the current weights (one encoder forward +
+    backward), and L3."""
     enc, hp = _trainable(mae.encoder), _trainable(head)
     loss = F.cross_entropy(head(features(mae, b.x3, pooling)), b.y3)
     g = reduce(_grads(loss, enc + hp))
@@ -119,10 +143,14 @@ def level3_directions(
 
 
 def head_edge(
-    mae: MaskedAutoencoder, head: nn.Module, b: LevelBatches, v_w: list[Tensor], eta: float, alpha: float,
+    mae: MaskedAutoencoder, head: nn.Module, b: LevelBatches, v_w: list[Tensor], alpha: float,
     pooling: str, reduce: Reduce, schedule: str, feats2: Tensor | None = None,
 ) -> list[Tensor]:
-    """-eta * d2L2/(dtheta dw) . v_w, a direction on theta."""
+    """-H2 v_w = -d2L2/(dtheta dw) . v_w, a direction on theta.
+
+    ``feats2``: level-II pooled features with their graph to the encoder (``ours`` only; an
+    exact fp32 eval-mode forward). Its graph is kept, so several level-III steps can reuse it.
+    """
     enc, hp = _trainable(mae.encoder), _trainable(head)
     norm = _norm(v_w)
     if norm == 0:
@@ -144,16 +172,17 @@ def head_edge(
                 f = fixed.clone().requires_grad_(True)
                 dfeat.append(torch.autograd.grad(F.cross_entropy(head(f), b.y2), f)[0])
         delta = (dfeat[0] - dfeat[1]) / (2 * eps)  # (B2, D)
-        diff = _grads(f2, enc, grad_outputs=delta)
-    return reduce([-eta * d for d in diff])
+        diff = _grads(f2, enc, grad_outputs=delta, retain_graph=feats2 is not None)
+    return reduce([-d for d in diff])
 
 
 def pretrain_edge(
-    mae: MaskedAutoencoder, masknet: nn.Module, b: LevelBatches, u: list[Tensor], xi: float, alpha: float,
-    reduce: Reduce,
+    mae: MaskedAutoencoder, masknet: nn.Module, b: LevelBatches, u: list[Tensor], alpha: float,
+    weighting: str, reduce: Reduce,
 ) -> list[Tensor]:
-    """-xi * d2L1/(dphi dtheta) . u via one +- pair of no-grad MAE forwards and one
-    backward through the masking network (L1 is linear in the probabilities)."""
+    """-H1 u = -d/dphi [sum(W(p(phi)) * m * D_u e) / sum(m)], where D_u e = (e(theta + eps u)
+    - e(theta - eps u)) / (2 eps) is the change of the per-patch errors along u (one +- pair of
+    no-grad MAE forwards), then one backward through the masking network (L1 is linear in e)."""
     enc, phi = _trainable(mae.encoder), _trainable(masknet)
     norm = _norm(u)
     if norm == 0:
@@ -165,9 +194,10 @@ def pretrain_edge(
             with perturbed(enc, u, sign * eps):
                 errors.append(mae.patch_errors(b.x1, b.masking1))
     mask = b.masking1[1]
-    d = (errors[0] - errors[1]) * mask / mask.sum().clamp(min=1) / (2 * eps)  # (B1, L)
-    probs = masknet(b.tokens1)
-    return reduce([-xi * g for g in _grads(probs, phi, grad_outputs=d)])
+    d_errors = (errors[0] - errors[1]) / (2 * eps)  # (B1, L)
+    weights = patch_weights(masknet(b.tokens1), mask, weighting)
+    loss = (weights * mask * d_errors).sum() / mask.sum().clamp(min=1)
+    return reduce([-g for g in _grads(loss, phi)])
 
 
 def mlo_hypergradient(
@@ -175,11 +205,13 @@ def mlo_hypergradient(
     head: nn.Module,
     masknet: nn.Module,
     batches: LevelBatches,
-    xi: float,
-    eta: float,
+    scaling: str = "official",
+    xi: float = 1.0,
+    eta: float = 1.0,
     alpha: float = 0.01,
     pooling: str = "cls",
     schedule: str = "ours",
+    weighting: str = "probability",
     reduce: Reduce = no_reduce,
     feats2: Tensor | None = None,
     info: dict | None = None,
@@ -187,50 +219,37 @@ def mlo_hypergradient(
     """Finite-difference hypergradient of L3 with respect to the masking network's parameters.
 
     Args:
-        xi, eta: learning rates of the level-I and level-II steps being differentiated through.
+        scaling: ``official`` (unit weights; ``xi`` and ``eta`` are ignored) or ``unrolled``.
+        xi, eta: learning rates of the level-I and level-II steps (``unrolled`` only).
         alpha: finite-difference scale (eps = alpha / ||v||).
         schedule: ``ours`` or ``original`` (see the module docstring).
+        weighting: how probabilities weight the level-I loss (``masking.patch_weights``).
         reduce: in-place mean over DDP ranks of a list of tensors (identity for one process);
             applied to every direction and to the result so all ranks agree.
-        feats2: level-II pooled features with their graph to the encoder, reused by ``ours``.
-        info: if given, receives ``level3_loss`` (so callers need no extra forward to log it).
+        feats2: level-II pooled features with their graph to the encoder, reused by ``ours``
+            (pass only an exact fp32 eval-mode forward, see ``forward_is_exact``).
+        info: if given, receives ``level3_loss`` and the norms ``direct`` = ||xi v_theta|| and
+            ``head`` = ||xi eta H2 v_w|| of the two paths' theta directions (before the shared
+            linear map -H1), and ``total`` = ||g||.
     Returns:
         one gradient per trainable masking-network parameter.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r} is invalid; allowed: {list(SCHEDULES)}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling={scaling!r} is invalid; allowed: {list(SCALINGS)}")
+    if scaling == "official":
+        xi, eta = 1.0, 1.0
     with exact_fp32(mae, head, masknet):
         v_theta, v_w, loss3 = level3_directions(mae, head, batches, pooling, reduce)
-        if info is not None:
-            info["level3_loss"] = loss3
-        u_head = head_edge(mae, head, batches, v_w, eta, alpha, pooling, reduce, schedule, feats2)
+        u_head = [eta * d for d in head_edge(mae, head, batches, v_w, alpha, pooling, reduce, schedule, feats2)]
         if schedule == "original":  # one pretrain pair per path
-            g_direct = pretrain_edge(mae, masknet, batches, v_theta, xi, alpha, reduce)
-            g_head = pretrain_edge(mae, masknet, batches, u_head, xi, alpha, reduce)
-            return [a + c for a, c in zip(g_direct, g_head)]
-        u = [a + c for a, c in zip(v_theta, u_head)]
-        return pretrain_edge(mae, masknet, batches, u, xi, alpha, reduce)
-
-
-def exact_hypergradient(
-    mae: MaskedAutoencoder, head: nn.Module, masknet: nn.Module, batches: LevelBatches,
-    xi: float, eta: float, pooling: str = "cls",
-) -> list[Tensor]:
-    """The same quantity with exact second derivatives (double backward, math attention).
-
-    For tests on tiny models, ideally in float64.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    b = batches
-    enc, hp, phi = _trainable(mae.encoder), _trainable(head), _trainable(masknet)
-    with exact_fp32(mae, head, masknet), sdpa_kernel(SDPBackend.MATH):
-        v_theta, v_w, _ = level3_directions(mae, head, b, pooling, no_reduce)
-        loss2 = F.cross_entropy(head(features(mae, b.x2, pooling)), b.y2)
-        g_w = torch.autograd.grad(loss2, hp, create_graph=True)
-        hvp = _grads(sum((g * v).sum() for g, v in zip(g_w, v_w)), enc)
-        u = [vt - eta * h for vt, h in zip(v_theta, hvp)]
-        mask = b.masking1[1]
-        loss1 = (masknet(b.tokens1) * mask * mae.patch_errors(b.x1, b.masking1)).sum() / mask.sum()
-        g_theta = torch.autograd.grad(loss1, enc, create_graph=True)
-        return [-xi * g for g in _grads(sum((g * d.detach()).sum() for g, d in zip(g_theta, u)), phi)]
+            g_direct = pretrain_edge(mae, masknet, batches, v_theta, alpha, weighting, reduce)
+            g_head = pretrain_edge(mae, masknet, batches, u_head, alpha, weighting, reduce)
+            grads = [xi * (a + c) for a, c in zip(g_direct, g_head)]
+        else:
+            u = [a + c for a, c in zip(v_theta, u_head)]
+            grads = [xi * g for g in pretrain_edge(mae, masknet, batches, u, alpha, weighting, reduce)]
+    if info is not None:
+        info.update(level3_loss=loss3, direct=xi * _norm(v_theta), head=xi * _norm(u_head), total=_norm(grads))
+    return grads

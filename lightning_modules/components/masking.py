@@ -1,55 +1,123 @@
 """Learned masking networks for MLO-MAE: patch tokens (B, L, D) -> masking probabilities (B, L).
 
 The ``1 - mask_ratio`` patches with the lowest probability are kept (top-k, no sampling);
-the probabilities weight the reconstruction loss of the masked patches.
+``patch_weights`` turns the probabilities into the weights of the reconstruction loss of the
+masked patches; ``mask_statistics`` and ``mask_diversity`` describe what the network does.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 MASKING_NETS = ("mlp", "patch_scorer")
+PATCH_WEIGHTINGS = ("probability", "normalized")
 
 
 class MLPMaskingNet(nn.Module):
     """The paper's masking network: flattened (patch + position) embeddings -> Linear(L*D, hidden)
-    -> ReLU -> Linear(hidden, L) -> sigmoid. About 100M parameters at 32 px / patch 2 / ViT-B."""
+    -> ReLU -> Linear(hidden, L) -> sigmoid(logits / temperature). About 100M parameters at
+    32 px / patch 2 / ViT-B.
 
-    def __init__(self, num_patches: int, embed_dim: int, hidden: int = 512) -> None:
+    ``input_norm`` normalises each token (LayerNorm without affine) before flattening.
+    """
+
+    def __init__(
+        self, num_patches: int, embed_dim: int, hidden: int = 512, temperature: float = 1.0, input_norm: bool = False
+    ) -> None:
         super().__init__()
+        self.temperature = temperature
+        self.norm = nn.LayerNorm(embed_dim, elementwise_affine=False) if input_norm else nn.Identity()
         self.net = nn.Sequential(
             nn.Flatten(1), nn.Linear(num_patches * embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_patches)
         )
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, L, D) -> probabilities (B, L)."""
-        return self.net(tokens).sigmoid()
+        return (self.net(self.norm(tokens)) / self.temperature).sigmoid()
 
 
 class PatchScorer(nn.Module):
     """Light alternative whose size does not grow with L: a shared per-patch MLP,
-    LayerNorm -> Linear(D, hidden) -> GELU -> Linear(hidden, 1) -> sigmoid."""
+    LayerNorm -> Linear(D, hidden) -> GELU -> Linear(hidden, 1) -> sigmoid(logit / temperature)."""
 
-    def __init__(self, embed_dim: int, hidden: int = 128) -> None:
+    def __init__(self, embed_dim: int, hidden: int = 128, temperature: float = 1.0) -> None:
         super().__init__()
+        self.temperature = temperature
         self.net = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, L, D) -> probabilities (B, L)."""
-        return self.net(tokens).squeeze(-1).sigmoid()
+        return (self.net(tokens).squeeze(-1) / self.temperature).sigmoid()
 
 
-def build_masking_net(kind: str, num_patches: int, embed_dim: int, hidden: int | None = None) -> nn.Module:
+def build_masking_net(
+    kind: str, num_patches: int, embed_dim: int, hidden: int | None = None, temperature: float = 1.0,
+    input_norm: bool = False,
+) -> nn.Module:
+    if temperature <= 0:
+        raise ValueError(f"model.masking_temperature={temperature} is invalid; allowed: > 0")
     if kind == "mlp":
-        return MLPMaskingNet(num_patches, embed_dim, hidden or 512)
+        return MLPMaskingNet(num_patches, embed_dim, hidden or 512, temperature, input_norm)
     if kind == "patch_scorer":
-        return PatchScorer(embed_dim, hidden or 128)
+        if input_norm:
+            raise ValueError("model.masking_input_norm=true applies to the mlp masking net (the patch scorer "
+                             "already starts with a LayerNorm); set it to false")
+        return PatchScorer(embed_dim, hidden or 128, temperature)
     raise ValueError(f"model.masking_net={kind!r} is invalid; allowed: {list(MASKING_NETS)}")
 
 
-def mask_statistics(probs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean probability and mean binary entropy (nats) of masking probabilities (B, L)."""
-    p = probs.clamp(1e-6, 1 - 1e-6)
-    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
-    return {"mean_prob": probs.mean(), "entropy": entropy.mean()}
+def patch_weights(probs: Tensor, mask: Tensor, weighting: str) -> Tensor:
+    """Weights (B, L) of the per-patch reconstruction loss from masking probabilities (B, L).
+
+    ``probability`` (the paper): w = p. Driving every p toward 0 then switches level I off.
+    ``normalized``: w = p / mean(p over the image's masked patches), so the weights of each
+    image's masked patches average exactly 1: the masking net can redistribute the
+    reconstruction loss between patches but never scale it down.
+    """
+    if weighting == "probability":
+        return probs
+    if weighting == "normalized":
+        mean = (probs * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+        return probs / mean.clamp(min=1e-12)
+    raise ValueError(f"model.patch_weighting={weighting!r} is invalid; allowed: {list(PATCH_WEIGHTINGS)}")
+
+
+def mask_statistics(probs: Tensor, mask: Tensor, weights: Tensor, saturation: float = 0.01) -> dict[str, Tensor]:
+    """fp32 scalar statistics of a batch of masking probabilities (B, L) in [0, 1], masks (B, L) with
+    1 = masked, and patch weights (B, L):
+
+    mean_prob: mean probability; entropy: mean binary entropy in nats (at most ln 2);
+    saturated: fraction of probabilities within ``saturation`` of 0 or 1;
+    level1_scale: mean weight over masked patches, the factor by which the weighting scales
+        the level-I loss against plain MAE (1 = unchanged, near 0 = level I switched off);
+    diversity: ``mask_diversity(mask)``.
+    """
+    p = probs.double()
+    q = p.clamp(1e-12, 1 - 1e-12)
+    entropy = -(q * q.log() + (1 - q) * (1 - q).log())
+    m = mask.double()
+    stats = {
+        "mean_prob": p.mean(),
+        "entropy": entropy.mean(),
+        "saturated": ((p < saturation) | (p > 1 - saturation)).double().mean(),
+        "level1_scale": (weights.double() * m).sum() / m.sum().clamp(min=1),
+        "diversity": mask_diversity(mask),
+    }
+    return {k: v.float() for k, v in stats.items()}
+
+
+def mask_diversity(mask: Tensor) -> Tensor:
+    """How different the masks (B, L) of different images are: the mean pairwise Hamming
+    distance divided by its expectation under MAE's uniform random masking with the same
+    number of masked patches, 2 k (L - k) / L. 0 = one mask for all images, about 1 = as
+    diverse as random masks. Needs B >= 2 and 0 < k < L (returns 0 otherwise)."""
+    b, n = mask.shape
+    m = mask.double()
+    k = m[0].sum()
+    if b < 2 or k == 0 or k == n:
+        return torch.zeros((), dtype=torch.float64, device=mask.device)
+    ones = m.sum(0)  # per patch: number of images in which it is masked
+    pair_sum = (2 * ones * (b - ones)).sum()  # sum over ordered pairs i != j of Hamming(i, j)
+    mean_hamming = pair_sum / (b * (b - 1))
+    return mean_hamming / (2 * k * (n - k) / n)
