@@ -121,6 +121,8 @@ def run_stage(cfg: DictConfig) -> dict:
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()  # fail within seconds on missing data, before building the model
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    if hasattr(model, "check_precision"):
+        model.check_precision(cfg.trainer.get("precision"))
     if not model.automatic_optimization:
         check_manual_optimization_trainer(cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("accumulate_grad_batches", 1))
     callbacks = instantiate_group(cfg.get("callbacks"))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from lightning_modules.components.masking import mask_warnings
+
 QUICK = (("test/acc", "ACC"), ("test/auc", "AUC"), ("test/bal_acc", "balanced acc"), ("test/f1_macro", "macro F1"))
 
 
@@ -48,6 +50,19 @@ def protocol_rows(cfg: DictConfig, metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def mask_section(metrics: dict) -> list[str]:
+    """MLO-MAE's masking network at the end of the stage: statistics and warnings."""
+    stats = {k.removeprefix("val/mask_"): v for k, v in metrics.items()
+             if k.startswith("val/mask_") and isinstance(v, float)}
+    if "diversity" not in stats:
+        return []
+    lines = ["## Masking network (fixed validation batch, last epoch)", "",
+             "| " + " | ".join(stats) + " |", "|" + "---|" * len(stats),
+             "| " + " | ".join(f"{v:.4g}" for v in stats.values()) + " |", ""]
+    lines += [f"> **Warning:** {w}" + "\n" for w in mask_warnings(stats)]
+    return lines
+
+
 def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str | None = None) -> Path:
     """Write ``run_dir/report.md`` from ``metrics`` and the files the run left."""
     lines = [f"# {title or cfg.get('task_name', 'run')}", ""]
@@ -77,6 +92,7 @@ def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str |
         lines += ["## Per-class test metrics", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         lines += ["| " + " | ".join(_fmt(float(c)) if i > 1 else c for i, c in enumerate(r)) + " |" for r in rows[1:]]
         lines.append("")
+    lines += mask_section(metrics)
     figures = sorted((run_dir / "eval").glob("test_*.png")) if (run_dir / "eval").is_dir() else []
     for folder in ("reconstructions", "mask_maps"):
         latest = _latest_png(run_dir / folder)

@@ -13,6 +13,8 @@ result is all-reduced by hand, and a non-finite loss on any rank stops every ran
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 import torch.distributed as dist
@@ -32,6 +34,7 @@ from lightning_modules.components.masking import (
     PATCH_WEIGHTINGS,
     build_masking_net,
     mask_statistics,
+    mask_warnings,
     patch_weights,
 )
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
@@ -41,6 +44,7 @@ from lightning_modules.mae import fixed_masking, reconstruct_with
 from lightning_modules.metrics import MULTI_LABEL, classification_metrics, log_epoch_metrics
 
 MASK_MODES = ("learned", "random")
+log = logging.getLogger(__name__)
 
 
 def _distributed() -> bool:
@@ -159,6 +163,7 @@ class MLOMAE(L.LightningModule):
         self.val_metrics = classification_metrics(num_classes, task, "val/")
         self.val_auc_best = MaxMetric()
         self._reference_masks: Tensor | None = None
+        self._val_mask_stats: dict[str, float] = {}
 
     # ----- masks -------------------------------------------------------------------------
     def masks(self, images: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor | None, Tensor]:
@@ -272,9 +277,10 @@ class MLOMAE(L.LightningModule):
         self.log("train/level2_loss", loss2, batch_size=len(x2), **log)
 
     # ----- fit hooks ---------------------------------------------------------------------
+    check_precision = staticmethod(check_precision)
+
     def setup(self, stage: str) -> None:
-        if self.trainer is not None:
-            check_precision(self.trainer.precision)
+        check_precision(self.trainer.precision)
 
     def on_train_start(self) -> None:
         self.val_auc_best.reset()
@@ -297,10 +303,14 @@ class MLOMAE(L.LightningModule):
                          batch_size=1)
             self._reference_masks = mask.detach()
             stats = mask_statistics(probs, mask, self.weights(probs, mask))
+            self._val_mask_stats = {k: v.item() for k, v in stats.items()}
             self.log_dict({f"val/mask_{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=1)
 
     def on_validation_epoch_end(self) -> None:
         log_epoch_metrics(self, self.val_metrics, {"val/auc": self.val_auc_best})
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            for warning in mask_warnings(self._val_mask_stats):
+                log.warning("MLO-MAE epoch %d: %s", self.current_epoch, warning)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -21,8 +21,9 @@ def tiny_module(seed=0, **kw) -> MLOMAE:
     mae = MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2)
     kw.setdefault("head_dropout", 0.0)
     kw.setdefault("cadence", (1, 1, 1))
-    module = MLOMAE(mae, num_classes=3, task="multi-class", masking_net="mlp", masking_hidden=8,
-                    lr=0.5, lr_head=0.5, lr_mask=5.0, **kw)
+    for name, lr in (("lr", 0.5), ("lr_head", 0.5), ("lr_mask", 5.0)):
+        kw.setdefault(name, lr)
+    module = MLOMAE(mae, num_classes=3, task="multi-class", masking_net="mlp", masking_hidden=8, **kw)
     module.manual_backward = lambda loss: loss.backward()  # no Trainer in these unit tests
     return module
 
@@ -239,3 +240,96 @@ def test_mlo_pretraining_checkpoints_and_resumes(data_root, tmp_path):
     col = rows[0].index("epoch")
     assert "0" not in {r[col] for r in rows[1:]}  # epoch 0 was restored, not trained again
     assert metrics["pretrain/last_checkpoint"].endswith("last.ckpt")
+
+
+# ----- cadences, precision, mask statistics ----------------------------------------------
+def mlo_batch(cadence, seed=1, per_chunk=4):
+    g = torch.Generator().manual_seed(seed)
+    return {name: (torch.randn(n * per_chunk, 1, 8, 8, generator=g), torch.randint(0, 3, (n * per_chunk,), generator=g))
+            for name, n in zip(("level1", "level2", "level3"), cadence)}
+
+
+def _step(module, batch):
+    opts, _ = _optimizers(module)
+    module.optimizers = lambda: opts
+    module.training_step(batch, 0)
+    return snapshot(module)
+
+
+def _flat(state, prefix):
+    return torch.cat([v.flatten() for k, v in state.items() if k.startswith(prefix)])
+
+
+@pytest.mark.parametrize("cadence", [(1, 1, 2), (2, 2, 2), (2, 1, 1)])
+@pytest.mark.parametrize("scaling", ["official", "unrolled"])
+def test_training_step_runs_any_cadence_and_schedules_agree(cadence, scaling):
+    init = _flat(snapshot(tiny_module()), "masknet")
+    after = {s: _step(tiny_module(cadence=cadence, hypergradient=s, hypergradient_scaling=scaling), mlo_batch(cadence))
+             for s in ("ours", "original")}
+    for k in after["ours"]:
+        if not k.startswith("masknet"):  # levels I and II do not depend on the schedule
+            assert torch.equal(after["ours"][k], after["original"][k]), k
+    upd = {s: _flat(after[s], "masknet") - init for s in after}
+    assert upd["original"].norm() > 0
+    assert ((upd["ours"] - upd["original"]).norm() / upd["original"].norm()).item() < 1e-2
+
+
+def test_bf16_mixed_ours_matches_fp32_original():
+    """Levels I and II run in fp32 for both, so the weights at level III are the same; then the
+    level-II step and the masking-net step run under bf16 autocast with ``ours`` (whose head edge
+    must not reuse the bf16 level-II graph) and in fp32 with ``original``."""
+    batch = mlo_batch((1, 1, 1))
+    (x1, _), (x2, y2), (x3, y3) = batch["level1"], batch["level2"], batch["level3"]
+    updates = {}
+    for schedule, precision in (("ours", torch.bfloat16), ("original", None)):
+        module = tiny_module(hypergradient=schedule, lr_head=1e-4)
+        opts, _ = _optimizers(module)
+        _, level1_data = module.level1(x1, opts[0])
+        before = _flat(snapshot(module), "masknet")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision is not None):
+            probs = module.masks(x1)[1]
+            _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
+            module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
+        assert probs.dtype == torch.float32  # the top-k cut sees fp32 probabilities
+        assert (feats2 is None) == (precision is not None)  # bf16 level-II graph is not reused
+        updates[schedule] = _flat(snapshot(module), "masknet") - before
+    rel = ((updates["ours"] - updates["original"]).norm() / updates["original"].norm()).item()
+    assert rel < 1e-2
+
+
+def test_fp16_mixed_is_refused_before_training(data_root, tmp_path):
+    with pytest.raises(ValueError, match="trainer.precision=16-mixed is not supported by MLO-MAE"):
+        train(compose_cfg(_mlo_overrides(data_root, "trainer.precision=16-mixed"), tmp_path))
+    assert not (tmp_path / "pretrain" / "checkpoints").exists()
+
+
+def test_mask_statistics_against_hand_computation():
+    import math
+
+    from lightning_modules.components.masking import (
+        mask_diversity,
+        mask_statistics,
+        mask_warnings,
+        patch_weights,
+    )
+
+    probs = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.995, 0.3, 0.6, 0.001]])
+    mask = torch.tensor([[0.0, 1, 1, 0], [1, 0, 1, 0]])
+    s = {k: v.item() for k, v in mask_statistics(probs, mask, probs).items()}
+    values = [0.1, 0.9, 0.5, 0.2, 0.995, 0.3, 0.6, 0.001]
+    assert s["mean_prob"] == pytest.approx(sum(values) / 8)
+    assert s["entropy"] == pytest.approx(sum(-(p * math.log(p) + (1 - p) * math.log(1 - p)) for p in values) / 8)
+    assert s["entropy"] <= math.log(2)
+    assert s["saturated"] == pytest.approx(2 / 8)  # 0.995 and 0.001
+    assert s["level1_scale"] == pytest.approx((0.9 + 0.5 + 0.995 + 0.6) / 4)
+    assert s["diversity"] == pytest.approx(1.0)  # Hamming 2 = its expectation 2 k (L - k) / L for k = 2, L = 4
+    # three images: Hamming(A, B) = 0, (A, C) = (B, C) = 4 -> mean 8/3 over expected 2
+    three = torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]])
+    assert mask_diversity(three).item() == pytest.approx(4 / 3)
+    assert mask_diversity(three[:2]).item() == 0.0
+    normalized = patch_weights(probs, mask, "normalized")
+    assert mask_statistics(probs, mask, normalized)["level1_scale"].item() == pytest.approx(1.0)
+    torch.testing.assert_close(normalized[0], probs[0] / 0.7)
+    collapsed = mask_warnings({"diversity": 0.0, "saturated": 1.0, "level1_scale": 1e-12})
+    assert len(collapsed) == 3 and "one mask" in collapsed[0] and "switched level I off" in collapsed[2]
+    assert mask_warnings({"diversity": 0.8, "saturated": 0.1, "level1_scale": 0.5}) == []

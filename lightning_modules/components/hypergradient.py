@@ -67,18 +67,21 @@ class LevelBatches:
 
 @contextmanager
 def perturbed(params: Sequence[nn.Parameter], direction: Sequence[Tensor], scale: float) -> Iterator[None]:
-    """Temporarily set ``params += scale * direction``; the originals are copied back exactly."""
+    """Temporarily set ``params += scale * direction``; the originals are copied back exactly.
+
+    Writes go through ``.data`` so that they do not bump the parameters' autograd version:
+    a graph built before (the level-II features that ``ours`` reuses across level-III steps)
+    stays usable, which is sound because the values are restored bit for bit.
+    """
     saved = [p.detach().clone() for p in params]
     try:
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.add_(d, alpha=scale)
+        for p, d in zip(params, direction):
+            p.data.add_(d, alpha=scale)
         torch.clear_autocast_cache()
         yield
     finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
+        for p, s in zip(params, saved):
+            p.data.copy_(s)
         torch.clear_autocast_cache()
 
 

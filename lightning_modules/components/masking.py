@@ -121,3 +121,21 @@ def mask_diversity(mask: Tensor) -> Tensor:
     pair_sum = (2 * ones * (b - ones)).sum()  # sum over ordered pairs i != j of Hamming(i, j)
     mean_hamming = pair_sum / (b * (b - 1))
     return mean_hamming / (2 * k * (n - k) / n)
+
+
+def mask_warnings(stats: dict[str, float], min_diversity: float = 0.05, max_saturated: float = 0.9,
+                  min_level1_scale: float = 0.1) -> list[str]:
+    """Readable warnings for a degenerate masking network, from ``mask_statistics`` values."""
+    out = []
+    if stats.get("diversity", 1.0) < min_diversity:
+        out.append(f"all images share (nearly) one mask: mask diversity {stats['diversity']:.3f} < {min_diversity} "
+                   "(0 = one mask for all images, 1 = as diverse as random masks); MLO-MAE has degenerated into "
+                   "MAE with one fixed, position-only mask")
+    if stats.get("saturated", 0.0) > max_saturated:
+        out.append(f"masking probabilities are saturated: {stats['saturated']:.0%} lie within 0.01 of 0 or 1, so the "
+                   "masking network receives almost no gradient")
+    if stats.get("level1_scale", 1.0) < min_level1_scale:
+        out.append(f"the patch weighting has switched level I off: mean weight over masked patches "
+                   f"{stats['level1_scale']:.3g} < {min_level1_scale} (plain MAE = 1); consider "
+                   "model.patch_weighting=normalized")
+    return out
