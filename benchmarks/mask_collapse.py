@@ -32,7 +32,10 @@ VARIANTS = {
     "mlp (paper)": [f"{P}masking_net=mlp"],
     "mlp, lr_mask 1e-5": [f"{P}masking_net=mlp", f"{P}lr_mask=1e-5"],
     "mlp, temperature 100": [f"{P}masking_net=mlp", f"{P}masking_temperature=100"],
-    "mlp, input norm": [f"{P}masking_net=mlp", f"{P}masking_input_norm=true"],
+    "mlp, token-normalised input": [f"{P}masking_net=mlp", f"{P}masking_input_norm=token"],
+    "mlp, batch-standardised input": [f"{P}masking_net=mlp", f"{P}masking_input_norm=batch"],
+    "mlp, batch-standardised input, normalized weights": [f"{P}masking_net=mlp", f"{P}masking_input_norm=batch",
+                                                         f"{P}patch_weighting=normalized"],
     "mlp, normalized weights": [f"{P}masking_net=mlp", f"{P}patch_weighting=normalized"],
     "mlp, normalized weights, lr_mask 1e-5": [f"{P}masking_net=mlp", f"{P}patch_weighting=normalized",
                                              f"{P}lr_mask=1e-5"],
@@ -40,6 +43,31 @@ VARIANTS = {
     "patch_scorer, normalized weights": [f"{P}masking_net=patch_scorer", f"{P}patch_weighting=normalized"],
 }
 STATS = ("diversity", "mean_prob", "saturated", "level1_scale", "entropy")
+
+
+def init_statistics(cfg) -> dict:
+    """Mask statistics of the untrained masking net on the same 512 validation images, with
+    the model built as ``train.run_stage`` builds it (same seed, same order)."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lightning_modules.components.masking import mask_statistics
+    from train import stage_config
+
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    del base["stages"]
+    stage = stage_config(base, cfg.stages.pretrain, Path(cfg.paths.output_dir))
+    L.seed_everything(stage.seed)
+    dm = instantiate(stage.data, _convert_="all")
+    dm.prepare_data()
+    model = instantiate(stage.model, _convert_="all")
+    dm.setup("fit")
+    images = next(iter(dm.val_dataloader()))[0]
+    probs, mask = model.mask_maps(images)
+    stats = mask_statistics(probs, mask, model.weights(probs, mask))
+    return {k: v.item() for k, v in stats.items()} | {"epoch": "init"}
 
 
 def run(name: str, overrides: list[str], args, out: Path) -> list[dict]:
@@ -53,7 +81,9 @@ def run(name: str, overrides: list[str], args, out: Path) -> list[dict]:
             f"++stages.pretrain.data.batch_size={args.batch}", "stages.pretrain.callbacks.mask_maps.every_n_epochs=1"]
     run_dir = out / name.replace(" ", "_").replace(",", "")
     start = time.time()
-    train(compose_config(base + overrides, run_dir))
+    cfg = compose_config(base + overrides, run_dir)
+    at_init = init_statistics(cfg)
+    train(cfg)
     rows = list(csv.DictReader((run_dir / "pretrain" / "csv" / "metrics.csv").open()))
     per_epoch = [{k: float(r[f"val/mask_{k}"]) for k in STATS} | {"epoch": int(r["epoch"])}
                  for r in rows if r.get("val/mask_diversity")]
@@ -61,7 +91,7 @@ def run(name: str, overrides: list[str], args, out: Path) -> list[dict]:
         if r.get("train/level1_loss_epoch"):
             per_epoch[min(int(r["epoch"]), len(per_epoch) - 1)]["level1_loss"] = float(r["train/level1_loss_epoch"])
     print(f"[done] {name}: {time.time() - start:.0f} s, mask maps in {run_dir / 'pretrain' / 'mask_maps'}", flush=True)
-    return per_epoch
+    return [at_init, *per_epoch]
 
 
 def main() -> None:
@@ -81,7 +111,7 @@ def main() -> None:
     results = {name: run(name, VARIANTS[name], args, out) for name in args.variants}
     size = "ViT-B patch 2, 32 px, mlp masking net of the study" if args.study_size else "mlo_mae_small"
     print(f"\nPneumoniaMNIST, {size}; {args.epochs} epochs x {args.steps} cycles of batch {args.batch}, seed 0; "
-          f"mask statistics of 512 validation images after each epoch; runs in {out}\n")
+          f"mask statistics of 512 validation images at initialisation and after each epoch; runs in {out}\n")
     print("| variant | epoch | diversity | mean prob | saturated | level-I scale | entropy (nats) | level-I loss |")
     print("|---|---|---|---|---|---|---|---|")
     for name, epochs in results.items():

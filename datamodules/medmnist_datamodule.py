@@ -25,6 +25,7 @@ from datamodules.samplers import (
     EPOCH_LENGTHS,
     SAMPLER_MODES,
     ClassBalancedSampler,
+    CyclingShuffleSampler,
     UnpaddedDistributedSampler,
 )
 from datamodules.splits import label_fraction_subset, stratified_split
@@ -267,7 +268,8 @@ class MedMNISTDataModule(L.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, sampler=sampler, drop_last=drop_last)
 
     def _mlo_loaders(self) -> CombinedLoader:
-        """One MLO-MAE cycle per step; Lightning shards each loader under DDP."""
+        """One MLO-MAE cycle per step. The shorter level loaders restart within an epoch; each
+        pass gets a new order from (seed, epoch, pass), sharded per rank under DDP."""
         n1, n2, n3 = self.mlo["cadence"]
         sets = {
             "level1": (self.train_set, n1),
@@ -275,8 +277,9 @@ class MedMNISTDataModule(L.LightningDataModule):
             "level3": (Subset(self.train_set, self.level_indices["level3"]), n3),
         }
         loaders = {
-            name: self._loader(ds, self.batch_size * n, shuffle=True, drop_last=len(ds) > self.batch_size * n)
-            for name, (ds, n) in sets.items()
+            name: self._loader(ds, self.batch_size * n, sampler=CyclingShuffleSampler(ds, seed=self.split_seed + i),
+                               drop_last=len(ds) > self.batch_size * n)
+            for i, (name, (ds, n)) in enumerate(sets.items())
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 

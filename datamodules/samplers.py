@@ -115,3 +115,32 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class CyclingShuffleSampler(DistributedSampler):
+    """Shuffling sampler, sharded across ranks, for loaders that restart within an epoch
+    (MLO-MAE's level loaders under ``CombinedLoader(mode="max_size_cycle")``).
+
+    Pass r of epoch e uses the permutation seeded by (seed, e, r): every restart gets a new
+    order, on every rank alike (a plain ``DistributedSampler`` repeats its order until the
+    next ``set_epoch``), and the order depends on nothing but those three numbers. Ranks
+    keep strides of the permutation, padded with its head so all ranks yield equally many.
+    """
+
+    def __init__(self, dataset, seed: int = 0, num_replicas: int | None = None, rank: int | None = None) -> None:
+        world, this_rank = _world()
+        super().__init__(dataset, num_replicas=world if num_replicas is None else num_replicas,
+                         rank=this_rank if rank is None else rank, shuffle=True, seed=seed)
+        self.passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[int]:
+        state = np.random.SeedSequence([self.seed, self.epoch, self.passes]).generate_state(1)[0]
+        self.passes += 1
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(state))).tolist()
+        order += order[: self.total_size - n]
+        return iter(order[self.rank : self.total_size : self.num_replicas])

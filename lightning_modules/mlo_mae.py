@@ -96,8 +96,8 @@ class MLOMAE(L.LightningModule):
         mae: the ``MaskedAutoencoder`` (its ``mask_ratio`` must lie in (0, 1)).
         num_classes, task: label space of the level-II/III head (single-label tasks).
         masking_net: ``mlp`` (the paper's) or ``patch_scorer`` (light); ``masking_hidden``;
-            ``masking_temperature`` divides the logits; ``masking_input_norm`` normalises
-            each token before the mlp.
+            ``masking_temperature`` divides the logits; ``masking_input_norm`` (``none``,
+            ``token``, ``batch``) normalises the masking net's input (see ``masking.py``).
         patch_weighting: ``probability`` (the paper: w = p) or ``normalized`` (p divided by its
             mean over each image's masked patches; see ``masking.patch_weights``).
         mask_mode: ``learned``, or ``random`` (plain MAE inside the same module; no level III).
@@ -122,7 +122,7 @@ class MLOMAE(L.LightningModule):
         masking_net: str = "mlp",
         masking_hidden: int | None = None,
         masking_temperature: float = 1.0,
-        masking_input_norm: bool = False,
+        masking_input_norm: str = "none",
         patch_weighting: str = "probability",
         mask_mode: str = "learned",
         cadence: tuple[int, int, int] = (2, 1, 1),

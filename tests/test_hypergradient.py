@@ -24,7 +24,10 @@ def tiny_setup(dtype=torch.float32, masknet="mlp", seed=0):
     enc = ViTEncoder(img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=2, num_heads=2)
     mae = MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2)
     head = ClassificationHead(16, 3, dropout=0.3)
-    net = MLPMaskingNet(enc.num_patches, 16, hidden=8) if masknet == "mlp" else PatchScorer(16, hidden=8)
+    kind, _, norm = masknet.partition("-")
+    norm = norm or "none"
+    net = MLPMaskingNet(enc.num_patches, 16, hidden=8, input_norm=norm) if kind == "mlp" else \
+        PatchScorer(16, hidden=8, input_norm=norm)
     for m in (mae, head, net):
         m.to(dtype)
     x1 = torch.randn(4, 1, 8, 8, dtype=dtype)
@@ -134,7 +137,7 @@ def _norm(g):
 
 # ----- official -------------------------------------------------------------------------
 @pytest.mark.parametrize("schedule", ["ours", "original"])
-@pytest.mark.parametrize("masknet", ["mlp", "patch_scorer"])
+@pytest.mark.parametrize("masknet", ["mlp", "patch_scorer", "mlp-batch"])
 @pytest.mark.parametrize("weighting", ["probability", "normalized"])
 def test_official_matches_exact_hessian_vector_products(schedule, masknet, weighting):
     mae, head, net, b = tiny_setup(torch.float64, masknet)

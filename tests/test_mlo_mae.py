@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.vit import ViTEncoder
-from lightning_modules.mlo_mae import MLOMAE, allreduce_mean, check_cadence
+from lightning_modules.mlo_mae import MLOMAE, check_cadence
 from tests.conftest import compose_cfg, tiny_overrides
 from tests.test_train import TINY_VIT
 from train import train
@@ -92,42 +92,84 @@ def test_masking_network_output_changes_after_level3_step():
     assert (after - before).abs().max() > 1e-5
 
 
-def _ddp_worker(rank, world, port, reduce, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    module = tiny_module(reduce_hypergradients=reduce)
-    mae_params = [p for p in module.mae.parameters()]
+class SGDMLOMAE(MLOMAE):
+    """MLO-MAE with plain SGD at every level: its update is linear in the gradient, so runs
+    can be compared to rounding (Adam's first step, lr * g / |g|, blows float noise in
+    exactly-zero gradients such as the attention key bias's up to lr)."""
 
-    def synced_backward(loss):  # what DDP does for manual_backward: average the gradients
-        loss.backward()
-        allreduce_mean([p.grad for p in mae_params if p.grad is not None])
+    def configure_optimizers(self):
+        hp = self.hparams
+        return [torch.optim.SGD(m.parameters(), lr=lr) for m, lr in
+                ((self.mae, hp.lr), (self.head, hp.lr_head), (self.masknet, hp.lr_mask))]
 
-    module.manual_backward = synced_backward
-    shard = [(x[rank::world], y[rank::world]) for x, y in global_batch()]
-    run_cycle(module, shard)
-    if rank == 0:
-        torch.save({k: v.clone() for k, v in module.state_dict().items()}, out)
-    dist.destroy_process_group()
+    def on_train_epoch_end(self) -> None:  # no schedulers
+        pass
 
 
-def _ddp_state(tmp_path, reduce, port):
-    out = tmp_path / f"ddp_{reduce}.pt"
-    mp.spawn(_ddp_worker, args=(2, port, reduce, str(out)), nprocs=2, join=True)
-    return torch.load(out)
+def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3):
+    """A few MLO-MAE cycles through a real Lightning Trainer (gloo DDP when devices > 1) on the
+    synthetic DermaMNIST; returns the final state dict (rank 0's, brought back by ddp_spawn)."""
+    import lightning as L
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from datamodules import MedMNISTDataModule
+
+    torch.manual_seed(0)
+    enc = ViTEncoder(img_size=28, patch_size=7, in_chans=3, embed_dim=16, depth=1, num_heads=2)
+    module = SGDMLOMAE(MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2),
+                       num_classes=7, task="multi-class", masking_net="mlp", masking_hidden=8, head_dropout=0.0,
+                       cadence=(2, 1, 1), lr=0.1, lr_head=0.1, lr_mask=10.0, reduce_hypergradients=reduce)
+    dm = MedMNISTDataModule(flag="dermamnist", root=data_root, download=False, batch_size=batch_size,
+                            mlo={"level3_fraction": 0.2, "cadence": [2, 1, 1]})
+    strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True) if devices > 1 else "auto"
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1,
+                        limit_train_batches=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 @pytest.mark.ddp
-def test_two_process_ddp_equals_single_process_and_needs_the_allreduce(tmp_path):
-    single = tiny_module()
-    run_cycle(single, global_batch())
-    expected = single.state_dict()
-    ddp = _ddp_state(tmp_path, reduce=True, port=29533)
-    for k in expected:
-        torch.testing.assert_close(ddp[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
-    unreduced = _ddp_state(tmp_path, reduce=False, port=29534)
-    diff = max((unreduced[k] - expected[k]).abs().max().item() for k in expected if k.startswith("masknet"))
+def test_two_process_ddp_trainer_equals_single_process_and_needs_the_allreduce(data_root):
+    torch.set_num_threads(1)
+    single = _fit_mlo(data_root, devices=1, batch_size=8)
+    initial = _fit_mlo(data_root, devices=1, batch_size=8, steps=0)
+    ddp = _fit_mlo(data_root, devices=2, batch_size=4)  # the same global batch, one half per rank
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-6, msg=k)
+    moved = {k.split(".")[0] for k in single if not torch.equal(single[k], initial[k])}
+    assert {"mae", "head", "masknet"} <= moved
+    unreduced = _fit_mlo(data_root, devices=2, batch_size=4, reduce=False)
+    diff = max((unreduced[k] - single[k]).abs().max().item() for k in single if k.startswith("masknet"))
     assert diff > 1e-4  # without the hand-written all-reduce the masking network drifts
+
+
+def _nonfinite_worker(rank, world, port, out):
+    from datetime import timedelta
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    module = tiny_module()
+    opts, _ = _optimizers(module)
+    x = torch.randn(4, 1, 8, 8)
+    if rank == 1:
+        x[0, 0, 0, 0] = float("nan")
+    try:
+        module.level1(x, opts[0])
+        message = "no error"
+    except Exception as e:  # noqa: BLE001 - the test reads what each rank raised
+        message = f"{type(e).__name__}: {e}"
+    (out / f"rank{rank}.txt").write_text(message)
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
+    mp.spawn(_nonfinite_worker, args=(2, 29535, tmp_path), nprocs=2, join=True)
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith("FloatingPointError: the level-I loss is not finite on at least one rank"), message
+        assert "lower model.lr" in message
 
 
 @pytest.mark.parametrize(
@@ -333,3 +375,20 @@ def test_mask_statistics_against_hand_computation():
     collapsed = mask_warnings({"diversity": 0.0, "saturated": 1.0, "level1_scale": 1e-12})
     assert len(collapsed) == 3 and "one mask" in collapsed[0] and "switched level I off" in collapsed[2]
     assert mask_warnings({"diversity": 0.8, "saturated": 0.1, "level1_scale": 0.5}) == []
+
+
+def test_masking_net_options_and_batch_standardisation():
+    from lightning_modules.components.masking import build_masking_net, standardize_over_batch
+
+    tokens = torch.randn(6, 4, 3) + torch.arange(12.0).reshape(1, 4, 3)  # a shared part, as position embeddings
+    z = standardize_over_batch(tokens)
+    torch.testing.assert_close(z.mean(0), torch.zeros(4, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(4, 3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardize_over_batch(tokens + 5.0), z, atol=1e-5, rtol=0)  # shared shift removed
+    net = build_masking_net("mlp", 4, 3, hidden=5, temperature=2.0)
+    logits = net.net(tokens)
+    torch.testing.assert_close(net(tokens), (logits / 2).sigmoid())
+    with pytest.raises(ValueError, match="masking_input_norm='token' is invalid for masking_net='patch_scorer'"):
+        build_masking_net("patch_scorer", 4, 3, input_norm="token")
+    with pytest.raises(ValueError, match="masking_temperature=0 is invalid"):
+        build_masking_net("mlp", 4, 3, temperature=0)

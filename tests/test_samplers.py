@@ -61,3 +61,35 @@ def test_unpadded_eval_sampler_covers_each_index_once():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="data.sampler='weird'"):
         class_sample_weights(LABELS, "weird")
+
+
+def test_cycling_sampler_reshuffles_each_restart_on_every_rank_and_is_reproducible():
+    from datamodules.samplers import CyclingShuffleSampler
+
+    data = list(range(11))
+    ranks = [CyclingShuffleSampler(data, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    passes = [[list(s) for s in ranks] for _ in range(3)]  # three restarts within epoch 0
+    for shards in passes:
+        assert len(shards[0]) == len(shards[1]) == 6  # padded: ranks stay in lock-step
+        assert set(shards[0]) | set(shards[1]) == set(data)
+    assert passes[0][0] != passes[1][0] != passes[2][0]  # a new order at every restart
+    for s in ranks:
+        s.set_epoch(0)
+    assert [list(s) for s in ranks] == passes[0]  # a function of (seed, epoch, pass) only
+    for s in ranks:
+        s.set_epoch(1)
+    assert [list(s) for s in ranks] != passes[0]
+
+
+def test_mlo_level_loaders_use_the_cycling_sampler(data_root):
+    from datamodules import MedMNISTDataModule
+    from datamodules.samplers import CyclingShuffleSampler
+
+    dm = MedMNISTDataModule(flag="dermamnist", root=data_root, download=False, batch_size=8,
+                            mlo={"level3_fraction": 0.2, "cadence": [2, 1, 1]})
+    dm.setup("fit")
+    loaders = dm.train_dataloader().iterables
+    assert all(isinstance(dl.sampler, CyclingShuffleSampler) for dl in loaders.values())
+    sampler = loaders["level3"].sampler
+    assert list(sampler) != list(sampler)  # a restart of the level-III loader reshuffles
+    assert len({dl.sampler.seed for dl in loaders.values()}) == 3  # independent orders per level

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 MASKING_NETS = ("mlp", "patch_scorer")
 PATCH_WEIGHTINGS = ("probability", "normalized")
+INPUT_NORMS = {"mlp": ("none", "token", "batch"), "patch_scorer": ("none", "batch")}  # the scorer has its own LayerNorm
 
 
 class MLPMaskingNet(nn.Module):
@@ -19,51 +20,71 @@ class MLPMaskingNet(nn.Module):
     -> ReLU -> Linear(hidden, L) -> sigmoid(logits / temperature). About 100M parameters at
     32 px / patch 2 / ViT-B.
 
-    ``input_norm`` normalises each token (LayerNorm without affine) before flattening.
+    ``input_norm``: ``none`` (the paper); ``token`` (LayerNorm without affine on each token);
+    ``batch`` (``standardize_over_batch``).
     """
 
     def __init__(
-        self, num_patches: int, embed_dim: int, hidden: int = 512, temperature: float = 1.0, input_norm: bool = False
+        self, num_patches: int, embed_dim: int, hidden: int = 512, temperature: float = 1.0, input_norm: str = "none"
     ) -> None:
         super().__init__()
-        self.temperature = temperature
-        self.norm = nn.LayerNorm(embed_dim, elementwise_affine=False) if input_norm else nn.Identity()
+        self.temperature, self.input_norm = temperature, input_norm
+        self.token_norm = nn.LayerNorm(embed_dim, elementwise_affine=False) if input_norm == "token" else nn.Identity()
         self.net = nn.Sequential(
             nn.Flatten(1), nn.Linear(num_patches * embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_patches)
         )
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, L, D) -> probabilities (B, L)."""
-        return (self.net(self.norm(tokens)) / self.temperature).sigmoid()
+        if self.input_norm == "batch":
+            tokens = standardize_over_batch(tokens)
+        return (self.net(self.token_norm(tokens)) / self.temperature).sigmoid()
+
+
+def standardize_over_batch(tokens: Tensor) -> Tensor:
+    """(B, L, D) -> each coordinate (patch, channel) centred and scaled over the B images.
+
+    Removes what all images share (the position embeddings, the mean image), which otherwise
+    dominates the masking net's input and makes its masks nearly position-only. The
+    statistics are the batch's own (no running estimate), so a mask depends on the other
+    images of its batch; a batch of one image maps to zeros (the position prior alone).
+    """
+    mean = tokens.mean(0, keepdim=True)
+    std = tokens.std(0, unbiased=False, keepdim=True)
+    return (tokens - mean) / (std + 1e-6)
 
 
 class PatchScorer(nn.Module):
     """Light alternative whose size does not grow with L: a shared per-patch MLP,
-    LayerNorm -> Linear(D, hidden) -> GELU -> Linear(hidden, 1) -> sigmoid(logit / temperature)."""
+    LayerNorm -> Linear(D, hidden) -> GELU -> Linear(hidden, 1) -> sigmoid(logit / temperature).
+    ``input_norm``: ``none`` or ``batch`` (``standardize_over_batch`` first)."""
 
-    def __init__(self, embed_dim: int, hidden: int = 128, temperature: float = 1.0) -> None:
+    def __init__(self, embed_dim: int, hidden: int = 128, temperature: float = 1.0, input_norm: str = "none") -> None:
         super().__init__()
-        self.temperature = temperature
+        self.temperature, self.input_norm = temperature, input_norm
         self.net = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (B, L, D) -> probabilities (B, L)."""
+        if self.input_norm == "batch":
+            tokens = standardize_over_batch(tokens)
         return (self.net(tokens).squeeze(-1) / self.temperature).sigmoid()
 
 
 def build_masking_net(
     kind: str, num_patches: int, embed_dim: int, hidden: int | None = None, temperature: float = 1.0,
-    input_norm: bool = False,
+    input_norm: str = "none",
 ) -> nn.Module:
     if temperature <= 0:
         raise ValueError(f"model.masking_temperature={temperature} is invalid; allowed: > 0")
+    allowed = INPUT_NORMS[kind] if kind in INPUT_NORMS else INPUT_NORMS["mlp"]
+    if input_norm not in allowed:
+        raise ValueError(f"model.masking_input_norm={input_norm!r} is invalid for masking_net={kind!r}; "
+                         f"allowed: {list(allowed)}")
     if kind == "mlp":
         return MLPMaskingNet(num_patches, embed_dim, hidden or 512, temperature, input_norm)
     if kind == "patch_scorer":
-        if input_norm:
-            raise ValueError("model.masking_input_norm=true applies to the mlp masking net (the patch scorer "
-                             "already starts with a LayerNorm); set it to false")
-        return PatchScorer(embed_dim, hidden or 128, temperature)
+        return PatchScorer(embed_dim, hidden or 128, temperature, input_norm)
     raise ValueError(f"model.masking_net={kind!r} is invalid; allowed: {list(MASKING_NETS)}")
 
 
