@@ -39,6 +39,7 @@ VARIANTS = {
     "mlp, normalized weights": [f"{P}masking_net=mlp", f"{P}patch_weighting=normalized"],
     "mlp, normalized weights, lr_mask 1e-5": [f"{P}masking_net=mlp", f"{P}patch_weighting=normalized",
                                              f"{P}lr_mask=1e-5"],
+    "mlp, official input (gradient into the encoder)": [f"{P}masking_net=mlp", f"{P}masking_input_grad=true"],
     "patch_scorer": [f"{P}masking_net=patch_scorer"],
     "patch_scorer, normalized weights": [f"{P}masking_net=patch_scorer", f"{P}patch_weighting=normalized"],
 }

@@ -97,7 +97,10 @@ class MLOMAE(L.LightningModule):
         num_classes, task: label space of the level-II/III head (single-label tasks).
         masking_net: ``mlp`` (the paper's) or ``patch_scorer`` (light); ``masking_hidden``;
             ``masking_temperature`` divides the logits; ``masking_input_norm`` (``none``,
-            ``token``, ``batch``) normalises the masking net's input (see ``masking.py``).
+            ``token``, ``batch``) normalises the masking net's input (see ``masking.py``);
+            ``masking_input_grad``: the official code's input, the encoder's patch embedding
+            with its gradient (level I and the hypergradient see the path through the
+            probabilities into the encoder); default: detached.
         patch_weighting: ``probability`` (the paper: w = p) or ``normalized`` (p divided by its
             mean over each image's masked patches; see ``masking.patch_weights``).
         mask_mode: ``learned``, or ``random`` (plain MAE inside the same module; no level III).
@@ -123,6 +126,7 @@ class MLOMAE(L.LightningModule):
         masking_hidden: int | None = None,
         masking_temperature: float = 1.0,
         masking_input_norm: str = "none",
+        masking_input_grad: bool = False,
         patch_weighting: str = "probability",
         mask_mode: str = "learned",
         cadence: tuple[int, int, int] = (2, 1, 1),
@@ -210,6 +214,9 @@ class MLOMAE(L.LightningModule):
         """One encoder + decoder step; returns the loss and (x, tokens, masking, probs, weights)."""
         masking, probs, tokens = self.masks(x)
         weights = self.weights(probs, masking[1])
+        if probs is not None and self.hparams.masking_input_grad:  # weights carry gradient into the encoder
+            with torch.autocast(x.device.type, enabled=False):
+                weights = self.weights(self.masknet(self.mae.encoder.embed(x.float())), masking[1])
         out = self.mae(x, masking, patch_weights=weights)
         raise_if_not_finite(out.loss, "the level-I loss", "lower model.lr or set model.grad_clip")
         opt.zero_grad(set_to_none=True)
@@ -217,7 +224,7 @@ class MLOMAE(L.LightningModule):
         if self.hparams.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
-        return out.loss.detach(), (x, tokens, masking, probs, weights)
+        return out.loss.detach(), (x, tokens, masking, probs, None if weights is None else weights.detach())
 
     def level2(self, x: Tensor, y: Tensor, opt, keep_graph: bool) -> tuple[Tensor, Tensor | None]:
         """One head step. Returns the loss and, when ``keep_graph`` and the encoder forward was
@@ -244,7 +251,7 @@ class MLOMAE(L.LightningModule):
             self.mae, self.head, self.masknet, LevelBatches(x1, tokens1, masking1, x2, y2, x3, y3),
             scaling=hp.hypergradient_scaling, xi=opts[0].param_groups[0]["lr"], eta=opts[1].param_groups[0]["lr"],
             alpha=hp.alpha, pooling=hp.pooling, schedule=hp.hypergradient, weighting=hp.patch_weighting,
-            reduce=self._reduce, feats2=feats2, info=info,
+            input_grad=hp.masking_input_grad, reduce=self._reduce, feats2=feats2, info=info,
         )
         raise_if_not_finite(info["level3_loss"], "the level-III loss", "lower model.lr_mask or model.lr_head")
         opt.zero_grad(set_to_none=True)

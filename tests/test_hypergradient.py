@@ -63,14 +63,15 @@ def _ce(mae, head, x, y, enc_params=None, head_params=None):
     return F.cross_entropy(head(cls) if head_params is None else functional_call(head, head_params, (cls,)), y)
 
 
-def _level1_loss(mae, net, b, weighting, enc_params=None):
-    """sum(w * m * e) / sum(m), w = p or p / (mean of p over each image's masked patches)."""
-    probs, mask = net(b.tokens1), b.masking1[1]
+def _level1_loss(mae, net, b, weighting, enc_params=None, input_grad=False):
+    """sum(w * m * e) / sum(m), w = p or p / (mean of p over each image's masked patches);
+    ``input_grad``: p = net(the encoder's patch embedding, with its gradient; current weights)."""
+    encoder = mae.encoder if enc_params is None else (lambda *a: functional_call(mae.encoder, enc_params, a))
+    probs, mask = net(mae.encoder.embed(b.x1) if input_grad else b.tokens1), b.masking1[1]
     if weighting == "normalized":
         probs = probs * mask.sum(1, keepdim=True) / (probs * mask).sum(1, keepdim=True)
     ids_keep, _, ids_restore = b.masking1
-    latent = mae.encoder(b.x1, ids_keep) if enc_params is None else functional_call(
-        mae.encoder, enc_params, (b.x1, ids_keep))
+    latent = encoder(b.x1, ids_keep)
     pred = mae.decoder(latent, ids_restore)
     p = mae.encoder.patch_size
     target = b.x1.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 4, 5, 1).reshape(len(b.x1), -1, p * p)
@@ -78,7 +79,7 @@ def _level1_loss(mae, net, b, weighting, enc_params=None):
     return (probs * mask * per_patch).sum() / mask.sum()
 
 
-def official_reference(mae, head, net, b, weighting="probability", paths=("direct", "head")):
+def official_reference(mae, head, net, b, weighting="probability", paths=("direct", "head"), input_grad=False):
     """-H1 v_theta + H1 H2 v_w with exact Hessian-vector products (unit weights)."""
     enc, hp, phi = list(_named(mae.encoder).values()), list(_named(head).values()), list(net.parameters())
     mae.eval(), head.eval()
@@ -88,7 +89,8 @@ def official_reference(mae, head, net, b, weighting="probability", paths=("direc
         g_w = torch.autograd.grad(_ce(mae, head, b.x2, b.y2), hp, create_graph=True)
         h2_v = _grad(_dot(g_w, v_w), enc)
         u = [(vt if "direct" in paths else 0 * vt) - (h if "head" in paths else 0 * h) for vt, h in zip(v_theta, h2_v)]
-        g_theta = torch.autograd.grad(_level1_loss(mae, net, b, weighting), enc, create_graph=True)
+        g_theta = torch.autograd.grad(_level1_loss(mae, net, b, weighting, input_grad=input_grad), enc,
+                                      create_graph=True)
         return [-g for g in _grad(_dot(g_theta, u), phi)]
 
 
@@ -152,6 +154,18 @@ def test_official_matches_exact_hessian_vector_products(schedule, masknet, weigh
     fd32 = mlo_hypergradient(mae.float(), head.float(), net.float(), as_float(b), "official", alpha=1e-3,
                              schedule=schedule, weighting=weighting)
     assert _rel_err(fd32, exact) < 1e-3
+
+
+@pytest.mark.parametrize("schedule", ["ours", "original"])
+def test_official_with_the_official_masking_input(schedule):
+    """The masking net reads the encoder's patch embedding with its gradient: H1 gains the
+    path through the tokens; the reference differentiates it exactly."""
+    mae, head, net, b = tiny_setup(torch.float64)
+    exact = official_reference(mae, head, net, b, input_grad=True)
+    detached = official_reference(mae, head, net, b)
+    assert _rel_err(detached, exact) > 1e-3  # the token path changes the hypergradient
+    fd = mlo_hypergradient(mae, head, net, b, "official", alpha=1e-4, schedule=schedule, input_grad=True)
+    assert _rel_err(fd, exact) < 1e-6
 
 
 def test_official_ignores_learning_rates_and_unrolled_scales_each_path():

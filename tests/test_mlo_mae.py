@@ -392,3 +392,17 @@ def test_masking_net_options_and_batch_standardisation():
         build_masking_net("patch_scorer", 4, 3, input_norm="token")
     with pytest.raises(ValueError, match="masking_temperature=0 is invalid"):
         build_masking_net("mlp", 4, 3, temperature=0)
+
+
+def test_official_masking_input_sends_level1_gradient_into_the_patch_embedding():
+    x = torch.randn(4, 1, 8, 8)
+    states = []
+    for input_grad in (False, True):
+        module = tiny_module(masking_input_grad=input_grad)
+        opts, _ = _optimizers(module)
+        _, (_, _, _, _, weights) = module.level1(x, opts[0])
+        assert not weights.requires_grad  # nothing kept alive past the step
+        states.append(snapshot(module))
+    detached, official = states
+    assert not torch.equal(detached["mae.encoder.patch_embed.proj.weight"], official["mae.encoder.patch_embed.proj.weight"])
+    torch.testing.assert_close(detached["mae.decoder.pred.weight"], official["mae.decoder.pred.weight"])

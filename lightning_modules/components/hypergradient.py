@@ -181,26 +181,41 @@ def head_edge(
 
 def pretrain_edge(
     mae: MaskedAutoencoder, masknet: nn.Module, b: LevelBatches, u: list[Tensor], alpha: float,
-    weighting: str, reduce: Reduce,
+    weighting: str, reduce: Reduce, input_grad: bool = False,
 ) -> list[Tensor]:
-    """-H1 u = -d/dphi [sum(W(p(phi)) * m * D_u e) / sum(m)], where D_u e = (e(theta + eps u)
-    - e(theta - eps u)) / (2 eps) is the change of the per-patch errors along u (one +- pair of
-    no-grad MAE forwards), then one backward through the masking network (L1 is linear in e)."""
+    """-H1 u, with H1 = d2L1/(dphi dtheta).
+
+    Detached masking-net input (default): -d/dphi [sum(W(p(phi)) * m * D_u e) / sum(m)], where
+    D_u e = (e(theta + eps u) - e(theta - eps u)) / (2 eps) is the change of the per-patch errors
+    along u (one +- pair of no-grad MAE forwards), then one backward through the masking net.
+    ``input_grad`` (the official code's input, tokens = the encoder's patch embedding with its
+    gradient): p depends on theta too, so the full dL1/dphi is differenced at both points.
+    """
     enc, phi = _trainable(mae.encoder), _trainable(masknet)
     norm = _norm(u)
     if norm == 0:
         return [torch.zeros_like(p) for p in phi]
     eps = alpha / norm.item()
+    mask = b.masking1[1]
+
+    def level1_loss(probs: Tensor, errors: Tensor) -> Tensor:
+        return (patch_weights(probs, mask, weighting) * mask * errors).sum() / mask.sum().clamp(min=1)
+
+    if input_grad:
+        grads = []
+        for sign in (1, -1):
+            with perturbed(enc, u, sign * eps):
+                with torch.no_grad():
+                    errors, tokens = mae.patch_errors(b.x1, b.masking1), mae.encoder.embed(b.x1)
+                grads.append(_grads(level1_loss(masknet(tokens), errors), phi))
+        return reduce([-(gp - gm) / (2 * eps) for gp, gm in zip(*grads)])
     errors = []
     with torch.no_grad():
         for sign in (1, -1):
             with perturbed(enc, u, sign * eps):
                 errors.append(mae.patch_errors(b.x1, b.masking1))
-    mask = b.masking1[1]
     d_errors = (errors[0] - errors[1]) / (2 * eps)  # (B1, L)
-    weights = patch_weights(masknet(b.tokens1), mask, weighting)
-    loss = (weights * mask * d_errors).sum() / mask.sum().clamp(min=1)
-    return reduce([-g for g in _grads(loss, phi)])
+    return reduce([-g for g in _grads(level1_loss(masknet(b.tokens1), d_errors), phi)])
 
 
 def mlo_hypergradient(
@@ -215,6 +230,7 @@ def mlo_hypergradient(
     pooling: str = "cls",
     schedule: str = "ours",
     weighting: str = "probability",
+    input_grad: bool = False,
     reduce: Reduce = no_reduce,
     feats2: Tensor | None = None,
     info: dict | None = None,
@@ -227,6 +243,8 @@ def mlo_hypergradient(
         alpha: finite-difference scale (eps = alpha / ||v||).
         schedule: ``ours`` or ``original`` (see the module docstring).
         weighting: how probabilities weight the level-I loss (``masking.patch_weights``).
+        input_grad: the masking net reads the encoder's patch embedding with its gradient (the
+            official code); default: detached tokens ``batches.tokens1``.
         reduce: in-place mean over DDP ranks of a list of tensors (identity for one process);
             applied to every direction and to the result so all ranks agree.
         feats2: level-II pooled features with their graph to the encoder, reused by ``ours``
@@ -247,12 +265,12 @@ def mlo_hypergradient(
         v_theta, v_w, loss3 = level3_directions(mae, head, batches, pooling, reduce)
         u_head = [eta * d for d in head_edge(mae, head, batches, v_w, alpha, pooling, reduce, schedule, feats2)]
         if schedule == "original":  # one pretrain pair per path
-            g_direct = pretrain_edge(mae, masknet, batches, v_theta, alpha, weighting, reduce)
-            g_head = pretrain_edge(mae, masknet, batches, u_head, alpha, weighting, reduce)
+            g_direct = pretrain_edge(mae, masknet, batches, v_theta, alpha, weighting, reduce, input_grad)
+            g_head = pretrain_edge(mae, masknet, batches, u_head, alpha, weighting, reduce, input_grad)
             grads = [xi * (a + c) for a, c in zip(g_direct, g_head)]
         else:
             u = [a + c for a, c in zip(v_theta, u_head)]
-            grads = [xi * g for g in pretrain_edge(mae, masknet, batches, u, alpha, weighting, reduce)]
+            grads = [xi * g for g in pretrain_edge(mae, masknet, batches, u, alpha, weighting, reduce, input_grad)]
     if info is not None:
         info.update(level3_loss=loss3, direct=xi * _norm(v_theta), head=xi * _norm(u_head), total=_norm(grads))
     return grads
