@@ -72,14 +72,18 @@ def raise_if_not_finite(loss: Tensor, name: str, fix: str) -> None:
         raise FloatingPointError(f"{name} is not finite on at least one rank{where}; {fix}")
 
 
+PRECISIONS = ("32-true", "32", "bf16-mixed")
+
+
 def check_precision(precision) -> None:
-    """Refuse fp16 mixed precision: its GradScaler unscales at ``optimizer.step()`` the level-II
-    and level-III gradients that MLO-MAE sets by hand (they were never scaled), so the head and
-    the masking network would silently stop learning."""
-    if str(precision).startswith("16"):
-        raise ValueError(f"trainer.precision={precision} is not supported by MLO-MAE (fp16's loss scaling would "
-                         "divide the hand-set head and masking-net gradients by the loss scale); use "
-                         "trainer.precision=bf16-mixed or 32-true")
+    """Allow fp32 and bf16 mixed precision only. fp16's loss scaler would divide at
+    ``optimizer.step()`` the level-II and level-III gradients that MLO-MAE sets by hand (they
+    were never scaled), so the head and the masking network would silently stop learning;
+    ``*-true`` half or double precision would run the finite differences off fp32."""
+    if str(precision) not in PRECISIONS:
+        raise ValueError(f"trainer.precision={precision} is not supported by MLO-MAE (its finite-difference "
+                         "hypergradient and hand-set head / masking-net gradients need fp32 weights, and fp16's "
+                         f"loss scaling would divide them); allowed: {list(PRECISIONS)}")
 
 
 def check_cadence(cadence) -> tuple[int, int, int]:
@@ -215,8 +219,10 @@ class MLOMAE(L.LightningModule):
         masking, probs, tokens = self.masks(x)
         weights = self.weights(probs, masking[1])
         if probs is not None and self.hparams.masking_input_grad:  # weights carry gradient into the encoder
+            frozen = {n: p.detach() for n, p in self.masknet.named_parameters()}  # no level-I grad for phi
             with torch.autocast(x.device.type, enabled=False):
-                weights = self.weights(self.masknet(self.mae.encoder.embed(x.float())), masking[1])
+                probs_g = torch.func.functional_call(self.masknet, frozen, (self.mae.encoder.embed(x.float()),))
+            weights = self.weights(probs_g, masking[1])
         out = self.mae(x, masking, patch_weights=weights)
         raise_if_not_finite(out.loss, "the level-I loss", "lower model.lr or set model.grad_clip")
         opt.zero_grad(set_to_none=True)

@@ -168,6 +168,36 @@ def test_official_with_the_official_masking_input(schedule):
     assert _rel_err(fd, exact) < 1e-6
 
 
+def test_ours_reusing_the_level2_features_matches_the_reference_across_level3_steps():
+    """Production path of ``ours``: the level-II forward (graph kept) feeds the head edge of
+    several level-III evaluations."""
+    mae, head, net, b = tiny_setup(torch.float64)
+    exact = official_reference(mae, head, net, b)
+    mae.eval()
+    feats2 = mae.encoder(b.x2)[:, 0]
+    mae.train()
+    for _ in range(2):  # the graph survives the first use and the encoder perturbations
+        fd = mlo_hypergradient(mae, head, net, b, "official", alpha=1e-4, schedule="ours", feats2=feats2)
+        assert _rel_err(fd, exact) < 1e-6
+
+
+def test_no_tf32_sets_and_restores_either_api():
+    from lightning_modules.components.hypergradient import exact_fp32, tf32_enabled
+
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    if not hasattr(m, "fp32_precision"):
+        pytest.skip("torch without the fp32_precision API")
+    try:
+        m.fp32_precision = "tf32"  # as a user of the new API would (legacy reads now raise)
+        assert tf32_enabled()
+        with exact_fp32():
+            assert m.fp32_precision == c.fp32_precision == "ieee" and not tf32_enabled()
+        assert m.fp32_precision == "tf32"
+    finally:
+        m.fp32_precision = c.fp32_precision = "none"
+    assert not m.allow_tf32  # the legacy flags are readable again and untouched
+
+
 def test_official_ignores_learning_rates_and_unrolled_scales_each_path():
     mae, head, net, b = tiny_setup(torch.float64)
     kw = {"alpha": 1e-4, "schedule": "original"}

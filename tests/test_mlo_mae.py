@@ -313,7 +313,7 @@ def test_training_step_runs_any_cadence_and_schedules_agree(cadence, scaling):
             assert torch.equal(after["ours"][k], after["original"][k]), k
     upd = {s: _flat(after[s], "masknet") - init for s in after}
     assert upd["original"].norm() > 0
-    assert ((upd["ours"] - upd["original"]).norm() / upd["original"].norm()).item() < 1e-2
+    assert ((upd["ours"] - upd["original"]).norm() / upd["original"].norm()).item() < 2e-3  # measured ~1e-4
 
 
 def test_bf16_mixed_ours_matches_fp32_original():
@@ -343,6 +343,11 @@ def test_fp16_mixed_is_refused_before_training(data_root, tmp_path):
     with pytest.raises(ValueError, match="trainer.precision=16-mixed is not supported by MLO-MAE"):
         train(compose_cfg(_mlo_overrides(data_root, "trainer.precision=16-mixed"), tmp_path))
     assert not (tmp_path / "pretrain" / "checkpoints").exists()
+    for bad in ("bf16-true", "64-true", "16-true"):
+        with pytest.raises(ValueError, match=f"trainer.precision={bad} is not supported"):
+            MLOMAE.check_precision(bad)
+    for good in ("32-true", "bf16-mixed", 32):
+        MLOMAE.check_precision(good)
 
 
 def test_mask_statistics_against_hand_computation():
@@ -369,6 +374,8 @@ def test_mask_statistics_against_hand_computation():
     three = torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]])
     assert mask_diversity(three).item() == pytest.approx(4 / 3)
     assert mask_diversity(three[:2]).item() == 0.0
+    assert math.isnan(mask_diversity(three[:1]).item())  # undefined for one image: no false warning
+    assert mask_warnings({"diversity": float("nan")}) == []
     normalized = patch_weights(probs, mask, "normalized")
     assert mask_statistics(probs, mask, normalized)["level1_scale"].item() == pytest.approx(1.0)
     torch.testing.assert_close(normalized[0], probs[0] / 0.7)

@@ -86,18 +86,45 @@ def perturbed(params: Sequence[nn.Parameter], direction: Sequence[Tensor], scale
 
 
 @contextmanager
+def no_tf32() -> Iterator[None]:
+    """TF32 off for CUDA matmuls and cuDNN convolutions, restored afterwards. Uses the
+    ``fp32_precision`` API where torch has it (reading the legacy flags raises once that API
+    has set TF32), else the legacy ``allow_tf32`` flags."""
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    new_api = hasattr(m, "fp32_precision")
+    saved = (m.fp32_precision, c.fp32_precision) if new_api else (m.allow_tf32, c.allow_tf32)
+    if new_api:
+        m.fp32_precision = c.fp32_precision = "ieee"
+    else:
+        m.allow_tf32 = c.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if new_api:
+            m.fp32_precision, c.fp32_precision = saved
+        else:
+            m.allow_tf32, c.allow_tf32 = saved
+
+
+def tf32_enabled() -> bool:
+    """Whether CUDA matmuls or cuDNN convolutions may use TF32 now (either API)."""
+    on = []
+    for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):
+        precision = getattr(backend, "fp32_precision", "none")
+        on.append(backend.allow_tf32 if precision == "none" else precision == "tf32")
+    return any(on)
+
+
+@contextmanager
 def exact_fp32(*modules: nn.Module) -> Iterator[None]:
     """fp32 without autocast or TF32, modules in eval mode (no dropout / drop path)."""
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     modes = [m.training for m in modules]
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     for m in modules:
         m.eval()
     try:
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        with no_tf32(), torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         for m, mode in zip(modules, modes):
             m.train(mode)
 
@@ -105,9 +132,7 @@ def exact_fp32(*modules: nn.Module) -> Iterator[None]:
 def forward_is_exact(module: nn.Module, device_type: str) -> bool:
     """True when a forward of ``module`` run now equals its fp32 eval-mode forward: no
     autocast, no TF32 on CUDA, no active dropout or drop path. Then ``ours`` may reuse it."""
-    if torch.is_autocast_enabled(device_type):
-        return False
-    if device_type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
+    if torch.is_autocast_enabled(device_type) or (device_type == "cuda" and tf32_enabled()):
         return False
     for m in module.modules():
         p = getattr(m, "p", None) if isinstance(m, nn.Dropout) else getattr(m, "drop_prob", None)

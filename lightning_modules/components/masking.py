@@ -132,12 +132,12 @@ def mask_diversity(mask: Tensor) -> Tensor:
     """How different the masks (B, L) of different images are: the mean pairwise Hamming
     distance divided by its expectation under MAE's uniform random masking with the same
     number of masked patches, 2 k (L - k) / L. 0 = one mask for all images, about 1 = as
-    diverse as random masks. Needs B >= 2 and 0 < k < L (returns 0 otherwise)."""
+    diverse as random masks. Undefined (NaN) unless B >= 2 and 0 < k < L."""
     b, n = mask.shape
     m = mask.double()
     k = m[0].sum()
     if b < 2 or k == 0 or k == n:
-        return torch.zeros((), dtype=torch.float64, device=mask.device)
+        return torch.full((), float("nan"), dtype=torch.float64, device=mask.device)
     ones = m.sum(0)  # per patch: number of images in which it is masked
     pair_sum = (2 * ones * (b - ones)).sum()  # sum over ordered pairs i != j of Hamming(i, j)
     mean_hamming = pair_sum / (b * (b - 1))
