@@ -22,7 +22,7 @@ class MaskMapCallback(EpochFigureCallback):
         probs, mask = pl_module.mask_maps(images)
         side = int(round(probs.shape[1] ** 0.5))
         n = len(images)
-        fig, axes = plt.subplots(n, 3, figsize=(3 * 1.8, n * 1.6), squeeze=False)
+        fig, axes = plt.subplots(n, 3, figsize=(3 * 1.8 + 0.8, n * 1.6 + 0.4), squeeze=False, layout="constrained")
         for i in range(n):
             axes[i, 0].imshow(to_display(images[i], images[i]), cmap="gray" if images.shape[1] == 1 else None)
             heat = axes[i, 1].imshow(probs[i].reshape(side, side).cpu().float(), cmap="magma", vmin=0, vmax=1)
@@ -32,6 +32,6 @@ class MaskMapCallback(EpochFigureCallback):
                 ax.set_yticks([])
         for ax, title in zip(axes[0], ("image", "masking probability", "kept (white) / masked")):
             ax.set_title(title, fontsize=8)
-        fig.colorbar(heat, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02, label="masking probability")
+        fig.colorbar(heat, ax=axes[:, 1:].ravel().tolist(), shrink=0.5, label="masking probability")
         fig.suptitle(f"epoch {epoch}", fontsize=9)
         save_figure(fig, trainer, "mask_maps", f"epoch_{epoch:03d}", "mask_maps")
