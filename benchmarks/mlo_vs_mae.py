@@ -7,8 +7,8 @@ at 28 px):
   ``mae``: ``experiment=mae_small``'s pretrain stage (random masks, labels unused);
   ``mlo_mae``: ``experiment=mlo_mae_small`` with ``masking_net=mlp`` and everything else
   as the study (probability weighting, official hypergradient, lr_mask 1e-3);
-  ``mlo_mae_variant``: ``mlo_mae_small`` with the variant in ``VARIANT`` (see the README's
-  MLO-MAE section for why). The MLO arms use the training labels in levels II / III.
+  ``mlo_mae_variant``: ``mlo_mae_small`` with the recommended variant in ``VARIANT`` (see
+  the README's MLO-MAE section and ``benchmarks/mask_collapse.py`` for why). The MLO arms use the training labels in levels II / III.
   The last pretraining checkpoint is passed on (no selection on validation labels).
 - Fine-tuning: ``experiment=vit_small``'s recipe from that encoder (``scratch``: from random
   weights), ``--finetune-epochs`` epochs; the checkpoint with the best validation AUC
@@ -38,9 +38,10 @@ ARMS = {
     "scratch": None,
     "mae": ("mae_small", []),
     "mlo_mae": ("mlo_mae_small", [f"{P}masking_net=mlp"]),
-    "mlo_mae_variant": ("mlo_mae_small", [f"{P}masking_net=patch_scorer", f"{P}patch_weighting=normalized"]),
+    "mlo_mae_variant": ("mlo_mae_small", [f"{P}masking_net=patch_scorer", f"{P}masking_input_norm=batch",
+                                          f"{P}patch_weighting=normalized"]),
 }
-VARIANT = "patch_scorer masking net + normalized patch weights"
+VARIANT = "patch_scorer, batch-standardised input, normalized weights (as experiment=mlo_mae_derma_diverse)"
 
 
 def common(args, seed: int) -> list[str]:
