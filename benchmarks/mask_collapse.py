@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import real_data_root
+
 REPO = Path(__file__).resolve().parents[1]
 P = "stages.pretrain.model."
 VARIANTS = {
@@ -111,12 +113,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if not (args.data_root / "pneumoniamnist.npz").is_file():
-        raise SystemExit(f"pneumoniamnist.npz not found in {args.data_root}; pass --data-root")
-    args.data_root = args.data_root.resolve()
+    args.data_root = real_data_root(args.data_root)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_collapse_"))
     results = {name: run(name, VARIANTS[name], args, out) for name in args.variants}
-    size = "ViT-B patch 2, 32 px, mlp masking net of the study" if args.study_size else "mlo_mae_small"
+    size = "mlo_mae_derma's model (ViT-B patch 2 at 32 px)" if args.study_size else "mlo_mae_small"
     print(f"\nPneumoniaMNIST, {size}; {args.epochs} epochs x {args.steps} cycles of batch {args.batch}, seed 0; "
           f"mask statistics of 512 validation images at initialisation and after each epoch; runs in {out}\n")
     print("| variant | epoch | diversity | mean prob | saturated | level-I scale | entropy (nats) | level-I loss |")

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import mean_std
+from common import mean_std, real_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 P = "stages.pretrain.model."
@@ -81,9 +81,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="training batches per epoch (smoke tests)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if not (args.data_root / "pneumoniamnist.npz").is_file():
-        raise SystemExit(f"pneumoniamnist.npz not found in {args.data_root}; pass --data-root")
-    args.data_root = args.data_root.resolve()
+    args.data_root = real_data_root(args.data_root)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_mlo_vs_mae_"))
 
     start = time.time()
