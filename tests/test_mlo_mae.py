@@ -1,4 +1,5 @@
-"""MLO-MAE module: level isolation, learning masks, DDP equivalence and bad input."""
+"""MLO-MAE module: level isolation, learning masks, cadences, precision, mask statistics,
+DDP through a real Trainer, and bad input."""
 
 import os
 
@@ -43,19 +44,9 @@ def changed(before, module):
             for k in before if not torch.equal(before[k], after[k])}
 
 
-def run_cycle(module, batches):
-    opts, _ = _optimizers(module)
-    (x1, _), (x2, y2), (x3, y3) = batches
-    _, level1_data = module.level1(x1, opts[0])
-    _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
-    module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
-    return opts
-
-
 def _optimizers(module):
-    # Plain SGD: its update is linear in the gradient, so single-process and DDP runs can be
-    # compared to rounding (Adam would blow up float noise in exactly-zero gradients such as
-    # the attention key bias's).
+    # Plain SGD: its update is linear in the gradient, so schedules and precisions can be
+    # compared through the updates (see ``SGDMLOMAE``).
     hp = module.hparams
     return [
         torch.optim.SGD(module.mae.parameters(), lr=hp.lr),
