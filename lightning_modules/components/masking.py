@@ -75,17 +75,16 @@ def build_masking_net(
     kind: str, num_patches: int, embed_dim: int, hidden: int | None = None, temperature: float = 1.0,
     input_norm: str = "none",
 ) -> nn.Module:
+    if kind not in MASKING_NETS:
+        raise ValueError(f"model.masking_net={kind!r} is invalid; allowed: {list(MASKING_NETS)}")
     if temperature <= 0:
         raise ValueError(f"model.masking_temperature={temperature} is invalid; allowed: > 0")
-    allowed = INPUT_NORMS[kind] if kind in INPUT_NORMS else INPUT_NORMS["mlp"]
-    if input_norm not in allowed:
+    if input_norm not in INPUT_NORMS[kind]:
         raise ValueError(f"model.masking_input_norm={input_norm!r} is invalid for masking_net={kind!r}; "
-                         f"allowed: {list(allowed)}")
+                         f"allowed: {list(INPUT_NORMS[kind])}")
     if kind == "mlp":
         return MLPMaskingNet(num_patches, embed_dim, hidden or 512, temperature, input_norm)
-    if kind == "patch_scorer":
-        return PatchScorer(embed_dim, hidden or 128, temperature, input_norm)
-    raise ValueError(f"model.masking_net={kind!r} is invalid; allowed: {list(MASKING_NETS)}")
+    return PatchScorer(embed_dim, hidden or 128, temperature, input_norm)
 
 
 def patch_weights(probs: Tensor, mask: Tensor, weighting: str) -> Tensor:
