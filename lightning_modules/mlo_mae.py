@@ -121,6 +121,8 @@ class MLOMAE(L.LightningModule):
             test switches it off, to show that ranks then drift apart).
     """
 
+    check_precision = staticmethod(check_precision)  # train.py calls it before building the Trainer
+
     def __init__(
         self,
         mae: MaskedAutoencoder,
@@ -216,13 +218,19 @@ class MLOMAE(L.LightningModule):
 
     def level1(self, x: Tensor, opt) -> tuple[Tensor, tuple]:
         """One encoder + decoder step; returns the loss and (x, tokens, masking, probs, weights)."""
-        masking, probs, tokens = self.masks(x)
-        weights = self.weights(probs, masking[1])
-        if probs is not None and self.hparams.masking_input_grad:  # weights carry gradient into the encoder
-            frozen = {n: p.detach() for n, p in self.masknet.named_parameters()}  # no level-I grad for phi
+        if self.hparams.masking_input_grad and self.hparams.mask_mode == "learned":
+            # the official input: the weights carry gradient into the encoder's patch embedding
+            # (not into phi, whose parameters are read detached); one masking-net forward
+            frozen = {n: p.detach() for n, p in self.masknet.named_parameters()}
             with torch.autocast(x.device.type, enabled=False):
-                probs_g = torch.func.functional_call(self.masknet, frozen, (self.mae.encoder.embed(x.float()),))
+                tokens_g = self.mae.encoder.embed(x.float())
+                probs_g = torch.func.functional_call(self.masknet, frozen, (tokens_g,))
+            tokens, probs = tokens_g.detach(), probs_g.detach()
+            masking = masking_from_scores(probs, self.mae.mask_ratio)
             weights = self.weights(probs_g, masking[1])
+        else:
+            masking, probs, tokens = self.masks(x)
+            weights = self.weights(probs, masking[1])
         out = self.mae(x, masking, patch_weights=weights)
         raise_if_not_finite(out.loss, "the level-I loss", "lower model.lr or set model.grad_clip")
         opt.zero_grad(set_to_none=True)
@@ -290,8 +298,6 @@ class MLOMAE(L.LightningModule):
         self.log("train/level2_loss", loss2, batch_size=len(x2), **log)
 
     # ----- fit hooks ---------------------------------------------------------------------
-    check_precision = staticmethod(check_precision)
-
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
 
