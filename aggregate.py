@@ -3,6 +3,7 @@
     python aggregate.py logs/mae_transfer/multiruns/<time>             # every job of a multirun
     python aggregate.py RUN_DIR [RUN_DIR ...] --metrics test/acc test/auc
     python aggregate.py <multirun dir> --plot-x data.label_fraction --plot-metric test/auc
+    python aggregate.py <multirun dir> --metrics test/f1 test/auprc test/recall test/specificity  # binary tasks
 
 Runs are grouped by their command-line overrides (``.hydra/overrides.yaml``) except the
 seed keys, so ``-m seed=0,1,2 data.label_fraction=0.1,1.0`` gives one row per fraction.

@@ -5,8 +5,8 @@
     python evaluate.py CKPT --split val --root ../shared/data
 
 Each checkpoint is rebuilt from the ``config.yaml`` its run saved (the folder above
-``checkpoints/``); the data come from the first checkpoint's config (``--root`` to read
-the files from elsewhere). Writes ``predictions/``, ``eval/`` and ``report.md`` into
+``checkpoints/``) and sees the data through that config (its own normalisation and size;
+``--root`` to read the files from elsewhere); every checkpoint must cover the same images. Writes ``predictions/``, ``eval/`` and ``report.md`` into
 ``--out`` (default: ``<first run>/evaluate_<split>``).
 """
 
@@ -59,25 +59,53 @@ def load_classifier(ckpt: Path, num_classes: int):
     return model.eval()
 
 
-def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None) -> dict:
-    """Average the probabilities of ``ckpts`` on ``split`` and write the evaluation."""
-    if split not in ("test", "val"):
-        raise ValueError(f"split={split!r} is invalid; allowed: test, val")
-    cfg = run_config(ckpts[0])
+def checkpoint_data(ckpt: Path, split: str, root: str | None = None):
+    """The datamodule of ``ckpt``'s run (its own preprocessing) and its ``split`` dataset.
+
+    ``root`` replaces the data folder (``data.image_root`` of a table, else ``data.root``).
+    """
+    cfg = run_config(ckpt)
     if root is not None:
-        cfg.data.root = root
+        cfg.data["image_root" if "table" in cfg.data else "root"] = root
+    if "splits_file" in cfg.data:
+        cfg.data.splits_file = None  # the run's splits.csv stays as training wrote it
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test")
-    dataset = datamodule.test_set if split == "test" else datamodule.val_set
-    runs = [predict_probs(load_classifier(c, datamodule.num_classes), dataset, datamodule.eval_batch_size) for c in ckpts]
-    probs, labels = np.mean([p for p, _ in runs], axis=0), runs[0][1]
+    return datamodule, datamodule.test_set if split == "test" else datamodule.val_set
+
+
+def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None) -> dict:
+    """Average the probabilities of ``ckpts`` on ``split`` and write the evaluation.
+
+    Each checkpoint sees the data through its own run's config (normalisation, size), and
+    all of them must have been evaluated on the same images in the same order.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split={split!r} is invalid; allowed: test, val")
+    runs, reference = [], None
+    for ckpt in ckpts:
+        datamodule, dataset = checkpoint_data(ckpt, split, root)
+        probs, labels = predict_probs(load_classifier(ckpt, datamodule.num_classes), dataset,
+                                      datamodule.eval_batch_size)
+        ids = datamodule.sample_ids(split)
+        if reference is None:
+            reference = (datamodule, labels, ids)
+        elif not (np.array_equal(labels, reference[1]) and ids == reference[2]):
+            raise CheckpointError(
+                f"{ckpt} was evaluated on a different {split} set than {ckpts[0]} ({len(labels)} vs "
+                f"{len(reference[1])} images, or another order); ensemble runs that share the {split} split"
+            )
+        runs.append(probs)
+    datamodule, labels, ids = reference
+    probs = np.mean(runs, axis=0)
+    cfg = run_config(ckpts[0])
     out = out or ckpts[0].resolve().parent.parent / f"evaluate_{split}"
-    save_predictions(out / "predictions", split, probs, labels)
+    save_predictions(out / "predictions", split, probs, labels, ids)
     result = write_evaluation(probs, labels, datamodule.class_names, datamodule.task, out / "eval", split)
     summary = result["summary"]
-    metrics = {f"test/{k}": v for k, v in summary.items() if k in ("acc", "auc", "f1_macro")}
-    metrics["test/bal_acc"] = summary["balanced_acc"]
+    names = {"balanced_acc": "bal_acc"}
+    metrics = {f"{split}/{names.get(k, k)}": v for k, v in summary.items() if k != "n"}
     metrics["test_checkpoint"] = ", ".join(str(c) for c in ckpts)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if split == "test":
@@ -90,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ckpts", nargs="+", type=Path)
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--root", default=None, help="folder of the MedMNIST files (default: the run's)")
+    parser.add_argument("--root", default=None,
+                        help="data folder: of the MedMNIST files, the image folder, or a table's image_root "
+                             "(default: the run's)")
     args = parser.parse_args(argv)
     try:
         result = evaluate(args.ckpts, args.split, args.out, args.root)

@@ -1,5 +1,6 @@
 """Evaluation figures of saved predictions: confusion matrices, per-class accuracy, ROC
-curves, confidence box plots and the reliability diagram. Each returns a matplotlib figure."""
+curves, confidence box plots, the reliability diagram and (binary tasks) the precision-recall
+curve. Each returns a matplotlib figure."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 from callbacks.evaluation import confusion_matrix, reliability_bins  # noqa: E402
 
@@ -104,5 +105,27 @@ def reliability_figure(labels: np.ndarray, probs: np.ndarray, ece: float, n_bins
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE = {ece:.3f})", fontsize=9)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, class_names: list[str], summary: dict):
+    """Precision-recall curve of the positive class (class 1) of a binary task from
+    ``probs[:, 1]`` (N,), with its AUPRC, the prevalence (a constant predictor's precision)
+    and the operating point at 0.5; ``summary`` holds ``auprc``, ``precision``, ``recall``."""
+    positive = labels == 1
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    if positive.any():
+        precision, recall, _ = precision_recall_curve(positive, probs[:, 1])
+        ax.step(recall, precision, where="post", lw=1,
+                label=f"{_short([class_names[1]])[0]} (AUPRC = {summary['auprc']:.3f})")
+    prevalence = positive.mean()
+    ax.axhline(prevalence, color="k", ls="--", lw=0.6, label=f"prevalence baseline ({prevalence:.3f})")
+    ax.plot(summary["recall"], summary["precision"], "o", color="tab:red", ms=4, label="threshold 0.5")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     return fig

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from callbacks import evaluation_figures as figs
-from callbacks.evaluation import confusion_matrix, per_class_table, summary_metrics
+from callbacks.evaluation import BINARY, confusion_matrix, per_class_table, summary_metrics
 from callbacks.images import wandb_loggers
 from callbacks.thresholds import SplitPredictions, tuned_comparison
 from lightning_modules.metrics import MULTI_LABEL
@@ -26,7 +26,8 @@ TABLE_COLUMNS = ("class", "support", "accuracy", "precision", "recall", "specifi
 def write_evaluation(
     probs: np.ndarray, labels: np.ndarray, class_names: list[str], task: str, out_dir: Path, split: str = "test"
 ) -> dict:
-    """Per-class table (CSV), summary (JSON), confusion matrix (CSV) and five PNG figures.
+    """Per-class table (CSV), summary (JSON), confusion matrix (CSV) and five PNG figures
+    (six for binary tasks: also ``{split}_pr_curve.png``).
 
     Returns ``{"summary": ..., "table": ..., "figures": {name: path}}``.
     """
@@ -48,6 +49,8 @@ def write_evaluation(
         "confidence": figs.confidence_figure(labels, probs, class_names),
         "reliability": figs.reliability_figure(labels, probs, summary["ece"]),
     }
+    if task == BINARY:
+        figures["pr_curve"] = figs.pr_curve_figure(labels, probs, class_names, summary)
     paths = {}
     for name, fig in figures.items():
         paths[name] = out_dir / f"{split}_{name}.png"

@@ -15,6 +15,9 @@ from omegaconf import DictConfig
 from lightning_modules.components.masking import mask_warnings
 
 QUICK = (("test/acc", "ACC"), ("test/auc", "AUC"), ("test/bal_acc", "balanced acc"), ("test/f1_macro", "macro F1"))
+# binary tasks only (positive class): ``test/<key>`` in the metrics, else ``<key>`` in eval/test_summary.json
+BINARY_QUICK = (("precision", "precision"), ("recall", "recall"), ("specificity", "specificity"), ("f1", "F1"),
+                ("auprc", "AUPRC"))
 
 
 def _fmt(value) -> str:
@@ -68,12 +71,19 @@ def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str |
     lines = [f"# {title or cfg.get('task_name', 'run')}", ""]
     quick = [(label, metrics[key]) for key, label in QUICK if isinstance(metrics.get(key), float)]
     summary_path = run_dir / "eval" / "test_summary.json"
-    if summary_path.is_file():
-        quick.append(("ECE", json.loads(summary_path.read_text())["ece"]))
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    binary = [(label, metrics.get(f"test/{key}", summary.get(key))) for key, label in BINARY_QUICK]
+    binary = [(label, v) for label, v in binary if isinstance(v, float)]
+    quick += binary
+    if "ece" in summary:
+        quick.append(("ECE", summary["ece"]))
     if quick:
         lines += ["## Test results (checkpoint selected on validation)", "",
                   "| " + " | ".join(k for k, _ in quick) + " |", "|" + "---|" * len(quick),
                   "| " + " | ".join(_fmt(v) for _, v in quick) + " |", ""]
+        if binary:
+            lines += ["Binary task, positive class = class 1: precision, recall (sensitivity), specificity and F1 "
+                      "of P(class 1) > 0.5; AUPRC = average precision of P(class 1).", ""]
     tuning_path = run_dir / "eval" / "test_threshold_tuning.json"
     if tuning_path.is_file():
         t = json.loads(tuning_path.read_text())

@@ -20,6 +20,7 @@ import numpy as np
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
 MULTI_LABEL = "multi-label, binary-class"
+BINARY = "binary-class"  # medmnist.INFO task of the two-class datasets
 DOWNLOAD_TIMEOUT_S = 30.0
 
 

@@ -1,18 +1,52 @@
-"""OmegaConf resolvers so configs can read dataset metadata from ``medmnist.INFO``.
+"""OmegaConf resolvers so configs can read dataset metadata.
 
 ``${medmnist_num_classes:dermamnist}`` -> 7, ``${medmnist_in_chans:pneumoniamnist,true}`` -> 3,
-``${medmnist_task:pneumoniamnist}`` -> "binary-class".
+``${medmnist_task:pneumoniamnist}`` -> "binary-class"; inside an image_table / image_folder
+data config, ``${image_data:num_classes}`` and ``${image_data:task}`` read the table's labels
+or the folder's class folders.
 """
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from functools import lru_cache
+from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.image_datamodule import task_of
+from datamodules.image_records import folder_layout, read_table, table_classes
 from datamodules.medmnist_files import medmnist_info
 
 
 def _in_chans(flag: str, as_rgb: bool = False) -> int:
     return 3 if as_rgb else int(medmnist_info(flag)["n_channels"])
+
+
+@lru_cache(maxsize=32)
+def _classes(table: str | None, root: str | None, label_column: str | None, classes: tuple | None,
+             stamp: float) -> tuple[str, ...]:
+    if table is not None:
+        frame = read_table(table)
+        if label_column not in frame.columns:
+            raise ValueError(f"data.label_column={label_column!r} is not a column of {table}; "
+                             f"its columns are {list(frame.columns)}")
+        return tuple(table_classes(frame, label_column, classes))
+    return tuple(folder_layout(Path(root).expanduser())[0])
+
+
+def _image_data(key: str, _parent_: DictConfig):
+    """``num_classes`` or ``task`` of the image_table / image_folder config holding the call."""
+    table, root = _parent_.get("table"), _parent_.get("root")
+    source = Path(table or root or ".").expanduser()
+    stamp = source.stat().st_mtime if source.exists() else 0.0
+    classes = _parent_.get("classes")
+    names = _classes(table, None if table else root, _parent_.get("label_column"),
+                     tuple(str(c) for c in classes) if classes else None, stamp)
+    if key == "num_classes":
+        return len(names)
+    if key == "task":
+        return task_of(len(names))
+    raise ValueError(f"${{image_data:{key}}}: unknown key; use num_classes or task")
 
 
 def register_resolvers() -> None:
@@ -21,6 +55,7 @@ def register_resolvers() -> None:
         "medmnist_num_classes": lambda flag: len(medmnist_info(flag)["label"]),
         "medmnist_in_chans": _in_chans,
         "medmnist_task": lambda flag: medmnist_info(flag)["task"],
+        "image_data": _image_data,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -64,3 +64,64 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> np.
         idx = rng.permutation(np.flatnonzero(s == c))
         keep.append(idx[: max(1, int(round(fraction * len(idx))))])
     return np.sort(np.concatenate(keep))
+
+
+def combined_strata(*columns: np.ndarray) -> np.ndarray:
+    """One integer stratum per row for the combination of several label-like columns, (N,)."""
+    keys = np.array(["\x1f".join(map(str, row)) for row in zip(*columns)])
+    return np.unique(keys, return_inverse=True)[1].reshape(-1)
+
+
+def grouped_stratified_split(
+    strata_ids: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, part) with about ``fraction`` of the rows in ``part``, whole groups only,
+    stratified as well as the groups allow (scikit-learn's ``StratifiedGroupKFold``).
+
+    ``fraction`` is taken as p/q with q <= 20: the rows of p of q folds form ``part``.
+    """
+    from fractions import Fraction
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    ratio = Fraction(fraction).limit_denominator(20)
+    n_groups = len(np.unique(groups))
+    if n_groups < ratio.denominator:
+        raise ValueError(
+            f"a grouped split of {float(ratio):.3f} needs at least {ratio.denominator} groups, found {n_groups}; "
+            "use fewer / larger fractions or more groups"
+        )
+    folds = StratifiedGroupKFold(n_splits=ratio.denominator, shuffle=True, random_state=seed)
+    chosen = [test for _, (_, test) in zip(range(ratio.numerator), folds.split(strata_ids, strata_ids, groups))]
+    part = np.sort(np.concatenate(chosen))
+    return np.setdiff1d(np.arange(len(strata_ids)), part), part
+
+
+def assign_splits(
+    strata_ids: np.ndarray,
+    fractions: dict[str, float],
+    seed: int,
+    groups: np.ndarray | None = None,
+    predefined: np.ndarray | None = None,
+) -> np.ndarray:
+    """The split name ("train" / "val" / "test") of each row, (N,), deterministic from ``seed``.
+
+    Splits that ``predefined`` lacks (all but train when it is None) are carved out of the
+    train rows in turn (test, then val), keeping the ratios of ``fractions`` among train and
+    the carved splits; e.g. 70/10/20 from nothing, or val = 10 / (70 + 10) of a predefined
+    train. Stratified on ``strata_ids``; with ``groups``, no group is ever divided.
+    """
+    n = len(strata_ids)
+    out = np.array(["train"] * n, dtype=object) if predefined is None else np.asarray(predefined, dtype=object).copy()
+    missing = [s for s in ("test", "val") if s not in set(out) and fractions.get(s, 0) > 0]
+    remaining = fractions["train"] + sum(fractions[s] for s in missing)
+    for i, name in enumerate(missing):
+        pool = np.flatnonzero(out == "train")
+        share = fractions[name] / remaining
+        remaining -= fractions[name]
+        if groups is None:
+            _, part = stratified_split(strata_ids[pool], share, seed + i, f"data.fractions.{name}")
+        else:
+            _, part = grouped_stratified_split(strata_ids[pool], groups[pool], share, seed + i)
+        out[pool[part]] = name
+    return out.astype(str)

@@ -21,7 +21,9 @@ class AugmentConfig:
     crop_padding: int = 0  # random crop of img_size after zero padding by this many px
     hflip: bool = False
     vflip: bool = False
-    rotation: float = 0.0  # max degrees
+    rotation: float = 0.0  # max degrees, uniform in [-rotation, rotation]; 180 = any angle
+    rotation_p: float = 1.0  # probability of rotating an image
+    rotation_expand: bool = False  # rotate onto a larger canvas, then resize: no corner is cut off
     erasing: float = 0.0  # probability of random erasing (cutout)
 
 
@@ -55,6 +57,16 @@ def normalization_stats(
     raise ValueError(f"data.normalization={name!r} is invalid; allowed: {list(NORMALIZATIONS)}")
 
 
+def _rotation(augment: AugmentConfig, img_size: int) -> v2.Transform:
+    if not 0 < augment.rotation <= 180 or not 0 < augment.rotation_p <= 1:
+        raise ValueError(f"data.augment.rotation={augment.rotation} / rotation_p={augment.rotation_p} are invalid; "
+                         "allowed: rotation in (0, 180] degrees, rotation_p in (0, 1]")
+    rotate: v2.Transform = v2.RandomRotation(augment.rotation, expand=augment.rotation_expand)
+    if augment.rotation_expand:
+        rotate = v2.Compose([rotate, v2.Resize((img_size, img_size), antialias=True)])
+    return rotate if augment.rotation_p == 1 else v2.RandomApply([rotate], p=augment.rotation_p)
+
+
 def build_transform(
     img_size: int,
     source_size: int,
@@ -73,7 +85,7 @@ def build_transform(
         if augment.vflip:
             steps.append(v2.RandomVerticalFlip())
         if augment.rotation > 0:
-            steps.append(v2.RandomRotation(augment.rotation))
+            steps.append(_rotation(augment, img_size))
     if stats is not None:
         steps.append(v2.Normalize(mean=list(stats[0]), std=list(stats[1])))
     if augment is not None and augment.erasing > 0:

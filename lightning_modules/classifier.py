@@ -164,7 +164,10 @@ class Classifier(L.LightningModule):
             order = gathered_order(len(probs), self.trainer.world_size)
             sorted_probs, sorted_labels = np.empty_like(probs), np.empty_like(labels)
             sorted_probs[order], sorted_labels[order] = probs, labels
-            save_predictions(Path(self.trainer.default_root_dir) / "predictions", "test", sorted_probs, sorted_labels)
+            dm = self.trainer.datamodule
+            ids = dm.sample_ids("test") if hasattr(dm, "sample_ids") else None
+            save_predictions(Path(self.trainer.default_root_dir) / "predictions", "test", sorted_probs, sorted_labels,
+                             ids if ids is not None and len(ids) == len(sorted_labels) else None)
 
     def configure_optimizers(self):
         kw = getattr(self.optimizer_factory, "keywords", {})
@@ -183,15 +186,21 @@ class Classifier(L.LightningModule):
         }
 
 
-def save_predictions(folder: Path, split: str, probs: np.ndarray, labels: np.ndarray) -> Path:
-    """Write ``{split}_predictions.npz`` (probs (N, K) float32, labels) and a CSV copy."""
+def save_predictions(
+    folder: Path, split: str, probs: np.ndarray, labels: np.ndarray, ids: list[str] | None = None
+) -> Path:
+    """Write ``{split}_predictions.npz`` (probs (N, K) float32, labels[, ids]) and a CSV copy,
+    rows in dataset order; ``ids`` (e.g. image paths, length N) add a ``path`` column."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{split}_predictions.npz"
-    np.savez(path, probs=probs.astype(np.float32), labels=labels)
+    extra = {} if ids is None else {"ids": np.asarray(ids, dtype=str)}
+    np.savez(path, probs=probs.astype(np.float32), labels=labels, **extra)
     with open(folder / f"{split}_predictions.csv", "w", newline="") as f:
         writer = csv.writer(f)
         label_cols = ["label"] if labels.ndim == 1 else [f"label_{k}" for k in range(labels.shape[1])]
-        writer.writerow(["index", *label_cols, *[f"prob_{k}" for k in range(probs.shape[1])]])
+        id_cols = [] if ids is None else ["path"]
+        writer.writerow(["index", *id_cols, *label_cols, *[f"prob_{k}" for k in range(probs.shape[1])]])
         for i, (lab, p) in enumerate(zip(labels, probs)):
-            writer.writerow([i, *np.atleast_1d(lab).tolist(), *[f"{v:.6f}" for v in p]])
+            row_id = [] if ids is None else [ids[i]]
+            writer.writerow([i, *row_id, *np.atleast_1d(lab).tolist(), *[f"{v:.6f}" for v in p]])
     return path

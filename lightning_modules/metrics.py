@@ -6,6 +6,13 @@ All metrics take probabilities (softmax for single-label tasks, sigmoid for mult
 - ``auc``: unweighted mean of one-vs-rest AUROCs (per-label for multi-label).
 - ``bal_acc``: balanced accuracy = macro recall (single-label tasks only).
 - ``f1_macro``, ``f1_weighted``.
+
+Binary tasks (``task == "binary-class"``, class 1 positive; two softmax outputs) also get,
+for the positive class, ``precision``, ``recall`` (sensitivity), ``specificity`` and ``f1``
+of ``probs[:, 1] > 0.5``, and ``auprc`` (average precision of ``probs[:, 1]``). For two-class
+softmax ``probs[:, 1] > 0.5`` is ``argmax == 1`` (an exact tie 0.5 / 0.5 gives class 0 both
+ways; only float rounding at 0.5 may differ), and ``acc`` / ``auc`` already are the
+positive-class accuracy / AUROC (the AUROC of class 0 on ``1 - p`` equals that of class 1).
 """
 
 from __future__ import annotations
@@ -14,6 +21,11 @@ import lightning as L
 import torch
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
+    BinaryAveragePrecision,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
@@ -22,12 +34,45 @@ from torchmetrics.classification import (
     MultilabelAUROC,
     MultilabelF1Score,
 )
+from torchmetrics.wrappers.transformations import MetricInputTransformer
 
-from datamodules.medmnist_files import MULTI_LABEL
+from datamodules.medmnist_files import BINARY, MULTI_LABEL
+
+
+class PositiveClass(MetricInputTransformer):
+    """Feeds the positive-class column ``probs[:, 1]`` (B,) of two-class probabilities (B, 2)
+    to a ``Binary*`` metric; the integer targets (B,) pass unchanged.
+
+    The wrapped metric holds every state: it is the one reset, moved by ``.to()`` (it is a
+    submodule) and synced across processes by its own ``compute``. The wrapper holds no
+    state, so MetricCollection never puts it into a compute group with another metric.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def transform_pred(self, pred: torch.Tensor) -> torch.Tensor:
+        if pred.ndim != 2 or pred.shape[1] != 2:
+            raise ValueError(f"PositiveClass expects probabilities of shape (B, 2), got {tuple(pred.shape)}")
+        # clamp: a rounding error above 1 would make torchmetrics treat the batch as logits
+        return pred[:, 1].clamp(0, 1)
+
+
+def binary_metrics() -> dict[str, PositiveClass]:
+    """The positive-class metrics of binary tasks, keyed without prefix."""
+    return {
+        "precision": PositiveClass(BinaryPrecision(threshold=0.5)),
+        "recall": PositiveClass(BinaryRecall(threshold=0.5)),
+        "specificity": PositiveClass(BinarySpecificity(threshold=0.5)),
+        "f1": PositiveClass(BinaryF1Score(threshold=0.5)),
+        "auprc": PositiveClass(BinaryAveragePrecision(thresholds=None)),
+    }
 
 
 def classification_metrics(num_classes: int, task: str, prefix: str) -> MetricCollection:
-    """A MetricCollection whose keys are ``{prefix}acc``, ``{prefix}auc``, ..."""
+    """A MetricCollection whose keys are ``{prefix}acc``, ``{prefix}auc``, ... (see the module
+    docstring); it takes probabilities (B, K) and targets (B,) ((B, K) for multi-label)."""
     if task == MULTI_LABEL:
         metrics = {
             "acc": MultilabelAccuracy(num_labels=num_classes, average="macro"),
@@ -43,6 +88,10 @@ def classification_metrics(num_classes: int, task: str, prefix: str) -> MetricCo
             "f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro"),
             "f1_weighted": MulticlassF1Score(num_classes=num_classes, average="weighted"),
         }
+        if task == BINARY:
+            if num_classes != 2:
+                raise ValueError(f"task={task!r} needs num_classes=2 (two softmax outputs), got {num_classes}")
+            metrics.update(binary_metrics())
     return MetricCollection(metrics, prefix=prefix)
 
 

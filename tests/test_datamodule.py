@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datamodules import MedMNISTDataModule
-from datamodules.medmnist_datamodule import class_weights_from_labels
+from datamodules.base_datamodule import class_weights_from_labels
 from tests.conftest import REAL_PNEUMONIA
 
 

@@ -6,10 +6,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from medmnist.evaluator import getACC, getAUC
-from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
-from callbacks.evaluation import expected_calibration_error, per_class_table, summary_metrics
+from callbacks.evaluation import (
+    BINARY,
+    average_precision,
+    binary_metrics,
+    expected_calibration_error,
+    per_class_table,
+    summary_metrics,
+)
 from callbacks.evaluation_report import write_evaluation
+from callbacks.run_report import write_run_report
 from tests.conftest import REAL_PNEUMONIA, compose_cfg, tiny_overrides
 from train import train
 
@@ -52,6 +69,65 @@ def test_summary_matches_medmnist_evaluator_and_sklearn(k, task):
     assert s["balanced_acc"] == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
 
 
+def _binary_predictions(n=600, seed=0):
+    """~20 % positives, a weakly informative model, some tied scores. Probs (N, 2), labels (N,)."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.2).astype(int)
+    p1 = 1 / (1 + np.exp(-(1.3 * labels + rng.normal(size=n) - 0.5)))
+    p1[:40] = p1[:40].round(1)
+    return np.stack([1 - p1, p1], 1), labels
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_binary_summary_is_positive_class_and_matches_sklearn(seed):
+    probs, labels = _binary_predictions(seed=seed)
+    s = summary_metrics(probs, labels, BINARY)
+    pred = (probs[:, 1] > 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
+    assert s["precision"] == pytest.approx(precision_score(labels, pred))
+    assert s["recall"] == pytest.approx(recall_score(labels, pred))
+    assert s["specificity"] == pytest.approx(tn / (tn + fp))
+    assert s["f1"] == pytest.approx(f1_score(labels, pred))
+    assert s["auprc"] == pytest.approx(average_precision_score(labels, probs[:, 1]))
+    assert s["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))
+    assert s["acc"] == pytest.approx((pred == labels).mean())
+    # the positive class, not the macro average or class 0
+    assert abs(s["f1"] - s["f1_macro"]) > 0.05 and abs(s["recall"] - s["specificity"]) > 0.05
+    assert abs(s["auprc"] - average_precision_score(1 - labels, probs[:, 0])) > 0.05
+    row = per_class_table(probs, labels, ["neg", "pos"])[1]  # argmax decision, same here
+    for key in ("precision", "recall", "specificity", "f1"):
+        assert row[key] == pytest.approx(s[key]), key
+    assert not {"precision", "recall", "specificity", "f1", "auprc"} & set(
+        summary_metrics(*_predictions(k=3, never_predicted=1), "multi-class"))
+
+
+def test_binary_metrics_edge_cases_follow_sklearn():
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.3, 0.1])
+    positive = np.array([1, 0, 1, 1, 0, 0], bool)
+    assert average_precision(positive, scores) == pytest.approx(average_precision_score(positive, scores))
+    assert average_precision(positive, scores) == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3 + 1 / 3 * 3 / 5)
+    assert average_precision(np.zeros(6, bool), scores) == 0.0  # no positive: 0, as scikit-learn
+    nothing_predicted = binary_metrics(np.stack([1 - scores / 2, scores / 2], 1), positive.astype(int))
+    assert nothing_predicted["precision"] == 0 and nothing_predicted["recall"] == 0 and nothing_predicted["f1"] == 0
+    assert nothing_predicted["specificity"] == 1
+
+
+def test_binary_summary_equals_the_logged_torchmetrics_values():
+    import torch
+
+    from lightning_modules.metrics import classification_metrics
+
+    probs, labels = _binary_predictions(seed=2)
+    probs = probs.astype(np.float32)  # as saved in predictions/
+    m = classification_metrics(2, BINARY, "test/")
+    for chunk in np.array_split(np.arange(len(labels)), 3):
+        m.update(torch.from_numpy(probs[chunk]), torch.from_numpy(labels[chunk]))
+    logged = m.compute()
+    summary = summary_metrics(probs, labels, BINARY)
+    for key in ("acc", "auc", "precision", "recall", "specificity", "f1", "auprc", "f1_macro"):
+        assert logged[f"test/{key}"].item() == pytest.approx(summary[key], abs=1e-5), key
+
+
 def test_ece_hand_worked():
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])
@@ -72,6 +148,24 @@ def test_write_evaluation_files_hold_the_computed_numbers(tmp_path):
     assert cm.sum() == len(labels) and cm[:, 3].sum() == 0
     for path in result["figures"].values():
         assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert "pr_curve" not in result["figures"] and "f1" not in summary
+
+
+def test_binary_evaluation_writes_pr_curve_and_report_shows_positive_class_metrics(tmp_path):
+    probs, labels = _binary_predictions()
+    result = write_evaluation(probs, labels, ["normal", "pneumonia"], BINARY, tmp_path / "eval", "test")
+    summary = json.loads((tmp_path / "eval" / "test_summary.json").read_text())
+    assert summary["auprc"] == pytest.approx(average_precision_score(labels, probs[:, 1]))
+    pr = tmp_path / "eval" / "test_pr_curve.png"
+    assert result["figures"]["pr_curve"] == pr and pr.stat().st_size > 5000
+    cfg = compose_cfg(["experiment=quickstart"], tmp_path)
+    metrics = {"test/acc": summary["acc"], "test/auc": summary["auc"], "test/f1": 0.123456}  # logged F1 wins
+    report = (write_run_report(tmp_path, cfg, metrics)).read_text()
+    header = "| ACC | AUC | precision | recall | specificity | F1 | AUPRC | ECE |"
+    values = (f"| {summary['acc']:.4f} | {summary['auc']:.4f} | {summary['precision']:.4f} | {summary['recall']:.4f} "
+              f"| {summary['specificity']:.4f} | 0.1235 | {summary['auprc']:.4f} | {summary['ece']:.4f} |")
+    assert header in report and values in report and "positive class = class 1" in report
+    assert "![test_pr_curve](eval/test_pr_curve.png)" in report
 
 
 def test_classifier_run_writes_eval_folder_consistent_with_metrics(data_root, tmp_path):

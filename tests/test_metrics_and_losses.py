@@ -1,12 +1,27 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from medmnist.evaluator import getACC, getAUC
-from sklearn.metrics import balanced_accuracy_score, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from lightning_modules.components.losses import ClassificationLoss, focal_loss
 from lightning_modules.metrics import classification_metrics
+
+BINARY_KEYS = {"precision", "recall", "specificity", "f1", "auprc"}
 
 
 def _random_predictions(n, k, seed, never_predict=None):
@@ -44,6 +59,102 @@ def test_multilabel_metrics_match_medmnist_evaluator():
     task = "multi-label, binary-class"
     assert out["val/acc"].item() == pytest.approx(getACC(y.numpy(), probs.numpy(), task), abs=1e-6)
     assert out["val/auc"].item() == pytest.approx(getAUC(y.numpy(), probs.numpy(), task), abs=1e-5)
+
+
+def _binary_predictions(n=500, seed=0):
+    """Imbalanced labels (~25 % positive) and a weakly informative, miscalibrated model, so that
+    positive-class values differ from the class-0 and macro ones. Probs (N, 2), labels (N,)."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < 0.25).long()
+    logit = 1.2 * y + torch.randn(n, generator=g) - 0.4
+    probs = torch.stack([torch.zeros(n), logit], 1).softmax(-1)
+    probs[:20, 1] = probs[:20, 1].round(decimals=1)  # tied scores for the AUPRC
+    probs[:20, 0] = 1 - probs[:20, 1]
+    return probs, y
+
+
+def _sklearn_binary(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The reference values of the positive class (class 1)."""
+    pred = (probs[:, 1] > 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {"precision": precision_score(y, pred), "recall": recall_score(y, pred), "specificity": tn / (tn + fp),
+            "f1": f1_score(y, pred), "auprc": average_precision_score(y, probs[:, 1]),
+            "acc": accuracy_score(y, pred), "auc": roc_auc_score(y, probs[:, 1])}
+
+
+def test_binary_positive_class_metrics_match_sklearn_over_batches():
+    probs, y = _binary_predictions()
+    m = classification_metrics(2, "binary-class", "val/")
+    for chunk in torch.arange(len(y)).split(128):  # 4 batches, the last one short
+        m.update(probs[chunk], y[chunk])
+    out = {k.removeprefix("val/"): v.item() for k, v in m.compute().items()}
+    p, t = probs.numpy().astype(np.float64), y.numpy()
+    ref = _sklearn_binary(p, t)
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value, abs=1e-6), key
+    assert set(out) == {"acc", "bal_acc", "auc", "f1_macro", "f1_weighted", *BINARY_KEYS}
+    # positive-class values are not the macro / class-0 ones on these predictions
+    pred = (p[:, 1] > 0.5).astype(int)
+    assert abs(out["f1"] - f1_score(t, pred, average="macro")) > 0.05
+    assert abs(out["precision"] - precision_score(t, pred, pos_label=0)) > 0.05
+    assert abs(out["recall"] - out["specificity"]) > 0.05
+    assert abs(out["auprc"] - average_precision_score(1 - t, p[:, 0])) > 0.05
+    assert (p[:, 1] > 0.5).tolist() == (p.argmax(1) == 1).tolist()  # threshold 0.5 == argmax here
+
+
+def test_binary_metrics_reset_forward_and_compute_groups():
+    probs, y = _binary_predictions(seed=1)
+    m = classification_metrics(2, "binary-class", "test/")
+    m.update(probs[:100], y[:100])
+    m.update(probs[100:200], y[100:200])
+    groups = [set(g) for g in m.compute_groups.values()]
+    for key in BINARY_KEYS:  # stateless wrappers: each in its own group, so each is updated
+        assert {key} in groups
+    m.compute()
+    m.reset()
+    batch = m(probs[200:], y[200:])  # forward: the value of this batch, and accumulates it
+    ref = _sklearn_binary(probs[200:].double().numpy(), y[200:].numpy())
+    for key in BINARY_KEYS:
+        assert batch[f"test/{key}"].item() == pytest.approx(ref[key], abs=1e-6), key
+        assert m.compute()[f"test/{key}"].item() == pytest.approx(ref[key], abs=1e-6), key
+    m.to(torch.device("meta"))
+    assert m["test/precision"].wrapped_metric.tp.device.type == "meta"
+    with pytest.raises(ValueError, match=r"shape \(B, 2\), got \(4, 3\)"):
+        classification_metrics(2, "binary-class", "")["precision"].update(torch.rand(4, 3), torch.ones(4).long())
+    with pytest.raises(ValueError, match="needs num_classes=2"):
+        classification_metrics(3, "binary-class", "")
+
+
+@pytest.mark.parametrize("k, task", [(7, "multi-class"), (5, "ordinal-regression"), (2, "multi-class"),
+                                     (14, "multi-label, binary-class")])
+def test_non_binary_collections_have_no_binary_keys(k, task):
+    keys = set(classification_metrics(k, task, "val/").keys())
+    base = {"acc", "auc", "f1_macro", "f1_weighted"} | ({"bal_acc"} if "multi-label" not in task else set())
+    assert keys == {f"val/{b}" for b in base}
+
+
+def _ddp_metrics_worker(rank, world, port, out):
+    from datetime import timedelta
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    probs, y = _binary_predictions()
+    m = classification_metrics(2, "binary-class", "")
+    m.update(probs[rank::world], y[rank::world])  # each rank sees half of the data
+    values = {k: v.item() for k, v in m.compute().items()}
+    torch.save(values, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_binary_metrics_are_synced_across_processes(tmp_path):
+    mp.spawn(_ddp_metrics_worker, args=(2, 29541, tmp_path), nprocs=2, join=True)
+    probs, y = _binary_predictions()
+    ref = _sklearn_binary(probs.double().numpy(), y.numpy())
+    for rank in (0, 1):
+        values = torch.load(tmp_path / f"rank{rank}.pt")
+        for key in BINARY_KEYS:
+            assert values[key] == pytest.approx(ref[key], abs=1e-6), (rank, key)
 
 
 def test_focal_with_gamma_zero_equals_cross_entropy():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from unittest.mock import patch
 
 import timm
@@ -29,18 +30,55 @@ def timm_network(
     num_classes: int,
     in_chans: int,
     pretrained: bool = False,
+    pretrained_file: str | None = None,
     small_input_stem: bool = False,
     **kwargs,
 ) -> nn.Module:
-    """``timm.create_model(name, ...)``; extra kwargs (``img_size``, ``patch_size``,
-    ``drop_path_rate``...) go to the model. ``small_input_stem`` replaces a ResNet stem for
-    28-64 px inputs. ``pretrained=True`` without network access or a cached copy fails fast
-    with a clear message instead of retrying for a minute."""
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+    """``timm.create_model(name, ...)``; ``name`` may carry a weights tag (``resnet18.tv_in1k``).
+
+    Extra kwargs (``img_size``, ``drop_rate``, ``drop_path_rate``...) go to the model.
+    ``small_input_stem`` replaces a ResNet stem for 28-64 px inputs. Pretrained weights come
+    from ``pretrained_file`` (a ``.pth`` / ``.safetensors`` state dict downloaded elsewhere;
+    the hub is never contacted) or else from the Hugging Face hub; offline without a cached
+    copy this fails fast with a clear message. The classifier is always new (``num_classes``)
+    and a 1-channel input sums the RGB stem weights (timm's adaptation).
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0].split('_')[0]}*")[:10]
         raise ValueError(f"Unknown timm model {name!r}. Similar names: {close}")
-    model = _create(name, num_classes, in_chans, pretrained, **kwargs)
+    if "." in name and (pretrained or pretrained_file) and name not in timm.list_pretrained(name):
+        tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
+        raise ValueError(f"timm has no pretrained weights {name!r}; available tags: {tags}")
+    if pretrained_file is not None:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsError(
+                f"model.net.pretrained_file={str(path)!r} does not exist; download the weights of {name!r} "
+                "on a connected machine (e.g. huggingface.co/timm) and point pretrained_file at the file"
+            )
+        overlay = {"file": str(path), "source": ""}
+        try:
+            with patch.object(hf_constants, "HF_HUB_OFFLINE", True):
+                model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
+                                          pretrained_cfg_overlay=overlay, **kwargs)
+            check_weights_cover(model, path, name)
+        except (RuntimeError, OSError, ValueError, KeyError) as err:
+            raise PretrainedWeightsError(
+                f"{path} does not hold weights of {name!r}: {type(err).__name__}: {str(err)[:500]}"
+            ) from err
+    else:
+        model = _create(name, num_classes, in_chans, pretrained, **kwargs)
     return use_small_input_stem(model) if small_input_stem else model
+
+
+def check_weights_cover(model: nn.Module, path: Path, name: str) -> None:
+    """timm loads a file non-strictly: make sure it held every tensor but the classifier."""
+    state = timm.models.load_state_dict(str(path))
+    classifier = model.pretrained_cfg.get("classifier") or ()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    missing = [k for k in model.state_dict() if k not in state and not k.startswith(heads)]
+    if missing:
+        raise ValueError(f"{len(missing)} of the model's tensors are not in the file, e.g. {missing[:5]}")
 
 
 def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
@@ -70,8 +108,8 @@ def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwar
         raise PretrainedWeightsError(
             f"Could not load pretrained weights for {name!r}{where}: {type(err).__name__}: {err}. "
             "The weights come from the Hugging Face hub and need network access once; "
-            "download them on a connected machine (they are cached under ~/.cache/huggingface) "
-            "or set model.net.pretrained=false to train from scratch."
+            "download them on a connected machine (they are cached under ~/.cache/huggingface) and "
+            "set model.net.pretrained_file=<file>, or set model.net.pretrained=false to train from scratch."
         ) from err
 
 

@@ -1,0 +1,207 @@
+"""What every labelled datamodule shares: checked options, datasets built from uint8 arrays,
+label fractions, class weights, samplers, MLO-MAE level loaders and DDP-safe eval loaders.
+
+Subclasses (MedMNIST ``.npz`` files, image folders, image tables) only read their source and
+decide the split; ``build_sets`` does the rest the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Subset
+
+from datamodules.medmnist_files import MULTI_LABEL
+from datamodules.samplers import (
+    EPOCH_LENGTHS,
+    SAMPLER_MODES,
+    ClassBalancedSampler,
+    CyclingShuffleSampler,
+    UnpaddedDistributedSampler,
+)
+from datamodules.splits import label_fraction_subset, stratified_split
+from datamodules.transforms import (
+    NORMALIZATIONS,
+    ArrayDataset,
+    AugmentConfig,
+    build_transform,
+    normalization_stats,
+)
+
+
+def class_weights_from_labels(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """``n / (K * n_c)`` per class (sklearn's "balanced"), shape (K,). Absent classes get 0."""
+    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes).astype(float)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """ValueError naming the config key ``data.<key>`` when ``ok`` is false."""
+    if not ok:
+        raise ValueError(f"data.{key}={value!r} is invalid; allowed: {allowed}")
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Base of the labelled datamodules (see ``MedMNISTDataModule`` for the arguments).
+
+    Subclasses set ``task`` and implement ``num_classes``, ``in_chans``, ``class_names`` and
+    ``setup`` (which calls ``build_sets``).
+    """
+
+    task: str
+
+    def __init__(
+        self,
+        img_size: int | None,
+        normalization: str,
+        augment: dict | None,
+        label_fraction: float,
+        sampler: str,
+        epoch_length: str,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int,
+        pin_memory: bool,
+        split_seed: int,
+        mlo: dict | None,
+    ) -> None:
+        super().__init__()
+        require(0 < label_fraction <= 1, "label_fraction", label_fraction, "(0, 1]")
+        require(sampler in SAMPLER_MODES, "sampler", sampler, str(list(SAMPLER_MODES)))
+        require(epoch_length in EPOCH_LENGTHS, "epoch_length", epoch_length, str(list(EPOCH_LENGTHS)))
+        require(normalization in NORMALIZATIONS, "normalization", normalization, str(list(NORMALIZATIONS)))
+        require(batch_size > 0, "batch_size", batch_size, "an integer >= 1")
+        require(eval_batch_size is None or eval_batch_size > 0, "eval_batch_size", eval_batch_size, ">= 1")
+        require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
+        require(img_size is None or img_size >= 8, "img_size", img_size, "an integer >= 8")
+        self.img_size = img_size
+        self.normalization = normalization
+        self.augment = AugmentConfig(**(augment or {}))
+        self.label_fraction = label_fraction
+        self.sampler, self.epoch_length = sampler, epoch_length
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.split_seed = split_seed
+        self.mlo = self._check_mlo(mlo)
+        self.level_indices: dict[str, np.ndarray] = {}
+        self.train_set = self.val_set = self.test_set = None
+        self.train_labels: np.ndarray | None = None
+
+    @staticmethod
+    def _check_mlo(mlo: dict | None) -> dict | None:
+        if not mlo:
+            return None
+        fraction = mlo.get("level3_fraction", 0.2)
+        cadence = list(mlo.get("cadence", [2, 1, 1]))
+        require(0 < fraction < 1, "mlo.level3_fraction", fraction, "(0, 1)")
+        require(len(cadence) == 3 and all(int(c) == c and c >= 1 for c in cadence),
+                "mlo.cadence", cadence, "three integers >= 1 (level I : II : III)")
+        return {"level3_fraction": fraction, "cadence": [int(c) for c in cadence]}
+
+    def check_task(self) -> None:
+        """Cross-checks that need the task (call at the end of a subclass ``__init__``)."""
+        require(self.sampler == "none" or self.task != MULTI_LABEL,
+                "sampler", self.sampler, "'none' for multi-label tasks")
+        require(self.mlo is None or self.task != MULTI_LABEL, "mlo", self.mlo, "single-label tasks only")
+
+    def check_declared(self, source: str, **declared) -> None:
+        """The config's interpolated ``num_classes`` / ``in_chans`` / ``task`` must match the data."""
+        for key, given in declared.items():
+            actual = getattr(self, key)
+            if given is not None and given != actual:
+                raise ValueError(f"data.{key}={given!r} disagrees with {source} ({actual!r}); remove the override")
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Balanced class weights (K,) of the (possibly subsampled) training labels."""
+        if self.train_labels is None:
+            raise RuntimeError("class_weights is available after setup('fit')")
+        if self.task == MULTI_LABEL:  # positive weight per label: negatives / positives
+            pos = self.train_labels.sum(axis=0).clip(min=1)
+            return torch.tensor((len(self.train_labels) - pos) / pos, dtype=torch.float32)
+        return class_weights_from_labels(self.train_labels, self.num_classes)
+
+    def sample_ids(self, split: str) -> list[str] | None:
+        """One identifier per sample of ``split`` in dataset order (e.g. image paths), or None."""
+        return None
+
+    def label_fraction_indices(self, labels: np.ndarray) -> np.ndarray:
+        """Sorted indices of the stratified, seeded ``label_fraction`` subset of ``labels``."""
+        return label_fraction_subset(labels, self.label_fraction, self.split_seed + 1)
+
+    def build_sets(
+        self, images: dict[str, np.ndarray], labels: dict[str, np.ndarray], source_size: int, as_rgb: bool = False
+    ) -> None:
+        """Datasets of the final train / val / test arrays (uint8 (N, H, W[, 3]), labels).
+
+        Normalisation statistics come from the training images only; augmentation is
+        applied to the training set only.
+        """
+        self.train_labels = labels["train"]
+        stats = normalization_stats(self.normalization, self.in_chans, images["train"])
+        train_tf = build_transform(self.img_size, source_size, stats, self.augment)
+        eval_tf = build_transform(self.img_size, source_size, stats, None)
+        multi = self.task == MULTI_LABEL
+        self.train_set = ArrayDataset(images["train"], labels["train"], train_tf, as_rgb, multi)
+        self.val_set = ArrayDataset(images["val"], labels["val"], eval_tf, as_rgb, multi)
+        self.test_set = ArrayDataset(images["test"], labels["test"], eval_tf, as_rgb, multi)
+        if self.mlo is not None:
+            level2, level3 = stratified_split(
+                self.train_labels, self.mlo["level3_fraction"], self.split_seed + 2, "data.mlo.level3_fraction"
+            )
+            self.level_indices = {"level2": level2, "level3": level3}
+
+    # ----- loaders ----------------------------------------------------------------------
+    def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self):
+        if self.mlo is not None:
+            return self._mlo_loaders()
+        drop_last = len(self.train_set) > self.batch_size  # no size-1 batch for BatchNorm
+        if self.sampler == "none":
+            return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=drop_last)
+        sampler = ClassBalancedSampler(
+            self.train_labels.reshape(-1), self.sampler, self.epoch_length, seed=self.split_seed
+        )
+        return self._loader(self.train_set, self.batch_size, sampler=sampler, drop_last=drop_last)
+
+    def _mlo_loaders(self) -> CombinedLoader:
+        """One MLO-MAE cycle per step. The shorter level loaders restart within an epoch; each
+        pass gets a new order from (seed, epoch, pass), sharded per rank under DDP."""
+        n1, n2, n3 = self.mlo["cadence"]
+        sets = {
+            "level1": (self.train_set, n1),
+            "level2": (Subset(self.train_set, self.level_indices["level2"]), n2),
+            "level3": (Subset(self.train_set, self.level_indices["level3"]), n3),
+        }
+        loaders = {
+            name: self._loader(ds, self.batch_size * n, sampler=CyclingShuffleSampler(ds, seed=self.split_seed + i),
+                               drop_last=len(ds) > self.batch_size * n)
+            for i, (name, (ds, n)) in enumerate(sets.items())
+        }
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        sampler = UnpaddedDistributedSampler(dataset) if distributed else None
+        return self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)

@@ -1,0 +1,255 @@
+"""LightningDataModules for your own images: a folder of class folders or a CSV / TSV table.
+
+Both decode every image once into a uint8 cache (see ``image_cache``), split the rows
+(predefined, or seeded, stratified and grouped; see ``splits.assign_splits``), apply the
+row filters, write ``splits.csv`` for audit, and then behave exactly like the MedMNIST
+datamodule (label fractions, samplers, class weights, augmentation, MLO-MAE levels).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_only
+
+from datamodules.base_datamodule import ClassificationDataModule, require
+from datamodules.image_cache import cached_images
+from datamodules.image_records import (
+    SPLIT_NAMES,
+    ImageRecords,
+    folder_records,
+    table_records,
+)
+from datamodules.medmnist_files import BINARY, DatasetError
+from datamodules.splits import assign_splits, combined_strata
+
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def check_fractions(fractions: dict | None) -> dict[str, float]:
+    """``{train, val, test}`` fractions, each in [0, 1), train > 0, summing to 1."""
+    fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
+    require(set(fractions) == set(SPLIT_NAMES), "fractions", fractions, "keys train, val and test")
+    ok = all(0 <= float(v) < 1 for v in fractions.values()) and fractions["train"] > 0
+    require(ok and abs(sum(map(float, fractions.values())) - 1) < 1e-6, "fractions", fractions,
+            "values in [0, 1) with train > 0, summing to 1 (e.g. {train: 0.7, val: 0.1, test: 0.2})")
+    return {k: float(v) for k, v in fractions.items()}
+
+
+def task_of(num_classes: int) -> str:
+    """The medmnist task string of a single-label dataset with ``num_classes`` classes."""
+    return BINARY if num_classes == 2 else "multi-class"
+
+
+class ImageDataModule(ClassificationDataModule):
+    """Base of ``ImageTableDataModule`` and ``ImageFolderDataModule``.
+
+    Args:
+        channels: 1 (grayscale) or 3 (RGB); every image is converted.
+        img_size: images are resized (bicubic) to img_size x img_size px when decoded.
+        fractions: ``{train, val, test}`` used for the splits the data do not predefine.
+        exclude: ``{column: [values]}``: rows with any listed value are dropped from the
+            splits in ``exclude_from`` (after splitting, so the split itself is unchanged).
+        cache_dir: folder of the decoded-image cache; None decodes on every setup.
+        splits_file: where to write ``splits.csv`` (path, label, group, split, excluded per
+            row, in table order); None writes nothing.
+        Others as ``MedMNISTDataModule``.
+    """
+
+    def __init__(
+        self,
+        records: ImageRecords,
+        stratify_columns: Sequence[str] = (),
+        exclude: dict | None = None,
+        exclude_from: Sequence[str] = ("train",),
+        fractions: dict | None = None,
+        channels: int = 3,
+        img_size: int = 224,
+        cache_dir: str | None = None,
+        splits_file: str | None = None,
+        normalization: str = "imagenet",
+        augment: dict | None = None,
+        label_fraction: float = 1.0,
+        sampler: str = "none",
+        epoch_length: str = "original",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        split_seed: int = 0,
+        mlo: dict | None = None,
+        declared: dict | None = None,
+    ) -> None:
+        super().__init__(img_size, normalization, augment, label_fraction, sampler, epoch_length,
+                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo)
+        require(channels in (1, 3), "channels", channels, "1 or 3")
+        require(set(exclude_from) <= set(SPLIT_NAMES), "exclude_from", list(exclude_from), str(list(SPLIT_NAMES)))
+        named = [*stratify_columns, *(exclude or {})]
+        unknown = [c for c in named if c not in records.columns]
+        require(not unknown, "stratify_columns / data.exclude", unknown,
+                f"columns of the table ({sorted(records.columns) or 'an image folder has none'})")
+        self.records = records
+        self.stratify_columns = list(stratify_columns)
+        self.exclude = {str(k): {str(v) for v in vals} for k, vals in (exclude or {}).items()}
+        self.exclude_from = list(exclude_from)
+        self.fractions = check_fractions(fractions)
+        self.channels = channels
+        self.cache_dir, self.splits_file = cache_dir, splits_file
+        self.task = task_of(self.num_classes)
+        self.check_task()
+        self.check_declared(records.source, **{k: v for k, v in (declared or {}).items()})
+        self.images: np.ndarray | None = None
+        self.from_cache: bool | None = None
+        self.split_of: np.ndarray | None = None  # (N,) final split per row, "" when excluded
+        self._plan: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ----- metadata ---------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.records.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.channels
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.records.classes)
+
+    def sample_ids(self, split: str) -> list[str] | None:
+        """Image paths (relative to the image root) of ``split``, in table order."""
+        if self.split_of is None:
+            return None
+        return [self.records.paths[i] for i in np.flatnonzero(self.split_of == split)]
+
+    # ----- splits -----------------------------------------------------------------------
+    def plan(self) -> tuple[np.ndarray, np.ndarray]:
+        """(assigned split, excluded flag) per row; checked before anything is decoded or written."""
+        if self._plan is not None:
+            return self._plan
+        rec = self.records
+        strata = combined_strata(rec.labels, *(rec.columns[c] for c in self.stratify_columns))
+        try:
+            assigned = assign_splits(strata, self.fractions, self.split_seed, rec.groups, rec.splits)
+        except ValueError as err:
+            raise DatasetError(f"{rec.source}: {err}") from err
+        excluded = np.zeros(len(rec), dtype=bool)
+        for column, values in self.exclude.items():
+            excluded |= np.isin(rec.columns[column].astype(str), list(values))
+        dropped = excluded & np.isin(assigned, self.exclude_from)
+        for split in SPLIT_NAMES:
+            labels = rec.labels[(assigned == split) & ~dropped]
+            if len(labels) == 0:
+                raise DatasetError(f"{rec.source}: the {split} split is empty; check data.fractions, "
+                                   "data.split_column and data.exclude")
+        train = rec.labels[(assigned == "train") & ~dropped]
+        absent = [c for i, c in enumerate(rec.classes) if not (train == i).any()]
+        if absent:
+            raise DatasetError(f"{rec.source}: class(es) {absent} have no training image after splitting and "
+                               "data.exclude; every class needs training images")
+        self._plan = (assigned, dropped)
+        return self._plan
+
+    # ----- Lightning hooks --------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.plan()
+        self._load_images()
+
+    def _load_images(self) -> None:
+        if self.images is None:
+            rec = self.records
+            self.images, self.from_cache = cached_images(
+                rec.root, rec.paths, rec.rows, rec.source, self.img_size, self.channels, self.cache_dir
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        assigned, dropped = self.plan()
+        self._load_images()
+        split_of = np.where(dropped, "", assigned)
+        train_rows = np.flatnonzero(split_of == "train")
+        keep = self.label_fraction_indices(self.records.labels[train_rows])
+        split_of[np.setdiff1d(train_rows, train_rows[keep])] = ""  # left out by label_fraction
+        self.split_of = split_of
+        rows = {s: np.flatnonzero(split_of == s) for s in SPLIT_NAMES}
+        self.build_sets({s: self.images[i] for s, i in rows.items()},
+                        {s: self.records.labels[i] for s, i in rows.items()}, self.img_size)
+        if self.splits_file and rank_zero_only.rank == 0:
+            self.write_splits(Path(self.splits_file), assigned, dropped)
+
+    def write_splits(self, path: Path, assigned: np.ndarray, dropped: np.ndarray) -> None:
+        """``splits.csv``: path, label, group, split, excluded (by data.exclude or label_fraction)."""
+        rec = self.records
+        path.parent.mkdir(parents=True, exist_ok=True)
+        groups = rec.groups if rec.groups is not None else [""] * len(rec)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "group", "split", "excluded"])
+            for i in range(len(rec)):
+                writer.writerow([rec.paths[i], rec.classes[rec.labels[i]], groups[i], assigned[i],
+                                 int(self.split_of[i] == "")])
+        os.replace(f.name, path)
+
+
+class ImageTableDataModule(ImageDataModule):
+    """Images listed in a CSV / TSV table (one row per image).
+
+    Args:
+        table: the CSV (``,``) or TSV (``.tsv``: tab) file.
+        image_root: folder the path column is relative to; None = the table's folder.
+        path_column, label_column: column names; labels are strings or integers.
+        classes: class names in index order; None = sorted labels of the table.
+        split_column: optional column of train / val / test; missing splits are carved
+            out of its train rows with ``fractions``.
+        group_column: optional patient / lesion id: no group ever crosses splits.
+        stratify_columns: extra columns the split is stratified on (with the label).
+        num_classes, in_chans, task: optional cross-checks of values the configs interpolate.
+        Others as ``ImageDataModule``.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        image_root: str | None = None,
+        path_column: str = "path",
+        label_column: str = "label",
+        classes: Sequence | None = None,
+        split_column: str | None = None,
+        group_column: str | None = None,
+        stratify_columns: Sequence[str] = (),
+        exclude: dict | None = None,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
+        task: str | None = None,
+        **kwargs,
+    ) -> None:
+        extra = list(dict.fromkeys([*stratify_columns, *(exclude or {})]))
+        records = table_records(table, image_root, path_column, label_column, classes, split_column,
+                                group_column, extra)
+        super().__init__(records, stratify_columns, exclude, **kwargs,
+                         declared={"num_classes": num_classes, "in_chans": in_chans, "task": task})
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """``root/<class>/<image>`` (ImageNet layout) or ``root/{train,val,test}/<class>/<image>``.
+
+    Splits missing from the folder are carved out of train with ``fractions``.
+    Args as ``ImageDataModule`` plus the config cross-checks of ``ImageTableDataModule``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
+        task: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(folder_records(root), **kwargs,
+                         declared={"num_classes": num_classes, "in_chans": in_chans, "task": task})

@@ -1,0 +1,220 @@
+"""Your own labelled images as records: an image table (CSV / TSV) or a folder of class folders.
+
+A record set lists, in table order, each image's path (relative to the image root), its
+class, and optionally its predefined split, group (patient / lesion id) and the extra
+columns the split is stratified on or rows are filtered by. Every problem found in the
+table is reported at once, naming the offending rows (the first ten and the count).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from datamodules.medmnist_files import DatasetError
+
+SPLIT_NAMES = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MAX_LISTED = 10
+
+
+@dataclass
+class ImageRecords:
+    """Rows of an image dataset, all arrays of length N in table order.
+
+    ``rows`` are the names used in error messages (``line 12`` of a table, or the file path);
+    ``columns`` holds the extra table columns named for stratification or filters (as str).
+    """
+
+    source: str
+    root: Path
+    paths: list[str]
+    labels: np.ndarray  # (N,) int64 class index
+    classes: list[str]
+    rows: list[str]
+    splits: np.ndarray | None = None  # (N,) str, predefined split per row
+    groups: np.ndarray | None = None  # (N,) str
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def rows_error(source: str, problem: str, rows: Sequence[str], fix: str) -> DatasetError:
+    """One message naming the first ten offending rows, the count and the fix."""
+    listed = "\n".join(f"  {r}" for r in rows[:MAX_LISTED])
+    more = f"\n  ... and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
+    return DatasetError(f"{source}: {len(rows)} row(s) {problem}:\n{listed}{more}\nFix: {fix}")
+
+
+def sort_classes(values: Sequence[str]) -> list[str]:
+    """Sorted unique class names; numerically when every name is an integer (2 before 10)."""
+    unique = sorted(set(values))
+    if unique and all(v.lstrip("-").isdigit() for v in unique):
+        return sorted(unique, key=int)
+    return unique
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV (``,``) or TSV (``.tsv`` / ``.tab``: tab) table, every cell as a stripped string."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"data.table={str(path)!r} does not exist; point data.table at your CSV / TSV file")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DatasetError(f"{path}: cannot be read as a {'TSV' if sep == chr(9) else 'CSV'} table ({err})") from err
+    table.columns = [str(c).strip() for c in table.columns]
+    return table.apply(lambda col: col.str.strip())
+
+
+def table_classes(table: pd.DataFrame, label_column: str, classes: Sequence | None) -> list[str]:
+    """The class list: ``classes`` when given (as str), else the sorted labels of the table."""
+    if classes:
+        names = [str(c) for c in classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.classes={names} lists a class twice")
+        return names
+    return sort_classes(table[label_column].tolist())
+
+
+def _check_columns(table: pd.DataFrame, source: str, named: dict[str, str | None]) -> None:
+    for key, column in named.items():
+        if column is not None and column not in table.columns:
+            raise ValueError(f"data.{key}={column!r} is not a column of {source}; its columns are {list(table.columns)}")
+
+
+def table_records(
+    table_path: str | os.PathLike,
+    image_root: str | os.PathLike | None,
+    path_column: str,
+    label_column: str,
+    classes: Sequence | None = None,
+    split_column: str | None = None,
+    group_column: str | None = None,
+    extra_columns: Sequence[str] = (),
+) -> ImageRecords:
+    """Records of an image table; ``image_root`` defaults to the table's folder."""
+    table_path = Path(table_path).expanduser()
+    table = read_table(table_path)
+    source = str(table_path)
+    named = {"path_column": path_column, "label_column": label_column, "split_column": split_column,
+             "group_column": group_column}
+    named.update({f"stratify_columns/exclude ({c})": c for c in extra_columns})
+    _check_columns(table, source, named)
+    if table.empty:
+        raise DatasetError(f"{source} has a header but no rows")
+    names = [f"line {i + 2}: {p}" for i, p in enumerate(table[path_column])]  # line 1 is the header
+    class_list = table_classes(table, label_column, classes)
+    index = {c: i for i, c in enumerate(class_list)}
+    raw = table[label_column].to_numpy()
+    unknown = [n for n, v in zip(names, raw) if v not in index]
+    if unknown:
+        raise rows_error(source, f"have a label outside data.classes={class_list}", unknown,
+                         "fix the labels or list every class in data.classes")
+    labels = np.array([index[v] for v in raw], dtype=np.int64)
+    _check_no_empty_class(source, labels, class_list)
+    empty_paths = [n for n, p in zip(names, table[path_column]) if not p]
+    if empty_paths:
+        raise rows_error(source, f"have an empty {path_column!r} cell", empty_paths, "fill in or remove these rows")
+    splits = None
+    if split_column is not None:
+        splits = table[split_column].str.lower().to_numpy()
+        bad = [f"{n} ({split_column}={v!r})" for n, v in zip(names, splits) if v not in SPLIT_NAMES]
+        if bad:
+            raise rows_error(source, f"have a {split_column!r} value other than {list(SPLIT_NAMES)}", bad,
+                             f"use train / val / test in {split_column!r}, or set data.split_column=null")
+    groups = table[group_column].to_numpy() if group_column is not None else None
+    root = Path(image_root).expanduser() if image_root else table_path.parent
+    records = ImageRecords(
+        source=source, root=root, paths=table[path_column].tolist(), labels=labels, classes=class_list,
+        rows=names, splits=splits, groups=groups,
+        columns={c: table[c].to_numpy() for c in extra_columns},
+    )
+    check_groups_in_one_split(records)
+    return records
+
+
+def _check_no_empty_class(source: str, labels: np.ndarray, classes: list[str]) -> None:
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DatasetError(f"{source}: class(es) {empty} have no images; remove them from data.classes or add images")
+    if len(classes) < 2:
+        raise DatasetError(f"{source}: only one class ({classes}); classification needs at least two")
+
+
+def check_groups_in_one_split(records: ImageRecords) -> None:
+    """A group listed in two predefined splits would leak between them: an error."""
+    if records.groups is None or records.splits is None:
+        return
+    frame = pd.DataFrame({"group": records.groups, "split": records.splits})
+    per_group = frame.groupby("group")["split"].nunique()
+    crossing = set(per_group.index[per_group > 1])
+    if crossing:
+        rows = [f"{n} (group {g!r}, split {s})" for n, g, s in zip(records.rows, records.groups, records.splits)
+                if g in crossing]
+        raise rows_error(records.source, f"belong to {len(crossing)} group(s) that appear in more than one split",
+                         rows, "put every image of a patient / lesion in one split (or drop data.split_column "
+                         "and let the grouped split assign them)")
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_layout(root: Path) -> tuple[list[str], dict[str, Path]]:
+    """(classes, {split or "": folder of class folders}) of an image folder."""
+    if not root.is_dir():
+        raise DatasetError(f"data.root={str(root)!r} is not a folder; point it at a folder of class folders")
+    predefined = {s: root / s for s in SPLIT_NAMES if (root / s).is_dir()}
+    if predefined and "train" not in predefined:
+        raise DatasetError(f"{root} has {sorted(predefined)} folders but no train/; add train/<class>/ folders")
+    parts = predefined or {"": root}
+    classes = [d.name for d in _class_dirs(parts.get("train", root))]
+    if not classes:
+        raise DatasetError(f"{parts.get('train', root)} has no class folders; expected <class>/<image> files")
+    return sort_classes(classes), parts
+
+
+def folder_records(root: str | os.PathLike) -> ImageRecords:
+    """Records of ``root/<class>/*`` (ImageNet layout) or ``root/{train,val,test}/<class>/*``.
+
+    Classes are the sorted class-folder names of ``train/`` (or of ``root``); images are
+    PNG, JPEG, TIFF or BMP files anywhere below a class folder, in sorted path order.
+    """
+    root = Path(root).expanduser()
+    classes, parts = folder_layout(root)
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels, splits, empty, unknown = [], [], [], [], []
+    for split, folder in parts.items():
+        for class_dir in _class_dirs(folder):
+            files = _images_in(class_dir)
+            if class_dir.name not in index:
+                unknown += [str(f.relative_to(root)) for f in files] or [str(class_dir.relative_to(root))]
+                continue
+            if not files and split in ("", "train"):
+                empty.append(class_dir.name)
+            paths += [str(f.relative_to(root)) for f in files]
+            labels += [index[class_dir.name]] * len(files)
+            splits += [split] * len(files)
+    source = f"image folder {root}"
+    if unknown:
+        raise rows_error(source, f"are in a class folder that train/ does not have (classes: {classes})", unknown,
+                         "use the same class folder names in train/, val/ and test/")
+    if empty:
+        raise DatasetError(f"{source}: class folder(s) {empty} hold no PNG / JPEG / TIFF / BMP images")
+    return ImageRecords(
+        source=source, root=root, paths=paths, labels=np.array(labels, dtype=np.int64), classes=classes,
+        rows=list(paths), splits=np.array(splits) if "" not in parts else None,
+    )

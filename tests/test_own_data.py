@@ -1,0 +1,362 @@
+"""Own data: image folders and tables, grouped / stratified splits, filters, cache, errors,
+the MHIST experiments and evaluate.py on them. No network."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from datamodules import DatasetError, ImageFolderDataModule, ImageTableDataModule
+from datamodules.export import export_npz
+from datamodules.image_cache import decode_image
+from datamodules.synthetic import write_synthetic_medmnist
+from tests.conftest import REAL_PNEUMONIA, REPO, compose_cfg
+from train import train
+
+AGREE = "Number of Annotators who Selected SSA (Out of 7)"
+
+
+@pytest.fixture(scope="session")
+def png_dataset(tmp_path_factory) -> Path:
+    """PneumoniaMNIST as PNGs (real images when ../shared/data has them) + table.csv with
+    path, label (normal / pneumonia), split and a made-up group column."""
+    out = tmp_path_factory.mktemp("png")
+    npz = REAL_PNEUMONIA
+    if not npz.is_file():
+        npz = write_synthetic_medmnist(out / "synthetic.npz", num_classes=2, channels=1, proportions=[0.3, 0.7],
+                                       n_train=60, n_val=30, n_test=30, seed=3)
+    return export_npz(npz, out, max_per_split=60, class_names=["normal", "pneumonia"])
+
+
+@pytest.fixture(scope="session")
+def mhist_like(tmp_path_factory) -> Path:
+    """A folder in MHIST's layout: annotations.csv (MHIST's column names) + images/*.png (RGB)."""
+    root = tmp_path_factory.mktemp("mhist")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        votes = int(rng.integers(0, 8))
+        label = "SSA" if votes >= 4 else "HP"
+        colour = np.array([200, 80, 120]) if label == "SSA" else np.array([90, 160, 200])
+        img = np.clip(colour + rng.normal(0, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+        name = f"MHIST_{i:03d}.png"
+        Image.fromarray(img).save(root / "images" / name)
+        rows.append({"Image Name": name, "Majority Vote Label": label, AGREE: votes,
+                     "Partition": "test" if i % 4 == 0 else "train"})
+    pd.DataFrame(rows).to_csv(root / "annotations.csv", index=False)
+    return root
+
+
+def _table_dm(table: Path, tmp_path: Path, **kwargs) -> ImageTableDataModule:
+    args = {"channels": 1, "img_size": 28, "cache_dir": str(tmp_path / "cache"), "normalization": "half",
+            "batch_size": 16, **kwargs}
+    return ImageTableDataModule(table=str(table), **args)
+
+
+def _own_overrides(tmp_path: Path) -> list[str]:
+    return ["trainer=cpu", "logger=csv", "~callbacks.rich_progress_bar", f"data.cache_dir={tmp_path}/cache",
+            f"hydra.run.dir={tmp_path}/run"]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_table_run_writes_splits_and_predictions_in_table_order(png_dataset, tmp_path):
+    cfg = compose_cfg(["experiment=cnn_derma", "data=image_table", f"data.table={png_dataset}",
+                       "data.split_column=split", "data.group_column=group", "data.channels=1", "data.img_size=28",
+                       "debug=fdr", *_own_overrides(tmp_path)], tmp_path / "run")
+    assert cfg.data.num_classes == 2 and cfg.data.task == "binary-class" and cfg.data.in_chans == 1
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    table = _read_csv(png_dataset)
+    splits = _read_csv(run / "splits.csv")
+    assert [(r["path"], r["label"], r["group"], r["split"]) for r in splits] == [
+        (r["path"], r["label"], r["group"], r["split"]) for r in table]
+    preds = _read_csv(run / "predictions" / "test_predictions.csv")
+    test_rows = [r for r in table if r["split"] == "test"]
+    assert [p["path"] for p in preds] == [r["path"] for r in test_rows]
+    assert [int(p["label"]) for p in preds] == [["normal", "pneumonia"].index(r["label"]) for r in test_rows]
+    per_class = _read_csv(run / "eval" / "test_per_class.csv")
+    assert [r["class"] for r in per_class[:2]] == ["normal", "pneumonia"]
+    assert 0 <= metrics["test/auc"] <= 1 and "test/specificity" in metrics
+
+
+def test_folder_run_with_predefined_split(png_dataset, tmp_path):
+    cfg = compose_cfg(["experiment=cnn_derma", "data=image_folder", f"data.root={png_dataset.parent / 'images'}",
+                       "data.channels=1", "data.img_size=28", "debug=fdr", *_own_overrides(tmp_path)], tmp_path / "run")
+    assert cfg.data.num_classes == 2
+    train(cfg)
+    splits = _read_csv(tmp_path / "run" / "splits.csv")
+    assert {r["split"] for r in splits} == {"train", "val", "test"}
+    assert all(r["path"].startswith(r["split"] + "/" + r["label"] + "/") for r in splits)
+    preds = _read_csv(tmp_path / "run" / "predictions" / "test_predictions.csv")
+    assert [p["path"] for p in preds] == [r["path"] for r in splits if r["split"] == "test"]
+
+
+def test_splits_are_seeded_stratified_and_grouped(png_dataset, tmp_path):
+    def split_of(seed):
+        dm = _table_dm(png_dataset, tmp_path, group_column="group", split_seed=seed)
+        dm.setup()
+        return dm, dm.split_of.copy()
+
+    dm, a = split_of(0)
+    _, b = split_of(0)
+    _, c = split_of(1)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    n = len(a)
+    fractions = {s: (a == s).mean() for s in ("train", "val", "test")}
+    assert fractions["train"] == pytest.approx(0.7, abs=0.07) and fractions["test"] == pytest.approx(0.2, abs=0.07)
+    groups = dm.records.groups
+    for seed_split in (a, c):
+        per_group = pd.DataFrame({"g": groups, "s": seed_split}).groupby("g")["s"].nunique()
+        assert per_group.max() == 1, "a group crosses splits"
+    labels = dm.records.labels
+    for s in ("train", "val", "test"):  # stratified: class balance of each split near the whole
+        assert labels[a == s].mean() == pytest.approx(labels.mean(), abs=0.15)
+    assert n == len(dm.records)
+
+
+def test_split_without_groups_is_exactly_stratified(png_dataset, tmp_path):
+    dm = _table_dm(png_dataset, tmp_path, fractions={"train": 0.6, "val": 0.2, "test": 0.2})
+    dm.setup()
+    for c in (0, 1):
+        rows = dm.records.labels == c
+        for s, f in (("val", 0.2), ("test", 0.2)):
+            assert (dm.split_of[rows] == s).sum() == pytest.approx(f * rows.sum(), abs=1.01)
+
+
+def test_mhist_filters_apply_to_training_only_and_split_is_stratified_on_agreement(mhist_like, tmp_path):
+    dm = ImageTableDataModule(
+        table=str(mhist_like / "annotations.csv"), image_root=str(mhist_like / "images"), path_column="Image Name",
+        label_column="Majority Vote Label", split_column="Partition", stratify_columns=[AGREE],
+        exclude={AGREE: [3, 4]}, fractions={"train": 0.8, "val": 0.2, "test": 0.0}, img_size=32,
+        cache_dir=None, splits_file=str(tmp_path / "splits.csv"))
+    dm.setup()
+    votes = dm.records.columns[AGREE].astype(int)
+    predefined = dm.records.splits
+    assert not np.isin(votes[dm.split_of == "train"], [3, 4]).any()
+    assert np.isin(votes[dm.split_of == "val"], [3, 4]).any() and np.isin(votes[dm.split_of == "test"], [3, 4]).any()
+    np.testing.assert_array_equal(dm.split_of == "test", predefined == "test")  # MHIST's test partition kept
+    assigned, _ = dm.plan()
+    for v in np.unique(votes[predefined == "train"]):  # 20 % of each agreement level goes to val
+        rows = (predefined == "train") & (votes == v)
+        assert (assigned[rows] == "val").sum() == pytest.approx(0.2 * rows.sum(), abs=1.01)
+    excluded = {r["path"]: r["excluded"] for r in _read_csv(tmp_path / "splits.csv")}
+    assert sum(int(v) for v in excluded.values()) == int(((assigned == "train") & np.isin(votes, [3, 4])).sum())
+    assert len(dm.train_set) == int((dm.split_of == "train").sum())
+    assert dm.class_names == ["HP", "SSA"] and dm.task == "binary-class"
+
+
+def _corrupt(root: Path, kind: str) -> dict:
+    """Write a bad copy of a small table under ``root``; returns datamodule kwargs."""
+    images = root / "img"
+    images.mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(images / f"{i}.png")
+        rows.append({"path": f"{i}.png", "label": "a" if i % 2 else "b", "split": ["train", "val", "test"][i % 3],
+                     "group": f"p{i}"})
+    kwargs = {"split_column": "split", "group_column": "group"}
+    if kind == "missing":
+        (images / "3.png").unlink()
+    elif kind == "truncated":
+        data = (images / "5.png").read_bytes()
+        (images / "5.png").write_bytes(data[: len(data) // 2])
+    elif kind == "unreadable":
+        (images / "7.png").write_text("not an image")
+    elif kind == "unknown_label":
+        rows[4]["label"] = "c"
+        kwargs["classes"] = ["a", "b"]
+    elif kind == "empty_class":
+        kwargs["classes"] = ["a", "b", "z"]
+    elif kind == "split_value":
+        rows[2]["split"] = "holdout"
+    elif kind == "group_crossing":
+        rows[0]["group"] = rows[1]["group"] = "shared"  # rows 0 (train) and 1 (val)
+    pd.DataFrame(rows).to_csv(root / "table.csv", index=False)
+    return {**kwargs, "table": str(root / "table.csv"), "image_root": str(images)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("missing", r"1 row\(s\) name image files that do not exist.*line 5: 3.png"),
+        ("truncated", r"cannot be decoded.*line 7: 5.png"),
+        ("unreadable", r"cannot be decoded.*line 9: 7.png"),
+        ("unknown_label", r"label outside data.classes=\['a', 'b'\].*line 6: 4.png"),
+        ("empty_class", r"class\(es\) \['z'\] have no images"),
+        ("split_value", r"'split' value other than \['train', 'val', 'test'\].*line 4: 2.png \(split='holdout'\)"),
+        ("group_crossing", r"1 group\(s\) that appear in more than one split.*line 2: 0.png \(group 'shared', split train"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(kind, expected, tmp_path):
+    kwargs = _corrupt(tmp_path / "data", kind)
+    splits_file, cache = tmp_path / "run" / "splits.csv", tmp_path / "cache"
+    with pytest.raises(DatasetError, match=f"(?s){expected}") as err:
+        dm = ImageTableDataModule(channels=1, img_size=8, cache_dir=str(cache), splits_file=str(splits_file), **kwargs)
+        dm.prepare_data()
+        dm.setup()
+    assert "table.csv" in str(err.value)
+    assert not splits_file.exists() and not (cache.exists() and any(cache.iterdir()))
+
+
+def test_error_lists_the_first_ten_rows_and_the_count(tmp_path):
+    kwargs = _corrupt(tmp_path / "data", "none")
+    for i in range(12):
+        (Path(kwargs["image_root"]) / f"{i}.png").unlink()
+    with pytest.raises(DatasetError) as err:
+        ImageTableDataModule(channels=1, img_size=8, cache_dir=None, **kwargs).prepare_data()
+    message = str(err.value)
+    assert "12 row(s)" in message and "line 11: 9.png" in message and "line 12: 10.png" not in message
+    assert "... and 2 more" in message
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(png_dataset, tmp_path):
+    first = _table_dm(png_dataset, tmp_path, split_column="split")
+    first.setup()
+    second = _table_dm(png_dataset, tmp_path, split_column="split")
+    second.setup()
+    assert first.from_cache is False and second.from_cache is True
+    np.testing.assert_array_equal(first.images, second.images)
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1
+    target = png_dataset.parent / _read_csv(png_dataset)[0]["path"]
+    original = target.read_bytes()
+    try:
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(target)
+        third = _table_dm(png_dataset, tmp_path, split_column="split")
+        third.setup()
+        assert third.from_cache is False and third.images[0].max() == 0
+        assert [p.name for p in (tmp_path / "cache").iterdir()] != [p.name for p in cached]  # stale one replaced
+        assert len(list((tmp_path / "cache").iterdir())) == 1
+    finally:
+        target.write_bytes(original)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".bmp"])
+def test_decode_formats_modes_and_resize(suffix, tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / f"rgb{suffix}")
+    out = decode_image(tmp_path / f"rgb{suffix}", 16, 3)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert abs(int(out[..., 0].mean()) - 200) <= 3 and out[..., 1].max() <= 3
+    gray = decode_image(tmp_path / f"rgb{suffix}", 16, 1)
+    assert gray.shape == (16, 16) and abs(int(gray.mean()) - round(0.299 * 200)) <= 3  # ITU-R 601 luma
+
+
+def test_decode_16_bit_tiff_scales_to_8_bits(tmp_path):
+    Image.fromarray(np.full((8, 8), 257 * 100, np.uint16)).save(tmp_path / "deep.tif")
+    assert np.all(decode_image(tmp_path / "deep.tif", 8, 1) == 100)
+
+
+def test_rotation_by_any_angle_keeps_the_size():
+    from datamodules.transforms import AugmentConfig, build_transform
+
+    tf = build_transform(32, 32, None, AugmentConfig(rotation=180, rotation_expand=True, vflip=True))
+    x = torch.zeros(3, 32, 32)
+    x[:, :4, :] = 1  # a bright top band: any rotation moves it
+    torch.manual_seed(0)
+    outs = [tf(x) for _ in range(8)]
+    assert all(o.shape == (3, 32, 32) for o in outs)
+    assert any(not torch.allclose(o, x) for o in outs)
+    with pytest.raises(ValueError, match="rotation_p"):
+        build_transform(32, 32, None, AugmentConfig(rotation=90, rotation_p=0))
+
+
+def test_mhist_experiments_run_offline_with_a_local_weights_file(mhist_like, tmp_path):
+    import timm
+
+    weights = tmp_path / "resnet18_weights.pth"
+    reference = timm.create_model("resnet18", num_classes=1000)
+    torch.save(reference.state_dict(), weights)
+    common = [f"data.table={mhist_like / 'annotations.csv'}", f"data.image_root={mhist_like / 'images'}",
+              "data.img_size=32", "data.batch_size=8", "debug=fdr", *_own_overrides(tmp_path)]
+    cfg = compose_cfg(["experiment=resnet18_mhist", f"model.net.pretrained_file={weights}", *common], tmp_path / "run")
+    assert cfg.monitor.metric == "val/f1" and cfg.data.fractions.val == 0.2
+    from hydra.utils import instantiate
+
+    net = instantiate(cfg.model.net)
+    assert torch.equal(net.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    metrics = train(cfg)
+    for key in ("precision", "recall", "specificity", "f1", "acc", "auc", "auprc"):
+        assert 0 <= metrics[f"test/{key}"] <= 1
+    vit = compose_cfg(["experiment=vit_b16_mhist", "model.net.pretrained=false", "+model.net.img_size=32",
+                       "+model.net.depth=1", *common[:-1], f"hydra.run.dir={tmp_path}/vit"], tmp_path / "vit")
+    assert vit.model.net.drop_rate == 0.5 and vit.model.optimizer.lr == 1e-5
+    train(vit)
+    assert (tmp_path / "vit" / "eval" / "test_per_class.csv").is_file()
+
+
+def test_evaluate_ensembles_runs_of_one_table_and_refuses_other_test_sets(png_dataset, tmp_path):
+    import evaluate
+
+    def run(name, extra):
+        cfg = compose_cfg(["data=image_table", f"data.table={png_dataset}", "data.channels=1", "data.img_size=28",
+                           "debug=fdr", *_own_overrides(tmp_path)[:-1], f"hydra.run.dir={tmp_path / name}", *extra],
+                          tmp_path / name)
+        return Path(train(cfg)["best_checkpoint"])
+
+    cnn = run("cnn", ["experiment=cnn_derma", "data.split_column=split"])
+    resnet = run("resnet", ["experiment=resnet18_derma", "data.split_column=split", "data.normalization=imagenet"])
+    result = evaluate.evaluate([cnn, resnet], out=tmp_path / "ensemble")
+    preds = _read_csv(tmp_path / "ensemble" / "predictions" / "test_predictions.csv")
+    single = np.load(cnn.parent.parent / "predictions" / "test_predictions.npz")
+    assert [p["path"] for p in preds] == list(single["ids"])
+    cnn_alone = evaluate.evaluate([cnn], out=tmp_path / "cnn_alone")["probs"]
+    np.testing.assert_allclose(cnn_alone, single["probs"], atol=1e-5)  # its own preprocessing
+    other = run("other", ["experiment=cnn_derma"])  # seeded 70/10/20 split: another test set
+    with pytest.raises(evaluate.CheckpointError, match="different test set"):
+        evaluate.evaluate([cnn, other], out=tmp_path / "bad")
+    assert result["summary"]["n"] == len(preds)
+
+
+def test_cli_names_a_missing_table_in_one_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "experiment=cnn_derma", "data=image_table",
+         f"data.table={tmp_path}/nope.csv", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert f"{tmp_path}/nope.csv" in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "splits.csv").exists()
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "b").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "data" / "train" / "a" / "x.png")
+    with pytest.raises(DatasetError, match=r"class folder\(s\) \['b'\] hold no"):
+        ImageFolderDataModule(root=str(tmp_path / "data"))
+    with pytest.raises(DatasetError, match="is not a folder"):
+        ImageFolderDataModule(root=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(("experiment", "arch"), [("resnet18_mhist", "resnet18"),
+                                                   ("vit_b16_mhist", "vit_base_patch16_224")])
+def test_mhist_full_size_configs_instantiate_from_local_weights(experiment, arch, mhist_like, tmp_path):
+    import timm
+    from hydra.utils import instantiate
+
+    weights = tmp_path / f"{arch}.pth"
+    torch.save(timm.create_model(arch).state_dict(), weights)
+    cfg = compose_cfg([f"experiment={experiment}", f"data.table={mhist_like / 'annotations.csv'}",
+                       f"data.image_root={mhist_like / 'images'}", f"model.net.pretrained_file={weights}"], tmp_path)
+    model = instantiate(cfg.model, _convert_="all")
+    assert cfg.data.img_size == 224 and cfg.data.batch_size == 32
+    out = model(torch.zeros(1, 3, 224, 224))
+    assert out.shape == (1, 2)
+    assert instantiate(cfg.data).num_classes == cfg.model.num_classes == 2
