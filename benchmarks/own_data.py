@@ -65,8 +65,8 @@ def cache_timing(table: Path, cache: Path, out: Path) -> dict:
 
     from train import compose_config
 
-    cfg = compose_config(["experiment=cnn_derma", *table_overrides(table, cache), *COMMON, "trainer.max_epochs=2",
-                          "callbacks=none", "test=false"], out)
+    cfg = compose_config(["experiment=cnn_derma", *table_overrides(table, cache), *COMMON[:2],
+                          "trainer.max_epochs=2", "callbacks=none", "test=false"], out)
     start = time.perf_counter()
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
