@@ -75,6 +75,12 @@ def checkpoint_data(ckpt: Path, split: str, root: str | None = None):
     return datamodule, datamodule.test_set if split == "test" else datamodule.val_set
 
 
+def sample_key(datamodule, dataset, split: str) -> tuple:
+    """What identifies the evaluated images: the data source, the image ids (paths) and labels."""
+    labels = tuple(np.asarray(dataset.labels).reshape(len(dataset), -1).tolist())
+    return datamodule.sample_source(), tuple(datamodule.sample_ids(split) or range(len(dataset))), labels
+
+
 def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None) -> dict:
     """Average the probabilities of ``ckpts`` on ``split`` and write the evaluation.
 
@@ -83,22 +89,19 @@ def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, ro
     """
     if split not in ("test", "val"):
         raise ValueError(f"split={split!r} is invalid; allowed: test, val")
-    runs, reference = [], None
-    for ckpt in ckpts:
-        datamodule, dataset = checkpoint_data(ckpt, split, root)
-        probs, labels = predict_probs(load_classifier(ckpt, datamodule.num_classes), dataset,
-                                      datamodule.eval_batch_size)
-        ids = datamodule.sample_ids(split)
-        if reference is None:
-            reference = (datamodule, labels, ids)
-        elif not (np.array_equal(labels, reference[1]) and ids == reference[2]):
+    data = [checkpoint_data(ckpt, split, root) for ckpt in ckpts]
+    keys = [sample_key(dm, ds, split) for dm, ds in data]
+    for ckpt, key in zip(ckpts[1:], keys[1:]):
+        if key != keys[0]:
             raise CheckpointError(
-                f"{ckpt} was evaluated on a different {split} set than {ckpts[0]} ({len(labels)} vs "
-                f"{len(reference[1])} images, or another order); ensemble runs that share the {split} split"
+                f"{ckpt} would be evaluated on a different {split} set than {ckpts[0]} ({key[0]}, "
+                f"{len(key[1])} images vs {keys[0][0]}, {len(keys[0][1])} images, or the same in another order); "
+                f"ensemble only runs that share the {split} split"
             )
-        runs.append(probs)
-    datamodule, labels, ids = reference
-    probs = np.mean(runs, axis=0)
+    runs = [predict_probs(load_classifier(ckpt, dm.num_classes), ds, dm.eval_batch_size)
+            for ckpt, (dm, ds) in zip(ckpts, data)]
+    datamodule = data[0][0]
+    probs, labels, ids = np.mean([p for p, _ in runs], axis=0), runs[0][1], datamodule.sample_ids(split)
     cfg = run_config(ckpts[0])
     out = out or ckpts[0].resolve().parent.parent / f"evaluate_{split}"
     save_predictions(out / "predictions", split, probs, labels, ids)

@@ -119,7 +119,8 @@ def run_stage(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()  # fail within seconds on missing data, before building the model
+    if is_global_zero():  # fail within seconds on missing data, before building the model; other
+        datamodule.prepare_data()  # DDP ranks wait for Lightning's prepare_data (local rank 0) instead
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
     if hasattr(model, "check_precision"):
         model.check_precision(cfg.trainer.get("precision"))
@@ -242,6 +243,13 @@ def train(cfg: DictConfig) -> dict:
     """One training run, or a pipeline when the config declares ``stages``."""
     return run_pipeline(cfg) if cfg.get("stages") else run_stage(cfg)
 
+def dataset_error_in(err: BaseException) -> DatasetError | None:
+    """The DatasetError that ``err`` wraps (config resolvers raise inside OmegaConf errors)."""
+    while err is not None and not isinstance(err, DatasetError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
@@ -250,7 +258,7 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         # One readable message instead of a deep stack trace; HYDRA_FULL_ERROR=1 shows it.
-        print(f"\nerror: {err}", file=sys.stderr)
+        print(f"\nerror: {dataset_error_in(err) or err}", file=sys.stderr)
         sys.exit(1)
     return metrics.get("objective")
 

@@ -29,15 +29,36 @@ def _latest_png(folder: Path) -> Path | None:
     return pngs[-1] if pngs else None
 
 
+def data_rows(data: DictConfig) -> list[tuple[str, str]]:
+    """Dataset and split rows of the protocol, for MedMNIST and own (table / folder) data."""
+    if "flag" in data or "flags" in data:
+        split = data.get("split", "official")
+        if split == "stratified":
+            split += f" (val fraction {data.get('val_fraction')})"
+        return [("dataset", f"{data.get('flag', data.get('flags'))}, {data.get('size')} px -> "
+                            f"{data.get('img_size')} px"), ("split", split)]
+    source = data.get("table") or data.get("root")
+    fractions = data.get("fractions") or {}
+    parts = [f"predefined by column {data.split_column!r}" if data.get("split_column") else
+             "predefined folders, if any" if data.get("root") else "none predefined",
+             "missing splits carved with train/val/test = "
+             + "/".join(str(fractions.get(k)) for k in ("train", "val", "test")),
+             "stratified on label" + "".join(f" x {c!r}" for c in data.get("stratify_columns") or [])]
+    if data.get("group_column"):
+        parts.append(f"grouped by {data.group_column!r}")
+    if data.get("exclude"):
+        parts.append(f"excluded from {list(data.get('exclude_from'))}: {dict(data.exclude)}")
+    return [("dataset", f"{source}, {data.get('channels')} channel(s) at {data.get('img_size')} px"),
+            ("split", "; ".join(parts) + " (row by row in splits.csv)")]
+
+
 def protocol_rows(cfg: DictConfig, metrics: dict) -> list[tuple[str, str]]:
     """What a reader needs to reproduce the numbers."""
     data, trainer, model = cfg.data, cfg.trainer, cfg.model
     loss = model.get("loss") or {}
     rows = [
         ("experiment", f"{cfg.get('task_name')} ({model.get('_target_', '').rsplit('.', 1)[-1]})"),
-        ("dataset", f"{data.get('flag', data.get('flags'))}, {data.get('size')} px -> {data.get('img_size')} px"),
-        ("split", f"{data.get('split', 'official')}" + (f" (val fraction {data.get('val_fraction')})"
-                                                          if data.get("split") == "stratified" else "")),
+        *data_rows(data),
         ("label fraction", str(data.get("label_fraction", 1.0))),
         ("sampler", f"{data.get('sampler', 'none')} (epoch length {data.get('epoch_length', 'original')})"),
         ("loss", f"{loss.get('name', '-')}, class weighted {loss.get('class_weighted', False)}, "

@@ -115,7 +115,8 @@ class ClassificationDataModule(L.LightningDataModule):
         for key, given in declared.items():
             actual = getattr(self, key)
             if given is not None and given != actual:
-                raise ValueError(f"data.{key}={given!r} disagrees with {source} ({actual!r}); remove the override")
+                raise ValueError(f"data.{key}={given!r} disagrees with {source} ({actual!r}); "
+                                 f"remove the data.{key} override (or fix the data)")
 
     @property
     def class_weights(self) -> torch.Tensor:
@@ -126,6 +127,10 @@ class ClassificationDataModule(L.LightningDataModule):
             pos = self.train_labels.sum(axis=0).clip(min=1)
             return torch.tensor((len(self.train_labels) - pos) / pos, dtype=torch.float32)
         return class_weights_from_labels(self.train_labels, self.num_classes)
+
+    def sample_source(self) -> str:
+        """Where the samples come from (a MedMNIST flag, an image folder): ensembles compare it."""
+        raise NotImplementedError
 
     def sample_ids(self, split: str) -> list[str] | None:
         """One identifier per sample of ``split`` in dataset order (e.g. image paths), or None."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datamodules.image_records import SPLIT_NAMES
+from datamodules.medmnist_files import SPLITS
 
 
 def export_npz(npz: str | Path, out_dir: str | Path, max_per_split: int | None = None, group_size: int = 3,
@@ -27,7 +27,7 @@ def export_npz(npz: str | Path, out_dir: str | Path, max_per_split: int | None =
     """
     out_dir = Path(out_dir)
     with np.load(npz) as data:
-        arrays = {s: (data[f"{s}_images"], data[f"{s}_labels"].reshape(-1)) for s in SPLIT_NAMES}
+        arrays = {s: (data[f"{s}_images"], data[f"{s}_labels"].reshape(-1)) for s in SPLITS}
     k = int(max(labels.max() for _, labels in arrays.values())) + 1
     names = class_names or [str(i) for i in range(k)]
     if sorted(names) != names and sorted(names, key=lambda n: int(n) if n.isdigit() else n) != names:

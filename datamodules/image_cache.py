@@ -99,11 +99,15 @@ def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source:
     # One cache per (dataset, size, channels): a rebuilt cache replaces the stale one.
     family = hashlib.sha256(json.dumps([source, str(root.resolve()), size, channels]).encode()).hexdigest()[:8]
     target = cache_dir / f"images-{family}-{key}.npy"
+    expected = (len(paths), size, size) + ((3,) if channels == 3 else ())
     if target.is_file():
         try:
-            return np.load(target), True
-        except (OSError, ValueError):  # a damaged cache is rebuilt, never trusted
-            target.unlink(missing_ok=True)
+            images = np.load(target, mmap_mode="r")  # rows are copied out when the splits are built
+            if images.shape == expected and images.dtype == np.uint8:
+                return images, True
+        except (OSError, ValueError, EOFError):
+            pass
+        target.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     images = decode_all(root, paths, rows, source, size, channels)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as tmp:

@@ -20,12 +20,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from datamodules.base_datamodule import ClassificationDataModule, require
 from datamodules.image_cache import cached_images
 from datamodules.image_records import (
-    SPLIT_NAMES,
     ImageRecords,
     folder_records,
     table_records,
 )
-from datamodules.medmnist_files import BINARY, DatasetError
+from datamodules.medmnist_files import BINARY, SPLITS, DatasetError
 from datamodules.splits import assign_splits, combined_strata
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -34,7 +33,7 @@ DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 def check_fractions(fractions: dict | None) -> dict[str, float]:
     """``{train, val, test}`` fractions, each in [0, 1), train > 0, summing to 1."""
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
-    require(set(fractions) == set(SPLIT_NAMES), "fractions", fractions, "keys train, val and test")
+    require(set(fractions) == set(SPLITS), "fractions", fractions, "keys train, val and test")
     ok = all(0 <= float(v) < 1 for v in fractions.values()) and fractions["train"] > 0
     require(ok and abs(sum(map(float, fractions.values())) - 1) < 1e-6, "fractions", fractions,
             "values in [0, 1) with train > 0, summing to 1 (e.g. {train: 0.7, val: 0.1, test: 0.2})")
@@ -88,7 +87,7 @@ class ImageDataModule(ClassificationDataModule):
         super().__init__(img_size, normalization, augment, label_fraction, sampler, epoch_length,
                          batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo)
         require(channels in (1, 3), "channels", channels, "1 or 3")
-        require(set(exclude_from) <= set(SPLIT_NAMES), "exclude_from", list(exclude_from), str(list(SPLIT_NAMES)))
+        require(set(exclude_from) <= set(SPLITS), "exclude_from", list(exclude_from), str(list(SPLITS)))
         named = [*stratify_columns, *(exclude or {})]
         unknown = [c for c in named if c not in records.columns]
         require(not unknown, "stratify_columns / data.exclude", unknown,
@@ -121,6 +120,9 @@ class ImageDataModule(ClassificationDataModule):
     def class_names(self) -> list[str]:
         return list(self.records.classes)
 
+    def sample_source(self) -> str:
+        return str(self.records.root.resolve())
+
     def sample_ids(self, split: str) -> list[str] | None:
         """Image paths (relative to the image root) of ``split``, in table order."""
         if self.split_of is None:
@@ -142,11 +144,13 @@ class ImageDataModule(ClassificationDataModule):
         for column, values in self.exclude.items():
             excluded |= np.isin(rec.columns[column].astype(str), list(values))
         dropped = excluded & np.isin(assigned, self.exclude_from)
-        for split in SPLIT_NAMES:
-            labels = rec.labels[(assigned == split) & ~dropped]
-            if len(labels) == 0:
-                raise DatasetError(f"{rec.source}: the {split} split is empty; check data.fractions, "
-                                   "data.split_column and data.exclude")
+        for split in SPLITS:
+            if not ((assigned == split) & ~dropped).any():
+                raise DatasetError(
+                    f"{rec.source}: the {split} split is empty (data.fractions.{split}="
+                    f"{self.fractions[split]}, no {split} rows predefined, or all of them excluded); give it "
+                    "a fraction > 0, predefine it, or exclude fewer rows"
+                )
         train = rec.labels[(assigned == "train") & ~dropped]
         absent = [c for i, c in enumerate(rec.classes) if not (train == i).any()]
         if absent:
@@ -177,23 +181,28 @@ class ImageDataModule(ClassificationDataModule):
         keep = self.label_fraction_indices(self.records.labels[train_rows])
         split_of[np.setdiff1d(train_rows, train_rows[keep])] = ""  # left out by label_fraction
         self.split_of = split_of
-        rows = {s: np.flatnonzero(split_of == s) for s in SPLIT_NAMES}
-        self.build_sets({s: self.images[i] for s, i in rows.items()},
+        rows = {s: np.flatnonzero(split_of == s) for s in SPLITS}
+        self.build_sets({s: np.asarray(self.images[i]) for s, i in rows.items()},
                         {s: self.records.labels[i] for s, i in rows.items()}, self.img_size)
         if self.splits_file and rank_zero_only.rank == 0:
-            self.write_splits(Path(self.splits_file), assigned, dropped)
+            reason = np.where(dropped, "exclude", np.where(split_of == "", "label_fraction", ""))
+            self.write_splits(Path(self.splits_file), assigned, reason)
 
-    def write_splits(self, path: Path, assigned: np.ndarray, dropped: np.ndarray) -> None:
-        """``splits.csv``: path, label, group, split, excluded (by data.exclude or label_fraction)."""
+    def write_splits(self, path: Path, assigned: np.ndarray, excluded: np.ndarray) -> None:
+        """``splits.csv``, one row per table row in table order: path, label, group, split and
+        ``excluded`` (empty, ``exclude`` for data.exclude or ``label_fraction``); atomic."""
         rec = self.records
         path.parent.mkdir(parents=True, exist_ok=True)
         groups = rec.groups if rec.groups is not None else [""] * len(rec)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "group", "split", "excluded"])
-            for i in range(len(rec)):
-                writer.writerow([rec.paths[i], rec.classes[rec.labels[i]], groups[i], assigned[i],
-                                 int(self.split_of[i] == "")])
+            try:
+                writer = csv.writer(f)
+                writer.writerow(["path", "label", "group", "split", "excluded"])
+                writer.writerows([rec.paths[i], rec.classes[rec.labels[i]], groups[i], assigned[i], excluded[i]]
+                                 for i in range(len(rec)))
+            except BaseException:
+                Path(f.name).unlink(missing_ok=True)
+                raise
         os.replace(f.name, path)
 
 

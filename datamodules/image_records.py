@@ -2,8 +2,8 @@
 
 A record set lists, in table order, each image's path (relative to the image root), its
 class, and optionally its predefined split, group (patient / lesion id) and the extra
-columns the split is stratified on or rows are filtered by. Every problem found in the
-table is reported at once, naming the offending rows (the first ten and the count).
+columns the split is stratified on or rows are filtered by. Each problem is one error
+that names all the rows it affects (the first ten and the count) and the fix.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodules.medmnist_files import DatasetError
+from datamodules.medmnist_files import SPLITS, DatasetError
 
-SPLIT_NAMES = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MAX_LISTED = 10
 
@@ -111,6 +110,22 @@ def table_records(
     if table.empty:
         raise DatasetError(f"{source} has a header but no rows")
     names = [f"line {i + 2}: {p}" for i, p in enumerate(table[path_column])]  # line 1 is the header
+    for column, what in ((path_column, "path"), (label_column, "label"), (group_column, "group")):
+        if column is not None:
+            blank = [n for n, v in zip(names, table[column]) if not v]
+            if blank:
+                raise rows_error(source, f"have an empty {what} cell ({column!r})", blank,
+                                 "fill in these cells or remove the rows")
+    seen: dict[str, str] = {}
+    duplicates = []
+    for name, path in zip(names, table[path_column]):
+        if path in seen:
+            duplicates.append(f"{name} (also {seen[path]})")
+        else:
+            seen[path] = name
+    if duplicates:
+        raise rows_error(source, "list an image that an earlier row already lists (it could land in two splits)",
+                         duplicates, "keep one row per image")
     class_list = table_classes(table, label_column, classes)
     index = {c: i for i, c in enumerate(class_list)}
     raw = table[label_column].to_numpy()
@@ -120,15 +135,12 @@ def table_records(
                          "fix the labels or list every class in data.classes")
     labels = np.array([index[v] for v in raw], dtype=np.int64)
     _check_no_empty_class(source, labels, class_list)
-    empty_paths = [n for n, p in zip(names, table[path_column]) if not p]
-    if empty_paths:
-        raise rows_error(source, f"have an empty {path_column!r} cell", empty_paths, "fill in or remove these rows")
     splits = None
     if split_column is not None:
         splits = table[split_column].str.lower().to_numpy()
-        bad = [f"{n} ({split_column}={v!r})" for n, v in zip(names, splits) if v not in SPLIT_NAMES]
+        bad = [f"{n} ({split_column}={v!r})" for n, v in zip(names, splits) if v not in SPLITS]
         if bad:
-            raise rows_error(source, f"have a {split_column!r} value other than {list(SPLIT_NAMES)}", bad,
+            raise rows_error(source, f"have a {split_column!r} value other than {list(SPLITS)}", bad,
                              f"use train / val / test in {split_column!r}, or set data.split_column=null")
     groups = table[group_column].to_numpy() if group_column is not None else None
     root = Path(image_root).expanduser() if image_root else table_path.parent
@@ -177,7 +189,7 @@ def folder_layout(root: Path) -> tuple[list[str], dict[str, Path]]:
     """(classes, {split or "": folder of class folders}) of an image folder."""
     if not root.is_dir():
         raise DatasetError(f"data.root={str(root)!r} is not a folder; point it at a folder of class folders")
-    predefined = {s: root / s for s in SPLIT_NAMES if (root / s).is_dir()}
+    predefined = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if predefined and "train" not in predefined:
         raise DatasetError(f"{root} has {sorted(predefined)} folders but no train/; add train/<class>/ folders")
     parts = predefined or {"": root}

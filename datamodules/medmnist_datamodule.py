@@ -102,6 +102,9 @@ class MedMNISTDataModule(ClassificationDataModule):
     def class_names(self) -> list[str]:
         return [self.info["label"][str(i)] for i in range(self.num_classes)]
 
+    def sample_source(self) -> str:
+        return f"MedMNIST {self.flag}"
+
     @property
     def path(self) -> Path:
         return resolve_root(self.root) / file_name(self.flag, self.size)

@@ -23,25 +23,26 @@ def _in_chans(flag: str, as_rgb: bool = False) -> int:
 
 
 @lru_cache(maxsize=32)
-def _classes(table: str | None, root: str | None, label_column: str | None, classes: tuple | None,
-             stamp: float) -> tuple[str, ...]:
-    if table is not None:
-        frame = read_table(table)
-        if label_column not in frame.columns:
-            raise ValueError(f"data.label_column={label_column!r} is not a column of {table}; "
-                             f"its columns are {list(frame.columns)}")
-        return tuple(table_classes(frame, label_column, classes))
-    return tuple(folder_layout(Path(root).expanduser())[0])
+def _table_classes(table: str, label_column: str | None, classes: tuple | None, stamp: tuple) -> tuple[str, ...]:
+    """Class names of a table; ``stamp`` (mtime, size) makes an edited table be read again."""
+    frame = read_table(table)
+    if label_column not in frame.columns:
+        raise ValueError(f"data.label_column={label_column!r} is not a column of {table}; "
+                         f"its columns are {list(frame.columns)}")
+    return tuple(table_classes(frame, label_column, classes))
 
 
 def _image_data(key: str, _parent_: DictConfig):
     """``num_classes`` or ``task`` of the image_table / image_folder config holding the call."""
-    table, root = _parent_.get("table"), _parent_.get("root")
-    source = Path(table or root or ".").expanduser()
-    stamp = source.stat().st_mtime if source.exists() else 0.0
-    classes = _parent_.get("classes")
-    names = _classes(table, None if table else root, _parent_.get("label_column"),
-                     tuple(str(c) for c in classes) if classes else None, stamp)
+    table = _parent_.get("table")
+    if table is not None:
+        path = Path(table).expanduser()
+        stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else ()
+        classes = _parent_.get("classes")
+        names = _table_classes(str(path), _parent_.get("label_column"),
+                               tuple(str(c) for c in classes) if classes else None, stamp)
+    else:  # listing class folders is cheap: never cached
+        names = folder_layout(Path(_parent_.get("root")).expanduser())[0]
     if key == "num_classes":
         return len(names)
     if key == "task":

@@ -7,6 +7,8 @@ determined by the seed.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 
@@ -66,6 +68,11 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> np.
     return np.sort(np.concatenate(keep))
 
 
+def derived_seed(seed: int, purpose: str) -> int:
+    """A 32-bit seed of its own for each purpose, so that no two splits share a random stream."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little")
+
+
 def combined_strata(*columns: np.ndarray) -> np.ndarray:
     """One integer stratum per row for the combination of several label-like columns, (N,)."""
     keys = np.array(["\x1f".join(map(str, row)) for row in zip(*columns)])
@@ -78,19 +85,20 @@ def grouped_stratified_split(
     """(rest, part) with about ``fraction`` of the rows in ``part``, whole groups only,
     stratified as well as the groups allow (scikit-learn's ``StratifiedGroupKFold``).
 
-    ``fraction`` is taken as p/q with q <= 20: the rows of p of q folds form ``part``.
+    ``fraction`` is taken as p/q with q <= min(20, number of groups): the rows of p of q
+    folds form ``part``.
     """
     from fractions import Fraction
 
     from sklearn.model_selection import StratifiedGroupKFold
 
-    ratio = Fraction(fraction).limit_denominator(20)
     n_groups = len(np.unique(groups))
-    if n_groups < ratio.denominator:
-        raise ValueError(
-            f"a grouped split of {float(ratio):.3f} needs at least {ratio.denominator} groups, found {n_groups}; "
-            "use fewer / larger fractions or more groups"
-        )
+    if n_groups < 2:
+        raise ValueError(f"a grouped split needs at least 2 groups, found {n_groups}")
+    ratio = Fraction(fraction).limit_denominator(min(20, n_groups))
+    if ratio.numerator == 0 or ratio == 1:
+        raise ValueError(f"{n_groups} groups cannot be split {fraction:.3f} / {1 - fraction:.3f}; "
+                         "use more groups or other data.fractions")
     folds = StratifiedGroupKFold(n_splits=ratio.denominator, shuffle=True, random_state=seed)
     chosen = [test for _, (_, test) in zip(range(ratio.numerator), folds.split(strata_ids, strata_ids, groups))]
     part = np.sort(np.concatenate(chosen))
@@ -115,13 +123,14 @@ def assign_splits(
     out = np.array(["train"] * n, dtype=object) if predefined is None else np.asarray(predefined, dtype=object).copy()
     missing = [s for s in ("test", "val") if s not in set(out) and fractions.get(s, 0) > 0]
     remaining = fractions["train"] + sum(fractions[s] for s in missing)
-    for i, name in enumerate(missing):
+    for name in missing:
         pool = np.flatnonzero(out == "train")
         share = fractions[name] / remaining
         remaining -= fractions[name]
+        carve_seed = derived_seed(seed, f"carve {name}")
         if groups is None:
-            _, part = stratified_split(strata_ids[pool], share, seed + i, f"data.fractions.{name}")
+            _, part = stratified_split(strata_ids[pool], share, carve_seed, f"data.fractions.{name}")
         else:
-            _, part = grouped_stratified_split(strata_ids[pool], groups[pool], share, seed + i)
+            _, part = grouped_stratified_split(strata_ids[pool], groups[pool], share, carve_seed)
         out[pool[part]] = name
     return out.astype(str)

@@ -166,8 +166,10 @@ class Classifier(L.LightningModule):
             sorted_probs[order], sorted_labels[order] = probs, labels
             dm = self.trainer.datamodule
             ids = dm.sample_ids("test") if hasattr(dm, "sample_ids") else None
+            if ids is not None and len(ids) != len(sorted_labels):
+                raise RuntimeError(f"{len(ids)} test sample ids for {len(sorted_labels)} test predictions")
             save_predictions(Path(self.trainer.default_root_dir) / "predictions", "test", sorted_probs, sorted_labels,
-                             ids if ids is not None and len(ids) == len(sorted_labels) else None)
+                             ids)
 
     def configure_optimizers(self):
         kw = getattr(self.optimizer_factory, "keywords", {})

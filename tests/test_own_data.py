@@ -4,6 +4,8 @@ the MHIST experiments and evaluate.py on them. No network."""
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,10 +155,13 @@ def test_mhist_filters_apply_to_training_only_and_split_is_stratified_on_agreeme
     for v in np.unique(votes[predefined == "train"]):  # 20 % of each agreement level goes to val
         rows = (predefined == "train") & (votes == v)
         assert (assigned[rows] == "val").sum() == pytest.approx(0.2 * rows.sum(), abs=1.01)
-    excluded = {r["path"]: r["excluded"] for r in _read_csv(tmp_path / "splits.csv")}
-    assert sum(int(v) for v in excluded.values()) == int(((assigned == "train") & np.isin(votes, [3, 4])).sum())
+    excluded = [r["excluded"] for r in _read_csv(tmp_path / "splits.csv")]
+    assert excluded.count("exclude") == int(((assigned == "train") & np.isin(votes, [3, 4])).sum()) > 0
+    assert set(excluded) == {"", "exclude"}
     assert len(dm.train_set) == int((dm.split_of == "train").sum())
     assert dm.class_names == ["HP", "SSA"] and dm.task == "binary-class"
+    dm.sampler, dm.epoch_length = "oversample", "balanced"  # the MHIST protocol's sampler
+    assert len(dm.train_dataloader().sampler) == 2 * np.bincount(dm.train_labels).max()
 
 
 def _corrupt(root: Path, kind: str) -> dict:
@@ -185,6 +190,18 @@ def _corrupt(root: Path, kind: str) -> dict:
         rows[2]["split"] = "holdout"
     elif kind == "group_crossing":
         rows[0]["group"] = rows[1]["group"] = "shared"  # rows 0 (train) and 1 (val)
+    elif kind == "blank_label":
+        rows[6]["label"] = ""
+    elif kind == "blank_group":
+        rows[8]["group"] = ""
+    elif kind == "duplicate":
+        rows[9]["path"] = "0.png"
+    elif kind == "no_training_class":  # every "a" image of train excluded
+        kwargs["exclude"] = {"label": ["a"]}
+    elif kind == "empty_split":  # no val rows predefined and none carved
+        for r in rows:
+            r["split"] = "test" if r["split"] == "val" else r["split"]
+        kwargs["fractions"] = {"train": 0.8, "val": 0.0, "test": 0.2}
     pd.DataFrame(rows).to_csv(root / "table.csv", index=False)
     return {**kwargs, "table": str(root / "table.csv"), "image_root": str(images)}
 
@@ -199,6 +216,11 @@ def _corrupt(root: Path, kind: str) -> dict:
         ("empty_class", r"class\(es\) \['z'\] have no images"),
         ("split_value", r"'split' value other than \['train', 'val', 'test'\].*line 4: 2.png \(split='holdout'\)"),
         ("group_crossing", r"1 group\(s\) that appear in more than one split.*line 2: 0.png \(group 'shared', split train"),
+        ("blank_label", r"empty label cell \('label'\).*line 8: 6.png"),
+        ("blank_group", r"empty group cell \('group'\).*line 10: 8.png"),
+        ("duplicate", r"list an image that an earlier row already lists.*line 11: 0.png \(also line 2: 0.png\)"),
+        ("no_training_class", r"class\(es\) \['a'\] have no training image after splitting and data.exclude"),
+        ("empty_split", r"the val split is empty \(data.fractions.val=0.0"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(kind, expected, tmp_path):
@@ -206,9 +228,11 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(kind, expected, tmp_pat
     splits_file, cache = tmp_path / "run" / "splits.csv", tmp_path / "cache"
     with pytest.raises(DatasetError, match=f"(?s){expected}") as err:
         dm = ImageTableDataModule(channels=1, img_size=8, cache_dir=str(cache), splits_file=str(splits_file), **kwargs)
-        dm.prepare_data()
-        dm.setup()
+        dm.prepare_data()  # would write the cache
+        dm.setup()  # would write splits.csv
     assert "table.csv" in str(err.value)
+    if "row(s)" in str(err.value):
+        assert "\nFix: " in str(err.value)
     assert not splits_file.exists() and not (cache.exists() and any(cache.iterdir()))
 
 
@@ -224,25 +248,29 @@ def test_error_lists_the_first_ten_rows_and_the_count(tmp_path):
 
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(png_dataset, tmp_path):
-    first = _table_dm(png_dataset, tmp_path, split_column="split")
-    first.setup()
-    second = _table_dm(png_dataset, tmp_path, split_column="split")
-    second.setup()
-    assert first.from_cache is False and second.from_cache is True
+    shutil.copytree(png_dataset.parent / "images", tmp_path / "data" / "images")
+    table = shutil.copy(png_dataset, tmp_path / "data" / "table.csv")
+
+    def load():
+        dm = _table_dm(table, tmp_path, split_column="split")
+        dm.setup()
+        return dm, sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+    first, cached = load()
+    second, again = load()
+    assert first.from_cache is False and second.from_cache is True and len(cached) == 1 and again == cached
     np.testing.assert_array_equal(first.images, second.images)
-    cached = list((tmp_path / "cache").iterdir())
-    assert len(cached) == 1
-    target = png_dataset.parent / _read_csv(png_dataset)[0]["path"]
-    original = target.read_bytes()
-    try:
-        Image.fromarray(np.zeros((28, 28), np.uint8)).save(target)
-        third = _table_dm(png_dataset, tmp_path, split_column="split")
-        third.setup()
-        assert third.from_cache is False and third.images[0].max() == 0
-        assert [p.name for p in (tmp_path / "cache").iterdir()] != [p.name for p in cached]  # stale one replaced
-        assert len(list((tmp_path / "cache").iterdir())) == 1
-    finally:
-        target.write_bytes(original)
+    target = tmp_path / "data" / _read_csv(png_dataset)[0]["path"]
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(target)  # new content
+    third, rebuilt = load()
+    assert third.from_cache is False and third.images[0].max() == 0
+    assert len(rebuilt) == 1 and rebuilt != cached  # the stale cache was replaced
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))  # touched only
+    assert load()[0].from_cache is False
+    (tmp_path / "cache" / load()[1][0]).write_bytes(b"")  # a damaged cache is rebuilt, not trusted
+    fourth, _ = load()
+    assert fourth.from_cache is False
+    np.testing.assert_array_equal(fourth.images, third.images)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".bmp"])
@@ -320,6 +348,14 @@ def test_evaluate_ensembles_runs_of_one_table_and_refuses_other_test_sets(png_da
     other = run("other", ["experiment=cnn_derma"])  # seeded 70/10/20 split: another test set
     with pytest.raises(evaluate.CheckpointError, match="different test set"):
         evaluate.evaluate([cnn, other], out=tmp_path / "bad")
+    frame = pd.read_csv(png_dataset)  # the same test images, listed in another order
+    test_rows = frame[frame.split == "test"]
+    frame.loc[test_rows.index] = test_rows.iloc[::-1].to_numpy()
+    shuffled = png_dataset.parent / "shuffled.csv"
+    frame.to_csv(shuffled, index=False)
+    reordered = run("reordered", ["experiment=cnn_derma", "data.split_column=split", f"data.table={shuffled}"])
+    with pytest.raises(evaluate.CheckpointError, match="or the same in another order"):
+        evaluate.evaluate([cnn, reordered], out=tmp_path / "bad")
     assert result["summary"]["n"] == len(preds)
 
 
@@ -332,7 +368,6 @@ def test_cli_names_a_missing_table_in_one_message(tmp_path):
     assert proc.returncode != 0
     assert f"{tmp_path}/nope.csv" in proc.stderr and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "run" / "splits.csv").exists()
 
 
 def test_folder_errors_name_the_problem(tmp_path):
@@ -360,3 +395,102 @@ def test_mhist_full_size_configs_instantiate_from_local_weights(experiment, arch
     out = model(torch.zeros(1, 3, 224, 224))
     assert out.shape == (1, 2)
     assert instantiate(cfg.data).num_classes == cfg.model.num_classes == 2
+
+
+@pytest.mark.parametrize("experiment", ["mae_derma", "mlo_mae_derma"])
+def test_mae_and_mlo_mae_pipelines_run_on_an_image_table(experiment, png_dataset, tmp_path):
+    from tests.test_train import TINY_VIT
+
+    cfg = compose_cfg([f"experiment={experiment}", "data=image_table", f"data.table={png_dataset}",
+                       "data.split_column=split", "data.channels=1", "debug=fdr", *TINY_VIT,
+                       "++stages.pretrain.data.batch_size=8", "++stages.finetune.data.batch_size=8",
+                       *_own_overrides(tmp_path)], tmp_path / "run")
+    metrics = train(cfg)
+    assert 0 <= metrics["test/auc"] <= 1 and "pretrain/best_checkpoint" in metrics
+    preds = _read_csv(tmp_path / "run" / "finetune" / "predictions" / "test_predictions.csv")
+    assert [p["path"] for p in preds] == [r["path"] for r in _read_csv(png_dataset) if r["split"] == "test"]
+
+
+def test_label_fraction_and_class_weights_on_a_table(png_dataset, tmp_path):
+    full = _table_dm(png_dataset, tmp_path, split_column="split")
+    full.setup()
+    half = _table_dm(png_dataset, tmp_path, split_column="split", label_fraction=0.5)
+    half.setup()
+    for c in (0, 1):
+        n = int((full.train_labels == c).sum())
+        assert int((half.train_labels == c).sum()) == round(0.5 * n)
+    counts = np.bincount(half.train_labels, minlength=2)
+    np.testing.assert_allclose(half.class_weights.numpy(), counts.sum() / (2 * counts), rtol=1e-6)
+    assert half.sample_ids("train") == [p for p, s in zip(half.records.paths, half.split_of) if s == "train"]
+    assert len(half.sample_ids("train")) == len(half.train_set) < len(full.train_set)
+
+
+def test_ten_seed_multirun_then_aggregate_on_the_mhist_layout(mhist_like, tmp_path):
+    import timm
+
+    import aggregate
+
+    weights = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), weights)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", "experiment=resnet18_mhist", "seed=0,1",
+         f"data.table={mhist_like / 'annotations.csv'}", f"data.image_root={mhist_like / 'images'}",
+         f"model.net.pretrained_file={weights}", "data.img_size=32", "data.batch_size=8", "debug=fdr",
+         "trainer=cpu", "logger=csv", "~callbacks.rich_progress_bar", f"data.cache_dir={tmp_path}/cache",
+         f"hydra.sweep.dir={tmp_path}/multirun"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "multirun" / "0" / "splits.csv").is_file()
+    assert aggregate.main([str(tmp_path / "multirun"), "--metrics", "test/f1", "test/auprc", "test/specificity"]) == 0
+    rows = _read_csv(tmp_path / "multirun" / "aggregate.csv")
+    assert len(rows) == 1 and rows[0]["n"] == "2"  # one group: the two seeds
+    assert "test/auprc" in (tmp_path / "multirun" / "aggregate.md").read_text()
+
+
+def test_plain_class_folders_are_split_by_fractions(png_dataset, tmp_path):
+    root = tmp_path / "flat"
+    for split in ("train", "val", "test"):
+        for class_dir in (png_dataset.parent / "images" / split).iterdir():
+            shutil.copytree(class_dir, root / class_dir.name, dirs_exist_ok=True)
+    dm = ImageFolderDataModule(root=str(root), channels=1, img_size=28, cache_dir=None,
+                               splits_file=str(tmp_path / "splits.csv"))
+    dm.setup()
+    assert dm.records.splits is None and dm.class_names == ["normal", "pneumonia"]
+    for c in (0, 1):  # 70 / 10 / 20 of every class (no groups: exact up to rounding)
+        rows = dm.records.labels == c
+        assert (dm.split_of[rows] == "test").sum() == pytest.approx(0.2 * rows.sum(), abs=1)
+        assert (dm.split_of[rows] == "val").sum() == pytest.approx(0.1 * rows.sum(), abs=1.5)
+    assert all(r["path"].split("/")[0] == r["label"] for r in _read_csv(tmp_path / "splits.csv"))
+
+
+def test_assign_splits_carves_missing_splits_by_whole_groups():
+    from datamodules.splits import assign_splits
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(200), 3).astype(str)
+    labels = rng.integers(0, 2, 600)
+    predefined = np.where(np.repeat(np.arange(200), 3) % 5 == 0, "test", "train")
+    out = assign_splits(labels, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0, groups=groups, predefined=predefined)
+    np.testing.assert_array_equal(out == "test", predefined == "test")  # predefined rows never move
+    assert (out == "val").sum() / (predefined == "train").sum() == pytest.approx(0.1 / 0.8, abs=0.02)
+    assert pd.DataFrame({"g": groups, "s": out}).groupby("g")["s"].nunique().max() == 1
+    plain = assign_splits(labels, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
+    for c in (0, 1):  # no groups: exactly stratified
+        rows = labels == c
+        assert (plain[rows] == "test").sum() == round(0.2 * rows.sum())
+    assert (assign_splits(labels, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=1) != plain).any()
+    with pytest.raises(ValueError, match="needs at least 2 groups"):
+        assign_splits(labels[:3], {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0, groups=groups[:3])
+
+
+def test_tsv_table_and_rank_other_than_zero_writes_no_splits_file(png_dataset, tmp_path, monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    tsv = png_dataset.parent / "table.tsv"
+    pd.read_csv(png_dataset).to_csv(tsv, sep="\t", index=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    dm = _table_dm(tsv, tmp_path, split_column="split", splits_file=str(tmp_path / "splits.csv"))
+    dm.setup()
+    assert len(dm.test_set) == sum(r["split"] == "test" for r in _read_csv(png_dataset))
+    assert not (tmp_path / "splits.csv").exists()

@@ -76,7 +76,8 @@ def check_weights_cover(model: nn.Module, path: Path, name: str) -> None:
     state = timm.models.load_state_dict(str(path))
     classifier = model.pretrained_cfg.get("classifier") or ()
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    missing = [k for k in model.state_dict() if k not in state and not k.startswith(heads)]
+    missing = [k for k in model.state_dict()
+               if k not in state and not any(k == h or k.startswith(h + ".") for h in heads)]
     if missing:
         raise ValueError(f"{len(missing)} of the model's tensors are not in the file, e.g. {missing[:5]}")
 
