@@ -3,11 +3,15 @@
     python evaluate.py logs/cnn_derma/runs/<time>/checkpoints/epoch_009.ckpt
     python evaluate.py RUN_A/checkpoints/epoch_009.ckpt RUN_B/checkpoints/epoch_007.ckpt --out ensemble/
     python evaluate.py CKPT --split val --root ../shared/data
+    python evaluate.py CKPT --accelerator gpu --precision bf16-mixed --batch-size 1024 --num-workers 8
 
 Each checkpoint is rebuilt from the ``config.yaml`` its run saved (the folder above
 ``checkpoints/``) and sees the data through that config (its own normalisation and size;
-``--root`` to read the files from elsewhere); every checkpoint must cover the same images. Writes ``predictions/``, ``eval/`` and ``report.md`` into
-``--out`` (default: ``<first run>/evaluate_<split>``).
+``--root`` to read the files from elsewhere); every checkpoint must cover the same images.
+Predictions go through ``Trainer.predict`` (softmax, or per-label sigmoid for multi-label
+tasks); device, precision, batch size and workers default to the first run's config.
+Writes ``predictions/``, ``eval/`` and ``report.md`` into ``--out`` (default:
+``<first run>/evaluate_<split>``).
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import json
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from torchmetrics import Metric
 
 import train  # noqa: F401  (registers the config resolvers)
-from callbacks.evaluation_report import predict_probs, write_evaluation
-from callbacks.run_report import write_run_report
+from evaluation.report import write_run_report
+from evaluation.writer import write_evaluation
 from lightning_modules.classifier import save_predictions
 
 
@@ -49,11 +56,16 @@ def load_classifier(ckpt: Path, num_classes: int):
             f"{ckpt} predicts {cfg.model.num_classes} classes but the dataset has {num_classes}; "
             "evaluate it on the dataset it was trained for"
         )
-    if "pretrained_ckpt" in cfg.model.get("net", {}):
-        cfg.model.net.pretrained_ckpt = None  # the full weights come from the checkpoint below
+    net = cfg.model.get("net", {})
+    # the full weights come from the checkpoint below: never re-fetch or re-read initial weights
+    for key, off in (("pretrained_ckpt", None), ("pretrained", False), ("pretrained_file", None)):
+        if key in net:
+            net[key] = off
     model = instantiate(cfg.model, _convert_="all")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
+    metric_states = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, Metric))
+    missing = [k for k in missing if not k.startswith(metric_states)]  # e.g. best-so-far trackers
     if missing or unexpected:
         raise CheckpointError(f"{ckpt} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
@@ -81,11 +93,24 @@ def sample_key(datamodule, dataset, split: str) -> tuple:
     return datamodule.sample_source(), tuple(datamodule.sample_ids(split) or range(len(dataset))), labels
 
 
-def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None) -> dict:
+def predict(model: L.LightningModule, dataset, accelerator: str, precision: str, batch_size: int,
+            num_workers: int) -> np.ndarray:
+    """Probabilities (N, K) of ``dataset`` in order, through ``Trainer.predict`` on one device."""
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=accelerator != "cpu", persistent_workers=False)
+    return torch.cat(trainer.predict(model, dataloaders=loader)).float().numpy()
+
+
+def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None,
+             accelerator: str = "auto", precision: str | None = None, batch_size: int | None = None,
+             num_workers: int | None = None) -> dict:
     """Average the probabilities of ``ckpts`` on ``split`` and write the evaluation.
 
     Each checkpoint sees the data through its own run's config (normalisation, size), and
-    all of them must have been evaluated on the same images in the same order.
+    all of them must have been evaluated on the same images in the same order. ``precision``,
+    ``batch_size`` and ``num_workers`` default to the first run's trainer / data config.
     """
     if split not in ("test", "val"):
         raise ValueError(f"split={split!r} is invalid; allowed: test, val")
@@ -98,11 +123,14 @@ def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, ro
                 f"{len(key[1])} images vs {keys[0][0]}, {len(keys[0][1])} images, or the same in another order); "
                 f"ensemble only runs that share the {split} split"
             )
-    runs = [predict_probs(load_classifier(ckpt, dm.num_classes), ds, dm.eval_batch_size)
-            for ckpt, (dm, ds) in zip(ckpts, data)]
-    datamodule = data[0][0]
-    probs, labels, ids = np.mean([p for p, _ in runs], axis=0), runs[0][1], datamodule.sample_ids(split)
     cfg = run_config(ckpts[0])
+    settings = {"accelerator": accelerator, "precision": precision or cfg.trainer.get("precision", "32-true"),
+                "batch_size": batch_size or cfg.data.get("eval_batch_size", 256),
+                "num_workers": cfg.data.get("num_workers", 0) if num_workers is None else num_workers}
+    runs = [predict(load_classifier(ckpt, dm.num_classes), ds, **settings) for ckpt, (dm, ds) in zip(ckpts, data)]
+    datamodule, dataset = data[0]
+    probs, ids = np.mean(runs, axis=0), datamodule.sample_ids(split)
+    labels = np.asarray(dataset.labels).astype(np.int64)
     out = out or ckpts[0].resolve().parent.parent / f"evaluate_{split}"
     save_predictions(out / "predictions", split, probs, labels, ids)
     result = write_evaluation(probs, labels, datamodule.class_names, datamodule.task, out / "eval", split)
@@ -124,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None,
                         help="data folder: of the MedMNIST files, the image folder, or a table's image_root "
                              "(default: the run's)")
+    parser.add_argument("--accelerator", default="auto", help="cpu | gpu | auto (default)")
+    parser.add_argument("--precision", default=None, help="32-true | bf16-mixed | ... (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's data.eval_batch_size")
+    parser.add_argument("--num-workers", type=int, default=None, help="default: the run's data.num_workers")
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.ckpts, args.split, args.out, args.root)
+        result = evaluate(args.ckpts, args.split, args.out, args.root, args.accelerator, args.precision,
+                          args.batch_size, args.num_workers)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

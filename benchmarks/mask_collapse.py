@@ -56,13 +56,13 @@ STATS = ("diversity", "mean_prob", "saturated", "level1_scale", "entropy")
 
 def init_statistics(cfg) -> dict:
     """Mask statistics of the untrained masking net on the same 512 validation images, with
-    the model built as ``train.run_stage`` builds it (same seed, same order)."""
+    the model built as ``pipeline.run_stage`` builds it (same seed, same order)."""
     import lightning as L
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from lightning_modules.components.masking import mask_statistics
-    from train import stage_config
+    from pipeline import stage_config
 
     base = cfg.copy()
     OmegaConf.set_struct(base, False)

@@ -18,6 +18,7 @@ from lightning_modules.components.optim import param_groups
 from lightning_modules.metrics import (
     MULTI_LABEL,
     classification_metrics,
+    classwise_metrics,
     log_epoch_metrics,
     probabilities,
 )
@@ -88,14 +89,22 @@ class Classifier(L.LightningModule):
         self.val_metrics = classification_metrics(num_classes, task, "val/")
         self.test_metrics = classification_metrics(num_classes, task, "test/")
         self.val_acc_best, self.val_auc_best = MaxMetric(), MaxMetric()
+        for best in (self.val_acc_best, self.val_auc_best):
+            best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
         self.test_probs, self.test_labels = CatMetric(), CatMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def setup(self, stage: str) -> None:
-        if self.criterion.class_weighted:
-            self.criterion.set_class_weights(self.trainer.datamodule.class_weights)
+        dm = self.trainer.datamodule  # None under Trainer.predict with plain dataloaders (evaluate.py)
+        if self.criterion.class_weighted and dm is not None:
+            self.criterion.set_class_weights(dm.class_weights)
+        if not hasattr(self, "val_classwise"):  # before the model moves to its device
+            k, task = self.hparams.num_classes, self.task
+            names = list(getattr(dm, "class_names", None) or [str(i) for i in range(k)])
+            self.val_classwise = classwise_metrics(k, task, "val/", names)
+            self.test_classwise = classwise_metrics(k, task, "test/", names)
 
     def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -141,21 +150,31 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, probs, y = self._shared_step(batch)
         self.val_metrics.update(probs, y)
+        self.val_classwise.update(probs, y)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
 
     def on_validation_epoch_end(self) -> None:
         log_epoch_metrics(self, self.val_metrics, {"val/acc": self.val_acc_best, "val/auc": self.val_auc_best})
+        self.log_dict(self.val_classwise.compute())
+        self.val_classwise.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, probs, y = self._shared_step(batch)
         self.test_metrics.update(probs, y)
+        self.test_classwise.update(probs, y)
         self.test_probs.update(probs)
         self.test_labels.update(y.float())
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y))
 
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Probabilities (B, K): softmax, or per-label sigmoid for multi-label tasks."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return probabilities(self(x).float(), self.task)
+
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict({**self.test_metrics.compute(), **self.test_classwise.compute()})
         self.test_metrics.reset()
+        self.test_classwise.reset()
         probs = self.test_probs.compute().cpu().numpy()  # collective: every rank calls it
         labels = self.test_labels.compute().cpu().numpy().astype(np.int64)
         self.test_probs.reset()

@@ -87,6 +87,7 @@ class MAEPretrain(L.LightningModule):
             self.probe_criterion = ClassificationLoss(multi_label=task == MULTI_LABEL)
             self.val_probe = classification_metrics(num_classes, task, "val/probe_")
             self.probe_auc_best = MaxMetric()
+            self.probe_auc_best.persistent(True)  # kept across a resume
 
     # ----- reused by callbacks -----------------------------------------------------------
     @torch.no_grad()

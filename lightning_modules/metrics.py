@@ -17,6 +17,8 @@ positive-class accuracy / AUROC (the AUROC of class 0 on ``1 - p`` equals that o
 
 from __future__ import annotations
 
+import re
+
 import lightning as L
 import torch
 from torchmetrics import MaxMetric, MetricCollection
@@ -29,11 +31,17 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
+    MulticlassPrecision,
     MulticlassRecall,
+    MulticlassSpecificity,
     MultilabelAccuracy,
     MultilabelAUROC,
     MultilabelF1Score,
+    MultilabelPrecision,
+    MultilabelRecall,
+    MultilabelSpecificity,
 )
+from torchmetrics.wrappers import ClasswiseWrapper
 from torchmetrics.wrappers.transformations import MetricInputTransformer
 
 from datamodules.medmnist_files import BINARY, MULTI_LABEL
@@ -93,6 +101,30 @@ def classification_metrics(num_classes: int, task: str, prefix: str) -> MetricCo
                 raise ValueError(f"task={task!r} needs num_classes=2 (two softmax outputs), got {num_classes}")
             metrics.update(binary_metrics())
     return MetricCollection(metrics, prefix=prefix)
+
+
+def metric_name(class_name: str) -> str:
+    """A class name as a short, logger-safe key part: ``"basal cell carcinoma"`` -> ``basal_cell_carcinoma``."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", class_name).strip("_").lower()[:32] or "class"
+
+
+def classwise_metrics(num_classes: int, task: str, prefix: str, class_names: list[str]) -> MetricCollection:
+    """Per-class (per-label) precision, recall, specificity and F1 (argmax decision; threshold
+    0.5 per label for multi-label), keyed ``{prefix}{metric}/{class}``. Takes what
+    ``classification_metrics`` takes; synced under DDP by torchmetrics."""
+    labels = [metric_name(n) for n in class_names]
+    if len(set(labels)) != len(labels):
+        labels = [f"{i}_{n}" for i, n in enumerate(labels)]
+    if task == MULTI_LABEL:
+        kinds = {"precision": MultilabelPrecision, "recall": MultilabelRecall,
+                 "specificity": MultilabelSpecificity, "f1": MultilabelF1Score}
+        made = {k: cls(num_labels=num_classes, average=None) for k, cls in kinds.items()}
+    else:
+        kinds = {"precision": MulticlassPrecision, "recall": MulticlassRecall,
+                 "specificity": MulticlassSpecificity, "f1": MulticlassF1Score}
+        made = {k: cls(num_classes=num_classes, average=None) for k, cls in kinds.items()}
+    return MetricCollection({k: ClasswiseWrapper(m, labels=labels, prefix=f"{k}/") for k, m in made.items()},
+                            prefix=prefix)
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:

@@ -172,6 +172,7 @@ class MLOMAE(L.LightningModule):
                                          masking_temperature, masking_input_norm)
         self.val_metrics = classification_metrics(num_classes, task, "val/")
         self.val_auc_best = MaxMetric()
+        self.val_auc_best.persistent(True)  # kept across a resume
         self._reference_masks: Tensor | None = None
         self._val_mask_stats: dict[str, float] = {}
 

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from callbacks.evaluation import (
+from evaluation.metrics import (
     BINARY,
     average_precision,
     binary_metrics,
@@ -25,8 +25,8 @@ from callbacks.evaluation import (
     per_class_table,
     summary_metrics,
 )
-from callbacks.evaluation_report import write_evaluation
-from callbacks.run_report import write_run_report
+from evaluation.report import write_run_report
+from evaluation.writer import write_evaluation
 from tests.conftest import REAL_PNEUMONIA, compose_cfg, tiny_overrides
 from train import train
 
@@ -142,13 +142,56 @@ def test_write_evaluation_files_hold_the_computed_numbers(tmp_path):
     summary = json.loads((tmp_path / "test_summary.json").read_text())
     assert summary["acc"] == pytest.approx((probs.argmax(1) == labels).mean())
     rows = (tmp_path / "test_per_class.csv").read_text().splitlines()
-    assert rows[0] == "class,support,accuracy,precision,recall,specificity,f1" and len(rows) == 1 + 5 + 2
+    assert rows[0] == "class,support,accuracy,precision,recall,specificity,f1,auroc,ap" and len(rows) == 1 + 5 + 2
     assert float(rows[1].split(",")[4]) == pytest.approx(result["table"][0]["recall"])
     cm = np.loadtxt(tmp_path / "test_confusion_matrix.csv", delimiter=",", skiprows=1)
     assert cm.sum() == len(labels) and cm[:, 3].sum() == 0
     for path in result["figures"].values():
         assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
     assert "pr_curve" not in result["figures"] and "f1" not in summary
+    assert "pr_curves" in result["figures"]  # one-vs-rest, one curve per class
+
+
+def test_per_class_ranking_metrics_and_per_label_table_match_sklearn():
+    from evaluation.metrics import per_label_table, summary_metrics
+
+    probs, labels = _predictions()
+    table = per_class_table(probs, labels, [str(i) for i in range(5)])
+    for i, row in enumerate(table[:5]):
+        positive = labels == i
+        if positive.any():
+            assert row["auroc"] == pytest.approx(roc_auc_score(positive, probs[:, i]), abs=1e-6)
+            assert row["ap"] == pytest.approx(average_precision_score(positive, probs[:, i]), abs=1e-6)
+        else:
+            assert row["auroc"] == row["ap"] == 0.0
+    rng = np.random.default_rng(5)
+    y = (rng.random((80, 4)) < [0.1, 0.3, 0.5, 0.7]).astype(int)
+    p = np.clip(0.6 * y + 0.4 * rng.random((80, 4)), 0, 1)
+    rows = per_label_table(p, y, list("abcd"))
+    pred = (p > 0.5).astype(int)
+    for j, row in enumerate(rows[:4]):
+        tn, fp, fn, tp = confusion_matrix(y[:, j], pred[:, j], labels=[0, 1]).ravel()
+        assert row["support"] == y[:, j].sum()
+        assert row["precision"] == pytest.approx(precision_score(y[:, j], pred[:, j], zero_division=0))
+        assert row["recall"] == pytest.approx(recall_score(y[:, j], pred[:, j]))
+        assert row["specificity"] == pytest.approx(tn / (tn + fp))
+        assert row["f1"] == pytest.approx(f1_score(y[:, j], pred[:, j]))
+        assert row["auroc"] == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-6)
+        assert row["ap"] == pytest.approx(average_precision_score(y[:, j], p[:, j]), abs=1e-6)
+    summary = summary_metrics(p, y, "multi-label, binary-class")
+    assert summary["auc"] == pytest.approx(np.mean([roc_auc_score(y[:, j], p[:, j]) for j in range(4)]))
+    assert summary["f1_macro"] == pytest.approx(np.mean([f1_score(y[:, j], pred[:, j]) for j in range(4)]))
+
+
+def test_multi_label_evaluation_writes_per_label_files(tmp_path):
+    rng = np.random.default_rng(6)
+    y = (rng.random((60, 3)) < 0.4).astype(int)
+    p = np.clip(0.5 * y + 0.5 * rng.random((60, 3)), 0, 1)
+    result = write_evaluation(p, y, ["cardiomegaly", "edema", "mass"], "multi-label, binary-class", tmp_path)
+    rows = (tmp_path / "test_per_class.csv").read_text().splitlines()
+    assert rows[1].startswith("cardiomegaly,") and len(rows) == 1 + 3 + 2
+    assert set(result["figures"]) == {"per_label", "pr_curves"}
+    assert not (tmp_path / "test_confusion_matrix.csv").exists()
 
 
 def test_binary_evaluation_writes_pr_curve_and_report_shows_positive_class_metrics(tmp_path):
@@ -194,7 +237,7 @@ def test_report_md_holds_the_numbers_figures_and_protocol(data_root, tmp_path):
 
 
 def test_threshold_tuning_improves_validation_objective_and_refuses_test_data():
-    from callbacks.thresholds import (
+    from evaluation.thresholds import (
         SplitPredictions,
         _binary_scores,
         _multiclass_score,

@@ -1,5 +1,6 @@
 """MAE pretraining module, fine-tuning from its checkpoint, and the stage pipeline."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -126,13 +127,21 @@ def test_pipeline_runs_stages_passes_checkpoint_and_resumes(data_root, tmp_path)
     # Simulate an interruption of the fine-tuning stage, then run again in the same folder.
     (fine / "stage.json").unlink()
     pre_ckpt_mtime = Path(pre_info["last_checkpoint"]).stat().st_mtime_ns
+    first_rows = _csv_rows(fine)
     train(compose_cfg(_pipeline_overrides(data_root, epochs=2), tmp_path))
     assert Path(pre_info["last_checkpoint"]).stat().st_mtime_ns == pre_ckpt_mtime  # pretrain not redone
-    rows = [r.split(",") for r in (fine / "csv" / "metrics.csv").read_text().splitlines()]
-    epoch_col = rows[0].index("epoch")
-    epochs = {r[epoch_col] for r in rows[1:] if r[epoch_col]}
-    assert "1" in epochs and "0" not in epochs  # resumed after epoch 0 instead of restarting
+    rows = _csv_rows(fine)
+    # resumed after epoch 0 instead of restarting; the log of epoch 0 is kept once, then appended to
+    keys = list(first_rows[0])
+    assert [{k: r[k] for k in keys} for r in rows if r["epoch"] == "0"] == [r for r in first_rows if r["epoch"] == "0"]
+    assert [r["epoch"] for r in rows if r.get("val/loss")] == ["0", "1"]
     assert json.loads((fine / "stage.json").read_text())["last_checkpoint"].endswith("last.ckpt")
+
+
+def _csv_rows(run: Path) -> list[dict]:
+    """``csv/metrics.csv`` rows with a value in every column that any row has (blank = '')."""
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_single_finetune_stage_from_given_checkpoint(data_root, tmp_path):

@@ -30,7 +30,7 @@ def _tiny_model_overrides(name: str) -> list[str]:
 
 
 def _stage_configs(cfg, tmp_path) -> list:
-    from train import stage_config
+    from pipeline import stage_config
 
     stages = cfg.get("stages")
     if not stages:
@@ -132,7 +132,8 @@ def test_wandb_logger_runs_offline_without_api_key(data_root, tmp_path, monkeypa
     assert len(runs) == 1
     media = runs[0] / "files" / "media"
     images = {p.name.rsplit("_", 2)[0] for p in (media / "images" / "eval").glob("*.png")}
-    assert images == {"confusion_matrix", "per_class_accuracy", "roc_curves", "confidence", "reliability"}
+    assert images == {"confusion_matrix", "per_class_accuracy", "roc_curves", "pr_curves", "confidence",
+                      "reliability"}
     assert list((media / "table" / "eval").glob("test_per_class_*.table.json"))
 
 

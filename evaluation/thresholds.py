@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from callbacks.evaluation import per_class_table
+from evaluation.metrics import per_class_table
 
 BINARY_OBJECTIVES = ("f1", "youden", "sensitivity")
 MULTICLASS_OBJECTIVES = ("macro_f1", "balanced_acc")

@@ -9,9 +9,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
-from callbacks.evaluation import confusion_matrix, reliability_bins  # noqa: E402
+from evaluation.metrics import confusion_matrix, reliability_bins  # noqa: E402
 
 
 def _short(names: list[str], width: int = 18) -> list[str]:
@@ -128,4 +133,62 @@ def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, class_names: list[str
     ax.set_ylabel("precision")
     ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
+    return fig
+
+
+def pr_curves_figure(onehot: np.ndarray, probs: np.ndarray, names: list[str]):
+    """One-vs-rest precision-recall curve of every class / label with its average precision;
+    ``onehot`` (N, K) 0/1 targets (one-hot classes or multi-label), ``probs`` (N, K)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for i, name in enumerate(names):
+        positive = onehot[:, i].astype(bool)
+        if positive.all() or not positive.any():
+            continue
+        precision, recall, _ = precision_recall_curve(positive, probs[:, i])
+        ap = average_precision_score(positive, probs[:, i])
+        ax.step(recall, precision, where="post", lw=1,
+                label=f"{_short([name])[0]} (AP {ap:.3f}, prevalence {positive.mean():.2f})")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def per_label_figure(table: list[dict]):
+    """Per-label AUROC, average precision and F1 (multi-label tasks), one bar group per label."""
+    rows = table[:-2]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(rows), 3.2))
+    for j, key in enumerate(("auroc", "ap", "f1")):
+        ax.bar(x + (j - 1) * 0.27, [r[key] for r in rows], width=0.27, label=key)
+    ax.set_xticks(x, _short([r["class"] for r in rows]), rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves_figure(rows: list[dict], monitor: str):
+    """Loss (train and validation) and the monitored metric per epoch, from a run's
+    ``csv/metrics.csv`` rows (epoch-level values only; step-level rows are skipped)."""
+    def series(key: str) -> tuple[list[int], list[float]]:
+        points = {int(float(r["epoch"])): float(r[key]) for r in rows if r.get(key) not in (None, "")}
+        return sorted(points), [points[e] for e in sorted(points)]
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    panels = ((axes[0], ("train/loss_epoch", "train/loss", "val/loss"), "loss"),
+              (axes[1], (monitor.replace("val/", "train/", 1), monitor), monitor))
+    for ax, keys, title in panels:
+        for key in dict.fromkeys(keys):
+            x, y = series(key)
+            if x:
+                ax.plot(x, y, marker="o", ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     return fig

@@ -125,6 +125,9 @@ def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str |
         lines.append("")
     lines += mask_section(metrics)
     figures = sorted((run_dir / "eval").glob("test_*.png")) if (run_dir / "eval").is_dir() else []
+    curves = write_learning_curves(run_dir, cfg.monitor.metric)
+    if curves is not None:
+        figures.insert(0, curves)
     for folder in ("reconstructions", "mask_maps"):
         latest = _latest_png(run_dir / folder)
         if latest is not None:
@@ -137,6 +140,27 @@ def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str |
     lines += [f"| {k} | {v} |" for k, v in protocol_rows(cfg, metrics)]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_learning_curves(run_dir: Path, monitor: str) -> Path | None:
+    """``eval/learning_curves.png`` from the run's ``csv/metrics.csv``; None without a log or epochs."""
+    log_file = run_dir / "csv" / "metrics.csv"
+    if not log_file.is_file():
+        return None
+    with open(log_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not any(r.get("epoch") not in (None, "") for r in rows):
+        return None
+    import matplotlib.pyplot as plt
+
+    from evaluation.figures import learning_curves_figure
+
+    path = run_dir / "eval" / "learning_curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = learning_curves_figure(rows, monitor)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

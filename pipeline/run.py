@@ -1,0 +1,136 @@
+"""One training run: build data, model, callbacks, loggers and Trainer from a config, fit,
+test the checkpoint the monitor chose, and write ``config.yaml``, ``metrics.json`` and
+``report.md`` into the run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.seeding import EpochSeeding
+from evaluation.report import write_run_report
+from lightning_modules.manual_optimization import check_manual_optimization_trainer
+
+log = logging.getLogger("train")
+
+
+def is_global_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a group (callbacks, loggers) that has a ``_target_``."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so that each multirun job becomes its own run."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
+    """``best``: the monitored ModelCheckpoint's best file; ``last``: the file of the one without a
+    monitor (``callbacks.last_checkpoint``, rewritten every epoch), else the monitored one's
+    ``last_model_path``. None where nothing was saved."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    best = next((cb for cb in callbacks if cb.monitor is not None), None)
+    latest = next((cb for cb in callbacks if cb.monitor is None), None)
+    return {"best": (best.best_model_path or None) if best else None,
+            "last": (latest.best_model_path if latest else best.last_model_path if best else None) or None}
+
+
+def _test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
+    if which not in ("best", "last"):
+        raise ValueError(f"test_ckpt={which!r} is invalid; allowed: best, last")
+    if trainer.fast_dev_run or trainer.checkpoint_callback is None:
+        log.warning("No checkpoint was saved (fast_dev_run or no ModelCheckpoint): testing current weights.")
+        return None
+    path = checkpoint_paths(trainer)[which]
+    if not path:
+        raise RuntimeError(f"No {which} checkpoint was written; check callbacks.model_checkpoint / last_checkpoint.")
+    return path
+
+
+def run_stage(cfg: DictConfig) -> dict:
+    """Fit, then test the checkpoint chosen by ``cfg.monitor``; returns all logged metrics.
+
+    Writes ``config.yaml`` (resolved) and ``metrics.json`` into ``cfg.paths.output_dir``.
+    ``objective`` is the best monitored validation value; ``best_checkpoint`` and
+    ``last_checkpoint`` are the saved checkpoint paths (None when none was saved).
+    """
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    if is_global_zero():  # fail within seconds on missing data, before building the model; other
+        datamodule.prepare_data()  # DDP ranks wait for Lightning's prepare_data (local rank 0) instead
+    model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    if hasattr(model, "check_precision"):
+        model.check_precision(cfg.trainer.get("precision"))
+    if not model.automatic_optimization:
+        check_manual_optimization_trainer(cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("accumulate_grad_batches", 1))
+    callbacks = [*instantiate_group(cfg.get("callbacks")), EpochSeeding(cfg.seed)]  # seeding: always on
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["git_commit"] = commit = git_commit()
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        ckpt_cb = trainer.checkpoint_callback
+        best = ckpt_cb.best_model_score if ckpt_cb is not None else None
+        metrics["objective"] = float(best) if best is not None else metrics.get(cfg.monitor.metric, float("nan"))
+        paths = checkpoint_paths(trainer)
+        metrics["best_checkpoint"], metrics["last_checkpoint"] = paths["best"], paths["last"]
+        if trainer.fast_dev_run:  # ModelCheckpoint is off: save one so later stages can load it
+            path = output_dir / "checkpoints" / "fast_dev_run.ckpt"
+            trainer.save_checkpoint(path)
+            metrics["best_checkpoint"] = metrics["last_checkpoint"] = str(path)
+        if cfg.get("test"):
+            ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+            metrics["test_checkpoint"] = ckpt_path
+    finally:
+        _finish_wandb()
+
+    metrics["wall_time_s"] = time.time() - start
+    metrics["git_commit"] = commit
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_run_report(output_dir, cfg, metrics)
+    return metrics
