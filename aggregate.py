@@ -4,6 +4,7 @@
     python aggregate.py RUN_DIR [RUN_DIR ...] --metrics test/acc test/auc
     python aggregate.py <multirun dir> --plot-x data.label_fraction --plot-metric test/auc
     python aggregate.py <multirun dir> --metrics test/f1 test/auprc test/recall test/specificity  # binary tasks
+    python aggregate.py ensembles/                   # evaluate.py outputs (ensemble/0, ensemble/1, ...)
 
 Runs are grouped by their command-line overrides (``.hydra/overrides.yaml``) except the
 seed keys, so ``-m seed=0,1,2 data.label_fraction=0.1,1.0`` gives one row per fraction.
@@ -27,20 +28,27 @@ SEED_KEYS = ("seed", "data.split_seed")
 DEFAULT_METRICS = ("test/acc", "test/auc", "test/bal_acc", "test/f1_macro")
 
 
+def is_run(p: Path) -> bool:
+    """A training run (``.hydra/overrides.yaml``) or an ``evaluate.py`` output (``metrics.json``)."""
+    return (p / ".hydra" / "overrides.yaml").is_file() or (p / "metrics.json").is_file()
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders (those with ``.hydra/overrides.yaml``) at or one level below each path."""
+    """Run folders at or one level below each path."""
     runs = []
     for p in paths:
-        if (p / ".hydra" / "overrides.yaml").is_file():
+        if is_run(p):
             runs.append(p)
-        else:
-            runs += sorted(q for q in p.iterdir() if (q / ".hydra" / "overrides.yaml").is_file()) if p.is_dir() else []
+        elif p.is_dir():
+            runs += sorted(q for q in p.iterdir() if q.is_dir() and is_run(q))
     return runs
 
 
 def run_group(run: Path) -> tuple[tuple[str, str], ...]:
-    """The run's overrides except seeds and hydra.*, as sorted (key, value) pairs."""
-    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    """The run's overrides except seeds and hydra.*, as sorted (key, value) pairs; () for a
+    folder without overrides (``evaluate.py`` output: all such folders form one group)."""
+    path = run / ".hydra" / "overrides.yaml"
+    overrides = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
     pairs = []
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")

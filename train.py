@@ -18,22 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.medmnist_files import DatasetError
 from datamodules.resolvers import register_resolvers
 from pipeline import run_pipeline, run_stage
+from pipeline.loggers import wandb_mode
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
-def wandb_offline() -> bool:
-    """True unless a W&B API key is configured (env var or ~/.netrc), so W&B never prompts."""
-    if os.environ.get("WANDB_API_KEY"):
-        return False
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
-
-
 def _register_all_resolvers() -> None:
     register_resolvers()
-    if not OmegaConf.has_resolver("wandb_offline"):
-        OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("wandb_mode"):
+        OmegaConf.register_new_resolver("wandb_mode", wandb_mode)
     if not OmegaConf.has_resolver("cwd"):
         OmegaConf.register_new_resolver("cwd", os.getcwd)
 

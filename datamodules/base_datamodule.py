@@ -163,13 +163,16 @@ class ClassificationDataModule(L.LightningDataModule):
             self.level_indices = {"level2": level2, "level3": level3}
 
     # ----- loaders ----------------------------------------------------------------------
-    def _loader(self, dataset, batch_size: int, **kwargs) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, train: bool = True, **kwargs) -> DataLoader:
+        # Training workers start afresh every epoch: their augmentation seeds then come from the
+        # epoch's seed (callbacks.seeding), so a resumed run draws what an uninterrupted one does.
+        # Persistent workers would carry their generators over from earlier epochs.
         return DataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not train,
             **kwargs,
         )
 
@@ -203,7 +206,7 @@ class ClassificationDataModule(L.LightningDataModule):
     def _eval_loader(self, dataset) -> DataLoader:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         sampler = UnpaddedDistributedSampler(dataset) if distributed else None
-        return self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=sampler)
+        return self._loader(dataset, self.eval_batch_size, train=False, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

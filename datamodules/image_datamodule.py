@@ -142,7 +142,13 @@ class ImageDataModule(ClassificationDataModule):
             raise DatasetError(f"{rec.source}: {err}") from err
         excluded = np.zeros(len(rec), dtype=bool)
         for column, values in self.exclude.items():
-            excluded |= np.isin(rec.columns[column].astype(str), list(values))
+            present = rec.columns[column].astype(str)
+            unmatched = sorted(values - set(present.tolist()))
+            if unmatched:  # e.g. 3.0 against a column of 3: the filter would silently drop nothing
+                found = sorted(set(present.tolist()))
+                raise DatasetError(f"{rec.source}: data.exclude.{column} lists {unmatched}, which no row has; "
+                                   f"column {column!r} holds {found[:20]}{' ...' if len(found) > 20 else ''}")
+            excluded |= np.isin(present, list(values))
         dropped = excluded & np.isin(assigned, self.exclude_from)
         for split in SPLITS:
             if not ((assigned == split) & ~dropped).any():

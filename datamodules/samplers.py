@@ -16,17 +16,17 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-SAMPLER_MODES = ("none", "oversample", "sqrt")
+SAMPLER_MODES = ("none", "oversample", "sqrt", "random_oversample")
 EPOCH_LENGTHS = ("original", "balanced")
 
 
 def class_sample_weights(labels: np.ndarray, mode: str) -> np.ndarray:
     """Per-sample weights (N,) summing to 1: inverse class frequency (``oversample``) or its sqrt."""
-    if mode not in ("oversample", "sqrt"):
+    if mode not in ("oversample", "sqrt", "random_oversample"):
         raise ValueError(f"data.sampler={mode!r} is invalid; allowed: {list(SAMPLER_MODES)}")
     labels = np.asarray(labels).reshape(-1)
     counts = np.bincount(labels)
-    power = 1.0 if mode == "oversample" else 0.5
+    power = 0.5 if mode == "sqrt" else 1.0
     per_class = np.zeros(len(counts))
     per_class[counts > 0] = counts[counts > 0] ** -power
     weights = per_class[labels]
@@ -51,11 +51,15 @@ def _world() -> tuple[int, int]:
 
 
 class ClassBalancedSampler(DistributedSampler):
-    """Draws indices with replacement, probability ``class_sample_weights(labels, mode)``.
+    """Draws indices with replacement, probability ``class_sample_weights(labels, mode)``; or,
+    with ``random_oversample``, every index once plus uniform draws (with replacement) from each
+    smaller class until every class has the majority count (imbalanced-learn's
+    ``RandomOverSampler``, as in the MHIST study), shuffled.
 
     Args:
         labels: (N,) integer class labels of the training set.
-        mode: ``oversample`` (inverse frequency) or ``sqrt`` (inverse square root).
+        mode: ``oversample`` (inverse frequency), ``sqrt`` (inverse square root) or
+            ``random_oversample`` (needs ``epoch_length="balanced"``).
         epoch_length: ``original`` (N draws) or ``balanced`` (classes x majority count).
         seed: base seed; the draw of epoch e uses ``seed + e`` (call ``set_epoch``).
         num_replicas, rank: default to the initialised process group, else 1 and 0.
@@ -74,7 +78,11 @@ class ClassBalancedSampler(DistributedSampler):
         num_replicas = world if num_replicas is None else num_replicas
         rank = this_rank if rank is None else rank
         labels = np.asarray(labels).reshape(-1)
+        if mode == "random_oversample" and epoch_length != "balanced":
+            raise ValueError("data.sampler=random_oversample tops every class up to the majority count: "
+                             f"it needs data.epoch_length=balanced, got {epoch_length!r}")
         super().__init__(labels, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.mode, self.labels = mode, labels
         self.weights = torch.as_tensor(class_sample_weights(labels, mode), dtype=torch.double)
         self.epoch_total = epoch_num_samples(labels, epoch_length)
         # Every rank yields the same number of indices so DDP steps stay in lock-step.
@@ -84,7 +92,16 @@ class ClassBalancedSampler(DistributedSampler):
     def global_indices(self) -> torch.Tensor:
         """The whole epoch's draw (total_size,), identical on every rank."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
+        if self.mode != "random_oversample":
+            return torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
+        counts = np.bincount(self.labels)
+        parts = [torch.arange(len(self.labels))]
+        for c in np.flatnonzero(counts):
+            members = torch.as_tensor(np.flatnonzero(self.labels == c))
+            parts.append(members[torch.randint(len(members), (int(counts.max() - counts[c]),), generator=g)])
+        epoch = torch.cat(parts)
+        epoch = epoch[torch.randperm(len(epoch), generator=g)]
+        return torch.cat([epoch, epoch[: self.total_size - len(epoch)]])  # pad with its head for the ranks
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.global_indices()[self.rank :: self.num_replicas].tolist())

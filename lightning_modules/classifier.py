@@ -12,7 +12,9 @@ import torch
 from timm.data import Mixup
 from torch import nn
 from torchmetrics import CatMetric, MaxMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
+from evaluation.writer import record_confusion
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.optim import param_groups
 from lightning_modules.metrics import (
@@ -105,6 +107,7 @@ class Classifier(L.LightningModule):
             names = list(getattr(dm, "class_names", None) or [str(i) for i in range(k)])
             self.val_classwise = classwise_metrics(k, task, "val/", names)
             self.test_classwise = classwise_metrics(k, task, "test/", names)
+            self.val_confusion = None if task == MULTI_LABEL else MulticlassConfusionMatrix(k)
 
     def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -151,12 +154,20 @@ class Classifier(L.LightningModule):
         loss, probs, y = self._shared_step(batch)
         self.val_metrics.update(probs, y)
         self.val_classwise.update(probs, y)
+        if self.val_confusion is not None:
+            self.val_confusion.update(probs, y)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
 
     def on_validation_epoch_end(self) -> None:
         log_epoch_metrics(self, self.val_metrics, {"val/acc": self.val_acc_best, "val/auc": self.val_auc_best})
         self.log_dict(self.val_classwise.compute())
         self.val_classwise.reset()
+        if self.val_confusion is not None:
+            matrix = self.val_confusion.compute().cpu().numpy()  # collective: every rank calls it
+            self.val_confusion.reset()
+            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                record_confusion(Path(self.trainer.default_root_dir) / "eval" / "val_confusion_matrices.json",
+                                 self.current_epoch, matrix)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, probs, y = self._shared_step(batch)
@@ -185,6 +196,9 @@ class Classifier(L.LightningModule):
             sorted_probs[order], sorted_labels[order] = probs, labels
             dm = self.trainer.datamodule
             ids = dm.sample_ids("test") if hasattr(dm, "sample_ids") else None
+            limited = self.trainer.fast_dev_run or self.trainer.limit_test_batches != 1.0
+            if ids is not None and limited:  # the first batches of each rank: the dataset's first n images
+                ids = ids[: len(sorted_labels)]
             if ids is not None and len(ids) != len(sorted_labels):
                 raise RuntimeError(f"{len(ids)} test sample ids for {len(sorted_labels)} test predictions")
             save_predictions(Path(self.trainer.default_root_dir) / "predictions", "test", sorted_probs, sorted_labels,

@@ -30,12 +30,15 @@ from torchmetrics.classification import (
     BinarySpecificity,
     MulticlassAccuracy,
     MulticlassAUROC,
+    MulticlassAveragePrecision,
+    MulticlassCalibrationError,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
     MulticlassSpecificity,
     MultilabelAccuracy,
     MultilabelAUROC,
+    MultilabelAveragePrecision,
     MultilabelF1Score,
     MultilabelPrecision,
     MultilabelRecall,
@@ -109,22 +112,30 @@ def metric_name(class_name: str) -> str:
 
 
 def classwise_metrics(num_classes: int, task: str, prefix: str, class_names: list[str]) -> MetricCollection:
-    """Per-class (per-label) precision, recall, specificity and F1 (argmax decision; threshold
-    0.5 per label for multi-label), keyed ``{prefix}{metric}/{class}``. Takes what
-    ``classification_metrics`` takes; synced under DDP by torchmetrics."""
+    """Per-class (per-label) metrics for validation and test, synced under DDP by torchmetrics.
+
+    Keys ``{prefix}{metric}/{class}`` for precision, recall, specificity and F1 (argmax decision;
+    0.5 per label for multi-label), one-vs-rest AUROC and average precision (``ap``); and
+    ``{prefix}ap_macro`` (unweighted mean AP, the macro AUPRC) and, for single-label tasks,
+    ``{prefix}ece`` (expected calibration error of the top-class confidence, 15 equal bins).
+    Takes what ``classification_metrics`` takes. AUROC / AP keep every prediction of the epoch.
+    """
     labels = [metric_name(n) for n in class_names]
     if len(set(labels)) != len(labels):
         labels = [f"{i}_{n}" for i, n in enumerate(labels)]
     if task == MULTI_LABEL:
-        kinds = {"precision": MultilabelPrecision, "recall": MultilabelRecall,
-                 "specificity": MultilabelSpecificity, "f1": MultilabelF1Score}
+        kinds = {"precision": MultilabelPrecision, "recall": MultilabelRecall, "specificity": MultilabelSpecificity,
+                 "f1": MultilabelF1Score, "auroc": MultilabelAUROC, "ap": MultilabelAveragePrecision}
         made = {k: cls(num_labels=num_classes, average=None) for k, cls in kinds.items()}
+        summary = {"ap_macro": MultilabelAveragePrecision(num_labels=num_classes, average="macro")}
     else:
-        kinds = {"precision": MulticlassPrecision, "recall": MulticlassRecall,
-                 "specificity": MulticlassSpecificity, "f1": MulticlassF1Score}
+        kinds = {"precision": MulticlassPrecision, "recall": MulticlassRecall, "specificity": MulticlassSpecificity,
+                 "f1": MulticlassF1Score, "auroc": MulticlassAUROC, "ap": MulticlassAveragePrecision}
         made = {k: cls(num_classes=num_classes, average=None) for k, cls in kinds.items()}
-    return MetricCollection({k: ClasswiseWrapper(m, labels=labels, prefix=f"{k}/") for k, m in made.items()},
-                            prefix=prefix)
+        summary = {"ap_macro": MulticlassAveragePrecision(num_classes=num_classes, average="macro"),
+                   "ece": MulticlassCalibrationError(num_classes=num_classes, n_bins=15, norm="l1")}
+    wrapped = {k: ClasswiseWrapper(m, labels=labels, prefix=f"{k}/") for k, m in made.items()}
+    return MetricCollection({**wrapped, **summary}, prefix=prefix, compute_groups=False)
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:

@@ -1,8 +1,12 @@
-"""A CSV logger that keeps ``metrics.csv`` across a resume instead of deleting it."""
+"""Loggers: a CSV logger that keeps ``metrics.csv`` across a resume, and the W&B mode, run id
+and results artifact."""
 
 from __future__ import annotations
 
 import csv
+import os
+import secrets
+from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -45,3 +49,58 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumableWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+# ----- Weights & Biases -------------------------------------------------------------------
+WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
+               "disabled": "disabled"}
+
+
+def wandb_mode() -> str:
+    """``online``, ``offline`` or ``disabled``, decided by W&B's own configuration and never by
+    a prompt: ``WANDB_MODE`` when set; else ``online`` when W&B finds credentials for its
+    server (``WANDB_API_KEY``, ``wandb login`` / the netrc entry of ``WANDB_BASE_URL``'s host,
+    an identity token, the ``api_key`` setting), else ``offline``."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env:
+        if env not in WANDB_MODES:
+            raise ValueError(f"WANDB_MODE={env!r} is invalid; allowed: {sorted(WANDB_MODES)}")
+        return WANDB_MODES[env]
+    import wandb
+
+    return "online" if wandb.login(prompt=False, verify=False) else "offline"
+
+
+def wandb_run_id(output_dir: Path) -> str:
+    """The W&B run id of the run folder: read from ``wandb_run_id.txt``, or new and written there
+    (by rank 0), so that resuming in the same folder continues the same W&B run."""
+    path = output_dir / "wandb_run_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(6)  # W&B run ids: lowercase letters and digits
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+    return run_id
+
+
+def log_run_artifact(loggers: list, output_dir: Path) -> None:
+    """Log the run's results to every W&B logger as one artifact (type ``results``): report.md,
+    metrics.json, config.yaml, the predictions tables and everything in ``eval/``."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not wandb_loggers:
+        return
+    import wandb
+
+    files = [output_dir / n for n in ("report.md", "metrics.json", "config.yaml", "splits.csv")]
+    files += sorted((output_dir / "predictions").glob("*.csv")) + sorted((output_dir / "eval").glob("*"))
+    for lg in wandb_loggers:
+        run = lg.experiment
+        artifact = wandb.Artifact(f"results-{run.id}", type="results",
+                                  description=f"report, metrics, predictions and eval/ of {output_dir.name}")
+        for f in files:
+            if f.is_file():
+                artifact.add_file(str(f), name=f.relative_to(output_dir).as_posix())
+        run.log_artifact(artifact)

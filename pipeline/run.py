@@ -19,12 +19,24 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.seeding import EpochSeeding
 from evaluation.report import write_run_report
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
+from pipeline.loggers import log_run_artifact, wandb_run_id
 
 log = logging.getLogger("train")
 
 
 def is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+
+
+def with_every_stage(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``cfg.every_stage`` merged over it: keys that must win over every pipeline
+    stage's own (``debug=fdr`` shrinks the batch sizes of every stage this way)."""
+    extra = cfg.get("every_stage")
+    if not extra:
+        return cfg
+    merged = OmegaConf.merge(cfg, extra)
+    merged.every_stage = None
+    return merged
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -83,8 +95,10 @@ def run_stage(cfg: DictConfig) -> dict:
     Writes ``config.yaml`` (resolved) and ``metrics.json`` into ``cfg.paths.output_dir``.
     ``objective`` is the best monitored validation value; ``best_checkpoint`` and
     ``last_checkpoint`` are the saved checkpoint paths (None when none was saved).
+    ``cfg.every_stage`` is merged in first (see ``with_every_stage``).
     """
     start = time.time()
+    cfg = with_every_stage(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -97,6 +111,9 @@ def run_stage(cfg: DictConfig) -> dict:
     if not model.automatic_optimization:
         check_manual_optimization_trainer(cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("accumulate_grad_batches", 1))
     callbacks = [*instantiate_group(cfg.get("callbacks")), EpochSeeding(cfg.seed)]  # seeding: always on
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is not None and wandb_cfg.get("id") is None:  # resuming in this folder continues the W&B run
+        wandb_cfg.id = wandb_run_id(output_dir)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -125,12 +142,12 @@ def run_stage(cfg: DictConfig) -> dict:
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
             metrics["test_checkpoint"] = ckpt_path
+        metrics["wall_time_s"] = time.time() - start
+        metrics["git_commit"] = commit
+        if trainer.is_global_zero:
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            write_run_report(output_dir, cfg, metrics)
+            log_run_artifact(loggers, output_dir)
     finally:
         _finish_wandb()
-
-    metrics["wall_time_s"] = time.time() - start
-    metrics["git_commit"] = commit
-    if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        write_run_report(output_dir, cfg, metrics)
     return metrics

@@ -55,3 +55,14 @@ def test_metric_that_no_run_logged_is_an_error(multirun):
 def test_empty_folder_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no run with metrics.json"):
         aggregate.main([str(tmp_path)])
+
+
+def test_evaluate_outputs_without_overrides_form_one_group(tmp_path):
+    root = tmp_path / "ensembles"
+    for seed, auc in enumerate([0.80, 0.84, 0.86]):
+        (root / str(seed)).mkdir(parents=True)
+        (root / str(seed) / "metrics.json").write_text(json.dumps({"test/auc": auc, "test/acc": 0.7}))
+    assert aggregate.main([str(root), "--metrics", "test/auc"]) == 0
+    rows = (root / "aggregate.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[0] == "3"
+    assert float(rows[1].split(",")[1]) == pytest.approx(statistics.mean([0.80, 0.84, 0.86]))

@@ -1,5 +1,6 @@
 """Per-class evaluation against scikit-learn / medmnist, and the written eval/ folder."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -302,3 +303,51 @@ def test_cnn_derma_on_real_pneumoniamnist_report_matches_saved_predictions(tmp_p
     for line in report.splitlines():
         if line.startswith("!["):
             assert (tmp_path / line.split("](")[1].rstrip(")")).read_bytes()[:4] == b"\x89PNG"
+
+
+def _write_multilabel_chestmnist(root: Path, seed: int = 0) -> None:
+    """A small ChestMNIST-format file: 14 labels, each image's label i brightens band i."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", 96), ("val", 32), ("test", 32)):
+        labels = (rng.random((n, 14)) < 0.3).astype(np.uint8)
+        labels[:14] |= np.eye(14, dtype=np.uint8)  # every label present in every split
+        images = rng.normal(60, 20, size=(n, 28, 28))
+        for k in range(14):
+            images[labels[:, k] == 1, 2 * k: 2 * k + 2, :] += 120
+        arrays[f"{split}_images"] = images.clip(0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels
+    np.savez(root / "chestmnist.npz", **arrays)
+
+
+def test_evaluate_multi_label_uses_sigmoid_and_writes_per_label_tables(tmp_path):
+    import evaluate
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _write_multilabel_chestmnist(root)
+    metrics = train(compose_cfg(["experiment=quickstart", "data=chestmnist", *tiny_overrides(root),
+                                 "trainer.max_epochs=2", "data.batch_size=32"], tmp_path / "run"))
+    result = evaluate.evaluate([Path(metrics["test_checkpoint"])], out=tmp_path / "eval", accelerator="cpu",
+                               batch_size=7, num_workers=0)
+    probs, labels = result["probs"], np.load(tmp_path / "eval" / "predictions" / "test_predictions.npz")["labels"]
+    assert probs.shape == labels.shape == (32, 14)
+    assert not np.allclose(probs.sum(1), 1.0)  # per-label sigmoid, not a softmax over labels
+    assert result["summary"]["acc"] == pytest.approx(getACC(labels, probs, "multi-label, binary-class"))
+    assert result["summary"]["auc"] == pytest.approx(getAUC(labels, probs, "multi-label, binary-class"))
+    assert result["summary"]["auc"] == pytest.approx(metrics["test/auc"], abs=1e-4)  # same as the test loop
+    with open(tmp_path / "eval" / "eval" / "test_per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 14 + 2 and int(rows[0]["support"]) == int(labels[:, 0].sum())
+    assert float(rows[3]["auroc"]) == pytest.approx(roc_auc_score(labels[:, 3], probs[:, 3]), abs=1e-6)
+
+
+@pytest.mark.parametrize(("fast_dev_run", "limit", "expected"),
+                         [(True, 1.0, 1), (0, 1.0, None), (0, 3, 3), (0, 0.25, 2), (0, 0.01, 1)])  # as Lightning: int(10 x 0.25)
+def test_callback_evaluation_respects_fast_dev_run_and_limit_val_batches(fast_dev_run, limit, expected):
+    from types import SimpleNamespace
+
+    from callbacks.evaluation import eval_batch_limit
+
+    trainer = SimpleNamespace(fast_dev_run=fast_dev_run, limit_val_batches=limit)
+    assert eval_batch_limit(trainer, n=100, batch_size=10) == expected  # 10 batches in all

@@ -65,8 +65,10 @@ def _table_dm(table: Path, tmp_path: Path, **kwargs) -> ImageTableDataModule:
 
 
 def _own_overrides(tmp_path: Path) -> list[str]:
+    """CPU, CSV, a cache in tmp_path; with debug=fdr the whole val / test split in one batch (the
+    tests compare every test prediction). ``hydra.run.dir`` last."""
     return ["trainer=cpu", "logger=csv", "~callbacks.rich_progress_bar", f"data.cache_dir={tmp_path}/cache",
-            f"hydra.run.dir={tmp_path}/run"]
+            "++every_stage.data.eval_batch_size=1024", f"hydra.run.dir={tmp_path}/run"]
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -198,6 +200,8 @@ def _corrupt(root: Path, kind: str) -> dict:
         rows[9]["path"] = "0.png"
     elif kind == "no_training_class":  # every "a" image of train excluded
         kwargs["exclude"] = {"label": ["a"]}
+    elif kind == "exclude_matches_nothing":  # 3.0 against the label column's 'a' / 'b'
+        kwargs["exclude"] = {"label": ["a", 3.0]}
     elif kind == "empty_split":  # no val rows predefined and none carved
         for r in rows:
             r["split"] = "test" if r["split"] == "val" else r["split"]
@@ -220,6 +224,7 @@ def _corrupt(root: Path, kind: str) -> dict:
         ("blank_group", r"empty group cell \('group'\).*line 10: 8.png"),
         ("duplicate", r"list an image that an earlier row already lists.*line 11: 0.png \(also line 2: 0.png\)"),
         ("no_training_class", r"class\(es\) \['a'\] have no training image after splitting and data.exclude"),
+        ("exclude_matches_nothing", r"data.exclude.label lists \['3.0'\], which no row has; column 'label' holds \['a', 'b'\]"),
         ("empty_split", r"the val split is empty \(data.fractions.val=0.0"),
     ],
 )
@@ -293,15 +298,38 @@ def test_decode_16_bit_tiff_scales_to_8_bits(tmp_path):
 def test_rotation_by_any_angle_keeps_the_size():
     from datamodules.transforms import AugmentConfig, build_transform
 
-    tf = build_transform(32, 32, None, AugmentConfig(rotation=180, rotation_expand=True, vflip=True))
-    x = torch.zeros(3, 32, 32)
-    x[:, :4, :] = 1  # a bright top band: any rotation moves it
+    tf = build_transform(32, 32, None, AugmentConfig(rotation=180))
+    x = torch.zeros(1, 32, 32)
+    x[:, 2:8, 13:19] = 1  # a bright spot above the centre: its angle about the centre is the rotation
+    rows, cols = torch.meshgrid(torch.arange(32.0) - 15.5, torch.arange(32.0) - 15.5, indexing="ij")
     torch.manual_seed(0)
-    outs = [tf(x) for _ in range(8)]
-    assert all(o.shape == (3, 32, 32) for o in outs)
-    assert any(not torch.allclose(o, x) for o in outs)
+    angles = []
+    for _ in range(200):
+        out = tf(x)[0]
+        assert out.shape == (32, 32)
+        angles.append(float(torch.rad2deg(torch.atan2((out * cols).sum(), -(out * rows).sum()))))
+    angles = np.abs(angles)
+    assert angles.min() < 20 and angles.max() > 160 and ((angles > 90) & (angles < 135)).any()  # the whole circle
     with pytest.raises(ValueError, match="rotation_p"):
         build_transform(32, 32, None, AugmentConfig(rotation=90, rotation_p=0))
+
+
+def test_mhist_protocol_settings():
+    """The MHIST study's protocol (Wei et al. 2021), as the two experiments compose it."""
+    for name in ("resnet18_mhist", "vit_b16_mhist"):
+        cfg = compose_cfg([f"experiment={name}"], Path("/tmp/unused"))
+        d, m = cfg.data, cfg.model
+        assert (d.img_size, d.batch_size, d.channels) == (224, 32, 3)
+        assert (d.sampler, d.epoch_length) == ("random_oversample", "balanced")
+        assert d.augment.hflip and d.augment.vflip and d.augment.rotation == 180
+        assert d.fractions.val == 0.2 and d.fractions.train == 0.8 and list(d.stratify_columns)
+        assert dict(d.exclude) and list(d.exclude_from) == ["train"]
+        assert m.optimizer._target_ == "torch.optim.Adam"
+        assert m.scheduler._target_ == "torch.optim.lr_scheduler.ExponentialLR" and m.scheduler.gamma == 0.91
+        assert (cfg.monitor.metric, cfg.monitor.mode, cfg.test_ckpt) == ("val/f1", "max", "best")
+        assert cfg.callbacks.early_stopping.monitor == "val/f1" and m.net.pretrained
+    assert compose_cfg(["experiment=resnet18_mhist"], Path("/tmp/unused")).model.optimizer.lr == 1e-3
+    assert compose_cfg(["experiment=vit_b16_mhist"], Path("/tmp/unused")).model.net.drop_rate == 0.5
 
 
 def test_mhist_experiments_run_offline_with_a_local_weights_file(mhist_like, tmp_path):
@@ -338,13 +366,18 @@ def test_evaluate_ensembles_runs_of_one_table_and_refuses_other_test_sets(png_da
         return Path(train(cfg)["best_checkpoint"])
 
     cnn = run("cnn", ["experiment=cnn_derma", "data.split_column=split"])
-    resnet = run("resnet", ["experiment=resnet18_derma", "data.split_column=split", "data.normalization=imagenet"])
+    resnet = run("resnet", ["experiment=resnet18_derma", "data.split_column=split", "data.normalization=imagenet",
+                            "data.img_size=40", "data.channels=3"])  # other size, channels and normalisation
     result = evaluate.evaluate([cnn, resnet], out=tmp_path / "ensemble")
     preds = _read_csv(tmp_path / "ensemble" / "predictions" / "test_predictions.csv")
     single = np.load(cnn.parent.parent / "predictions" / "test_predictions.npz")
     assert [p["path"] for p in preds] == list(single["ids"])
     cnn_alone = evaluate.evaluate([cnn], out=tmp_path / "cnn_alone")["probs"]
     np.testing.assert_allclose(cnn_alone, single["probs"], atol=1e-5)  # its own preprocessing
+    resnet_alone = evaluate.evaluate([resnet], out=tmp_path / "resnet_alone")["probs"]
+    resnet_saved = np.load(resnet.parent.parent / "predictions" / "test_predictions.npz")["probs"]
+    np.testing.assert_allclose(resnet_alone, resnet_saved, atol=1e-5)
+    np.testing.assert_allclose(result["probs"], (cnn_alone + resnet_alone) / 2, atol=1e-6)
     other = run("other", ["experiment=cnn_derma"])  # seeded 70/10/20 split: another test set
     with pytest.raises(evaluate.CheckpointError, match="different test set"):
         evaluate.evaluate([cnn, other], out=tmp_path / "bad")

@@ -19,6 +19,22 @@ def test_oversample_balances_classes_over_an_epoch():
     np.testing.assert_allclose(counts / counts.sum(), 0.25, atol=0.03)
 
 
+def test_random_oversample_keeps_every_image_and_equalises_classes_exactly():
+    sampler = ClassBalancedSampler(LABELS, "random_oversample", "balanced", seed=3, num_replicas=1, rank=0)
+    drawn = np.array(list(sampler))
+    assert len(drawn) == 4 * 500
+    np.testing.assert_array_equal(np.bincount(LABELS[drawn], minlength=4), [500, 500, 500, 500])
+    assert set(drawn.tolist()) == set(range(len(LABELS)))  # every image at least once
+    seen = np.bincount(drawn, minlength=len(LABELS))
+    assert (seen[LABELS == 0] == 1).all()  # the majority class is not resampled
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn.tolist()  # a new draw each epoch
+    two = [ClassBalancedSampler(LABELS, "random_oversample", "balanced", seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    np.testing.assert_array_equal(np.sort(np.concatenate([list(t) for t in two])), np.sort(drawn))  # shards
+    with pytest.raises(ValueError, match="needs data.epoch_length=balanced"):
+        ClassBalancedSampler(LABELS, "random_oversample", "original")
+
+
 def test_sqrt_sampling_follows_square_root_of_counts():
     w = class_sample_weights(LABELS, "sqrt")
     per_class = np.array([w[LABELS == c].sum() for c in range(4)])

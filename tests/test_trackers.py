@@ -1,0 +1,90 @@
+"""Experiment trackers: the W&B mode from W&B's own configuration, W&B resume and results
+artifact, TensorBoard and MLflow loggers. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, compose_cfg, tiny_overrides
+from train import train
+
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a W&B key
+
+
+def _mode_in(tmp_path, **env) -> subprocess.CompletedProcess:
+    """``wandb_mode()`` in a fresh process (W&B caches credentials per process)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    environment = {**clean, "NETRC": str(tmp_path / "no_netrc"), "HOME": str(tmp_path / "home"),
+                   "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"), **env}
+    return subprocess.run([sys.executable, "-c", "from pipeline.loggers import wandb_mode; print(wandb_mode())"],
+                          cwd=REPO, env=environment, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "offline"),                                   # nothing configured: offline, no prompt
+    ({"WANDB_API_KEY": FAKE_KEY, "WANDB_BASE_URL": "http://localhost"}, "online"),  # no server is asked
+    ({"WANDB_MODE": "online"}, "online"),              # an explicit mode is honoured
+    ({"WANDB_MODE": "offline", "WANDB_API_KEY": FAKE_KEY}, "offline"),
+    ({"WANDB_MODE": "disabled"}, "disabled"),
+    ({"WANDB_BASE_URL": "http://localhost", "netrc": "localhost"}, "online"),  # a self-hosted server
+    ({"netrc": "localhost"}, "offline"),  # a key for another host than the one in use (api.wandb.ai)
+])
+def test_wandb_mode_follows_wandb_configuration(env, expected, tmp_path):
+    env = dict(env)
+    host = env.pop("netrc", None)
+    if host:
+        netrc = tmp_path / "netrc"
+        netrc.write_text(f"machine {host}\n  login user\n  password {FAKE_KEY}\n")
+        netrc.chmod(0o600)
+        env["NETRC"] = str(netrc)
+    proc = _mode_in(tmp_path, **env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_invalid_wandb_mode_is_named(tmp_path):
+    proc = _mode_in(tmp_path, WANDB_MODE="sometimes")
+    assert proc.returncode != 0 and "WANDB_MODE='sometimes' is invalid" in proc.stderr
+
+
+def test_wandb_resume_continues_the_run_and_logs_the_results_artifact(data_root, tmp_path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    overrides = ["experiment=quickstart", *tiny_overrides(data_root), "logger=wandb"]
+    train(compose_cfg([*overrides, "trainer.max_epochs=1"], run))
+    run_id = (run / "wandb_run_id.txt").read_text().strip()
+    train(compose_cfg([*overrides, "trainer.max_epochs=2", f"ckpt_path={run}/checkpoints/last.ckpt"], run))
+    offline = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline)  # one W&B run, resumed
+    logged = b"".join(p.read_bytes() for p in offline[-1].glob("*.wandb"))
+    assert f"results-{run_id}".encode() in logged and b"report.md" in logged
+
+
+def test_tensorboard_and_mlflow_loggers_write_under_the_run(data_root, tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    run = tmp_path / "run"
+    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1",
+                       "logger=[csv,tensorboard,mlflow]"], run)
+    assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{run}/mlflow.db"
+    train(cfg)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=cfg.logger.mlflow.tracking_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "quickstart"]
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert 0 <= logged.data.metrics["val/auc"] <= 1 and "train/loss_epoch" in logged.data.metrics
+    assert logged.data.params["model/optimizer/lr"] == "0.003"
+
+
+def test_many_composes_every_tracker(tmp_path):
+    cfg = compose_cfg(["experiment=quickstart", "logger=many"], tmp_path)
+    assert set(cfg.logger) == {"csv", "wandb", "tensorboard", "mlflow"}
