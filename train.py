@@ -1,83 +1,10 @@
-"""Training entry point: ``python train.py experiment=<name> [overrides]``.
+"""Train: ``python train.py experiment=<name> [overrides]`` (installed as ``medmae-train``).
 
-``train(cfg)`` is a plain function (used by tests and sweeps); ``main`` is the thin
-``@hydra.main`` wrapper whose return value (the best monitored validation metric) is
-the sweep objective.
+A thin entry point; the work is ``pipeline.cli.train(cfg)``. ``python train.py --help`` lists
+the experiments.
 """
 
-from __future__ import annotations
-
-import os
-import sys
-from pathlib import Path
-
-import hydra
-from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
-
-from datamodules.medmnist_files import DatasetError
-from datamodules.resolvers import register_resolvers
-from pipeline import run_pipeline, run_stage
-from pipeline.loggers import wandb_mode
-
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-
-
-def _register_all_resolvers() -> None:
-    register_resolvers()
-    if not OmegaConf.has_resolver("wandb_mode"):
-        OmegaConf.register_new_resolver("wandb_mode", wandb_mode)
-    if not OmegaConf.has_resolver("cwd"):
-        OmegaConf.register_new_resolver("cwd", os.getcwd)
-
-
-_register_all_resolvers()
-
-
-def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
-    """Compose ``conf/train.yaml`` as ``python train.py <overrides>`` would, writing to ``output_dir``.
-
-    For tests, benchmarks and notebooks that call ``train(cfg)`` without the CLI.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(Path(output_dir).resolve())
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
-def train(cfg: DictConfig) -> dict:
-    """One training run, or a pipeline when the config declares ``stages``."""
-    return run_pipeline(cfg) if cfg.get("stages") else run_stage(cfg)
-
-
-def dataset_error_in(err: BaseException) -> DatasetError | None:
-    """The DatasetError that ``err`` wraps (config resolvers raise inside OmegaConf errors)."""
-    while err is not None and not isinstance(err, DatasetError):
-        err = err.__cause__ or err.__context__
-    return err
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    except (DatasetError, InstantiationException, ValueError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        # One readable message instead of a deep stack trace; HYDRA_FULL_ERROR=1 shows it.
-        print(f"\nerror: {dataset_error_in(err) or err}", file=sys.stderr)
-        sys.exit(1)
-    return metrics.get("objective")
-
+from pipeline.cli import CONF_DIR, compose_config, train, train_main  # noqa: F401  (used by scripts and tests)
 
 if __name__ == "__main__":
-    main()
+    train_main()

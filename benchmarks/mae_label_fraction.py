@@ -14,7 +14,7 @@ Protocol (CPU, small ViT of ``encoder=vit_small``: depth 6, width 192, patch 4 a
 - Epochs per fraction give a comparable number of optimiser steps (printed).
 Prints a mean +- std table over seeds of test ACC and AUC and the wall time of each arm.
 
-    python benchmarks/mae_label_fraction.py --data-root ../shared/data
+    python benchmarks/mae_label_fraction.py --data-root DATA_DIR
     python benchmarks/mae_label_fraction.py --seeds 0 --fractions 0.1 --pretrain-epochs 2   # smoke
     python benchmarks/mae_label_fraction.py --methods scratch mae mlo_mae --fractions 1.0
 """
@@ -39,7 +39,7 @@ def common(data_root: Path, seed: int) -> list[str]:
 
 
 def pretrain(method: str, data_root: Path, seed: int, epochs: int, out: Path) -> tuple[str, float]:
-    from train import compose_config, train
+    from pipeline.cli import compose_config, train
 
     cfg = compose_config(
         [f"experiment={method}_small", *common(data_root, seed), "stages.finetune=null",
@@ -52,7 +52,7 @@ def pretrain(method: str, data_root: Path, seed: int, epochs: int, out: Path) ->
 
 def finetune(method: str, data_root: Path, seed: int, fraction: float, epochs: int, ckpt: str | None,
              out: Path) -> dict:
-    from train import compose_config, train
+    from pipeline.cli import compose_config, train
 
     name = f"{method}_f{fraction}_seed{seed}"
     overrides = ["experiment=vit_small", *common(data_root, seed), f"data.label_fraction={fraction}",

@@ -10,11 +10,11 @@ training split, seed 0. The statistics are those of the first 512 official valid
 diverse as random masks), saturated (fraction of probabilities within 0.01 of 0 or 1),
 level1_scale (mean weight over masked patches; plain MAE = 1).
 
-``--study-size`` runs the DermaMNIST study's model instead (ViT-B patch 2 at 32 px, the
-~100M-parameter mlp masking net), a few cycles of a small batch each, on the same images
-resized to 32 px.
+``--study-size`` runs the model of the "MLO-MAE on DermaMNIST" report (2025) instead (ViT-B
+patch 2 at 32 px, the ~100M-parameter mlp masking net of MLO-MAE, Guo et al., TMLR 2024), a
+few cycles of a small batch each, on the same images resized to 32 px.
 
-    python benchmarks/mask_collapse.py --data-root ../shared/data
+    python benchmarks/mask_collapse.py --data-root DATA_DIR
     python benchmarks/mask_collapse.py --study-size --steps 3 --epochs 1 --batch 8
 """
 
@@ -80,7 +80,7 @@ def init_statistics(cfg) -> dict:
 
 
 def run(name: str, overrides: list[str], args, out: Path) -> list[dict]:
-    from train import compose_config, train
+    from pipeline.cli import compose_config, train
 
     base = [f"experiment={'mlo_mae_derma' if args.study_size else 'mlo_mae_small'}",
             "data=pneumoniamnist", f"paths.medmnist_root={args.data_root}", "data.download=false", "seed=0",

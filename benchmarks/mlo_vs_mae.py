@@ -1,12 +1,13 @@
-"""Do learned masks help? Scratch vs MAE vs MLO-MAE (the paper's mlp masking net) vs the
-recommended MLO-MAE variant, fine-tuned with one recipe, on the real PneumoniaMNIST.
+"""Do learned masks help? Scratch vs MAE vs MLO-MAE (Guo et al., TMLR 2024; its mlp masking
+net) vs the recommended MLO-MAE variant, fine-tuned with one recipe, on the real PneumoniaMNIST.
 
 Protocol (CPU-sized; the small ViT of ``encoder=vit_small``: depth 6, width 192, patch 4
 at 28 px):
 - Pretraining, identical epochs for every pretrained arm, on the official training split:
   ``mae``: ``experiment=mae_small``'s pretrain stage (random masks, labels unused);
   ``mlo_mae``: ``experiment=mlo_mae_small`` with ``masking_net=mlp`` and everything else
-  as the study (probability weighting, official hypergradient, lr_mask 1e-3);
+  as in the "MLO-MAE on DermaMNIST" report (2025) (probability weighting, official
+  hypergradient, lr_mask 1e-3);
   ``mlo_mae_variant``: ``mlo_mae_small`` with the recommended variant in ``VARIANT`` (see
   the README's MLO-MAE section and ``benchmarks/mask_collapse.py`` for why). The MLO arms use the training labels in levels II / III.
   The last pretraining checkpoint is passed on (no selection on validation labels).
@@ -18,7 +19,7 @@ Prints a table of test ACC / AUC (mean +- std over seeds), the pretraining's fin
 diversity on 512 validation images (1 = as diverse as random masks, 0 = one mask for all
 images) and the wall time per arm (pretraining + fine-tuning).
 
-    python benchmarks/mlo_vs_mae.py --data-root ../shared/data
+    python benchmarks/mlo_vs_mae.py --data-root DATA_DIR
     python benchmarks/mlo_vs_mae.py --seeds 0 --pretrain-epochs 1 --finetune-epochs 1 --limit 5  # smoke
 """
 
@@ -51,7 +52,7 @@ def common(args, seed: int) -> list[str]:
 
 
 def pretrain(arm: str, args, seed: int, out: Path) -> tuple[str, float, float | None]:
-    from train import compose_config, train
+    from pipeline.cli import compose_config, train
 
     experiment, extra = ARMS[arm]
     cfg = compose_config([f"experiment={experiment}", *common(args, seed), "stages.finetune=null",
@@ -62,7 +63,7 @@ def pretrain(arm: str, args, seed: int, out: Path) -> tuple[str, float, float | 
 
 
 def finetune(arm: str, args, seed: int, ckpt: str | None, out: Path) -> dict:
-    from train import compose_config, train
+    from pipeline.cli import compose_config, train
 
     overrides = ["experiment=vit_small", *common(args, seed), f"trainer.max_epochs={args.finetune_epochs}"]
     if ckpt:

@@ -9,7 +9,7 @@ std per source and the largest per-seed difference, then the cache timings: a co
 (decode every PNG, write the cache) vs a warm one (cache hit), measured as wall time from
 data preparation to the end of training epoch 1, and epoch 2 alone.
 
-    python benchmarks/own_data.py --data-root ../shared/data
+    python benchmarks/own_data.py --data-root DATA_DIR
     python benchmarks/own_data.py --seeds 0 --resnet-epochs 2      # shortened
 """
 
@@ -39,7 +39,7 @@ def npz_overrides(data_root: Path) -> list[str]:
 
 
 def run(arm: str, source: list[str], seed: int, out: Path, resnet_epochs: int) -> dict:
-    from train import compose_config, train
+    from pipeline.cli import compose_config, train
 
     overrides = [f"experiment={arm}", *source, f"seed={seed}", *COMMON]
     if arm == "resnet18_derma":
@@ -63,7 +63,7 @@ def cache_timing(table: Path, cache: Path, out: Path) -> dict:
     """Seconds from data preparation to the end of epoch 1, and of epoch 2 alone (cnn_derma)."""
     from hydra.utils import instantiate
 
-    from train import compose_config
+    from pipeline.cli import compose_config
 
     cfg = compose_config(["experiment=cnn_derma", *table_overrides(table, cache), *COMMON[:2],
                           "trainer.max_epochs=2", "callbacks=none", "test=false"], out)

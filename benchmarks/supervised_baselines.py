@@ -4,7 +4,7 @@ Protocol: official PneumoniaMNIST split (28 px), each experiment's own settings,
 checkpoint with the best validation AUC is tested once. Prints mean +- std over seeds of
 test ACC/AUC next to the MedMNIST v2 reference numbers, and the wall time per run.
 
-    python benchmarks/supervised_baselines.py --data-root ../shared/data
+    python benchmarks/supervised_baselines.py --data-root DATA_DIR
     python benchmarks/supervised_baselines.py --resnet-epochs 10 --seeds 0   # shortened
 
 A shortened ResNet schedule keeps the lr drops at 50% and 75% of the epochs and is
@@ -29,7 +29,7 @@ REFERENCE = {  # MedMNIST v2 (Yang et al. 2023), PneumoniaMNIST test ACC / AUC
 
 
 def run_arm(arm: str, seed: int, data_root: Path, out: Path, resnet_epochs: int) -> dict:
-    from train import compose_config, train
+    from pipeline.cli import compose_config, train
 
     overrides = [
         f"experiment={arm}", "data=pneumoniamnist", f"data.root={data_root}", "data.download=false",

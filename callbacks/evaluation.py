@@ -63,8 +63,14 @@ class EvaluationCallback(L.Callback):
             test = SplitPredictions(data["probs"], data["labels"], "test")
             tuning = tuned_comparison(val, test, self.objective)
             (root / "eval" / "test_threshold_tuning.json").write_text(json.dumps(tuning, indent=2))
-        for logger in wandb_loggers(trainer):
+        loggers = wandb_loggers(trainer)
+        if loggers:
+            import pandas as pd
+
+            per_image = pd.read_csv(root / "predictions" / "test_predictions.csv")  # path, label, probs
+        for logger in loggers:
             logger.log_table(key="eval/test_per_class", columns=list(TABLE_COLUMNS),
                              data=[[row[c] for c in TABLE_COLUMNS] for row in result["table"]])
+            logger.log_table(key="eval/test_predictions", dataframe=per_image)
             for name, path in result["figures"].items():
                 logger.log_image(key=f"eval/{name}", images=[str(path)])

@@ -1,7 +1,7 @@
 """Export a MedMNIST ``.npz`` file as image files plus a table, the layout ``data=image_table``
 and ``data=image_folder`` read (used by the tests and ``benchmarks/own_data.py``).
 
-    python -m datamodules.export ../shared/data/pneumoniamnist.npz /tmp/pneumonia_png
+    python -m datamodules.export DATA_DIR/pneumoniamnist.npz /tmp/pneumonia_png
 """
 
 from __future__ import annotations

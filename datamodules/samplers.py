@@ -54,7 +54,7 @@ class ClassBalancedSampler(DistributedSampler):
     """Draws indices with replacement, probability ``class_sample_weights(labels, mode)``; or,
     with ``random_oversample``, every index once plus uniform draws (with replacement) from each
     smaller class until every class has the majority count (imbalanced-learn's
-    ``RandomOverSampler``, as in the MHIST study), shuffled.
+    ``RandomOverSampler``, as in an MHIST (Wei et al., AIME 2021) replication report), shuffled.
 
     Args:
         labels: (N,) integer class labels of the training set.

@@ -44,7 +44,10 @@ class Classifier(L.LightningModule):
         net: module mapping images (B, C, H, W) to logits (B, num_classes).
         num_classes: number of classes (labels for multi-label tasks).
         task: ``medmnist.INFO[flag]["task"]``; binary tasks use two logits and softmax.
-        optimizer: partial taking ``params``.
+        optimizer: partial taking ``params`` (and ``lr`` / ``weight_decay`` per group), e.g.
+            ``torch.optim.AdamW`` with its betas; the rates themselves are ``lr`` and ``weight_decay``.
+        lr, weight_decay: learning rate and weight decay (none on biases, norms, tokens), the
+            same keys as MAE and MLO-MAE pretraining (``model.lr``, ``model.weight_decay``).
         scheduler: optional partial taking ``optimizer``.
         scheduler_interval: ``epoch`` or ``step``.
         loss: kwargs of ``ClassificationLoss`` (``name``, ``class_weighted``, ...).
@@ -60,6 +63,8 @@ class Classifier(L.LightningModule):
         num_classes: int,
         task: str,
         optimizer: OptimizerFactory,
+        lr: float,
+        weight_decay: float = 0.0,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         loss: dict | None = None,
@@ -73,6 +78,13 @@ class Classifier(L.LightningModule):
         encoder = getattr(net, "encoder", None)
         if (layer_decay is not None or freeze_encoder) and not hasattr(encoder, "blocks"):
             raise ValueError("model.layer_decay / model.freeze_encoder need a ViT net with an encoder")
+        misplaced = sorted({"lr", "weight_decay"} & set(getattr(optimizer, "keywords", {})))
+        if misplaced:
+            raise ValueError(f"model.optimizer.{misplaced[0]} is not read: the rates are model.lr and "
+                             "model.weight_decay (one convention for every model); move the value there")
+        if not lr > 0 or weight_decay < 0:
+            raise ValueError(f"model.lr={lr} / model.weight_decay={weight_decay} are invalid; allowed: lr > 0, "
+                             "weight_decay >= 0")
         if layer_decay is not None and not 0 < layer_decay <= 1:
             raise ValueError(f"model.layer_decay={layer_decay} is invalid; allowed: (0, 1]")
         if freeze_encoder:
@@ -205,12 +217,9 @@ class Classifier(L.LightningModule):
                              ids)
 
     def configure_optimizers(self):
-        kw = getattr(self.optimizer_factory, "keywords", {})
-        if "lr" not in kw:
-            raise ValueError("model.optimizer must set lr")
         layer_decay = self.hparams.layer_decay
         num_layers = len(self.net.encoder.blocks) if layer_decay is not None else None
-        groups = param_groups(self.net, kw["lr"], kw.get("weight_decay", 0.0), layer_decay, num_layers)
+        groups = param_groups(self.net, self.hparams.lr, self.hparams.weight_decay, layer_decay, num_layers)
         optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return optimizer

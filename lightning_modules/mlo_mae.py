@@ -1,4 +1,5 @@
-"""MLO-MAE: masks from a learned masking network, trained by multi-level optimisation.
+"""MLO-MAE (Guo et al., TMLR 2024): masks from a learned masking network, trained by
+multi-level optimisation.
 
 One training step is one cycle (the datamodule's ``mlo`` option provides one batch per
 level, ``cadence`` times the batch size):
@@ -99,14 +100,14 @@ class MLOMAE(L.LightningModule):
     Args:
         mae: the ``MaskedAutoencoder`` (its ``mask_ratio`` must lie in (0, 1)).
         num_classes, task: label space of the level-II/III head (single-label tasks).
-        masking_net: ``mlp`` (the paper's) or ``patch_scorer`` (light); ``masking_hidden``;
+        masking_net: ``mlp`` (MLO-MAE's) or ``patch_scorer`` (light); ``masking_hidden``;
             ``masking_temperature`` divides the logits; ``masking_input_norm`` (``none``,
             ``token``, ``batch``) normalises the masking net's input (see ``masking.py``);
-            ``masking_input_grad``: the official code's input, the encoder's patch embedding
+            ``masking_input_grad``: MLO-MAE's official code's input, the encoder's patch embedding
             with its gradient (level I and the hypergradient see the path through the
             probabilities into the encoder); default: detached.
-        patch_weighting: ``probability`` (the paper: w = p) or ``normalized`` (p divided by its
-            mean over each image's masked patches; see ``masking.patch_weights``).
+        patch_weighting: ``probability`` (MLO-MAE's: w = p) or ``normalized`` (p divided by
+            its mean over each image's masked patches; see ``masking.patch_weights``).
         mask_mode: ``learned``, or ``random`` (plain MAE inside the same module; no level III).
         cadence: level I : II : III steps per cycle, e.g. (2, 1, 1); any integers >= 1.
         lr, lr_head, lr_mask, weight_decay, betas: AdamW of each level (cosine, per epoch,
@@ -114,7 +115,7 @@ class MLOMAE(L.LightningModule):
         pooling, head_dropout: the head's input and dropout.
         alpha: finite-difference scale (eps = alpha / ||v||).
         hypergradient: ``ours`` or ``original`` schedule of passes.
-        hypergradient_scaling: ``official`` (unit weights, the official code) or ``unrolled``
+        hypergradient_scaling: ``official`` (unit weights, MLO-MAE's official code) or ``unrolled``
             (paths scaled by the level-I lr xi and xi * the level-II lr eta).
         grad_clip: max gradient norm of the level-I optimiser (None = off).
         reduce_hypergradients: all-reduce every ``autograd.grad`` result under DDP (only a

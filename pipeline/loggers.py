@@ -68,7 +68,13 @@ def wandb_mode() -> str:
         return WANDB_MODES[env]
     import wandb
 
-    return "online" if wandb.login(prompt=False, verify=False) else "offline"
+    settings = wandb.setup().settings
+    silent = settings.silent
+    settings.silent = True  # else login asks the server for the user name (retries when unreachable)
+    try:
+        return "online" if wandb.login(prompt=False, verify=False) else "offline"
+    finally:
+        settings.silent = silent
 
 
 def wandb_run_id(output_dir: Path) -> str:

@@ -89,13 +89,14 @@ def _test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
     return path
 
 
-def run_stage(cfg: DictConfig) -> dict:
+def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     """Fit, then test the checkpoint chosen by ``cfg.monitor``; returns all logged metrics.
 
     Writes ``config.yaml`` (resolved) and ``metrics.json`` into ``cfg.paths.output_dir``.
     ``objective`` is the best monitored validation value; ``best_checkpoint`` and
     ``last_checkpoint`` are the saved checkpoint paths (None when none was saved).
-    ``cfg.every_stage`` is merged in first (see ``with_every_stage``).
+    ``cfg.every_stage`` is merged in first (see ``with_every_stage``); ``extra_callbacks`` join
+    the configured callbacks.
     """
     start = time.time()
     cfg = with_every_stage(cfg)
@@ -110,9 +111,10 @@ def run_stage(cfg: DictConfig) -> dict:
         model.check_precision(cfg.trainer.get("precision"))
     if not model.automatic_optimization:
         check_manual_optimization_trainer(cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("accumulate_grad_batches", 1))
-    callbacks = [*instantiate_group(cfg.get("callbacks")), EpochSeeding(cfg.seed)]  # seeding: always on
+    callbacks = [*instantiate_group(cfg.get("callbacks")), EpochSeeding(cfg.seed), *(extra_callbacks or [])]
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is not None and wandb_cfg.get("id") is None:  # resuming in this folder continues the W&B run
+    # Resuming in this folder continues the same W&B run; a W&B sweep agent assigns its own id.
+    if wandb_cfg is not None and wandb_cfg.get("id") is None and not os.environ.get("WANDB_RUN_ID"):
         wandb_cfg.id = wandb_run_id(output_dir)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -35,7 +35,7 @@ def stage_config(base: DictConfig, stage: DictConfig, stage_dir: Path) -> DictCo
     return cfg
 
 
-def run_pipeline(cfg: DictConfig) -> dict:
+def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> dict:
     """Run ``cfg.stages`` in order, each in ``<output_dir>/<stage>/``.
 
     A stage with ``init_from: {stage: NAME, ckpt: best|last}`` starts its network from that
@@ -43,6 +43,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
     ``stage.json`` and is skipped when the pipeline is run again in the same directory
     (``hydra.run.dir=<run dir>``); an interrupted stage resumes from its ``last.ckpt``.
     Returns the last stage's metrics plus every stage's under ``<stage>/<key>``.
+    ``last_stage_callbacks`` join the last stage's callbacks.
     """
     output_dir = Path(cfg.paths.output_dir)
     base = cfg.copy()
@@ -50,6 +51,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
     del base["stages"]
     done: dict[str, dict] = {}
     metrics: dict = {}
+    names = [n for n, s in cfg.stages.items() if s is not None]
     for name, stage in cfg.stages.items():
         if stage is None:
             continue
@@ -72,7 +74,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
             if last.is_file() and not scfg.get("ckpt_path"):
                 log.info("Resuming stage %r from %s", name, last)
                 scfg.ckpt_path = str(last)
-            done[name] = run_stage(scfg)
+            done[name] = run_stage(scfg, last_stage_callbacks if name == names[-1] else None)
             if is_global_zero():
                 marker.write_text(json.dumps(done[name], indent=2, sort_keys=True))
         metrics.update({f"{name}/{k}": v for k, v in done[name].items()})
@@ -80,5 +82,5 @@ def run_pipeline(cfg: DictConfig) -> dict:
     if is_global_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        write_pipeline_report(output_dir, [n for n, s in cfg.stages.items() if s is not None], cfg.task_name)
+        write_pipeline_report(output_dir, names, cfg.task_name)
     return metrics

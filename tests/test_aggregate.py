@@ -6,7 +6,7 @@ import statistics
 import pytest
 import yaml
 
-import aggregate
+from evaluation import aggregate
 
 
 def _job(root, num, overrides, metrics):

@@ -28,8 +28,8 @@ from evaluation.metrics import (
 )
 from evaluation.report import write_run_report
 from evaluation.writer import write_evaluation
+from pipeline.cli import train
 from tests.conftest import REAL_PNEUMONIA, compose_cfg, tiny_overrides
-from train import train
 
 
 def _predictions(n=400, k=5, seed=0, never_predicted=3):
@@ -268,7 +268,7 @@ def test_threshold_tuning_improves_validation_objective_and_refuses_test_data():
 
 
 def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path, capsys):
-    import evaluate
+    from evaluation import evaluate
 
     metrics = train(compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1"],
                                 tmp_path / "run"))
@@ -321,7 +321,7 @@ def _write_multilabel_chestmnist(root: Path, seed: int = 0) -> None:
 
 
 def test_evaluate_multi_label_uses_sigmoid_and_writes_per_label_tables(tmp_path):
-    import evaluate
+    from evaluation import evaluate
 
     root = tmp_path / "data"
     root.mkdir()

@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.vit import ViTEncoder
 from lightning_modules.mlo_mae import MLOMAE, check_cadence
+from pipeline.cli import train
 from tests.conftest import compose_cfg, tiny_overrides
 from tests.test_train import TINY_VIT
-from train import train
 
 
 def tiny_module(seed=0, **kw) -> MLOMAE:
@@ -230,7 +230,7 @@ def test_full_size_config_runs_one_forward(tmp_path):
     del base["stages"]
     model = instantiate(stage_config(base, cfg.stages.pretrain, tmp_path).model, _convert_="all")
     assert model.mae.encoder.depth == 12 and model.mae.encoder.num_patches == 256
-    assert sum(p.numel() for p in model.masknet.parameters()) > 95e6  # the paper's ~100M MLP
+    assert sum(p.numel() for p in model.masknet.parameters()) > 95e6  # MLO-MAE's ~100M masking MLP
     with torch.no_grad():
         x = torch.randn(2, 3, 32, 32)
         masking, probs, _ = model.masks(x)

@@ -48,6 +48,49 @@ def test_pretrained_without_network_fails_with_clear_message(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    monkeypatch.setattr(networks, "hub_reachable", lambda: False)  # tests never touch the network
+    monkeypatch.setattr(networks, "hub_reachable", lambda repo_id: False)  # tests never touch the network
     with pytest.raises(PretrainedWeightsError, match="unreachable.*pretrained=false"):
         timm_network("resnet18", 2, 3, pretrained=True)
+
+
+def test_hub_offline_env_is_respected_without_a_request(monkeypatch):
+    def no_request(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE is set: nothing may be sent")
+
+    monkeypatch.setattr(networks.hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(networks.huggingface_hub, "model_info", no_request)
+    assert networks.hub_reachable("timm/resnet18.a1_in1k") is False
+
+
+def test_pretrained_behind_an_unreachable_proxy_fails_within_seconds(tmp_path):
+    """Through huggingface_hub's own client: an HTTPS proxy on a closed local port stands for a
+    hospital proxy that refuses the hub. Nothing leaves the machine."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "HF_HOME": str(tmp_path / "hf"), "NO_PROXY": ""}
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("from lightning_modules.components.networks import timm_network\n"
+            "timm_network('resnet18.a1_in1k', 2, 3, pretrained=True)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode != 0 and "PretrainedWeightsError" in proc.stderr
+    assert "unreachable or HF_HUB_OFFLINE is set" in proc.stderr and "pretrained_file" in proc.stderr
+    assert elapsed < 60, f"took {elapsed:.0f} s"  # imports ~10 s; the hub check itself one request
+
+
+def test_tagged_names_compose_and_build(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    for name in ("resnet50.a1_in1k", "vit_base_patch16_224.mae", "resnet18.tv_in1k"):
+        cfg = compose_cfg(["experiment=quickstart", "model=timm", f"model.net.name={name}"], tmp_path)
+        assert cfg.model.net.name == name
+    net = instantiate(compose_cfg(["experiment=quickstart", "model=timm", "model.net.name=resnet18.tv_in1k"],
+                                  tmp_path).model.net)
+    assert net.num_classes == 7

@@ -20,15 +20,15 @@ from datamodules import DatasetError, ImageFolderDataModule, ImageTableDataModul
 from datamodules.export import export_npz
 from datamodules.image_cache import decode_image
 from datamodules.synthetic import write_synthetic_medmnist
+from pipeline.cli import train
 from tests.conftest import REAL_PNEUMONIA, REPO, compose_cfg
-from train import train
 
 AGREE = "Number of Annotators who Selected SSA (Out of 7)"
 
 
 @pytest.fixture(scope="session")
 def png_dataset(tmp_path_factory) -> Path:
-    """PneumoniaMNIST as PNGs (real images when ../shared/data has them) + table.csv with
+    """PneumoniaMNIST as PNGs (the real images when REAL_PNEUMONIA exists) + table.csv with
     path, label (normal / pneumonia), split and a made-up group column."""
     out = tmp_path_factory.mktemp("png")
     npz = REAL_PNEUMONIA
@@ -315,7 +315,7 @@ def test_rotation_by_any_angle_keeps_the_size():
 
 
 def test_mhist_protocol_settings():
-    """The MHIST study's protocol (Wei et al. 2021), as the two experiments compose it."""
+    """The MHIST protocol (Wei et al. 2021, as the MHIST replication report runs it), as composed."""
     for name in ("resnet18_mhist", "vit_b16_mhist"):
         cfg = compose_cfg([f"experiment={name}"], Path("/tmp/unused"))
         d, m = cfg.data, cfg.model
@@ -328,7 +328,7 @@ def test_mhist_protocol_settings():
         assert m.scheduler._target_ == "torch.optim.lr_scheduler.ExponentialLR" and m.scheduler.gamma == 0.91
         assert (cfg.monitor.metric, cfg.monitor.mode, cfg.test_ckpt) == ("val/f1", "max", "best")
         assert cfg.callbacks.early_stopping.monitor == "val/f1" and m.net.pretrained
-    assert compose_cfg(["experiment=resnet18_mhist"], Path("/tmp/unused")).model.optimizer.lr == 1e-3
+    assert compose_cfg(["experiment=resnet18_mhist"], Path("/tmp/unused")).model.lr == 1e-3
     assert compose_cfg(["experiment=vit_b16_mhist"], Path("/tmp/unused")).model.net.drop_rate == 0.5
 
 
@@ -351,13 +351,13 @@ def test_mhist_experiments_run_offline_with_a_local_weights_file(mhist_like, tmp
         assert 0 <= metrics[f"test/{key}"] <= 1
     vit = compose_cfg(["experiment=vit_b16_mhist", "model.net.pretrained=false", "+model.net.img_size=32",
                        "+model.net.depth=1", *common[:-1], f"hydra.run.dir={tmp_path}/vit"], tmp_path / "vit")
-    assert vit.model.net.drop_rate == 0.5 and vit.model.optimizer.lr == 1e-5
+    assert vit.model.net.drop_rate == 0.5 and vit.model.lr == 1e-5
     train(vit)
     assert (tmp_path / "vit" / "eval" / "test_per_class.csv").is_file()
 
 
 def test_evaluate_ensembles_runs_of_one_table_and_refuses_other_test_sets(png_dataset, tmp_path):
-    import evaluate
+    from evaluation import evaluate
 
     def run(name, extra):
         cfg = compose_cfg(["data=image_table", f"data.table={png_dataset}", "data.channels=1", "data.img_size=28",
@@ -461,7 +461,7 @@ def test_label_fraction_and_class_weights_on_a_table(png_dataset, tmp_path):
 def test_ten_seed_multirun_then_aggregate_on_the_mhist_layout(mhist_like, tmp_path):
     import timm
 
-    import aggregate
+    from evaluation import aggregate
 
     weights = tmp_path / "r18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), weights)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from pipeline.cli import train
 from tests.conftest import REPO, compose_cfg, tiny_overrides
-from train import train
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a W&B key
 
@@ -27,13 +27,10 @@ def _mode_in(tmp_path, **env) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("env", "expected"), [
     ({}, "offline"),                                   # nothing configured: offline, no prompt
     ({"WANDB_API_KEY": FAKE_KEY, "WANDB_BASE_URL": "http://localhost"}, "online"),  # no server is asked
-    ({"WANDB_MODE": "online"}, "online"),              # an explicit mode is honoured
-    ({"WANDB_MODE": "offline", "WANDB_API_KEY": FAKE_KEY}, "offline"),
-    ({"WANDB_MODE": "disabled"}, "disabled"),
     ({"WANDB_BASE_URL": "http://localhost", "netrc": "localhost"}, "online"),  # a self-hosted server
     ({"netrc": "localhost"}, "offline"),  # a key for another host than the one in use (api.wandb.ai)
 ])
-def test_wandb_mode_follows_wandb_configuration(env, expected, tmp_path):
+def test_wandb_mode_follows_wandb_credentials(env, expected, tmp_path):
     env = dict(env)
     host = env.pop("netrc", None)
     if host:
@@ -46,9 +43,22 @@ def test_wandb_mode_follows_wandb_configuration(env, expected, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == expected
 
 
-def test_invalid_wandb_mode_is_named(tmp_path):
-    proc = _mode_in(tmp_path, WANDB_MODE="sometimes")
-    assert proc.returncode != 0 and "WANDB_MODE='sometimes' is invalid" in proc.stderr
+@pytest.mark.parametrize(("mode", "expected"), [("online", "online"), ("offline", "offline"),
+                                                ("disabled", "disabled"), ("dryrun", "offline")])
+def test_an_explicit_wandb_mode_wins(mode, expected, monkeypatch):
+    from pipeline.loggers import wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # offline even with a key, when WANDB_MODE says so
+    assert wandb_mode() == expected
+
+
+def test_invalid_wandb_mode_is_named(monkeypatch):
+    from pipeline.loggers import wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="WANDB_MODE='sometimes' is invalid"):
+        wandb_mode()
 
 
 def test_wandb_resume_continues_the_run_and_logs_the_results_artifact(data_root, tmp_path, monkeypatch):
@@ -82,7 +92,7 @@ def test_tensorboard_and_mlflow_loggers_write_under_the_run(data_root, tmp_path)
     (experiment,) = [e for e in client.search_experiments() if e.name == "quickstart"]
     (logged,) = client.search_runs([experiment.experiment_id])
     assert 0 <= logged.data.metrics["val/auc"] <= 1 and "train/loss_epoch" in logged.data.metrics
-    assert logged.data.params["model/optimizer/lr"] == "0.003"
+    assert logged.data.params["model/lr"] == "0.003"
 
 
 def test_many_composes_every_tracker(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from hydra.utils import instantiate
 
+from pipeline.cli import CONF_DIR, train
 from tests.conftest import REAL_PNEUMONIA, REPO, compose_cfg, tiny_overrides
-from train import CONF_DIR, train
 
 # MedMNIST experiments; the MHIST ones read an image table and are tested in test_own_data.py.
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not p.stem.endswith("_mhist"))
@@ -136,6 +136,9 @@ def test_wandb_logger_runs_offline_without_api_key(data_root, tmp_path, monkeypa
     assert images == {"confusion_matrix", "per_class_accuracy", "roc_curves", "pr_curves", "confidence",
                       "reliability"}
     assert list((media / "table" / "eval").glob("test_per_class_*.table.json"))
+    (predictions,) = (media / "table" / "eval").glob("test_predictions_*.table.json")
+    table = json.loads(predictions.read_text())
+    assert table["columns"][:2] == ["index", "label"] and len(table["data"]) == 70  # every test image
 
 
 def _run_cli(args: list[str], cwd: Path, timeout: int = 300, **env) -> subprocess.CompletedProcess:
@@ -199,19 +202,33 @@ def test_ddp_sim_two_cpu_processes(data_root, tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_optuna_sweep_and_submitit_local_launcher(data_root, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+def test_submitit_local_launcher(data_root, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr"]
-    proc = _run_cli(["-m", *common, "hparams_search=optuna", "hydra.sweeper.n_trials=2"], cwd=tmp_path / "optuna")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = list((tmp_path / "optuna" / "logs").rglob("optimization_results.yaml"))
-    assert len(results) == 1 and "best_params" in results[0].read_text()
     proc = _run_cli(["-m", *common, "hydra/launcher=local", "hydra.launcher.cpus_per_task=1", "seed=0,1"],
                     cwd=tmp_path / "submitit")
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted((tmp_path / "submitit" / "logs").rglob("metrics.json"))
     assert len(jobs) == 2 and (jobs[0].parent.parent / ".submitit").is_dir()
+
+
+@pytest.mark.parametrize("command", ["medmae-train", "medmae-evaluate", "medmae-aggregate", "medmae-sweep"])
+def test_entry_points_answer_help_from_any_folder(command, tmp_path):
+    exe = Path(sys.executable).parent / command
+    proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if command == "medmae-train":  # the experiments, one line each, then Hydra's groups
+        experiments = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+        listed = [line.split()[0] for line in proc.stdout.split("Experiments")[1].splitlines()[1:] if line.strip()]
+        assert listed[: len(experiments)] == experiments and "== Configuration groups ==" in proc.stdout
+    assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
+def test_scripts_are_not_installed_as_top_level_modules(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
+                           "print([m for m in ('train', 'evaluate', 'aggregate', 'sweep') if u.find_spec(m)])"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -232,3 +249,16 @@ def test_full_size_fast_dev_run_is_fast(experiment, tmp_path, capsys):
     assert pre["encoder"]["embed_dim"] == 768 and pre["data"]["batch_size"] == 4  # full model, tiny batches
     with capsys.disabled():
         print(f"\n{experiment} debug=fdr: {seconds:.0f} s wall")
+
+
+def test_one_optimiser_convention_for_every_model(tmp_path):
+    """model.lr and model.weight_decay in every experiment (every stage); optimizer.lr is refused."""
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        cfg = compose_cfg([f"experiment={path.stem}"], tmp_path)
+        models = [s.model for s in cfg.stages.values() if s is not None] if cfg.get("stages") else [cfg.model]
+        for model in models:
+            assert "lr" in model and "weight_decay" in model, path.stem
+            assert "lr" not in (model.get("optimizer") or {}), path.stem
+    cfg = compose_cfg(["experiment=quickstart", "+model.optimizer.lr=0.1"], tmp_path)
+    with pytest.raises(Exception, match="model.optimizer.lr is not read: the rates are model.lr"):
+        instantiate(cfg.model)

@@ -1,4 +1,5 @@
-"""The 4-conv CNN of the DermaMNIST CNN baseline study."""
+"""The 4-conv CNN of Chan et al.'s DermaMNIST baseline ("DermaMNIST CNN Multi-class classification",
+Chan, Ho, Kim, Xie & Chen)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class DermaCNN(nn.Module):
     """3x3 conv + BN + ReLU with 16, 16 (+pool), 64, 64 (+pool) channels, then an MLP.
 
     At 28 px the feature map is 64 x 4 x 4, so the head is 1024 -> 128 -> 128 -> classes
-    as in the study; other input sizes change only the first fully connected layer.
+    as in Chan et al.; other input sizes change only the first fully connected layer.
 
     Args:
         in_chans: image channels (1 or 3).

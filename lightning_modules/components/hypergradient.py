@@ -1,4 +1,4 @@
-"""MLO-MAE hypergradient of the masking network, as pure functions.
+"""MLO-MAE (Guo et al., TMLR 2024) hypergradient of the masking network, as pure functions.
 
 Notation: theta = encoder, w = classification head, phi = masking network.
   L1(theta, phi) = sum(W(p) * m * e(theta)) / sum(m): per-patch errors e of the masked
@@ -9,12 +9,14 @@ Notation: theta = encoder, w = classification head, phi = masking network.
 
 Two scalings of the same two paths (direct: mask -> pretrain; head: mask -> finetune -> pretrain):
   official  g = -H1 v_theta + H1 H2 v_w = -H1 (v_theta - H2 v_w)
-            (the official code: Betty's ``darts`` on every edge, unit weights);
+            (MLO-MAE's official code: the ``darts`` hypergradient of Betty (Choe et al.,
+            ICLR 2023) on every edge, unit weights);
   unrolled  g = -xi H1 (v_theta - eta H2 v_w)
-            (one-step unrolled SGD of level I with lr xi and level II with lr eta, DARTS).
+            (one-step unrolled SGD of level I with lr xi and level II with lr eta, as in DARTS
+            (Liu, Simonyan & Yang, ICLR 2019)).
 Both mixed products are central finite differences: perturb by +-eps*v, eps = alpha/||v||,
-with exact weight restoration, fp32 passes with TF32 off and dropout frozen (traps 1-3 of
-the design handbook).
+with exact weight restoration, fp32 passes with TF32 off and dropout frozen (see the README's
+hypergradient section).
 
 Schedules (same estimate up to finite-difference error):
   ``ours``: the head edge perturbs the head alone on fixed level-II features, then one
@@ -213,7 +215,7 @@ def pretrain_edge(
     Detached masking-net input (default): -d/dphi [sum(W(p(phi)) * m * D_u e) / sum(m)], where
     D_u e = (e(theta + eps u) - e(theta - eps u)) / (2 eps) is the change of the per-patch errors
     along u (one +- pair of no-grad MAE forwards), then one backward through the masking net.
-    ``input_grad`` (the official code's input, tokens = the encoder's patch embedding with its
+    ``input_grad`` (MLO-MAE's official code's input, tokens = the encoder's patch embedding with its
     gradient): p depends on theta too, so the full dL1/dphi is differenced at both points.
     """
     enc, phi = _trainable(mae.encoder), _trainable(masknet)

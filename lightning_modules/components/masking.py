@@ -1,4 +1,5 @@
-"""Learned masking networks for MLO-MAE: patch tokens (B, L, D) -> masking probabilities (B, L).
+"""Learned masking networks for MLO-MAE (Guo et al., TMLR 2024): patch tokens (B, L, D) ->
+masking probabilities (B, L).
 
 The ``1 - mask_ratio`` patches with the lowest probability are kept (top-k, no sampling);
 ``patch_weights`` turns the probabilities into the weights of the reconstruction loss of the
@@ -16,11 +17,11 @@ INPUT_NORMS = {"mlp": ("none", "token", "batch"), "patch_scorer": ("none", "batc
 
 
 class MLPMaskingNet(nn.Module):
-    """The paper's masking network: flattened (patch + position) embeddings -> Linear(L*D, hidden)
+    """MLO-MAE's masking network: flattened (patch + position) embeddings -> Linear(L*D, hidden)
     -> ReLU -> Linear(hidden, L) -> sigmoid(logits / temperature). About 100M parameters at
     32 px / patch 2 / ViT-B.
 
-    ``input_norm``: ``none`` (the paper); ``token`` (LayerNorm without affine on each token);
+    ``input_norm``: ``none`` (MLO-MAE's); ``token`` (LayerNorm without affine on each token);
     ``batch`` (``standardize_over_batch``).
     """
 
@@ -90,7 +91,7 @@ def build_masking_net(
 def patch_weights(probs: Tensor, mask: Tensor, weighting: str) -> Tensor:
     """Weights (B, L) of the per-patch reconstruction loss from masking probabilities (B, L).
 
-    ``probability`` (the paper): w = p. Driving every p toward 0 then switches level I off.
+    ``probability`` (MLO-MAE's): w = p. Driving every p toward 0 then switches level I off.
     ``normalized``: w = p / mean(p over the image's masked patches), so the weights of each
     image's masked patches average exactly 1: the masking net can redistribute the
     reconstruction loss between patches but never scale it down.

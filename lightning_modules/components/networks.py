@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from unittest.mock import patch
 
+import huggingface_hub
 import timm
 from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
 
 
@@ -82,13 +83,20 @@ def check_weights_cover(model: nn.Module, path: Path, name: str) -> None:
         raise ValueError(f"{len(missing)} of the model's tensors are not in the file, e.g. {missing[:5]}")
 
 
-def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
-    """Whether a TCP connection to the weights hub opens within ``timeout_s``."""
-    try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-        return True
-    except OSError:
+def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers for ``repo_id``, asked through ``huggingface_hub``
+    itself: ``HF_HUB_OFFLINE`` means no (nothing is sent), and its HTTP client honours
+    ``HTTPS_PROXY`` / ``HF_ENDPOINT``. One request with a ``timeout_s`` limit, no retries; any
+    answer from the server (even 404) counts as reachable."""
+    if hf_constants.HF_HUB_OFFLINE:
         return False
+    try:
+        huggingface_hub.model_info(repo_id, timeout=timeout_s)
+    except HfHubHTTPError:
+        return True  # the server answered: the weights' own error will say what is wrong
+    except Exception:  # connection refused, DNS, proxy or timeout errors of the HTTP client
+        return False
+    return True
 
 
 def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
@@ -97,7 +105,8 @@ def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwar
 
     if not pretrained:
         return create()
-    online = hub_reachable()
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    online = hub_reachable(getattr(pretrained_cfg, "hf_hub_id", None) or f"timm/{name}")
     try:
         if online:
             return create()
@@ -105,7 +114,7 @@ def _create(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwar
         with patch.object(hf_constants, "HF_HUB_OFFLINE", True):
             return create()
     except Exception as err:  # hub / network / missing-weights errors
-        where = "" if online else " (huggingface.co is unreachable from this machine)"
+        where = "" if online else f" (the Hugging Face hub {hf_constants.ENDPOINT} is unreachable or HF_HUB_OFFLINE is set)"
         raise PretrainedWeightsError(
             f"Could not load pretrained weights for {name!r}{where}: {type(err).__name__}: {err}. "
             "The weights come from the Hugging Face hub and need network access once; "

@@ -121,7 +121,8 @@ def pool(features: torch.Tensor, pooling: str) -> torch.Tensor:
 
 
 class ClassificationHead(nn.Module):
-    """LayerNorm -> Dropout -> Linear (the DermaMNIST MLO-MAE study's head). (B, D) -> (B, K)."""
+    """LayerNorm -> Dropout -> Linear (the head of the "MLO-MAE on DermaMNIST" report, 2025).
+    (B, D) -> (B, K)."""
 
     def __init__(self, embed_dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()

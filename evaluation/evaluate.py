@@ -1,0 +1,167 @@
+"""Re-evaluate saved classifier checkpoints without training; average several (ensemble).
+
+    python evaluate.py logs/cnn_derma/runs/<time>/checkpoints/epoch_009.ckpt
+    python evaluate.py RUN_A/checkpoints/epoch_009.ckpt RUN_B/checkpoints/epoch_007.ckpt --out ensemble/
+    python evaluate.py CKPT --split val --root DATA_DIR
+    python evaluate.py CKPT --accelerator gpu --precision bf16-mixed --batch-size 1024 --num-workers 8
+
+Each checkpoint is rebuilt from the ``config.yaml`` its run saved (the folder above
+``checkpoints/``) and sees the data through that config (its own normalisation and size;
+``--root`` to read the files from elsewhere); every checkpoint must cover the same images.
+Predictions go through ``Trainer.predict`` (softmax, or per-label sigmoid for multi-label
+tasks); device, precision, batch size and workers default to the first run's config.
+Writes ``predictions/``, ``eval/`` and ``report.md`` into ``--out`` (default:
+``<first run>/evaluate_<split>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from torchmetrics import Metric
+
+import pipeline.cli  # noqa: F401  (registers the config resolvers)
+from evaluation.report import write_run_report
+from evaluation.writer import write_evaluation
+from lightning_modules.classifier import save_predictions
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be evaluated on the requested data."""
+
+
+def run_config(ckpt: Path):
+    path = ckpt.resolve().parent.parent / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: no config.yaml in {path.parent} (was it written by train.py?)")
+    return OmegaConf.load(path)
+
+
+def load_classifier(ckpt: Path, num_classes: int):
+    """The Classifier of ``ckpt`` with its weights; the class count must match the data."""
+    cfg = run_config(ckpt)
+    if not str(cfg.model.get("_target_", "")).endswith("Classifier"):
+        raise CheckpointError(f"{ckpt} is not a classifier checkpoint ({cfg.model.get('_target_')})")
+    if cfg.model.num_classes != num_classes:
+        raise CheckpointError(
+            f"{ckpt} predicts {cfg.model.num_classes} classes but the dataset has {num_classes}; "
+            "evaluate it on the dataset it was trained for"
+        )
+    net = cfg.model.get("net", {})
+    # the full weights come from the checkpoint below: never re-fetch or re-read initial weights
+    for key, off in (("pretrained_ckpt", None), ("pretrained", False), ("pretrained_file", None)):
+        if key in net:
+            net[key] = off
+    model = instantiate(cfg.model, _convert_="all")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    metric_states = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, Metric))
+    missing = [k for k in missing if not k.startswith(metric_states)]  # e.g. best-so-far trackers
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+def checkpoint_data(ckpt: Path, split: str, root: str | None = None):
+    """The datamodule of ``ckpt``'s run (its own preprocessing) and its ``split`` dataset.
+
+    ``root`` replaces the data folder (``data.image_root`` of a table, else ``data.root``).
+    """
+    cfg = run_config(ckpt)
+    if root is not None:
+        cfg.data["image_root" if "table" in cfg.data else "root"] = root
+    if "splits_file" in cfg.data:
+        cfg.data.splits_file = None  # the run's splits.csv stays as training wrote it
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return datamodule, datamodule.test_set if split == "test" else datamodule.val_set
+
+
+def sample_key(datamodule, dataset, split: str) -> tuple:
+    """What identifies the evaluated images: the data source, the image ids (paths) and labels."""
+    labels = tuple(np.asarray(dataset.labels).reshape(len(dataset), -1).tolist())
+    return datamodule.sample_source(), tuple(datamodule.sample_ids(split) or range(len(dataset))), labels
+
+
+def predict(model: L.LightningModule, dataset, accelerator: str, precision: str, batch_size: int,
+            num_workers: int) -> np.ndarray:
+    """Probabilities (N, K) of ``dataset`` in order, through ``Trainer.predict`` on one device."""
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=accelerator != "cpu", persistent_workers=False)
+    return torch.cat(trainer.predict(model, dataloaders=loader)).float().numpy()
+
+
+def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None,
+             accelerator: str = "auto", precision: str | None = None, batch_size: int | None = None,
+             num_workers: int | None = None) -> dict:
+    """Average the probabilities of ``ckpts`` on ``split`` and write the evaluation.
+
+    Each checkpoint sees the data through its own run's config (normalisation, size), and
+    all of them must have been evaluated on the same images in the same order. ``precision``,
+    ``batch_size`` and ``num_workers`` default to the first run's trainer / data config.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split={split!r} is invalid; allowed: test, val")
+    data = [checkpoint_data(ckpt, split, root) for ckpt in ckpts]
+    keys = [sample_key(dm, ds, split) for dm, ds in data]
+    for ckpt, key in zip(ckpts[1:], keys[1:]):
+        if key != keys[0]:
+            raise CheckpointError(
+                f"{ckpt} would be evaluated on a different {split} set than {ckpts[0]} ({key[0]}, "
+                f"{len(key[1])} images vs {keys[0][0]}, {len(keys[0][1])} images, or the same in another order); "
+                f"ensemble only runs that share the {split} split"
+            )
+    cfg = run_config(ckpts[0])
+    settings = {"accelerator": accelerator, "precision": precision or cfg.trainer.get("precision", "32-true"),
+                "batch_size": batch_size or cfg.data.get("eval_batch_size", 256),
+                "num_workers": cfg.data.get("num_workers", 0) if num_workers is None else num_workers}
+    runs = [predict(load_classifier(ckpt, dm.num_classes), ds, **settings) for ckpt, (dm, ds) in zip(ckpts, data)]
+    datamodule, dataset = data[0]
+    probs, ids = np.mean(runs, axis=0), datamodule.sample_ids(split)
+    labels = np.asarray(dataset.labels).astype(np.int64)
+    out = out or ckpts[0].resolve().parent.parent / f"evaluate_{split}"
+    save_predictions(out / "predictions", split, probs, labels, ids)
+    result = write_evaluation(probs, labels, datamodule.class_names, datamodule.task, out / "eval", split)
+    summary = result["summary"]
+    names = {"balanced_acc": "bal_acc"}
+    metrics = {f"{split}/{names.get(k, k)}": v for k, v in summary.items() if k != "n"}
+    metrics["test_checkpoint"] = ", ".join(str(c) for c in ckpts)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if split == "test":
+        write_run_report(out, cfg, metrics, title=f"evaluation of {len(ckpts)} checkpoint(s) on {split}")
+    return {"probs": probs, "labels": labels, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpts", nargs="+", type=Path)
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--root", default=None,
+                        help="data folder: of the MedMNIST files, the image folder, or a table's image_root "
+                             "(default: the run's)")
+    parser.add_argument("--accelerator", default="auto", help="cpu | gpu | auto (default)")
+    parser.add_argument("--precision", default=None, help="32-true | bf16-mixed | ... (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's data.eval_batch_size")
+    parser.add_argument("--num-workers", type=int, default=None, help="default: the run's data.num_workers")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.ckpts, args.split, args.out, args.root, args.accelerator, args.precision,
+                          args.batch_size, args.num_workers)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result["summary"], indent=2))
+    return 0

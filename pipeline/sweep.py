@@ -1,0 +1,152 @@
+"""Hyperparameter search with Optuna (>= 4): ``python sweep.py experiment=<name> [overrides]``.
+
+    python sweep.py experiment=cnn_derma sweep.n_trials=30
+    python sweep.py experiment=mae_small sweep.dir=logs/mae_small/sweeps/<time>   # resume that study
+    optuna-dashboard sqlite:///logs/cnn_derma/sweeps/<time>/optuna.db
+
+Every trial is one ``train(cfg)`` of the composed config plus the trial's sampled overrides,
+in ``<sweep dir>/trial_<n>/``. The study lives in ``<sweep dir>/optuna.db`` (SQLite), so a
+sweep interrupted at any point resumes with ``sweep.dir=<that folder>`` and the dashboard reads
+it. The objective is the run's best monitored validation value (``objective`` in
+metrics.json); the direction comes from ``monitor.mode`` (of the last stage for pipelines).
+Trials are pruned from the per-epoch validation metric (median rule, after
+``sweep.pruner_warmup_epochs``). The search space is ``sweep.params``: ``{key: spec}`` with
+``spec`` ``{type: float|int, low, high, log}`` or ``{type: categorical, choices: [...]}``;
+``null`` means the default space of the experiment (its learning rate and weight decay,
+``model.lr`` / ``model.weight_decay``, for every stage of a pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna_integration import PyTorchLightningPruningCallback
+
+from pipeline.cli import compose_config, train
+
+log = logging.getLogger("sweep")
+
+LR = {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}
+WEIGHT_DECAY = {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}
+
+
+def default_space(cfg: DictConfig) -> dict[str, dict]:
+    """Learning rate and weight decay of the model, or of each stage's model in a pipeline."""
+    prefixes = [f"stages.{n}.model" for n, s in cfg.stages.items() if s is not None] if cfg.get("stages") else ["model"]
+    return {f"{p}.{k}": spec for p in prefixes for k, spec in (("lr", LR), ("weight_decay", WEIGHT_DECAY))}
+
+
+def final_monitor(cfg: DictConfig) -> DictConfig:
+    """The monitor whose best value is the objective: the last stage's, else the run's."""
+    if cfg.get("stages"):
+        last = [s for s in cfg.stages.values() if s is not None][-1]
+        if last.get("monitor") is not None:
+            return OmegaConf.merge(cfg.monitor, last.monitor)
+    return cfg.monitor
+
+
+def check_space(cfg: DictConfig, space: dict[str, dict]) -> None:
+    """Every key exists in the experiment's config and every spec is a valid distribution."""
+    for key, spec in space.items():
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ValueError(f"sweep.params key {key!r} is not in this experiment's config; for a pipeline "
+                             "name the stage, e.g. stages.finetune.model.lr")
+        kind = spec.get("type")
+        if kind in ("float", "int"):
+            if not spec.get("low") < spec.get("high"):
+                raise ValueError(f"sweep.params.{key}: needs low < high, got {dict(spec)}")
+        elif kind == "categorical":
+            if not spec.get("choices"):
+                raise ValueError(f"sweep.params.{key}: categorical needs a non-empty choices list")
+        else:
+            raise ValueError(f"sweep.params.{key}.type={kind!r} is invalid; allowed: float, int, categorical")
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
+    """The trial's values as Hydra overrides (``key=value``)."""
+    overrides = []
+    for key, spec in space.items():
+        if spec["type"] == "float":
+            value = trial.suggest_float(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+        elif spec["type"] == "int":
+            value = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+        else:
+            value = trial.suggest_categorical(key, list(spec["choices"]))
+        overrides.append(f"{key}={value}")
+    return overrides
+
+
+def run_sweep(overrides: list[str]) -> optuna.Study:
+    """Compose ``train.yaml`` with ``overrides``, then run ``sweep.n_trials`` trials (in total,
+    counting those a resumed study already has)."""
+    probe = compose_config(overrides, "/tmp/medmae-sweep-probe")
+    settings = probe.sweep
+    space = OmegaConf.to_container(settings.params, resolve=True) if settings.params else default_space(probe)
+    check_space(probe, space)
+    monitor = final_monitor(probe)
+    if monitor.mode not in ("min", "max"):
+        raise ValueError(f"monitor.mode={monitor.mode!r} is invalid; allowed: min, max")
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+    sweep_dir = Path(settings.dir or Path(probe.paths.log_dir) / probe.task_name / "sweeps" / stamp).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=settings.study_name or probe.task_name,
+        storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
+        load_if_exists=True,
+        direction="maximize" if monitor.mode == "max" else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials,
+                                           n_warmup_steps=settings.pruner_warmup_epochs)
+        if settings.prune else optuna.pruners.NopPruner(),
+    )
+    (sweep_dir / "space.json").write_text(json.dumps({"overrides": overrides, "space": space,
+                                                      "monitor": OmegaConf.to_container(monitor)}, indent=2))
+
+    def objective(trial: optuna.Trial) -> float:
+        run_dir = sweep_dir / f"trial_{trial.number:03d}"
+        cfg = compose_config([*overrides, *suggest(trial, space)], run_dir)
+        # reports the per-epoch monitor (the dashboard's curves); prunes only with a MedianPruner
+        metrics = train(cfg, callbacks=[PyTorchLightningPruningCallback(trial, monitor=monitor.metric)])
+        value = metrics.get("objective")
+        if value is None or value != value:  # NaN: nothing was monitored
+            raise RuntimeError(f"trial {trial.number}: no {monitor.metric} was logged ({run_dir})")
+        return float(value)
+
+    remaining = settings.n_trials - len([t for t in study.trials if t.state.is_finished()])
+    log.info("Sweep %s: %d trial(s) to run, storage %s", sweep_dir, max(remaining, 0), sweep_dir / "optuna.db")
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=(RuntimeError,))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    summary = {"sweep_dir": str(sweep_dir), "direction": study.direction.name.lower(),
+               "trials": {s.name.lower(): len(study.get_trials(states=(s,))) for s in optuna.trial.TrialState}}
+    if complete:
+        summary.update(best_value=study.best_value, best_params=study.best_params,
+                       best_trial=f"trial_{study.best_trial.number:03d}")
+    (sweep_dir / "best.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return study
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sweep.py`` / ``medmae-sweep``: Hydra-style ``key=value`` overrides only."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    bad = [a for a in args if a.startswith("-")]
+    if bad:
+        print(f"error: sweep.py takes key=value overrides only, got {bad}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    try:
+        run_sweep(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

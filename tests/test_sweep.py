@@ -1,0 +1,70 @@
+"""sweep.py: Optuna (>= 4) with SQLite storage, resume, pruning and the monitor's direction."""
+
+from __future__ import annotations
+
+import csv
+
+import optuna
+import pytest
+
+from pipeline.sweep import default_space, final_monitor, run_sweep
+from tests.conftest import compose_cfg, tiny_overrides
+
+
+def _trials(sweep_dir) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    return study.trials
+
+
+def test_sweep_resumes_from_its_sqlite_file_and_prunes(data_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    common = ["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=4", "data.batch_size=32",
+              f"sweep.dir={sweep_dir}", "sweep.startup_trials=1", "sweep.pruner_warmup_epochs=0",
+              "~callbacks.evaluation"]
+    good = "sweep.params={model.lr: {type: float, low: 0.002, high: 0.004}}"
+    run_sweep([*common, good, "sweep.n_trials=2", "sweep.prune=false"])
+    assert [t.state for t in _trials(sweep_dir)] == [optuna.trial.TrialState.COMPLETE] * 2
+    # Resumed from optuna.db: only the missing trials run. They get learning rates that cannot
+    # learn, so their epoch-0 val/auc is below the median of the finished ones: pruned.
+    hopeless = "sweep.params={model.lr: {type: float, low: 1.0e-9, high: 2.0e-9}}"
+    run_sweep([*common, hopeless, "sweep.n_trials=3"])
+    trials = _trials(sweep_dir)
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[2].state == optuna.trial.TrialState.PRUNED and list(trials[2].intermediate_values) == [0]
+    with open(sweep_dir / "trial_002" / "csv" / "metrics.csv", newline="") as f:
+        assert {r["epoch"] for r in csv.DictReader(f) if r.get("val/auc")} == {"0"}  # stopped after epoch 0
+    assert all(len(t.intermediate_values) == 4 for t in trials[:2])  # one report per epoch
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # quickstart monitors val/auc, mode max
+    assert study.best_trial.number in (0, 1) and (sweep_dir / "best.json").is_file()
+
+
+def test_default_space_and_direction_follow_the_experiment(tmp_path):
+    single = compose_cfg(["experiment=cnn_derma"], tmp_path)
+    assert set(default_space(single)) == {"model.lr", "model.weight_decay"}
+    pipeline = compose_cfg(["experiment=mae_small"], tmp_path)
+    assert set(default_space(pipeline)) == {f"stages.{s}.model.{k}" for s in ("pretrain", "finetune")
+                                            for k in ("lr", "weight_decay")}
+    loss = compose_cfg(["experiment=cnn_derma", "monitor.metric=val/loss", "monitor.mode=min"], tmp_path)
+    assert final_monitor(loss).mode == "min"
+
+
+def test_sweep_refuses_a_key_that_the_experiment_lacks(data_root, tmp_path):
+    with pytest.raises(ValueError, match="'model.momentum' is not in this experiment's config"):
+        run_sweep(["experiment=quickstart", *tiny_overrides(data_root), f"sweep.dir={tmp_path}",
+                   "sweep.params={model.momentum: {type: float, low: 0.1, high: 0.9}}"])
+
+
+def test_wandb_sweep_example_drives_train_py_with_keys_the_experiment_has(tmp_path):
+    import yaml
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO
+
+    sweep = yaml.safe_load((REPO / "examples" / "wandb_sweep.yaml").read_text())
+    assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
+    experiment = next(a for a in sweep["command"] if a.startswith("experiment="))
+    cfg = compose_cfg([experiment, "logger=many"], tmp_path)
+    for key in sweep["parameters"]:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+    assert (sweep["metric"]["goal"] == "maximize") == (cfg.monitor.mode == "max")
