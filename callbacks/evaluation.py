@@ -57,8 +57,10 @@ class EvaluationCallback(L.Callback):
             return
         data = np.load(preds)
         result = write_evaluation(data["probs"], data["labels"], dm.class_names, dm.task, root / "eval")
-        if self.tune_thresholds and dm.task != MULTI_LABEL:  # decision rules are single-label
-            batches = eval_batch_limit(trainer, len(dm.val_set), dm.eval_batch_size)
+        batches = eval_batch_limit(trainer, len(dm.val_set), dm.eval_batch_size)
+        if batches == 0:
+            log.info("limit_val_batches=0: no validation predictions, so no threshold tuning")
+        elif self.tune_thresholds and dm.task != MULTI_LABEL:  # decision rules are single-label
             val = SplitPredictions(*predict_probs(pl_module, dm.val_set, dm.eval_batch_size, batches), "val")
             test = SplitPredictions(data["probs"], data["labels"], "test")
             tuning = tuned_comparison(val, test, self.objective)

@@ -42,8 +42,9 @@ def set_rng_states(states: dict) -> None:
     name, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in states and torch.cuda.is_available():  # a resume may see fewer devices than the save
+        for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
 
 
 class EpochSeeding(L.Callback):
@@ -51,11 +52,14 @@ class EpochSeeding(L.Callback):
 
     ``pipeline.run`` adds it to every run; ``seed`` is the run's seed.
 
-    Lightning creates the first epoch's loader iterator (and prefetches its first batch) when
-    ``fit`` sets up the data, before the sampler's ``set_epoch`` and before any epoch hook; every
-    later epoch's iterator is created after ``on_train_epoch_start``. So the first epoch of each
-    ``fit`` (epoch 0, or the epoch a resumed run starts at) re-creates its iterator here, after
-    seeding: every epoch then draws its order and augmentations the same way.
+    Lightning creates the first epoch's loader iterator when ``fit`` sets up the data, before the
+    samplers' ``set_epoch`` and before any epoch hook (with workers, they start fetching then);
+    every later epoch's iterator is created after ``on_train_epoch_start``. So when a ``fit``'s
+    first epoch runs its epoch-start hooks (epoch 0, or a resume from a checkpoint saved at the
+    end of a training epoch, as ``callbacks.last_checkpoint`` does), its iterator is created
+    again here, after seeding: every epoch then draws its order and augmentations the same way.
+    (A resume from a checkpoint saved at validation end first finishes that epoch; Lightning then
+    creates the next epoch's iterator after the seeding by itself.)
     """
 
     def __init__(self, seed: int) -> None:

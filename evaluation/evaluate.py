@@ -56,6 +56,10 @@ def load_classifier(ckpt: Path, num_classes: int):
             f"{ckpt} predicts {cfg.model.num_classes} classes but the dataset has {num_classes}; "
             "evaluate it on the dataset it was trained for"
         )
+    optimizer = cfg.model.get("optimizer") or {}
+    for key in ("lr", "weight_decay"):  # runs saved before model.lr / model.weight_decay existed
+        if key in optimizer:
+            cfg.model[key] = cfg.model.get(key, optimizer.pop(key))
     net = cfg.model.get("net", {})
     # the full weights come from the checkpoint below: never re-fetch or re-read initial weights
     for key, off in (("pretrained_ckpt", None), ("pretrained", False), ("pretrained_file", None)):

@@ -21,6 +21,7 @@ from lightning_modules.metrics import (
     MULTI_LABEL,
     classification_metrics,
     classwise_metrics,
+    fill_missing_metric_states,
     log_epoch_metrics,
     probabilities,
 )
@@ -127,6 +128,9 @@ class Classifier(L.LightningModule):
         loss = self.criterion(logits, y)
         probs = probabilities(logits.detach().float(), self.task)
         return loss, probs, y.long() if self.task == MULTI_LABEL else y
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
     def on_train_start(self) -> None:
         # The sanity-check validation must not count as a "best" epoch.

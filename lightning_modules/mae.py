@@ -15,6 +15,7 @@ from lightning_modules.components.vit import pool
 from lightning_modules.metrics import (
     MULTI_LABEL,
     classification_metrics,
+    fill_missing_metric_states,
     log_epoch_metrics,
     probabilities,
 )
@@ -138,6 +139,9 @@ class MAEPretrain(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.lr_schedulers().step()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
     def on_train_start(self) -> None:
         if self.probe is not None:

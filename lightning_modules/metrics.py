@@ -21,7 +21,7 @@ import re
 
 import lightning as L
 import torch
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAveragePrecision,
     BinaryF1Score,
@@ -136,6 +136,19 @@ def classwise_metrics(num_classes: int, task: str, prefix: str, class_names: lis
                    "ece": MulticlassCalibrationError(num_classes=num_classes, n_bins=15, norm="l1")}
     wrapped = {k: ClasswiseWrapper(m, labels=labels, prefix=f"{k}/") for k, m in made.items()}
     return MetricCollection({**wrapped, **summary}, prefix=prefix, compute_groups=False)
+
+
+def fill_missing_metric_states(module: torch.nn.Module, checkpoint: dict) -> None:
+    """Checkpoints written before a metric's state was saved (e.g. the best-so-far trackers) lack
+    its keys: keep the fresh metric's state so that resuming from them still loads strictly.
+    Only torchmetrics states are filled in; a missing weight still fails the load."""
+    state = checkpoint.get("state_dict")
+    if state is None:
+        return
+    for name, metric in module.named_modules():
+        if isinstance(metric, Metric):
+            for key, value in metric.state_dict(prefix=f"{name}.").items():
+                state.setdefault(key, value)
 
 
 def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:

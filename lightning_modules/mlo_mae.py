@@ -42,7 +42,12 @@ from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, random_masking
 from lightning_modules.components.vit import ClassificationHead, pool
 from lightning_modules.mae import fixed_masking, reconstruct_with
-from lightning_modules.metrics import MULTI_LABEL, classification_metrics, log_epoch_metrics
+from lightning_modules.metrics import (
+    MULTI_LABEL,
+    classification_metrics,
+    fill_missing_metric_states,
+    log_epoch_metrics,
+)
 
 MASK_MODES = ("learned", "random")
 log = logging.getLogger(__name__)
@@ -302,6 +307,9 @@ class MLOMAE(L.LightningModule):
     # ----- fit hooks ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
     def on_train_start(self) -> None:
         self.val_auc_best.reset()

@@ -20,12 +20,18 @@ from datamodules.resolvers import register_resolvers
 from pipeline import run_pipeline, run_stage
 from pipeline.loggers import wandb_mode
 
-try:  # installed (also editable): the configs travel as the package ``medmae_conf``
+
+def _conf_dir() -> Path:
+    """The configs next to this code (a checkout), else the installed package ``medmae_conf``."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "train.yaml").is_file():
+        return checkout
     import medmae_conf
 
-    CONF_DIR = Path(medmae_conf.__file__).resolve().parent
-except ImportError:  # a checkout that was not installed
-    CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+    return Path(medmae_conf.__file__).resolve().parent
+
+
+CONF_DIR = _conf_dir()
 
 
 def _register_all_resolvers() -> None:

@@ -40,14 +40,23 @@ class _ResumableWriter(ExperimentWriter):
 
 class ResumableCSVLogger(CSVLogger):
     """``lightning.pytorch.loggers.CSVLogger`` whose ``metrics.csv`` survives a resume in the
-    same run folder (``ckpt_path=<run>/checkpoints/last.ckpt``, or a pipeline re-run)."""
+    same run folder (``ckpt_path=<run>/checkpoints/last.ckpt``, or a pipeline re-run).
+
+    ``resume_from``: the checkpoint the run resumes from (``${ckpt_path}``); None = a fresh run,
+    which starts a new ``metrics.csv`` as Lightning's logger does.
+    """
+
+    def __init__(self, *args, resume_from: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_from = resume_from
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ResumableWriter(log_dir=self.log_dir)
+            writer = _ResumableWriter if self.resume_from else ExperimentWriter
+            self._experiment = writer(log_dir=self.log_dir)
         return self._experiment
 
 

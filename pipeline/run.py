@@ -36,7 +36,18 @@ def with_every_stage(cfg: DictConfig) -> DictConfig:
         return cfg
     merged = OmegaConf.merge(cfg, extra)
     merged.every_stage = None
+    for key in _leaf_keys(OmegaConf.to_container(extra)):
+        before, after = OmegaConf.select(cfg, key), OmegaConf.select(merged, key)
+        if before != after:
+            log.info("every_stage sets %s=%s (was %s); change it with ++every_stage.%s=...", key, after, before, key)
     return merged
+
+
+def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        keys += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return keys
 
 
 def instantiate_group(group: DictConfig | None) -> list:

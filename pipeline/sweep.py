@@ -92,19 +92,33 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
     monitor = final_monitor(probe)
     if monitor.mode not in ("min", "max"):
         raise ValueError(f"monitor.mode={monitor.mode!r} is invalid; allowed: min, max")
+    devices = probe.trainer.get("devices", 1)
+    if probe.trainer.get("strategy") not in (None, "auto") or (isinstance(devices, int) and devices > 1):
+        raise ValueError("sweep.py runs each trial in one process: use one device (trainer=cpu or trainer=gpu); "
+                         "for multi-GPU trials use W&B Sweeps (examples/wandb_sweep.yaml)")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     sweep_dir = Path(settings.dir or Path(probe.paths.log_dir) / probe.task_name / "sweeps" / stamp).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    name = settings.study_name or probe.task_name
+    resumed = name in optuna.study.get_all_study_names(storage)
+    previous = optuna.load_study(study_name=name, storage=storage).trials if resumed else []
     study = optuna.create_study(
-        study_name=settings.study_name or probe.task_name,
-        storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
+        study_name=name,
+        storage=storage,
         load_if_exists=True,
         direction="maximize" if monitor.mode == "max" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials),
+        # a resumed study must not replay the trials it already has: seed by how many there are
+        sampler=optuna.samplers.TPESampler(seed=settings.seed + len(previous), n_startup_trials=settings.startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials,
                                            n_warmup_steps=settings.pruner_warmup_epochs)
         if settings.prune else optuna.pruners.NopPruner(),
     )
+    study_id = storage.get_study_id_from_name(name)
+    for stale in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):  # left by a killed sweep
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, stale.number)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        log.warning("trial %d was left running by an interrupted sweep: marked failed", stale.number)
     (sweep_dir / "space.json").write_text(json.dumps({"overrides": overrides, "space": space,
                                                       "monitor": OmegaConf.to_container(monitor)}, indent=2))
 
@@ -118,7 +132,8 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
             raise RuntimeError(f"trial {trial.number}: no {monitor.metric} was logged ({run_dir})")
         return float(value)
 
-    remaining = settings.n_trials - len([t for t in study.trials if t.state.is_finished()])
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    remaining = settings.n_trials - len(done)  # failed trials (crashed, killed) do not use up the budget
     log.info("Sweep %s: %d trial(s) to run, storage %s", sweep_dir, max(remaining, 0), sweep_dir / "optuna.db")
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, catch=(RuntimeError,))

@@ -284,6 +284,26 @@ def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path
     assert evaluate.main([str(tmp_path / "nowhere.ckpt")]) == 1
     assert "no config.yaml" in capsys.readouterr().err
 
+    # The per-class metrics logged by the test loop (torchmetrics, every logger) equal sklearn on
+    # the saved predictions; each validation epoch left its confusion matrix.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    preds = np.load(tmp_path / "run" / "predictions" / "test_predictions.npz")
+    probs, labels = preds["probs"], preds["labels"]
+    assert metrics["test/auroc/melanoma"] == pytest.approx(roc_auc_score(labels == 4, probs[:, 4]), abs=1e-5)
+    assert metrics["test/ap/melanoma"] == pytest.approx(average_precision_score(labels == 4, probs[:, 4]), abs=1e-5)
+    assert 0 <= metrics["val/ece"] <= 1 and "val/recall/basal_cell_carcinoma" in metrics
+    history = json.loads((tmp_path / "run" / "eval" / "val_confusion_matrices.json").read_text())
+    assert list(history) == ["0"] and np.asarray(history["0"]).sum() == 70  # every validation image
+
+    # A run saved before model.lr existed (model.optimizer.lr) still evaluates.
+    config = tmp_path / "run" / "config.yaml"
+    old = config.read_text().replace("  lr: 0.003\n", "", 1).replace(
+        "    _target_: torch.optim.Adam\n", "    _target_: torch.optim.Adam\n    lr: 0.003\n", 1)
+    assert old != config.read_text()
+    config.write_text(old)
+    np.testing.assert_allclose(evaluate.evaluate([ckpt], out=tmp_path / "old")["probs"], single["probs"], atol=1e-6)
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_PNEUMONIA.is_file(), reason="real PneumoniaMNIST not available")

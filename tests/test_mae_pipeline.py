@@ -171,7 +171,8 @@ def test_linear_probe_mode_trains_only_the_head(data_root, tmp_path):
     from lightning import Trainer
 
     dm = instantiate(cfg.data, _convert_="all")
-    Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False).fit(model, dm)
+    Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
+            default_root_dir=tmp_path).fit(model, dm)
     assert all(torch.equal(before[k], v) for k, v in model.net.encoder.state_dict().items())
 
 

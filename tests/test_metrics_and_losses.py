@@ -193,3 +193,20 @@ def test_class_weighted_loss_uses_weights_and_requires_them():
 def test_invalid_loss_config(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         ClassificationLoss(**kwargs)
+
+
+def test_checkpoints_without_tracker_states_still_load_strictly(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    model = instantiate(compose_cfg(["experiment=quickstart"], tmp_path).model, _convert_="all")
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith(("val_acc_best.", "val_auc_best."))}
+    assert len(old) < len(model.state_dict())  # the trackers are saved now
+    checkpoint = {"state_dict": dict(old)}
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    del checkpoint["state_dict"]["net.classifier.0.weight" if "net.classifier.0.weight" in old else next(iter(old))]
+    with pytest.raises(RuntimeError, match="Missing key"):  # a missing weight is still an error
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"], strict=True)

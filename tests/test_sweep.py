@@ -39,6 +39,27 @@ def test_sweep_resumes_from_its_sqlite_file_and_prunes(data_root, tmp_path):
     assert study.best_trial.number in (0, 1) and (sweep_dir / "best.json").is_file()
 
 
+def test_resumed_sweep_draws_new_values_and_fails_trials_a_kill_left_running(data_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",
+              "sweep.study_name=quickstart",
+              "sweep.startup_trials=10", "~callbacks.evaluation"]
+    run_sweep([*common, "sweep.n_trials=2"])
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name="quickstart", storage=storage)
+    study.ask()  # a trial that a killed sweep would leave RUNNING
+    run_sweep([*common, "sweep.n_trials=4"])
+    trials = optuna.load_study(study_name="quickstart", storage=storage).trials
+    assert trials[2].state == optuna.trial.TrialState.FAIL
+    values = [t.params["model.lr"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(values) == 4 and len(set(values)) == 4  # the resumed sampler does not replay trials 0 and 1
+
+
+def test_sweep_refuses_multi_device_trials(data_root, tmp_path):
+    with pytest.raises(ValueError, match="use one device"):
+        run_sweep(["experiment=quickstart", *tiny_overrides(data_root), "trainer=ddp_sim", f"sweep.dir={tmp_path}"])
+
+
 def test_default_space_and_direction_follow_the_experiment(tmp_path):
     single = compose_cfg(["experiment=cnn_derma"], tmp_path)
     assert set(default_space(single)) == {"model.lr", "model.weight_decay"}
