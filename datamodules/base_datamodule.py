@@ -7,6 +7,8 @@ decide the split; ``build_sets`` does the rest the same way for all of them.
 
 from __future__ import annotations
 
+import abc
+
 import lightning as L
 import numpy as np
 import torch
@@ -47,7 +49,7 @@ def require(ok: bool, key: str, value, allowed: str) -> None:
         raise ValueError(f"data.{key}={value!r} is invalid; allowed: {allowed}")
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     """Base of the labelled datamodules (see ``MedMNISTDataModule`` for the arguments).
 
     Subclasses set ``task`` and implement ``num_classes``, ``in_chans``, ``class_names`` and
@@ -128,9 +130,9 @@ class ClassificationDataModule(L.LightningDataModule):
             return torch.tensor((len(self.train_labels) - pos) / pos, dtype=torch.float32)
         return class_weights_from_labels(self.train_labels, self.num_classes)
 
+    @abc.abstractmethod
     def sample_source(self) -> str:
         """Where the samples come from (a MedMNIST flag, an image folder): ensembles compare it."""
-        raise NotImplementedError
 
     def sample_ids(self, split: str) -> list[str] | None:
         """One identifier per sample of ``split`` in dataset order (e.g. image paths), or None."""

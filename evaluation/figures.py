@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     average_precision_score,
     precision_recall_curve,
@@ -187,6 +188,7 @@ def learning_curves_figure(rows: list[dict], monitor: str):
             if x:
                 ax.plot(x, y, marker="o", ms=3, label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         if ax.lines:
             ax.legend(fontsize=8)
