@@ -83,8 +83,9 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
 
 
 def run_sweep(overrides: list[str]) -> optuna.Study:
-    """Compose ``train.yaml`` with ``overrides``, then run ``sweep.n_trials`` trials (in total,
-    counting those a resumed study already has)."""
+    """Compose ``train.yaml`` with ``overrides``, then run trials until the study has
+    ``sweep.n_trials`` complete or pruned ones. One sweep process per study: on start, trials
+    still marked RUNNING are taken to be left by a killed sweep and marked failed."""
     probe = compose_config(overrides, "/tmp/medmae-sweep-probe")
     settings = probe.sweep
     space = OmegaConf.to_container(settings.params, resolve=True) if settings.params else default_space(probe)
