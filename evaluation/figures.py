@@ -24,6 +24,15 @@ def _short(names: list[str], width: int = 18) -> list[str]:
     return [n if len(n) <= width else n[: width - 1] + "…" for n in names]
 
 
+def _ranked_classes(onehot: np.ndarray, names: list[str]):
+    """(index, short name, positives (N,) bool) of each class / label of ``onehot`` (N, K) that
+    has both positives and negatives: the ones a one-vs-rest curve exists for."""
+    for i, name in zip(range(onehot.shape[1]), _short(names)):
+        positive = onehot[:, i].astype(bool)
+        if positive.any() and not positive.all():
+            yield i, name, positive
+
+
 def confusion_figure(labels: np.ndarray, probs: np.ndarray, class_names: list[str]):
     """Counts and row-normalised confusion matrices side by side."""
     k = len(class_names)
@@ -62,12 +71,9 @@ def per_class_accuracy_figure(table: list[dict]):
 def roc_figure(labels: np.ndarray, probs: np.ndarray, class_names: list[str]):
     """One-vs-rest ROC curve of every class (classes absent from the labels are skipped)."""
     fig, ax = plt.subplots(figsize=(4.2, 4))
-    for i, name in enumerate(class_names):
-        positive = labels == i
-        if positive.all() or not positive.any():
-            continue
+    for i, name, positive in _ranked_classes(np.eye(len(class_names))[labels], class_names):
         fpr, tpr, _ = roc_curve(positive, probs[:, i])
-        ax.plot(fpr, tpr, lw=1, label=f"{_short([name])[0]} ({roc_auc_score(positive, probs[:, i]):.3f})")
+        ax.plot(fpr, tpr, lw=1, label=f"{name} ({roc_auc_score(positive, probs[:, i]):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.6)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -141,14 +147,11 @@ def pr_curves_figure(onehot: np.ndarray, probs: np.ndarray, names: list[str]):
     """One-vs-rest precision-recall curve of every class / label with its average precision;
     ``onehot`` (N, K) 0/1 targets (one-hot classes or multi-label), ``probs`` (N, K)."""
     fig, ax = plt.subplots(figsize=(4.2, 4))
-    for i, name in enumerate(names):
-        positive = onehot[:, i].astype(bool)
-        if positive.all() or not positive.any():
-            continue
+    for i, name, positive in _ranked_classes(onehot, names):
         precision, recall, _ = precision_recall_curve(positive, probs[:, i])
         ap = average_precision_score(positive, probs[:, i])
         ax.step(recall, precision, where="post", lw=1,
-                label=f"{_short([name])[0]} (AP {ap:.3f}, prevalence {positive.mean():.2f})")
+                label=f"{name} (AP {ap:.3f}, prevalence {positive.mean():.2f})")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -22,8 +21,6 @@ from evaluation.metrics import (
     per_label_table,
     summary_metrics,
 )
-
-log = logging.getLogger(__name__)
 
 
 def write_evaluation(
