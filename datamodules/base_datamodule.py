@@ -14,9 +14,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import CombinedLoader
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, Subset
 
+from datamodules.batch_transforms import BatchTransform
 from datamodules.medmnist_files import MULTI_LABEL
+from datamodules.on_device import DeviceImages, IndexBatch, IndexDataset, keep_batch
 from datamodules.samplers import (
     EPOCH_LENGTHS,
     SAMPLER_MODES,
@@ -72,6 +75,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         pin_memory: bool,
         split_seed: int,
         mlo: dict | None,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         require(0 < label_fraction <= 1, "label_fraction", label_fraction, "(0, 1]")
@@ -91,6 +95,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.split_seed = split_seed
         self.mlo = self._check_mlo(mlo)
+        self.on_device = bool(on_device)
+        self.device_images: DeviceImages | None = None
         self.level_indices: dict[str, np.ndarray] = {}
         self.train_set = self.val_set = self.test_set = None
         self.train_labels: np.ndarray | None = None
@@ -148,7 +154,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         """Datasets of the final train / val / test arrays (uint8 (N, H, W[, 3]), labels).
 
         Normalisation statistics come from the training images only; augmentation is
-        applied to the training set only.
+        applied to the training set only. With ``on_device`` the loaders yield indices and the
+        same transforms run batched on the device (``on_after_batch_transfer``).
         """
         self.train_labels = labels["train"]
         stats = normalization_stats(self.normalization, self.in_chans, images["train"])
@@ -158,6 +165,11 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.train_set = ArrayDataset(images["train"], labels["train"], train_tf, as_rgb, multi)
         self.val_set = ArrayDataset(images["val"], labels["val"], eval_tf, as_rgb, multi)
         self.test_set = ArrayDataset(images["test"], labels["test"], eval_tf, as_rgb, multi)
+        if self.on_device:
+            sets = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+            transforms = {"train": BatchTransform(self.img_size, stats, self.augment),
+                          "val": BatchTransform(self.img_size, stats), "test": BatchTransform(self.img_size, stats)}
+            self.device_images = DeviceImages(sets, transforms)
         if self.mlo is not None:
             level2, level3 = stratified_split(
                 self.train_labels, self.mlo["level3_fraction"], self.split_seed + 2, "data.mlo.level3_fraction"
@@ -165,7 +177,15 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             self.level_indices = {"level2": level2, "level3": level3}
 
     # ----- loaders ----------------------------------------------------------------------
+    def _split_set(self, split: str):
+        """The Dataset the ``split`` loader reads: images, or indices on the on-device path."""
+        dataset = getattr(self, f"{split}_set")
+        return IndexDataset(split, dataset.labels) if self.device_images is not None else dataset
+
     def _loader(self, dataset, batch_size: int, train: bool = True, **kwargs) -> DataLoader:
+        if self.device_images is not None:
+            # Indices only: no workers, nothing to pin; the images are already on the device.
+            return DataLoader(dataset, batch_size=batch_size, collate_fn=keep_batch, **kwargs)
         # Training workers start afresh every epoch: their augmentation seeds then come from the
         # epoch's seed (callbacks.seeding), so a resumed run draws what an uninterrupted one does.
         # Persistent workers would carry their generators over from earlier epochs.
@@ -181,22 +201,24 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     def train_dataloader(self):
         if self.mlo is not None:
             return self._mlo_loaders()
-        drop_last = len(self.train_set) > self.batch_size  # no size-1 batch for BatchNorm
+        train_set = self._split_set("train")
+        drop_last = len(train_set) > self.batch_size  # no size-1 batch for BatchNorm
         if self.sampler == "none":
-            return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=drop_last)
+            return self._loader(train_set, self.batch_size, shuffle=True, drop_last=drop_last)
         sampler = ClassBalancedSampler(
             self.train_labels.reshape(-1), self.sampler, self.epoch_length, seed=self.split_seed
         )
-        return self._loader(self.train_set, self.batch_size, sampler=sampler, drop_last=drop_last)
+        return self._loader(train_set, self.batch_size, sampler=sampler, drop_last=drop_last)
 
     def _mlo_loaders(self) -> CombinedLoader:
         """One MLO-MAE cycle per step. The shorter level loaders restart within an epoch; each
         pass gets a new order from (seed, epoch, pass), sharded per rank under DDP."""
         n1, n2, n3 = self.mlo["cadence"]
+        train_set = self._split_set("train")
         sets = {
-            "level1": (self.train_set, n1),
-            "level2": (Subset(self.train_set, self.level_indices["level2"]), n2),
-            "level3": (Subset(self.train_set, self.level_indices["level3"]), n3),
+            "level1": (train_set, n1),
+            "level2": (Subset(train_set, self.level_indices["level2"]), n2),
+            "level3": (Subset(train_set, self.level_indices["level3"]), n3),
         }
         loaders = {
             name: self._loader(ds, self.batch_size * n, sampler=CyclingShuffleSampler(ds, seed=self.split_seed + i),
@@ -205,13 +227,21 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def _eval_loader(self, dataset) -> DataLoader:
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._split_set(split)
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         sampler = UnpaddedDistributedSampler(dataset) if distributed else None
         return self._loader(dataset, self.eval_batch_size, train=False, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)
+        return self._eval_loader("test")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """On the on-device path: every ``IndexBatch`` (one, or one per MLO-MAE level) becomes
+        ``(images, labels)``, gathered and augmented on the batch's device."""
+        if self.device_images is None:
+            return batch
+        return apply_to_collection(batch, IndexBatch, self.device_images.materialize)

@@ -43,6 +43,8 @@ class MedMNISTDataModule(ClassificationDataModule):
             loader then yields ``{"level1": ..., "level2": ..., "level3": ...}`` per step, with
             level I on the whole training set and levels II / III on a stratified, seeded
             split of it; batch sizes are ``batch_size`` times the cadence (one cycle a step).
+        on_device: keep the uint8 images on the training device and augment whole batches
+            there (``on_device.py``); the loaders then yield indices and ignore num_workers.
         synthetic: if set, write a synthetic file of these ``make_synthetic_arrays`` kwargs
             at the expected path when it is absent (tests and offline demos).
         num_classes, in_chans, task: optional cross-checks of values the configs interpolate.
@@ -69,13 +71,14 @@ class MedMNISTDataModule(ClassificationDataModule):
         pin_memory: bool = False,
         split_seed: int = 0,
         mlo: dict | None = None,
+        on_device: bool = False,
         synthetic: dict | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
         task: str | None = None,
     ) -> None:
         super().__init__(img_size or size, normalization, augment, label_fraction, sampler, epoch_length,
-                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo)
+                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device)
         self.info = medmnist_info(flag)
         check_size(size)
         require(split in SPLIT_MODES, "split", split, str(list(SPLIT_MODES)))

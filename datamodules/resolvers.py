@@ -3,11 +3,14 @@
 ``${medmnist_num_classes:dermamnist}`` -> 7, ``${medmnist_in_chans:pneumoniamnist,true}`` -> 3,
 ``${medmnist_task:pneumoniamnist}`` -> "binary-class"; inside an image_table / image_folder
 data config, ``${image_data:num_classes}`` and ``${image_data:task}`` read the table's labels
-or the folder's class folders.
+or the folder's class folders; ``${on_gpu:${trainer.accelerator}}`` and
+``${loader_workers:${trainer.accelerator},${trainer.devices}}`` give the data defaults of GPU
+runs (on-device data, pinned memory, worker processes for the CPU path).
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,6 +53,23 @@ def _image_data(key: str, _parent_: DictConfig):
     raise ValueError(f"${{image_data:{key}}}: unknown key; use num_classes or task")
 
 
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def _on_gpu(accelerator) -> bool:
+    """True for ``trainer.accelerator`` gpu / cuda (``auto`` stays on the CPU defaults)."""
+    return str(accelerator).lower() in GPU_ACCELERATORS
+
+
+def _loader_workers(accelerator, devices) -> int:
+    """DataLoader workers per process: 0 on CPU (the model needs the cores); on GPUs the
+    machine's cores shared by the processes, one left for each main process, at most 8."""
+    if not _on_gpu(accelerator):
+        return 0
+    processes = devices if isinstance(devices, int) and devices > 0 else 1
+    return max(1, min(8, (os.cpu_count() or 2) // processes - 1))
+
+
 def register_resolvers() -> None:
     """Register the resolvers once (idempotent)."""
     resolvers = {
@@ -57,6 +77,8 @@ def register_resolvers() -> None:
         "medmnist_in_chans": _in_chans,
         "medmnist_task": lambda flag: medmnist_info(flag)["task"],
         "image_data": _image_data,
+        "on_gpu": _on_gpu,
+        "loader_workers": _loader_workers,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

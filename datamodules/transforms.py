@@ -57,10 +57,14 @@ def normalization_stats(
     raise ValueError(f"data.normalization={name!r} is invalid; allowed: {list(NORMALIZATIONS)}")
 
 
-def _rotation(augment: AugmentConfig, img_size: int) -> v2.Transform:
+def check_rotation(augment: AugmentConfig) -> None:
     if not 0 < augment.rotation <= 180 or not 0 < augment.rotation_p <= 1:
         raise ValueError(f"data.augment.rotation={augment.rotation} / rotation_p={augment.rotation_p} are invalid; "
                          "allowed: rotation in (0, 180] degrees, rotation_p in (0, 1]")
+
+
+def _rotation(augment: AugmentConfig, img_size: int) -> v2.Transform:
+    check_rotation(augment)
     rotate: v2.Transform = v2.RandomRotation(augment.rotation, expand=augment.rotation_expand)
     if augment.rotation_expand:
         rotate = v2.Compose([rotate, v2.Resize((img_size, img_size), antialias=True)])

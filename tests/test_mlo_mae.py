@@ -98,7 +98,7 @@ class SGDMLOMAE(MLOMAE):
         pass
 
 
-def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3):
+def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3, on_device=False):
     """A few MLO-MAE cycles through a real Lightning Trainer (gloo DDP when devices > 1) on the
     synthetic DermaMNIST; returns the final state dict (rank 0's, brought back by ddp_spawn)."""
     import lightning as L
@@ -112,13 +112,26 @@ def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3):
                        num_classes=7, task="multi-class", masking_net="mlp", masking_hidden=8, head_dropout=0.0,
                        cadence=(2, 1, 1), lr=0.1, lr_head=0.1, lr_mask=10.0, reduce_hypergradients=reduce)
     dm = MedMNISTDataModule(flag="dermamnist", root=data_root, download=False, batch_size=batch_size,
-                            mlo={"level3_fraction": 0.2, "cadence": [2, 1, 1]})
+                            mlo={"level3_fraction": 0.2, "cadence": [2, 1, 1]}, on_device=on_device)
     strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True) if devices > 1 else "auto"
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1,
                         limit_train_batches=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.ddp
+def test_on_device_data_shards_per_rank_like_the_dataloader_path(data_root):
+    """data.on_device: one process reproduces the DataLoader path, and 2 gloo ranks with half the
+    batch each (Lightning's distributed sampler over the index loaders) reproduce one process."""
+    torch.set_num_threads(1)
+    single = _fit_mlo(data_root, devices=1, batch_size=8)
+    on_device = _fit_mlo(data_root, devices=1, batch_size=8, on_device=True)
+    ddp = _fit_mlo(data_root, devices=2, batch_size=4, on_device=True)
+    for k in single:
+        torch.testing.assert_close(on_device[k], single[k], rtol=0, atol=1e-7, msg=k)
+        torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 @pytest.mark.ddp
