@@ -79,6 +79,7 @@ def register_resolvers() -> None:
         "image_data": _image_data,
         "on_gpu": _on_gpu,
         "loader_workers": _loader_workers,
+        "matmul_precision": lambda accelerator: "high" if _on_gpu(accelerator) else "highest",
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

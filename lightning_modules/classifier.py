@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from evaluation.writer import record_confusion
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.optim import param_groups
+from lightning_modules.components.speed import compile_networks, compile_options, fused_kwargs, to_channels_last
 from lightning_modules.metrics import (
     MULTI_LABEL,
     classification_metrics,
@@ -56,6 +57,8 @@ class Classifier(L.LightningModule):
         freeze_encoder: linear probing: the encoder is frozen (eval mode), only the head trains.
         mixup: kwargs of ``timm.data.Mixup`` (``mixup_alpha``, ``cutmix_alpha``, ``prob``...);
             the training loss becomes soft-target cross-entropy.
+        compile: ``torch.compile`` the network (true or a dict of its options).
+        channels_last: NHWC weights and inputs (CNNs on GPUs); the optimiser is fused on CUDA.
     """
 
     def __init__(
@@ -72,8 +75,11 @@ class Classifier(L.LightningModule):
         layer_decay: float | None = None,
         freeze_encoder: bool = False,
         mixup: dict | None = None,
+        compile: bool | dict = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_options = compile_options(compile)
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"model.scheduler_interval={scheduler_interval!r}; allowed: epoch, step")
         encoder = getattr(net, "encoder", None)
@@ -91,7 +97,7 @@ class Classifier(L.LightningModule):
         if freeze_encoder:
             encoder.requires_grad_(False)
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
-        self.net = net
+        self.net = to_channels_last(net) if channels_last else net
         self.task = task
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.criterion = ClassificationLoss(**(loss or {}), multi_label=task == MULTI_LABEL)
@@ -109,7 +115,12 @@ class Classifier(L.LightningModule):
         self.test_probs, self.test_labels = CatMetric(), CatMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    def configure_model(self) -> None:
+        compile_networks([self.net], self.compile_options)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule  # None under Trainer.predict with plain dataloaders (evaluate.py)
@@ -224,7 +235,7 @@ class Classifier(L.LightningModule):
         layer_decay = self.hparams.layer_decay
         num_layers = len(self.net.encoder.blocks) if layer_decay is not None else None
         groups = param_groups(self.net, self.hparams.lr, self.hparams.weight_decay, layer_decay, num_layers)
-        optimizer = self.optimizer_factory(params=groups)
+        optimizer = self.optimizer_factory(params=groups, **fused_kwargs(self.optimizer_factory, groups))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -11,6 +11,7 @@ from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.mae import MaskedAutoencoder, uniformity_loss
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, unpatchify
+from lightning_modules.components.speed import adamw, compile_networks, compile_options
 from lightning_modules.components.vit import pool
 from lightning_modules.metrics import (
     MULTI_LABEL,
@@ -56,6 +57,7 @@ class MAEPretrain(L.LightningModule):
             validation) or ``visible`` (the visible-token features of the MAE pass; free).
         uniformity_weight, uniformity_tau: U-MAE regulariser on mean-pooled latents (0 = off).
         grad_clip: max gradient norm of the MAE optimiser (None = off).
+        compile: ``torch.compile`` the encoder and decoder (true or a dict of its options).
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class MAEPretrain(L.LightningModule):
         uniformity_weight: float = 0.0,
         uniformity_tau: float = 0.1,
         grad_clip: float | None = None,
+        compile: bool | dict = False,
     ) -> None:
         super().__init__()
+        self.compile_options = compile_options(compile)
         if probe_input not in PROBE_INPUTS:
             raise ValueError(f"model.probe_input={probe_input!r} is invalid; allowed: {list(PROBE_INPUTS)}")
         self.save_hyperparameters(logger=False, ignore=["mae"])
@@ -147,6 +151,9 @@ class MAEPretrain(L.LightningModule):
         if self.probe is not None:
             self.probe_auc_best.reset()
 
+    def configure_model(self) -> None:
+        compile_networks([self.mae.encoder, self.mae.decoder], self.compile_options)
+
     # ----- validation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -164,12 +171,12 @@ class MAEPretrain(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups(self.mae, hp.lr, hp.weight_decay)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        opt = adamw(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = max(1, self.trainer.max_epochs or 1)
         sched = cosine_with_warmup(opt, min(hp.warmup_epochs, total - 1), total, hp.min_lr_ratio)
         optimizers = [opt]
         if self.probe is not None:
-            optimizers.append(torch.optim.AdamW(self.probe.parameters(), lr=hp.probe_lr, weight_decay=0.0))
+            optimizers.append(adamw([{"params": list(self.probe.parameters())}], lr=hp.probe_lr, weight_decay=0.0))
         return optimizers, [sched]
 
 

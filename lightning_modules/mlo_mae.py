@@ -40,6 +40,7 @@ from lightning_modules.components.masking import (
 )
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, random_masking
+from lightning_modules.components.speed import adamw, compile_networks, compile_options
 from lightning_modules.components.vit import ClassificationHead, pool
 from lightning_modules.mae import fixed_masking, reconstruct_with
 from lightning_modules.metrics import (
@@ -125,6 +126,8 @@ class MLOMAE(L.LightningModule):
         grad_clip: max gradient norm of the level-I optimiser (None = off).
         reduce_hypergradients: all-reduce every ``autograd.grad`` result under DDP (only a
             test switches it off, to show that ranks then drift apart).
+        compile: ``torch.compile`` the encoder, decoder, head and masking net (true or a dict
+            of its options); the finite-difference passes still run eagerly in exact fp32.
     """
 
     check_precision = staticmethod(check_precision)  # train.py calls it before building the Trainer
@@ -155,8 +158,10 @@ class MLOMAE(L.LightningModule):
         hypergradient_scaling: str = "official",
         grad_clip: float | None = None,
         reduce_hypergradients: bool = True,
+        compile: bool | dict = False,
     ) -> None:
         super().__init__()
+        self.compile_options = compile_options(compile)
         if not 0 < mae.mask_ratio < 1:
             raise ValueError(f"mask_ratio={mae.mask_ratio} is invalid; MLO-MAE needs (0, 1)")
         for name, value, allowed in (("mask_mode", mask_mode, MASK_MODES), ("hypergradient", hypergradient, SCHEDULES),
@@ -308,6 +313,9 @@ class MLOMAE(L.LightningModule):
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
 
+    def configure_model(self) -> None:
+        compile_networks([self.mae.encoder, self.mae.decoder, self.head, self.masknet], self.compile_options)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
@@ -345,9 +353,9 @@ class MLOMAE(L.LightningModule):
         hp = self.hparams
         betas = tuple(hp.betas)
         opts = [
-            torch.optim.AdamW(param_groups(self.mae, hp.lr, hp.weight_decay), lr=hp.lr, betas=betas),
-            torch.optim.AdamW(param_groups(self.head, hp.lr_head, hp.weight_decay), lr=hp.lr_head, betas=betas),
-            torch.optim.AdamW(param_groups(self.masknet, hp.lr_mask, hp.weight_decay), lr=hp.lr_mask, betas=betas),
+            adamw(param_groups(self.mae, hp.lr, hp.weight_decay), lr=hp.lr, betas=betas),
+            adamw(param_groups(self.head, hp.lr_head, hp.weight_decay), lr=hp.lr_head, betas=betas),
+            adamw(param_groups(self.masknet, hp.lr_mask, hp.weight_decay), lr=hp.lr_mask, betas=betas),
         ]
         total = max(1, self.trainer.max_epochs or 1)
         warmup = min(hp.warmup_epochs, total - 1)

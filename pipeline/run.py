@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -112,6 +113,7 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     start = time.time()
     cfg = with_every_stage(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.masking import patch_weights
+from lightning_modules.components.speed import eager
 from lightning_modules.components.vit import pool
 
 Reduce = Callable[[list[Tensor]], list[Tensor]]
@@ -119,12 +120,13 @@ def tf32_enabled() -> bool:
 
 @contextmanager
 def exact_fp32(*modules: nn.Module) -> Iterator[None]:
-    """fp32 without autocast or TF32, modules in eval mode (no dropout / drop path)."""
+    """fp32 without autocast or TF32, modules in eval mode (no dropout / drop path), compiled
+    modules run eagerly (``model.compile`` never changes the finite differences)."""
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
     try:
-        with no_tf32(), torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+        with no_tf32(), eager(), torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             yield
     finally:
         for m, mode in zip(modules, modes):
