@@ -11,6 +11,10 @@ over ``--repeats`` so that warm caches favour neither.
 
     python benchmarks/framework_overhead.py --data-root DATA_DIR             # real PneumoniaMNIST
     python benchmarks/framework_overhead.py --data-root DATA_DIR --epochs 3 --repeats 1
+    python benchmarks/framework_overhead.py --device cuda     # trainer=gpu: on-device data, bf16
+
+On a GPU both arms use the on-device data path (the bare loop calls the datamodule's
+``on_after_batch_transfer`` after moving each batch, as the Trainer does) and bf16 autocast.
 
 Target (GPU speed issue): the project's run <= 1.10x the bare loop, per epoch, on CPU and GPU.
 """
@@ -44,48 +48,60 @@ class EpochClock(L.Callback):
             self.seconds.append(time.perf_counter() - self._start)
 
 
-def overrides(data_root: Path, epochs: int, seed: int, lean: bool) -> list[str]:
+def overrides(data_root: Path, epochs: int, seed: int, lean: bool, device: str = "cpu") -> list[str]:
+    trainer = "trainer=gpu" if device.startswith("cuda") else "trainer=cpu"
     common = ["experiment=cnn_derma", "data=pneumoniamnist", f"data.root={data_root}", "data.download=false",
-              "trainer=cpu", "logger=csv", f"trainer.max_epochs={epochs}", f"seed={seed}",
+              trainer, "logger=csv", f"trainer.max_epochs={epochs}", f"seed={seed}",
               "~callbacks.rich_progress_bar"]
     # lean: only what the bare loop also does (no eval/ folder, thresholds, lr monitor, CSV log)
     return common + (["~callbacks.evaluation", "~callbacks.lr_monitor", "~logger"] if lean else [])
 
 
-def project_run(data_root: Path, out: Path, epochs: int, seed: int, lean: bool) -> dict:
+def project_run(data_root: Path, out: Path, epochs: int, seed: int, lean: bool, device: str = "cpu") -> dict:
     from pipeline.cli import compose_config, train
 
     clock = EpochClock()
-    cfg = compose_config(overrides(data_root, epochs, seed, lean), out)
+    cfg = compose_config(overrides(data_root, epochs, seed, lean, device), out)
     start = time.perf_counter()
     metrics = train(cfg, callbacks=[clock])
     return {"total": time.perf_counter() - start, "epochs": clock.seconds, "test_auc": metrics["test/auc"]}
 
 
-def bare_run(data_root: Path, out: Path, epochs: int, seed: int) -> dict:
+def bare_run(data_root: Path, out: Path, epochs: int, seed: int, device: str = "cpu") -> dict:
     """The same math without Lightning: a plain loop over the datamodule's loaders."""
     from hydra.utils import instantiate
+    from lightning.fabric.utilities.apply_func import move_data_to_device
     from torchmetrics.classification import MulticlassAUROC
 
     from pipeline.cli import compose_config
 
     start = time.perf_counter()
-    cfg = compose_config(overrides(data_root, epochs, seed, lean=True), out)
+    cfg = compose_config(overrides(data_root, epochs, seed, lean=True, device=device), out)
     L.seed_everything(seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
-    net = instantiate(cfg.model.net)
-    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.model.lr)  # cnn_derma: SGD, no weight decay
+    net = instantiate(cfg.model.net).to(device)
+    if cfg.model.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    fused = {"fused": True} if device.startswith("cuda") else {}
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.model.lr, **fused)  # cnn_derma: SGD, no weight decay
     loss_fn = torch.nn.CrossEntropyLoss()
     k = cfg.data.num_classes
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+    def batches(loader):
+        for batch in loader:
+            x, y = dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+            yield (x.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else x), y
 
     def evaluate(loader) -> float:
         net.eval()
-        auroc = MulticlassAUROC(num_classes=k)
-        with torch.no_grad():
-            for x, y in loader:
-                logits = net(x)
+        auroc = MulticlassAUROC(num_classes=k).to(device)
+        with torch.no_grad(), autocast:
+            for x, y in batches(loader):
+                logits = net(x).float()
                 loss_fn(logits, y)
                 auroc.update(logits.softmax(-1), y)
         return float(auroc.compute())
@@ -95,9 +111,11 @@ def bare_run(data_root: Path, out: Path, epochs: int, seed: int) -> dict:
     for _ in range(epochs):
         t0 = time.perf_counter()
         net.train()
-        for x, y in train_loader:
+        for x, y in batches(train_loader):
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(x), y).backward()
+            with autocast:
+                loss = loss_fn(net(x).float(), y)
+            loss.backward()
             optimizer.step()
         auc = evaluate(val_loader)
         epoch_seconds.append(time.perf_counter() - t0)
@@ -114,6 +132,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (trainer=gpu)")
     args = parser.parse_args()
     if not (args.data_root / "pneumoniamnist.npz").is_file():
         raise SystemExit(f"pneumoniamnist.npz not found in {args.data_root}; pass --data-root")
@@ -125,15 +144,16 @@ def main() -> None:
         for arm in order:
             run_dir = out / f"{arm}_{r}"
             if arm == "bare":
-                arms[arm].append(bare_run(args.data_root, run_dir, args.epochs, seed=0))
+                arms[arm].append(bare_run(args.data_root, run_dir, args.epochs, 0, args.device))
             else:
-                arms[arm].append(project_run(args.data_root, run_dir, args.epochs, 0, lean=arm == "project_lean"))
+                arms[arm].append(project_run(args.data_root, run_dir, args.epochs, 0, arm == "project_lean", args.device))
 
     def per_epoch(runs: list[dict]) -> float:  # median epoch, first epoch (warm-up) excluded
         return statistics.median(s for run in runs for s in run["epochs"][1:])
 
     bare_epoch, bare_total = per_epoch(arms["bare"]), statistics.median(r["total"] for r in arms["bare"])
-    print(f"cnn_derma on PneumoniaMNIST, {args.epochs} epochs, CPU ({torch.get_num_threads()} threads), "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"cnn_derma on PneumoniaMNIST, {args.epochs} epochs, {where}, "
           f"{args.repeats} repeat(s), alternating order")
     print("| arm | median epoch (s) | ratio | whole run (s) | ratio | test AUC |\n|---|---|---|---|---|---|")
     for arm, runs in arms.items():

@@ -28,6 +28,7 @@ from datamodules.samplers import (
     UnpaddedDistributedSampler,
 )
 from datamodules.splits import label_fraction_subset, stratified_split
+from datamodules.synthetic_train import load_synthetic
 from datamodules.transforms import (
     NORMALIZATIONS,
     ArrayDataset,
@@ -76,6 +77,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         split_seed: int,
         mlo: dict | None,
         on_device: bool = False,
+        synthetic_train: str | None = None,
     ) -> None:
         super().__init__()
         require(0 < label_fraction <= 1, "label_fraction", label_fraction, "(0, 1]")
@@ -96,6 +98,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.split_seed = split_seed
         self.mlo = self._check_mlo(mlo)
         self.on_device = bool(on_device)
+        self.synthetic_train = synthetic_train
+        self.synthetic_card: dict | None = None
         self.device_images: DeviceImages | None = None
         self.level_indices: dict[str, np.ndarray] = {}
         self.train_set = self.val_set = self.test_set = None
@@ -114,6 +118,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
 
     def check_task(self) -> None:
         """Cross-checks that need the task (call at the end of a subclass ``__init__``)."""
+        require(self.synthetic_train is None or self.task != MULTI_LABEL,
+                "synthetic_train", self.synthetic_train, "null for multi-label tasks")
         require(self.sampler == "none" or self.task != MULTI_LABEL,
                 "sampler", self.sampler, "'none' for multi-label tasks")
         require(self.mlo is None or self.task != MULTI_LABEL, "mlo", self.mlo, "single-label tasks only")
@@ -140,6 +146,11 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     def sample_source(self) -> str:
         """Where the samples come from (a MedMNIST flag, an image folder): ensembles compare it."""
 
+    def data_identity(self, train_images: np.ndarray) -> dict:
+        """What a synthetic training set must have been made for (see ``synthetic_train.py``)."""
+        return {"data_source": self.sample_source(), "num_classes": int(self.num_classes),
+                "image_size": int(train_images.shape[1]), "channels": 1 if train_images.ndim == 3 else 3}
+
     def sample_ids(self, split: str) -> list[str] | None:
         """One identifier per sample of ``split`` in dataset order (e.g. image paths), or None."""
         return None
@@ -157,12 +168,19 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         applied to the training set only. With ``on_device`` the loaders yield indices and the
         same transforms run batched on the device (``on_after_batch_transfer``).
         """
+        stats = normalization_stats(self.normalization, self.in_chans, images["train"])  # real images only
+        synthetic = None
+        if self.synthetic_train:
+            synth = load_synthetic(self.synthetic_train, self.data_identity(images["train"]))
+            self.synthetic_card = synth.card
+            synthetic = np.r_[np.zeros(len(labels["train"]), bool), np.ones(len(synth.labels), bool)]
+            images = {**images, "train": np.concatenate([images["train"], synth.images])}
+            labels = {**labels, "train": np.concatenate([labels["train"].reshape(-1, 1), synth.labels])}
         self.train_labels = labels["train"]
-        stats = normalization_stats(self.normalization, self.in_chans, images["train"])
         train_tf = build_transform(self.img_size, source_size, stats, self.augment)
         eval_tf = build_transform(self.img_size, source_size, stats, None)
         multi = self.task == MULTI_LABEL
-        self.train_set = ArrayDataset(images["train"], labels["train"], train_tf, as_rgb, multi)
+        self.train_set = ArrayDataset(images["train"], labels["train"], train_tf, as_rgb, multi, synthetic)
         self.val_set = ArrayDataset(images["val"], labels["val"], eval_tf, as_rgb, multi)
         self.test_set = ArrayDataset(images["test"], labels["test"], eval_tf, as_rgb, multi)
         if self.on_device:
@@ -170,17 +188,20 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             transforms = {"train": BatchTransform(self.img_size, stats, self.augment),
                           "val": BatchTransform(self.img_size, stats), "test": BatchTransform(self.img_size, stats)}
             self.device_images = DeviceImages(sets, transforms)
-        if self.mlo is not None:
+        if self.mlo is not None:  # levels II and III: real images only (level I sees the synthetic ones too)
+            real = np.flatnonzero(~synthetic) if synthetic is not None else np.arange(len(self.train_labels))
             level2, level3 = stratified_split(
-                self.train_labels, self.mlo["level3_fraction"], self.split_seed + 2, "data.mlo.level3_fraction"
+                self.train_labels[real], self.mlo["level3_fraction"], self.split_seed + 2, "data.mlo.level3_fraction"
             )
-            self.level_indices = {"level2": level2, "level3": level3}
+            self.level_indices = {"level2": real[level2], "level3": real[level3]}
 
     # ----- loaders ----------------------------------------------------------------------
     def _split_set(self, split: str):
         """The Dataset the ``split`` loader reads: images, or indices on the on-device path."""
         dataset = getattr(self, f"{split}_set")
-        return IndexDataset(split, dataset.labels) if self.device_images is not None else dataset
+        if self.device_images is None:
+            return dataset
+        return IndexDataset(split, dataset.labels, dataset.synthetic)
 
     def _loader(self, dataset, batch_size: int, train: bool = True, **kwargs) -> DataLoader:
         if self.device_images is not None:

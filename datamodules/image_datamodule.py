@@ -83,10 +83,11 @@ class ImageDataModule(ClassificationDataModule):
         split_seed: int = 0,
         mlo: dict | None = None,
         on_device: bool = False,
+        synthetic_train: str | None = None,
         declared: dict | None = None,
     ) -> None:
         super().__init__(img_size, normalization, augment, label_fraction, sampler, epoch_length,
-                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device)
+                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train)
         require(channels in (1, 3), "channels", channels, "1 or 3")
         require(set(exclude_from) <= set(SPLITS), "exclude_from", list(exclude_from), str(list(SPLITS)))
         named = [*stratify_columns, *(exclude or {})]

@@ -45,6 +45,9 @@ class MedMNISTDataModule(ClassificationDataModule):
             split of it; batch sizes are ``batch_size`` times the cadence (one cycle a step).
         on_device: keep the uint8 images on the training device and augment whole batches
             there (``on_device.py``); the loaders then yield indices and ignore num_workers.
+        synthetic_train: a synthetic set (``synthesize.py``: ``.npz`` + JSON card) whose images
+            join the training split only, after the label fraction; its card must name this
+            dataset. Training items then carry a third element, the synthetic flag.
         synthetic: if set, write a synthetic file of these ``make_synthetic_arrays`` kwargs
             at the expected path when it is absent (tests and offline demos).
         num_classes, in_chans, task: optional cross-checks of values the configs interpolate.
@@ -72,13 +75,14 @@ class MedMNISTDataModule(ClassificationDataModule):
         split_seed: int = 0,
         mlo: dict | None = None,
         on_device: bool = False,
+        synthetic_train: str | None = None,
         synthetic: dict | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
         task: str | None = None,
     ) -> None:
         super().__init__(img_size or size, normalization, augment, label_fraction, sampler, epoch_length,
-                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device)
+                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train)
         self.info = medmnist_info(flag)
         check_size(size)
         require(split in SPLIT_MODES, "split", split, str(list(SPLIT_MODES)))

@@ -22,19 +22,20 @@ from datamodules.transforms import ArrayDataset
 @dataclass
 class IndexBatch:
     """A batch of ``split``'s samples before they become images: index (B,) into the split's
-    arrays and the labels (B,) or (B, K)."""
+    arrays, the labels (B,) or (B, K) and, with synthetic training images, their flags (B,)."""
 
     split: str
     index: Tensor
     label: Tensor
+    synthetic: Tensor | None = None
 
 
 class IndexDataset(Dataset):
     """A split as indices: ``__getitems__`` (the DataLoader's batched fetch) returns one
     ``IndexBatch``; use it with ``collate_fn=keep_batch``."""
 
-    def __init__(self, split: str, labels: Tensor) -> None:
-        self.split, self.labels = split, labels
+    def __init__(self, split: str, labels: Tensor, synthetic: Tensor | None = None) -> None:
+        self.split, self.labels, self.synthetic = split, labels, synthetic
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,7 +45,8 @@ class IndexDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> IndexBatch:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return IndexBatch(self.split, index, self.labels[index])
+        flags = None if self.synthetic is None else self.synthetic[index]
+        return IndexBatch(self.split, index, self.labels[index], flags)
 
 
 def keep_batch(batch: IndexBatch) -> IndexBatch:
@@ -66,8 +68,8 @@ class DeviceImages:
             self._on_device[key] = self.sets[split].images.to(device, non_blocking=True)
         return self._on_device[key]
 
-    def materialize(self, batch: IndexBatch) -> tuple[Tensor, Tensor]:
-        """``(images (B, C, S, S) float, labels)`` on the batch's device."""
+    def materialize(self, batch: IndexBatch) -> tuple[Tensor, ...]:
+        """``(images (B, C, S, S) float, labels[, synthetic flags])`` on the batch's device."""
         device = batch.index.device
-        uint8 = self.images(batch.split, device)[batch.index]
-        return self.transforms[batch.split](uint8), batch.label
+        images = self.transforms[batch.split](self.images(batch.split, device)[batch.index])
+        return (images, batch.label) if batch.synthetic is None else (images, batch.label, batch.synthetic)

@@ -101,7 +101,8 @@ class ArrayDataset(torch.utils.data.Dataset):
     """MedMNIST arrays as a Dataset of ``(image (C, H, W) float, label)``.
 
     Labels are a scalar long for single-label tasks, a float vector (K,) for multi-label.
-    Grayscale images are repeated to 3 channels when ``as_rgb``.
+    Grayscale images are repeated to 3 channels when ``as_rgb``. With ``synthetic`` (N,) bool
+    (a training split with synthetic images added) items are ``(image, label, synthetic)``.
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         transform: v2.Compose,
         as_rgb: bool = False,
         multi_label: bool = False,
+        synthetic: np.ndarray | None = None,
     ) -> None:
         x = torch.from_numpy(np.ascontiguousarray(images))
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W) uint8
@@ -120,9 +122,11 @@ class ArrayDataset(torch.utils.data.Dataset):
         y = torch.from_numpy(labels)
         self.labels = y.float() if multi_label else y.reshape(-1).long()
         self.transform = transform
+        self.synthetic = None if synthetic is None else torch.from_numpy(np.asarray(synthetic, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[i].float().div_(255.0)), self.labels[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        x = self.transform(self.images[i].float().div_(255.0))
+        return (x, self.labels[i]) if self.synthetic is None else (x, self.labels[i], self.synthetic[i])

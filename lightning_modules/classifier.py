@@ -134,7 +134,7 @@ class Classifier(L.LightningModule):
             self.val_confusion = None if task == MULTI_LABEL else MulticlassConfusionMatrix(k)
 
     def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self(x)
         loss = self.criterion(logits, y)
         probs = probabilities(logits.detach().float(), self.task)
@@ -153,7 +153,7 @@ class Classifier(L.LightningModule):
             self.net.encoder.eval()  # frozen features: no dropout / drop path
 
     def _mixup_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y = batch
+        x, y = batch[0], batch[1]
         if len(x) % 2:
             raise ValueError(f"mixup needs an even batch size, got {len(x)}")
         mixed, soft = self.mixup(x, y)
@@ -171,7 +171,17 @@ class Classifier(L.LightningModule):
             )
         self.train_metrics.update(probs, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        if len(batch) == 3 and self.task != MULTI_LABEL:  # real + synthetic training images
+            self.log_by_source(probs, y, batch[2].bool())
         return loss
+
+    def log_by_source(self, probs: torch.Tensor, y: torch.Tensor, synthetic: torch.Tensor) -> None:
+        """Training accuracy on the real and on the synthetic images of the batch, separately."""
+        correct = (probs.argmax(-1) == y).float()
+        for name, rows in (("real", ~synthetic), ("synthetic", synthetic)):
+            if rows.any():
+                self.log(f"train/acc_{name}", correct[rows].mean(), on_step=False, on_epoch=True,
+                         batch_size=int(rows.sum()))
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())

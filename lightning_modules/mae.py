@@ -107,7 +107,7 @@ class MAEPretrain(L.LightningModule):
 
     # ----- training ----------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
+        x, y = batch[0], batch[1]  # (a third element flags synthetic images)
         opts = self.optimizers()
         opt_mae, *opt_probe = opts if isinstance(opts, list) else [opts]
         out = self.mae(x)

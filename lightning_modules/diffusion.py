@@ -1,0 +1,259 @@
+"""Class-conditioned DDPM (DerMAE's first step): a diffusers UNet2DModel with class
+embeddings, the DDPM noise schedule, an EMA of the weights, classifier-free guidance by label
+dropout, MSE loss plus an optional perceptual term, and an optional latent mode.
+
+Trains on any labelled datamodule with ``normalization: half`` (images in [-1, 1]); the
+checkpoint records the data it was trained on (``medmae_data``) so that synthesis can refuse
+a mismatched dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from lightning_modules.components.diffusion import (
+    ddim_sample,
+    ddpm_scheduler,
+    diffusion_loss,
+    drop_labels,
+    load_autoencoder,
+    predicted_x0,
+)
+from lightning_modules.components.diffusion import build_unet as _build_unet
+from lightning_modules.components.optim import cosine_with_warmup
+from lightning_modules.components.speed import adamw, compile_networks, compile_options
+from lightning_modules.metrics import MULTI_LABEL
+
+DATA_KEY = "medmae_data"  # checkpoint entry: what the model was trained on
+
+
+def penultimate_features(net: nn.Module) -> nn.Module:
+    """Wrap ``net`` so that it returns the input of its last ``nn.Linear`` (B, D)."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+
+    class Features(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Tensor) -> Tensor:
+            grabbed: list[Tensor] = []
+            handle = last.register_forward_hook(lambda _m, inp, _out: grabbed.append(inp[0]))
+            try:
+                self.net(x)
+            finally:
+                handle.remove()
+            return grabbed[0].flatten(1)
+
+    return Features().eval().requires_grad_(False)
+
+
+def perceptual_network(source: str, in_chans: int) -> nn.Module:
+    """Frozen features for the perceptual term: ``lpips`` (torchmetrics LPIPS, needs its
+    torchvision weights) or the path of a classifier checkpoint of this project trained with
+    ``normalization: half`` (its penultimate features)."""
+    if source == "lpips":
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        try:
+            return LearnedPerceptualImagePatchSimilarity(net_type="squeeze", reduction="mean").eval()
+        except Exception as err:  # torchvision fetches the backbone weights from the internet
+            raise RuntimeError(f"model.perceptual_net=lpips needs the SqueezeNet weights ({err}); place them in "
+                               "torch's hub cache or use a classifier checkpoint of this project instead") from None
+    from evaluation.evaluate import load_classifier, run_config
+
+    cfg = run_config(Path(source))
+    if cfg.data.get("normalization") != "half" or cfg.data.get("in_chans") != in_chans:
+        raise ValueError(f"model.perceptual_net={source}: its classifier was trained with normalization="
+                         f"{cfg.data.get('normalization')} / {cfg.data.get('in_chans')} channels; the diffusion "
+                         f"model needs normalization=half and {in_chans} channels")
+    return penultimate_features(load_classifier(Path(source), cfg.model.num_classes).net)
+
+
+class ClassConditionedDiffusion(L.LightningModule):
+    """DDPM with class conditioning.
+
+    Args:
+        num_classes, img_size, in_chans, task: the data (from the data config).
+        unet: kwargs of ``components.diffusion.build_unet`` (block_channels, layers_per_block,
+            attention_levels, norm_groups, dropout).
+        lr, weight_decay, warmup_epochs: AdamW, linear warmup then cosine per epoch.
+        ema_decay: decay of the weight EMA (used for validation and sampling).
+        cond_dropout: probability of training a sample unconditionally (classifier-free guidance).
+        num_train_timesteps, beta_schedule: the DDPM schedule.
+        perceptual_weight, perceptual_net: optional perceptual term on the predicted x0,
+            weighted by alpha_bar_t (``lpips`` or a classifier checkpoint; see
+            ``perceptual_network``); 0 = MSE only.
+        latent_autoencoder: None (pixel space) or an AutoencoderKL folder / hub id.
+        sample_steps, guidance_scale: DDIM steps and guidance of the sample grids.
+        compile: ``torch.compile`` the UNet.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        img_size: int,
+        in_chans: int,
+        task: str = "multi-class",
+        unet: dict | None = None,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_epochs: int = 0,
+        ema_decay: float = 0.999,
+        cond_dropout: float = 0.1,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        perceptual_weight: float = 0.0,
+        perceptual_net: str | None = None,
+        latent_autoencoder: str | None = None,
+        sample_steps: int = 50,
+        guidance_scale: float = 2.0,
+        compile: bool | dict = False,
+    ) -> None:
+        super().__init__()
+        if task == MULTI_LABEL:
+            raise ValueError("the class-conditioned diffusion model needs a single-label task")
+        if not 0 <= cond_dropout < 1 or not 0 < ema_decay < 1:
+            raise ValueError(f"model.cond_dropout={cond_dropout} / model.ema_decay={ema_decay} are invalid; "
+                             "allowed: cond_dropout in [0, 1), ema_decay in (0, 1)")
+        if perceptual_weight > 0 and not perceptual_net:
+            raise ValueError("model.perceptual_weight > 0 needs model.perceptual_net (lpips or a classifier ckpt)")
+        self.save_hyperparameters(logger=False)
+        self.compile_options = compile_options(compile)
+        self._vae = [load_autoencoder(latent_autoencoder)] if latent_autoencoder else []  # frozen, not saved
+        channels, size = self.latent_shape()[:2]
+        self.unet = _build_unet(size, channels, num_classes, **(unet or {}))
+        self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+        self.scheduler = ddpm_scheduler(num_train_timesteps, beta_schedule)
+        self._perceptual = ([perceptual_network(perceptual_net, in_chans)]
+                            if perceptual_weight > 0 else [])
+
+    # ----- spaces ------------------------------------------------------------------------
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the UNet denoises: the images, or the autoencoder's latents."""
+        hp = self.hparams
+        if not self._vae:
+            return hp.in_chans, hp.img_size, hp.img_size
+        cfg = self._vae[0].config
+        if cfg.in_channels != hp.in_chans:
+            raise ValueError(f"model.latent_autoencoder takes {cfg.in_channels} channels; the data has {hp.in_chans}")
+        factor = 2 ** (len(cfg.block_out_channels) - 1)
+        if hp.img_size % factor:
+            raise ValueError(f"data.img_size={hp.img_size} is not divisible by the autoencoder's factor {factor}")
+        return cfg.latent_channels, hp.img_size // factor, hp.img_size // factor
+
+    def encode(self, x: Tensor) -> Tensor:
+        if not self._vae:
+            return x
+        vae = self._vae[0]
+        return vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+
+    def decode(self, z: Tensor) -> Tensor:
+        if not self._vae:
+            return z
+        vae = self._vae[0]
+        return vae.decode(z / vae.config.scaling_factor).sample
+
+    # ----- training ----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        normalization = getattr(dm, "normalization", None)
+        if normalization is not None and normalization != "half":
+            raise ValueError(f"data.normalization={normalization!r}: the diffusion model needs images in [-1, 1]; "
+                             "set data.normalization=half")
+
+    def on_fit_start(self) -> None:
+        for frozen in (*self._vae, *self._perceptual):
+            frozen.to(self.device)
+
+    def configure_model(self) -> None:
+        compile_networks([self.unet], self.compile_options)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        with torch.no_grad():
+            z = self.encode(x)
+        labels = drop_labels(y, self.hparams.num_classes, self.hparams.cond_dropout)
+        mse, noisy, eps, t = diffusion_loss(self.unet, self.scheduler, z, labels)
+        loss = mse
+        if self._perceptual:
+            loss = loss + self.hparams.perceptual_weight * self.perceptual_term(x, noisy, eps, t)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"diffusion loss is {loss.item()} at step {self.global_step}; lower model.lr")
+        self.log("train/mse", mse, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def perceptual_term(self, x: Tensor, noisy: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """alpha_bar_t-weighted distance of the predicted x0 to x in the perceptual features
+        (late timesteps, where the x0 estimate is mostly noise, count little)."""
+        x0_hat = self.decode(predicted_x0(self.scheduler, noisy, eps, t)).clamp(-1, 1)
+        a = self.scheduler.alphas_cumprod.to(x.device)[t]
+        net = self._perceptual[0]
+        if self.hparams.perceptual_net == "lpips":
+            rgb = (lambda im: im.expand(-1, 3, -1, -1)) if x.shape[1] == 1 else (lambda im: im)  # noqa: E731
+            return (a * torch.stack([net(rgb(p[None]), rgb(q[None])) for p, q in zip(x0_hat, x)])).mean()
+        return (a * (net(x0_hat) - net(x).detach()).pow(2).mean(1)).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.ema.update_parameters(self.unet)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Noise-prediction MSE of the EMA weights with noise and timesteps fixed per batch, so
+        that ``val/loss`` is comparable across epochs."""
+        x, y = batch[0], batch[1]
+        g = torch.Generator(device=x.device).manual_seed(batch_idx)
+        z = self.encode(x)
+        noise = torch.randn(z.shape, generator=g, device=x.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x),), generator=g, device=x.device)
+        eps = self.ema.module(self.scheduler.add_noise(z, noise, t), t, class_labels=y).sample
+        self.log("val/loss", F.mse_loss(eps.float(), noise), prog_bar=True, sync_dist=True, batch_size=len(x))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = adamw([{"params": list(self.unet.parameters())}], lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, self.trainer.max_epochs or 1)
+        return [opt], [cosine_with_warmup(opt, min(hp.warmup_epochs, total - 1), total)]
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_schedulers().step()
+
+    # ----- sampling ----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, labels: Tensor, steps: int | None = None, guidance: float | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """EMA samples of ``labels`` (B,): (B, in_chans, img_size, img_size) in [-1, 1]."""
+        hp = self.hparams
+        for frozen in self._vae:
+            frozen.to(labels.device)
+        return ddim_sample(self.ema.module, self.scheduler, labels, self.latent_shape(), hp.num_classes,
+                           steps or hp.sample_steps, hp.guidance_scale if guidance is None else guidance,
+                           generator, self.decode if self._vae else None)
+
+    def sample_grid(self, per_class: int, seed: int = 0) -> Tensor:
+        """``per_class`` samples of every class, class-major: (K * per_class, C, H, W)."""
+        labels = torch.arange(self.hparams.num_classes, device=self.device).repeat_interleave(per_class)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        return self.sample(labels, generator=g)
+
+    # ----- checkpoints -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or getattr(dm, "train_labels", None) is None:
+            return
+        counts = np.bincount(np.asarray(dm.train_labels).reshape(-1), minlength=self.hparams.num_classes)
+        checkpoint[DATA_KEY] = data_identity(dm) | {"train_counts": counts.tolist()}
+
+
+def data_identity(dm) -> dict:
+    """What a synthetic set or a diffusion model must agree with: source, classes, size, channels."""
+    return {"data_source": dm.sample_source(), "num_classes": int(dm.num_classes),
+            "class_names": list(dm.class_names), "image_size": int(dm.img_size), "channels": int(dm.in_chans)}

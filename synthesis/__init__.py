@@ -1,0 +1,1 @@
+"""DerMAE synthesis: sample a class-conditioned diffusion model into a synthetic training set, and judge its quality."""
