@@ -210,8 +210,9 @@ def data_path_rates(args, dev: str) -> dict[str, float]:
     """Images/s of one training epoch from each data path, delivered on ``dev``."""
     import tempfile
 
-    from datamodules import MedMNISTDataModule
     from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from datamodules import MedMNISTDataModule
 
     images, labels, what = derma_sized_images(args.data_root)
     root = Path(tempfile.mkdtemp(prefix="bench_data_"))
@@ -228,7 +229,7 @@ def data_path_rates(args, dev: str) -> dict[str, float]:
                                 normalization="imagenet", augment=augment, batch_size=64, num_workers=workers,
                                 pin_memory=dev.startswith("cuda") and not on_device, on_device=on_device)
         dm.setup("fit")
-        for epoch in range(2):  # the first epoch warms up (worker start, first move to the device)
+        for _ in range(2):  # the first epoch warms up (worker start, first move to the device)
             sync()
             start, count = time.perf_counter(), 0
             for batch in dm.train_dataloader():
@@ -325,7 +326,7 @@ def main() -> None:
             t, tflops = times[arm], flops[arm] / times[arm] / 1e12
             mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
             mem = f"{peaks[arm]:.2f}" if peaks[arm] is not None else "n/a (CPU)"
-            print(f"| {arm} | {t:.4f} | {images / t:,.0f} | {flops[arm] / 1e9:,.1f} | {tflops:.2f} | {mfu} | {mem} |")
+            print(f"| {arm} | {t:.4f} | {images / t:,.1f} | {flops[arm] / 1e9:,.1f} | {tflops:.2f} | {mfu} | {mem} |")
         print(f"\nmlo-ours / mlo-original cycle: {times['mlo-ours'] / times['mlo-original']:.2f}; "
               f"mlo-ours per level-I step: {times['mlo-ours'] / 2 / times['mae']:.2f}x an MAE step")
         if name == "vit-b":

@@ -49,7 +49,12 @@ def run_config(ckpt: Path):
 def load_classifier(ckpt: Path, num_classes: int):
     """The Classifier of ``ckpt`` with its weights; the class count must match the data."""
     cfg = run_config(ckpt)
-    if not str(cfg.model.get("_target_", "")).endswith("Classifier"):
+    target = str(cfg.model.get("_target_", ""))
+    if target.endswith("Distillation"):  # a distilled student is a Classifier; its teacher is not needed
+        cfg.model._target_ = "lightning_modules.classifier.Classifier"
+        for key in ("teacher_ckpt", "alpha", "temperature"):
+            cfg.model.pop(key, None)
+    elif not target.endswith("Classifier"):
         raise CheckpointError(f"{ckpt} is not a classifier checkpoint ({cfg.model.get('_target_')})")
     if cfg.model.num_classes != num_classes:
         raise CheckpointError(

@@ -17,7 +17,12 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from evaluation.writer import record_confusion
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.optim import param_groups
-from lightning_modules.components.speed import compile_networks, compile_options, fused_kwargs, to_channels_last
+from lightning_modules.components.speed import (
+    compile_networks,
+    compile_options,
+    fused_kwargs,
+    to_channels_last,
+)
 from lightning_modules.metrics import (
     MULTI_LABEL,
     classification_metrics,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_modules.components.diffusion import build_unet as _build_unet
 from lightning_modules.components.diffusion import (
     ddim_sample,
     ddpm_scheduler,
@@ -26,7 +27,6 @@ from lightning_modules.components.diffusion import (
     load_autoencoder,
     predicted_x0,
 )
-from lightning_modules.components.diffusion import build_unet as _build_unet
 from lightning_modules.components.optim import cosine_with_warmup
 from lightning_modules.components.speed import adamw, compile_networks, compile_options
 from lightning_modules.metrics import MULTI_LABEL
@@ -245,6 +245,18 @@ class ClassConditionedDiffusion(L.LightningModule):
         return self.sample(labels, generator=g)
 
     # ----- checkpoints -------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint of a model for other classes or another image size is refused by name."""
+        data = checkpoint.get(DATA_KEY)
+        if data is None:
+            return
+        hp = self.hparams
+        made = {"num_classes": data["num_classes"], "image_size": data["image_size"], "channels": data["channels"]}
+        ours = {"num_classes": hp.num_classes, "image_size": hp.img_size, "channels": hp.in_chans}
+        if made != ours:
+            raise ValueError(f"the diffusion checkpoint was trained on {data['data_source']} {made}; this run's data "
+                             f"has {ours}: use a checkpoint of this dataset at this image size")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or getattr(dm, "train_labels", None) is None:

@@ -82,7 +82,7 @@ def dataset_error_in(err: BaseException) -> DatasetError | None:
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
-    except (DatasetError, InstantiationException, ValueError) as err:
+    except (DatasetError, InstantiationException, ValueError, FileNotFoundError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         # One readable message instead of a deep stack trace; HYDRA_FULL_ERROR=1 shows it.

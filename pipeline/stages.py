@@ -1,5 +1,7 @@
 """Multi-stage pipelines (pretrain -> fine-tune -> test): each stage's config, its run
-folder, ``init_from`` checkpoints, ``stage.json`` markers and resume from ``last.ckpt``."""
+folder, ``init_from`` checkpoints, ``links`` between stages, ``stage.json`` markers and resume
+from ``last.ckpt``. Stages train by default; ``kind: synthesize`` samples a diffusion model
+into a synthetic training set and ``kind: export`` exports a classifier (DerMAE)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,59 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.report import write_pipeline_report
-from pipeline.run import is_global_zero, run_stage
+from pipeline.run import is_global_zero, run_stage, with_every_stage
 
 log = logging.getLogger("train")
+STAGE_KEYS = ("init_from", "links", "kind")  # read by run_pipeline, not part of a stage's config
+KINDS = ("train", "synthesize", "export")
+
+
+def apply_links(scfg: DictConfig, name: str, links: DictConfig | None, done: dict[str, dict]) -> None:
+    """Set config keys from earlier stages' results: ``links: {data.synthetic_train:
+    synthesize.synthetic_train, model.teacher_ckpt: finetune.best_checkpoint}``."""
+    for key, ref in (links or {}).items():
+        source, _, result = str(ref).partition(".")
+        if source not in done:
+            raise ValueError(f"stages.{name}.links.{key}={ref!r}: stage {source!r} has not run before {name!r}")
+        value = done[source].get(result)
+        if value is None:
+            raise RuntimeError(f"stage {source!r} gave no {result!r}; cannot set {key} of stage {name!r}")
+        OmegaConf.update(scfg, key, value, force_add=True)
+
+
+def stage_order(cfg: DictConfig) -> list[str]:
+    """The stages to run, in ``cfg.stage_order`` when given (Hydra puts stages that come from
+    the defaults list before the others), else in the order of ``cfg.stages``; null stages
+    are skipped."""
+    order = list(cfg.get("stage_order") or cfg.stages.keys())
+    unknown = [n for n in order if n not in cfg.stages]
+    left_out = [n for n in cfg.stages if n not in order and cfg.stages[n] is not None]
+    if unknown or left_out:
+        raise ValueError(f"stage_order={order} does not match stages {list(cfg.stages)}: unknown {unknown}, "
+                         f"left out {left_out}")
+    return [n for n in order if cfg.stages[n] is not None]
+
+
+def training_stages(cfg: DictConfig) -> list[str]:
+    """The stages that train a model (kind ``train``), in running order."""
+    return [n for n in stage_order(cfg) if cfg.stages[n].get("kind", "train") == "train"]
+
+
+def run_step(kind: str, scfg: DictConfig, callbacks: list | None) -> dict:
+    """Run one stage of ``kind`` in ``scfg.paths.output_dir``; returns its results."""
+    if kind == "train":
+        return run_stage(scfg, callbacks)
+    scfg = with_every_stage(scfg)
+    out = Path(scfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(scfg, resolve=True))
+    if kind == "synthesize":
+        from synthesis.synthesize import run_synthesis_stage
+
+        return run_synthesis_stage(scfg)
+    from deploy.export import run_export_stage
+
+    return run_export_stage(scfg)
 
 
 def stage_config(base: DictConfig, stage: DictConfig, stage_dir: Path) -> DictConfig:
@@ -24,7 +76,7 @@ def stage_config(base: DictConfig, stage: DictConfig, stage_dir: Path) -> DictCo
     cfg = base.copy()
     OmegaConf.set_struct(cfg, False)
     for key, value in stage.items():
-        if key == "init_from":
+        if key in STAGE_KEYS:
             continue
         replace = not isinstance(value, DictConfig) or "_target_" in value or key not in cfg
         if replace:
@@ -51,17 +103,20 @@ def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> d
     del base["stages"]
     done: dict[str, dict] = {}
     metrics: dict = {}
-    names = [n for n, s in cfg.stages.items() if s is not None]
-    for name, stage in cfg.stages.items():
-        if stage is None:
-            continue
+    names = stage_order(cfg)
+    for name in names:
+        stage = cfg.stages[name]
         stage_dir = output_dir / name
         marker = stage_dir / "stage.json"
         if marker.is_file():
             log.info("Stage %r already finished (%s): skipped.", name, marker)
             done[name] = json.loads(marker.read_text())
         else:
+            kind = stage.get("kind", "train")
+            if kind not in KINDS:
+                raise ValueError(f"stages.{name}.kind={kind!r} is invalid; allowed: {list(KINDS)}")
             scfg = stage_config(base, stage, stage_dir)
+            apply_links(scfg, name, stage.get("links"), done)
             init = stage.get("init_from")
             if init:
                 if init.stage not in done:
@@ -71,10 +126,10 @@ def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> d
                     raise RuntimeError(f"stage {init.stage!r} saved no {key}; cannot initialise {name!r}")
                 scfg.model.net.pretrained_ckpt = done[init.stage][key]
             last = stage_dir / "checkpoints" / "last.ckpt"
-            if last.is_file() and not scfg.get("ckpt_path"):
+            if kind == "train" and last.is_file() and not scfg.get("ckpt_path"):
                 log.info("Resuming stage %r from %s", name, last)
                 scfg.ckpt_path = str(last)
-            done[name] = run_stage(scfg, last_stage_callbacks if name == names[-1] else None)
+            done[name] = run_step(kind, scfg, last_stage_callbacks if name == names[-1] else None)
             if is_global_zero():
                 marker.write_text(json.dumps(done[name], indent=2, sort_keys=True))
         metrics.update({f"{name}/{k}": v for k, v in done[name].items()})

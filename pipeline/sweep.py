@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
 from pipeline.cli import compose_config, train
+from pipeline.stages import training_stages
 
 log = logging.getLogger("sweep")
 
@@ -38,14 +39,14 @@ WEIGHT_DECAY = {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}
 
 def default_space(cfg: DictConfig) -> dict[str, dict]:
     """Learning rate and weight decay of the model, or of each stage's model in a pipeline."""
-    prefixes = [f"stages.{n}.model" for n, s in cfg.stages.items() if s is not None] if cfg.get("stages") else ["model"]
+    prefixes = [f"stages.{n}.model" for n in training_stages(cfg)] if cfg.get("stages") else ["model"]
     return {f"{p}.{k}": spec for p in prefixes for k, spec in (("lr", LR), ("weight_decay", WEIGHT_DECAY))}
 
 
 def final_monitor(cfg: DictConfig) -> DictConfig:
     """The monitor whose best value is the objective: the last stage's, else the run's."""
     if cfg.get("stages"):
-        last = [s for s in cfg.stages.values() if s is not None][-1]
+        last = cfg.stages[training_stages(cfg)[-1]]
         if last.get("monitor") is not None:
             return OmegaConf.merge(cfg.monitor, last.monitor)
     return cfg.monitor

@@ -5,7 +5,7 @@ DDIM with a configurable number of steps and guidance scale, batched, on the GPU
 is one. The output is a MedMNIST-style ``.npz`` with ``train_images`` / ``train_labels`` only
 (validation and test stay real) and a JSON card (``datamodules/synthetic_train.py``): the
 checkpoint, seed, steps, guidance and counts. Both files are written to temporary names and
-renamed into place, card first, so a killed run never leaves a half-written set.
+only then renamed into place, so a failed or killed run never leaves a half-written set.
 """
 
 from __future__ import annotations
@@ -69,18 +69,22 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file in ``path``'s folder, then rename it to ``path``; on any error
-    the temporary file is removed and ``path`` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
+def atomic_write(files: dict[Path, Callable[[Path], None]]) -> None:
+    """Write every file to a temporary name in its folder, then rename them all into place; on
+    any error the temporary files are removed and no target file is created or changed."""
+    temps: dict[Path, str] = {}
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
+        for path, write in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+            os.close(fd)
+            write(Path(temps[path]))
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def generate(model, counts: list[int], steps: int, guidance: float, seed: int, batch_size: int,
@@ -105,16 +109,31 @@ def generate(model, counts: list[int], steps: int, guidance: float, seed: int, b
     return np.concatenate(images), np.concatenate(labels)
 
 
+def check_against(data: dict, hp, expected: dict, ckpt: Path) -> None:
+    """The diffusion model must have been trained on ``expected``'s dataset, classes, size and
+    channels (``datamodules.synthetic_train.IDENTITY_KEYS``)."""
+    made = {"data_source": data["data_source"], "num_classes": int(hp.num_classes),
+            "image_size": int(hp.img_size), "channels": int(hp.in_chans)}
+    differ = {k: (made[k], expected[k]) for k in made if k in expected and made[k] != expected[k]}
+    if differ:
+        detail = ", ".join(f"{k} {m!r} vs {e!r}" for k, (m, e) in differ.items())
+        raise ValueError(f"the diffusion checkpoint {ckpt} does not fit the data ({detail}: the checkpoint's vs "
+                         "the data's); train the diffusion stage on this dataset at its image size")
+
+
 def synthesize(ckpt: Path, out: Path, target: str = "balance", counts: dict[int, int] | None = None,
                steps: int = 50, guidance: float = 2.0, seed: int = 0, batch_size: int = 256,
-               device: str = "auto", progress: bool = True) -> dict:
-    """Sample and write ``out`` (.npz) and its card (.json); returns the card."""
+               device: str = "auto", progress: bool = True, expected: dict | None = None) -> dict:
+    """Sample and write ``out`` (.npz) and its card (.json); returns the card. ``expected``
+    (a datamodule's ``data_identity``) makes a mismatched checkpoint an error before sampling."""
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"--out={out} must end in .npz")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, data = load_diffusion(Path(ckpt), device)
+    if expected is not None:
+        check_against(data, model.hparams, expected, Path(ckpt))
     per_class = target_counts(data["train_counts"], target, counts)
     images, labels = generate(model, per_class, steps, guidance, seed, batch_size, progress)
     hp = model.hparams
@@ -128,8 +147,8 @@ def synthesize(ckpt: Path, out: Path, target: str = "balance", counts: dict[int,
         "counts": {str(c): int(n) for c, n in enumerate(per_class)},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write(card_path(out), lambda p: p.write_text(json.dumps(card, indent=2)))
-    atomic_write(out, lambda p: write_npz(p, train_images=images, train_labels=labels))
+    atomic_write({out: lambda p: write_npz(p, train_images=images, train_labels=labels),
+                  card_path(out): lambda p: p.write_text(json.dumps(card, indent=2))})
     return card
 
 
@@ -146,15 +165,39 @@ def parse_counts(text: str) -> dict[int, int]:
         raise ValueError(f"--counts={text!r} is invalid; write class=count pairs, e.g. 0=500,3=200") from None
 
 
+def real_training_arrays(dm) -> tuple[np.ndarray, np.ndarray]:
+    """A set-up datamodule's real training images in MedMNIST layout (uint8 (N, H, W) or
+    (N, H, W, 3)) and labels (N, 1)."""
+    images = dm.train_set.images  # (N, C, H, W) uint8
+    arr = images[:, 0].numpy() if images.shape[1] == 1 else images.permute(0, 2, 3, 1).numpy()
+    return arr, np.asarray(dm.train_labels).reshape(-1, 1)
+
+
 def run_synthesis_stage(cfg) -> dict:
-    """Pipeline stage: ``cfg.synthesis`` {ckpt, target, counts, steps, guidance, seed, batch_size}
-    -> ``<paths.output_dir>/synthetic.npz``; returns {"synthetic_train": path, counts...}."""
-    s = cfg.synthesis
-    out = Path(cfg.paths.output_dir) / "synthetic.npz"
+    """Pipeline stage: ``cfg.synthesis`` {ckpt, target, counts, steps, guidance, seed, batch_size,
+    classifier_ckpt, inception_weights} -> ``<paths.output_dir>/synthetic.npz`` (checked against
+    the stage's data) and the quality report (report.md); returns {"synthetic_train": path, ...}."""
+    from synthesis.quality import quality_report
+
+    s, out_dir = cfg.synthesis, Path(cfg.paths.output_dir)
+    if cfg.data.get("synthetic_train"):
+        raise ValueError("the synthesis stage's data must be the real data alone: unset data.synthetic_train")
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    real_images, real_labels = real_training_arrays(dm)
+    out = out_dir / "synthetic.npz"
     counts = {int(k): int(v) for k, v in (s.get("counts") or {}).items()}
     card = synthesize(Path(s.ckpt), out, s.get("target", "balance"), counts, s.get("steps", 50),
-                      s.get("guidance", 2.0), s.get("seed", cfg.seed), s.get("batch_size", 256))
-    return {"synthetic_train": str(out), **{f"synthetic/count_{c}": n for c, n in card["counts"].items()}}
+                      s.get("guidance", 2.0), s.get("seed", cfg.seed), s.get("batch_size", 256),
+                      expected=dm.data_identity(real_images))
+    classifier = s.get("classifier_ckpt")
+    inception = s.get("inception_weights")
+    figures = quality_report(out, real_images, real_labels, list(dm.class_names), out_dir,
+                             classifier_ckpt=Path(classifier) if classifier else None,
+                             inception_weights=Path(inception) if inception else None, seed=cfg.seed)
+    scalars = {f"quality/{k}": v for k, v in figures.items() if isinstance(v, (int, float))}
+    return {"synthetic_train": str(out), **{f"synthetic/count_{c}": n for c, n in card["counts"].items()}, **scalars}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,13 @@ from lightning_modules.components.hypergradient import LevelBatches, mlo_hypergr
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.masking import build_masking_net
 from lightning_modules.components.patches import masking_from_scores
-from lightning_modules.components.speed import compile_networks, compile_options, eager, fused_kwargs, uses_sdpa
+from lightning_modules.components.speed import (
+    compile_networks,
+    compile_options,
+    eager,
+    fused_kwargs,
+    uses_sdpa,
+)
 from lightning_modules.components.vit import ClassificationHead, ViTEncoder
 from pipeline.cli import train
 from tests.conftest import compose_cfg, tiny_overrides

@@ -13,6 +13,7 @@ import yaml
 from hydra.utils import instantiate
 
 from pipeline.cli import CONF_DIR, train
+from pipeline.stages import training_stages
 from tests.conftest import REAL_PNEUMONIA, REPO, compose_cfg, tiny_overrides
 
 # MedMNIST experiments; the MHIST ones read an image table and are tested in test_own_data.py.
@@ -23,15 +24,25 @@ TINY_VIT = ["encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2", "e
             "encoder.decoder_dim=16", "encoder.decoder_depth=1", "encoder.decoder_heads=2"]
 
 
+TINY_UNET = ["block_channels=[8,16,16]", "layers_per_block=1", "norm_groups=4"]
+
+
 def _tiny_model_overrides(name: str) -> list[str]:
     """Small batches and a one-block ViT; stage-level data keys are set for pipelines too."""
     cfg = compose_cfg([f"experiment={name}"], Path("."))
-    extra = [f"++stages.{s}.data.batch_size=8" for s in (cfg.get("stages") or {})]
+    stages = cfg.get("stages") or {}
+    extra = [f"++stages.{s}.data.batch_size=8" for s in stages]
+    for s in stages:  # DerMAE's diffusion stage: a tiny UNet
+        if str((stages[s].get("model") or {}).get("_target_", "")).endswith("ClassConditionedDiffusion"):
+            extra += [f"++stages.{s}.model.unet.{k}" for k in TINY_UNET]
     return ["data.batch_size=8", *TINY_VIT, *extra]
 
 
 def _stage_configs(cfg, tmp_path) -> list:
+    """The config of every stage that trains a model whose construction needs no earlier
+    stage's result (a distillation stage's teacher comes from a ``links`` entry)."""
     from pipeline import stage_config
+    from pipeline.stages import training_stages
 
     stages = cfg.get("stages")
     if not stages:
@@ -41,7 +52,9 @@ def _stage_configs(cfg, tmp_path) -> list:
     base = cfg.copy()
     OmegaConf.set_struct(base, False)
     del base["stages"]
-    return [stage_config(base, stage, tmp_path / name) for name, stage in stages.items()]
+    independent = [n for n in training_stages(cfg)
+                   if not any(str(k).startswith("model.") for k in (stages[n].get("links") or {}))]
+    return [stage_config(base, stages[n], tmp_path / n) for n in independent]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -52,7 +65,7 @@ def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
     )
     metrics = train(cfg)
     assert "test/acc" in metrics and 0 <= metrics["test/acc"] <= 1
-    run_dir = tmp_path / list(cfg.stages)[-1] if cfg.get("stages") else tmp_path
+    run_dir = tmp_path / training_stages(cfg)[-1] if cfg.get("stages") else tmp_path
     assert (run_dir / "config.yaml").is_file()
     preds = np.load(run_dir / "predictions" / "test_predictions.npz")
     assert preds["probs"].shape[1] == cfg.data.num_classes
@@ -212,7 +225,8 @@ def test_submitit_local_launcher(data_root, tmp_path):
     assert len(jobs) == 2 and (jobs[0].parent.parent / ".submitit").is_dir()
 
 
-@pytest.mark.parametrize("command", ["medmae-train", "medmae-evaluate", "medmae-aggregate", "medmae-sweep"])
+@pytest.mark.parametrize("command", ["medmae-train", "medmae-evaluate", "medmae-aggregate", "medmae-sweep",
+                                     "medmae-synthesize", "medmae-export"])
 def test_entry_points_answer_help_from_any_folder(command, tmp_path):
     exe = Path(sys.executable).parent / command
     proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -226,7 +240,7 @@ def test_entry_points_answer_help_from_any_folder(command, tmp_path):
 
 def test_scripts_are_not_installed_as_top_level_modules(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
-                           "print([m for m in ('train', 'evaluate', 'aggregate', 'sweep') if u.find_spec(m)])"],
+                           "print([m for m in ('train', 'evaluate', 'aggregate', 'sweep', 'synthesize', 'export') if u.find_spec(m)])"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
@@ -255,7 +269,7 @@ def test_one_optimiser_convention_for_every_model(tmp_path):
     """model.lr and model.weight_decay in every experiment (every stage); optimizer.lr is refused."""
     for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         cfg = compose_cfg([f"experiment={path.stem}"], tmp_path)
-        models = [s.model for s in cfg.stages.values() if s is not None] if cfg.get("stages") else [cfg.model]
+        models = [cfg.stages[n].model for n in training_stages(cfg)] if cfg.get("stages") else [cfg.model]
         for model in models:
             assert "lr" in model and "weight_decay" in model, path.stem
             assert "lr" not in (model.get("optimizer") or {}), path.stem

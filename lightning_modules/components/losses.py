@@ -33,6 +33,15 @@ def focal_loss(
     return (w * loss).sum() / w.sum()
 
 
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target term ``T^2 * KL(softmax(t / T) || softmax(s / T))``, mean over
+    the batch; the T^2 keeps its gradient scale independent of T. Shapes (B, K)."""
+    t = temperature
+    log_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return t * t * F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
+
+
 class ClassificationLoss(nn.Module):
     """Cross-entropy or focal loss, optionally class-weighted; BCE for multi-label tasks.
 

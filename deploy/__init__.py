@@ -1,0 +1,1 @@
+"""Deployment of trained classifiers: ONNX / TorchScript export, parity check and CPU benchmark."""

@@ -1,0 +1,328 @@
+"""Export a trained classifier to ONNX or TorchScript, check it against PyTorch and time it.
+
+    python export.py logs/quickstart/runs/<time>/checkpoints/epoch_004.ckpt
+    python export.py CKPT --format torchscript --out deployed/
+    python export.py STUDENT_CKPT --compare TEACHER_CKPT --latency-runs 200
+
+The network (``model.net``, eval mode, CPU, fp32) is exported with a dynamic batch axis
+(input ``images`` (B, C, H, W), output ``logits`` (B, K)). Before the file is moved into
+place, the first ``--parity-images`` real test images of the run (its own preprocessing)
+go through PyTorch and through the exported model (ONNX Runtime on CPU, or the loaded
+TorchScript module); a max abs logit difference above ``--tolerance`` is an error and
+leaves no model file. Then batch-1 CPU latency is measured (median of ``--latency-runs``
+timed calls after warm-up, one thread) for the exported model and PyTorch eager;
+``--compare CKPT`` measures a second checkpoint (e.g. the teacher) the same way in a
+temporary folder. Writes ``export.json`` and ``export.md`` next to the model (default:
+``<run dir>/export/model.onnx`` or ``model.pt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from evaluation.evaluate import CheckpointError, checkpoint_data, load_classifier, run_config
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+THREADS = 1  # intra-op threads for every latency measurement (PyTorch and ONNX Runtime)
+WARMUP = 10  # untimed calls first (TorchScript's profiling executor optimises on the first runs)
+PARITY_BATCH = 64
+EXAMPLE_BATCH = 2  # tracing / torch.export example; a batch of 1 would specialise the batch axis
+
+Runtime = Callable[[torch.Tensor], np.ndarray]
+
+
+class ParityError(RuntimeError):
+    """The exported model's logits differ from PyTorch's by more than the tolerance."""
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r} is invalid; allowed: {', '.join(FORMATS)}")
+    return fmt
+
+
+def model_path(ckpt: Path, fmt: str, out: Path | None) -> Path:
+    """The model file: ``out`` itself, ``out/model.<ext>`` when ``out`` is a folder (exists or
+    has no suffix), else ``<run dir>/export/model.<ext>`` with run dir = ``ckpt.parent.parent``."""
+    if out is None:
+        return ckpt.resolve().parent.parent / "export" / FORMATS[fmt]
+    out = Path(out)
+    return out / FORMATS[fmt] if out.is_dir() or not out.suffix else out
+
+
+def load_network(ckpt: Path, n_images: int) -> tuple[nn.Module, torch.Tensor]:
+    """``model.net`` of a classifier checkpoint (eval, CPU, fp32, contiguous) and its first
+    ``n_images`` real test images (N, C, H, W), preprocessed as the run's config says."""
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"{ckpt}: no such checkpoint file")
+    num_classes = run_config(ckpt).model.get("num_classes")
+    model = load_classifier(ckpt, num_classes)  # first: a non-classifier fails before data loading
+    datamodule, dataset = checkpoint_data(ckpt, "test")
+    if datamodule.num_classes != num_classes:
+        raise CheckpointError(f"{ckpt} predicts {num_classes} classes but its test data has {datamodule.num_classes}")
+    if len(dataset) == 0:
+        raise CheckpointError(f"{ckpt}: the run's test set is empty; nothing to check the export on")
+    n = min(n_images, len(dataset))
+    images = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)]).float()
+    net = model.net.float().cpu().eval().to(memory_format=torch.contiguous_format)
+    return net, images
+
+
+def example_input(images: torch.Tensor) -> torch.Tensor:
+    """``EXAMPLE_BATCH`` real images (repeating the first one if there are fewer)."""
+    return images[[min(i, len(images) - 1) for i in range(EXAMPLE_BATCH)]]
+
+
+def export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    # torch.export-based exporter (the TorchScript-based one is deprecated since torch 2.9);
+    # the dynamic shape is given positionally because forward's argument name varies (x, images).
+    torch.onnx.export(
+        net, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+        input_names=["images"], output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+
+
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Hide torch.jit's deprecation notices and tracer warnings (shape checks turned into
+    constants); the parity check on real images is what guards the traced graph."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with _quiet_jit(), torch.no_grad():
+        torch.jit.save(torch.jit.trace(net, example), str(path))
+
+
+EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript}
+
+
+def load_runtime(path: Path, fmt: str, threads: int | None = None) -> Runtime:
+    """A function images (B, C, H, W) -> logits (B, K) running the exported file on CPU;
+    ``threads`` sets ONNX Runtime's intra/inter-op threads (None: its default)."""
+    if fmt == "torchscript":
+        with _quiet_jit():
+            module = torch.jit.load(str(path), map_location="cpu").eval()
+        return lambda x: module(x).numpy()
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ImportError("--format onnx needs onnxruntime: pip install 'medmae[export]'") from err
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["logits"], {"images": x.numpy()})[0]
+
+
+def run_exported(runtime: Runtime, images: torch.Tensor) -> np.ndarray:
+    """Logits (N, K) of the exported model, in batches of ``PARITY_BATCH``."""
+    return np.concatenate([runtime(batch) for batch in images.split(PARITY_BATCH)])
+
+
+def parity_max_abs(net: nn.Module, runtime: Runtime, images: torch.Tensor) -> float:
+    """Max abs difference between PyTorch's and the exported model's logits on ``images``."""
+    with torch.inference_mode():
+        expected = torch.cat([net(batch) for batch in images.split(PARITY_BATCH)]).numpy()
+        actual = run_exported(runtime, images)
+    if actual.shape != expected.shape:
+        raise ParityError(f"exported model returns logits of shape {actual.shape}, PyTorch {expected.shape}")
+    return float(np.abs(actual.astype(np.float64) - expected).max())
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def median_latency_ms(call: Callable[[], object], runs: int, warmup: int = WARMUP) -> float:
+    """Median wall time of ``call()`` in ms over ``runs`` timed calls after ``warmup`` untimed."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def latencies_ms(net: nn.Module, runtime: Runtime, image: torch.Tensor, runs: int) -> tuple[float, float]:
+    """Batch-1 latency (exported, PyTorch eager) in ms of one image (1, C, H, W), ``THREADS`` threads."""
+    with torch_threads(THREADS), torch.inference_mode():
+        exported = median_latency_ms(lambda: runtime(image), runs)
+        eager = median_latency_ms(lambda: net(image).numpy(), runs)
+    return exported, eager
+
+
+def _temp_file(path: Path) -> Path:
+    """An unused name next to ``path`` (same folder, so ``os.replace`` is atomic); the writer
+    creates the file, with the usual permissions."""
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = _temp_file(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_checkpoint(ckpt: Path, fmt: str, path: Path, parity_images: int, latency_runs: int,
+                      tolerance: float) -> dict:
+    """Export ``ckpt`` to ``path``, check parity, time it; the figures of this one model.
+
+    The file is written to a temporary name and moved to ``path`` only after the parity check
+    passed, so a failure never leaves a (half-written or wrong) model file.
+    """
+    net, images = load_network(ckpt, parity_images)
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_file(path)
+    try:
+        EXPORTERS[fmt](net, example_input(images), tmp)
+        diff = parity_max_abs(net, load_runtime(tmp, fmt), images)
+        if not diff <= tolerance:  # also catches NaN
+            raise ParityError(
+                f"{fmt} export of {ckpt} differs from PyTorch by max abs {diff:.3g} on {len(images)} test "
+                f"images, above the tolerance {tolerance:g}; no model file was written"
+            )
+        latency, eager = latencies_ms(net, load_runtime(tmp, fmt, THREADS), images[:1], latency_runs)
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if created and not any(path.parent.iterdir()):
+            path.parent.rmdir()
+    return {
+        "ckpt": str(ckpt), "format": fmt, "path": str(path), "network": type(net).__name__,
+        "input_shape": list(images[:1].shape), "params": sum(p.numel() for p in net.parameters()),
+        "size_mb": size / 1e6, "ckpt_size_mb": Path(ckpt).stat().st_size / 1e6,
+        "latency_ms": latency, "latency_ms_eager": eager,
+        "parity_max_abs": diff, "parity_images": len(images),
+    }
+
+
+def protocol(fmt: str, latency_runs: int, parity_images: int, tolerance: float) -> str:
+    return (
+        f"CPU, fp32, batch 1, {THREADS} thread (torch.set_num_threads; ONNX Runtime intra/inter-op threads), "
+        f"latency = median of {latency_runs} timed calls (time.perf_counter) after {WARMUP} warm-up calls, "
+        f"for the {fmt} export and PyTorch eager; parity = max abs logit difference vs PyTorch on the first "
+        f"{parity_images} test images (tolerance {tolerance:g}); MB = 10^6 bytes."
+    )
+
+
+def markdown(result: dict) -> str:
+    """The figures as a markdown table plus the protocol sentence."""
+    lines = ["| model | format | params | size MB | latency ms (median) | PyTorch eager ms | parity max abs diff |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for role in ("export", "compare"):
+        m = result.get(role)
+        if m:
+            name = f"{role}: {m['network']} ({Path(m['ckpt']).name})"
+            lines.append(f"| {name} | {m['format']} | {m['params']:,} | {m['size_mb']:.3f} | {m['latency_ms']:.3f} "
+                         f"| {m['latency_ms_eager']:.3f} | {m['parity_max_abs']:.2e} |")
+    return "\n".join(lines) + f"\n\nProtocol: {result['protocol']}\n"
+
+
+def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Path | None = None,
+                      parity_images: int = 256, latency_runs: int = 100, tolerance: float = 1e-4) -> dict:
+    """Export the classifier ``ckpt`` (``onnx`` | ``torchscript``), check and benchmark it.
+
+    Returns ``{"export": figures, "compare": figures | None, "protocol", "threads", ...}``; the
+    figures of a model are params, size_mb (file, 10^6 bytes), latency_ms / latency_ms_eager
+    (batch 1, median), parity_max_abs and the paths. Writes ``export.json`` and ``export.md``
+    next to the model file (see ``model_path``).
+    """
+    check_format(fmt)
+    if parity_images < 1 or latency_runs < 1 or tolerance < 0:
+        raise ValueError("--parity-images and --latency-runs must be >= 1 and --tolerance >= 0")
+    ckpt, path = Path(ckpt), model_path(Path(ckpt), fmt, out)
+    settings = {"parity_images": parity_images, "latency_runs": latency_runs, "tolerance": tolerance}
+    compared = None
+    if compare is not None:  # first, so that a failure there leaves no half-documented export
+        with tempfile.TemporaryDirectory() as tmp:
+            compared = export_checkpoint(Path(compare), fmt, Path(tmp) / FORMATS[fmt], **settings)
+        compared["path"] = None  # measured in a temporary folder
+    exported = export_checkpoint(ckpt, fmt, path, **settings)
+    result = {
+        "export": exported, "compare": compared, "threads": THREADS, "warmup_runs": WARMUP, **settings,
+        "protocol": protocol(fmt, latency_runs, exported["parity_images"], tolerance),
+    }
+    write_atomic(path.parent / "export.json", json.dumps(result, indent=2))
+    write_atomic(path.parent / "export.md", markdown(result))
+    return result
+
+
+def flat_figures(result: dict) -> dict:
+    """``export/<key>`` and ``compare/<key>`` for every figure of ``export_classifier``'s result."""
+    return {f"{role}/{k}": v for role in ("export", "compare") for k, v in (result.get(role) or {}).items()}
+
+
+def run_export_stage(cfg) -> dict:
+    """Pipeline stage: ``cfg.export`` = ``{ckpt, format (onnx), compare (or null), parity_images,
+    latency_runs, tolerance (optional)}``; exports into ``cfg.paths.output_dir``; flat figures."""
+    spec = cfg.export
+    fmt = check_format(spec.get("format") or "onnx")
+    compare = spec.get("compare")
+    result = export_classifier(
+        Path(spec.ckpt), fmt, Path(cfg.paths.output_dir) / FORMATS[fmt], Path(compare) if compare else None,
+        parity_images=spec.get("parity_images", 256), latency_runs=spec.get("latency_runs", 100),
+        tolerance=spec.get("tolerance", 1e-4),
+    )
+    return flat_figures(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt", type=Path, help="a classifier checkpoint written by train.py")
+    # no argparse choices: an unknown format is a one-line error like every other bad input
+    parser.add_argument("--format", default="onnx", metavar="{" + ",".join(FORMATS) + "}",
+                        help="export format (default: onnx)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="model file or folder (default: <run dir>/export/model.onnx or model.pt)")
+    parser.add_argument("--compare", type=Path, default=None, metavar="CKPT",
+                        help="a second checkpoint (e.g. the teacher) to export and time the same way")
+    parser.add_argument("--parity-images", type=int, default=256, help="test images of the parity check")
+    parser.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls (median)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed")
+    args = parser.parse_args(argv)
+    try:
+        result = export_classifier(args.ckpt, args.format, args.out, args.compare, args.parity_images,
+                                   args.latency_runs, args.tolerance)
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ParityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(markdown(result), end="")
+    print(f"wrote {result['export']['path']} and export.json / export.md next to it")
+    return 0

@@ -1,0 +1,578 @@
+"""Quality report of a synthetic training set (``synthesize.py``'s ``.npz`` + JSON card).
+
+    from synthesis.quality import quality_report
+    figures = quality_report(Path("synthetic.npz"), real_images, real_labels, class_names, Path("quality/"),
+                             classifier_ckpt=Path("RUN/checkpoints/epoch_009.ckpt"))
+
+Writes ``report.md`` and PNG figures into ``out_dir``:
+
+1. classifier check: per-class accuracy of a classifier trained on real data, on the synthetic
+   images (the class each was generated for) and on as many real training images;
+2. FID / KID between real and synthetic images (torchmetrics), on Inception features when a local
+   torch-fidelity weights file is given, else on the classifier's penultimate features;
+3. memorisation: pixel-space L2 distance of each synthetic image to its nearest real training
+   image, against the real images' own leave-one-out nearest-neighbour distances;
+4. sample grids of synthetic and real images per class.
+
+Each set is subsampled (seeded) to ``max_images``; the real reference subsample has as many
+images as the synthetic one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
+
+from datamodules.synthetic_train import CARD_FORMAT, card_path  # noqa: E402
+from datamodules.transforms import ArrayDataset  # noqa: E402
+from lightning_modules.components.vit import ViTClassifier  # noqa: E402
+
+GRID_PER_CLASS = 8
+CLOSEST_PAIRS = 8
+COPY_PERCENTILE = 1.0  # synthetic images at or below this percentile of real-real distances are flagged
+BATCH = 256
+KID_SUBSET = 1000
+
+
+# ----- input -----------------------------------------------------------------------------
+@dataclass
+class SyntheticSet:
+    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, 3)
+    labels: np.ndarray  # int64 (N,)
+    card: dict
+    path: Path
+
+
+def image_geometry(images: np.ndarray) -> tuple[int, int]:
+    """(size, channels) of uint8 images (N, H, W) or (N, H, W, 3); ValueError for other layouts."""
+    square = images.ndim in (3, 4) and images.shape[1] == images.shape[2]
+    if not square or (images.ndim == 4 and images.shape[3] != 3):
+        raise ValueError(f"images of shape {images.shape}: expected (N, H, H) or (N, H, H, 3)")
+    return int(images.shape[1]), 1 if images.ndim == 3 else 3
+
+
+def _card_mismatches(card: dict, real_images: np.ndarray, class_names: list[str]) -> list[str]:
+    size, channels = image_geometry(real_images)
+    expected = {"num_classes": len(class_names), "image_size": size, "channels": channels,
+                "class_names": list(class_names)}
+    problems = [f"format {card.get('format')!r} is not {CARD_FORMAT!r}"] if card.get("format") != CARD_FORMAT else []
+    problems += [f"{key} is {card.get(key)!r} but the real data has {want!r}"
+                 for key, want in expected.items() if card.get(key) != want]
+    return problems
+
+
+def _array_mismatches(images: np.ndarray, labels: np.ndarray, keys: set[str], card: dict) -> list[str]:
+    if keys != {"train_images", "train_labels"}:
+        return [f"holds {sorted(keys)}, expected exactly train_images and train_labels"]
+    size, channels = card["image_size"], card["channels"]
+    shape = (size, size) if channels == 1 else (size, size, 3)
+    if images.dtype != np.uint8 or images.shape[1:] != shape or len(images) != len(labels):
+        return [f"images are {images.dtype} {images.shape} with {len(labels)} labels, "
+                f"expected uint8 (N, {', '.join(map(str, shape))}) and N labels"]
+    k = card["num_classes"]
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        return [f"labels outside [0, {k})"]
+    counts = np.bincount(labels, minlength=k)
+    claimed = [int((card.get("counts") or {}).get(str(c), 0)) for c in range(k)]
+    return [] if claimed == counts.tolist() else [f"card counts {claimed} but the file holds {counts.tolist()}"]
+
+
+def load_synthetic(path: Path, real_images: np.ndarray, class_names: list[str]) -> SyntheticSet:
+    """Read ``path`` and its card and check both against the real data; one ValueError on any problem."""
+    path, card_file = Path(path), card_path(Path(path))
+    for f in (path, card_file):
+        if not f.is_file():
+            raise ValueError(f"{f} does not exist (a synthetic set is {path.name} plus its card {card_file.name})")
+    try:
+        card = json.loads(card_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{card_file} is not valid JSON: {err}") from None
+    problems = _card_mismatches(card, real_images, class_names)
+    if problems:
+        raise ValueError(f"{card_file} does not fit the real data: {'; '.join(problems)}")
+    with np.load(path) as f:
+        keys = set(f.files)
+        images = f["train_images"] if "train_images" in keys else np.empty(0)
+        labels = f["train_labels"].reshape(-1).astype(np.int64) if "train_labels" in keys else np.empty(0, np.int64)
+    problems = _array_mismatches(images, labels, keys, card)
+    if problems:
+        raise ValueError(f"{path} does not fit its card {card_file.name}: {'; '.join(problems)}")
+    return SyntheticSet(images, labels, card, path)
+
+
+def subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``min(n, k)`` of ``range(n)`` without replacement (all of them if n <= k)."""
+    return np.arange(n) if n <= k else np.sort(rng.choice(n, size=k, replace=False))
+
+
+def channels_first(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) / (N, H, W, 3) -> uint8 tensor (N, C, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def uint8_batches(images: np.ndarray, rgb: bool, batch: int = BATCH) -> Iterator[torch.Tensor]:
+    """uint8 (B, C, H, W) batches of ``images``; grayscale repeated to 3 channels when ``rgb``."""
+    for start in range(0, len(images), batch):
+        x = channels_first(images[start:start + batch])
+        yield x.expand(-1, 3, -1, -1).contiguous() if rgb and x.shape[1] == 1 else x
+
+
+# ----- the classifier and its features ---------------------------------------------------
+@dataclass
+class ClassifierView:
+    """A trained classifier and its run's eval preprocessing of uint8 arrays."""
+
+    model: nn.Module
+    transform: v2.Compose  # float (C, H, W) in [0, 1] -> the network's input
+    as_rgb: bool
+    name: str  # the network, for labels
+    data_source: str
+
+
+def network_name(net: nn.Module) -> str:
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(net).__name__
+
+
+def load_classifier_view(ckpt: Path, num_classes: int, image_size: int, channels: int) -> ClassifierView:
+    """The checkpoint's Classifier plus its eval transform, resizing ``image_size`` px inputs if needed."""
+    # imported here: pulls in Hydra and Lightning, which the other checks do not need
+    from evaluation.evaluate import checkpoint_data, load_classifier
+
+    model = load_classifier(ckpt, num_classes)
+    datamodule, dataset = checkpoint_data(ckpt, "test")
+    in_chans = int(datamodule.in_chans)
+    if channels == 3 and in_chans == 1:
+        raise ValueError(f"{ckpt} takes 1-channel images; the synthetic images are RGB")
+    transform = dataset.transform
+    img_size = getattr(datamodule, "img_size", image_size)
+    if img_size != image_size:  # its own transform resizes only from its run's source size
+        transform = v2.Compose([v2.Resize((img_size, img_size), antialias=True), transform])
+    source = datamodule.sample_source() if hasattr(datamodule, "sample_source") else "?"
+    return ClassifierView(model.eval(), transform, bool(getattr(datamodule, "as_rgb", False)) or in_chans == 3,
+                          network_name(model.net), source)
+
+
+def view_loader(view: ClassifierView, images: np.ndarray, labels: np.ndarray) -> DataLoader:
+    """Preprocessed batches ``(x (B, C, H, W) float, y (B,))`` exactly as the classifier's run built them."""
+    dataset = ArrayDataset(images, labels.reshape(-1, 1), view.transform, view.as_rgb)
+    return DataLoader(dataset, batch_size=BATCH, shuffle=False, num_workers=0)
+
+
+@torch.no_grad()
+def predict_classes(view: ClassifierView, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """Predicted class (N,) of uint8 images."""
+    view.model.to(device)
+    loader = view_loader(view, images, np.zeros(len(images), np.int64))
+    return torch.cat([view.model(x.to(device)).argmax(1).cpu() for x, _ in loader]).numpy()
+
+
+def penultimate(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images (B, C, H, W) -> the features the classification layer sees (B, F)."""
+    if hasattr(net, "forward_head") and hasattr(net, "forward_features"):  # timm
+        return lambda x: net.forward_head(net.forward_features(x), pre_logits=True)
+    if isinstance(net, ViTClassifier):
+        return net.features  # pooled encoder output, before the head's norm
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear layer to take features from")
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        handle = last[-1].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            net(x)
+        finally:
+            handle.remove()
+        return seen[-1].flatten(1)
+
+    return features
+
+
+class NetFeatures(nn.Module):
+    """Penultimate features of a classifier for torchmetrics' ``feature`` argument.
+
+    Input: the classifier's preprocessed float images (B, C, H, W); output float (B, F).
+    ``num_features`` is set so that torchmetrics does not probe it with a uint8 dummy image.
+    """
+
+    def __init__(self, net: nn.Module, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.net = net.eval()
+        self.extract = penultimate(net)
+        with torch.no_grad():
+            probe = torch.zeros(2, *input_shape, device=next(net.parameters()).device)
+            self.num_features = int(self.extract(probe).shape[-1])
+
+    def train(self, mode: bool = True) -> NetFeatures:
+        return super().train(False)  # BatchNorm / dropout stay in eval mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extract(x).float()
+
+
+# ----- FID / KID -------------------------------------------------------------------------
+@dataclass
+class FeatureSpace:
+    """How images reach a feature network: ``batches(images)`` yields its inputs."""
+
+    module: nn.Module
+    batches: Callable[[np.ndarray], Iterator[torch.Tensor]]
+    label: str
+    inception: bool
+
+
+def inception_space(weights: Path, device: torch.device) -> tuple[FeatureSpace, dict]:
+    """torch-fidelity's Inception (2048-d pool features) from a local weights file; nothing is downloaded."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if not Path(weights).is_file():
+        raise ValueError(f"inception_weights={weights} does not exist")
+    fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights)).to(device)
+    space = FeatureSpace(fid.inception, lambda images: uint8_batches(images, rgb=True, batch=64),
+                         "Inception-v3 (2048-d pool)", inception=True)
+    return space, {"fid": fid}
+
+
+def classifier_space(view: ClassifierView, image_size: int, channels: int, device: torch.device) -> FeatureSpace:
+    view.model.to(device)
+    probe = view_loader(view, np.zeros((1, image_size, image_size) + ((3,) if channels == 3 else ()), np.uint8),
+                        np.zeros(1, np.int64))
+    shape = tuple(next(iter(probe))[0].shape[1:])
+    module = NetFeatures(view.model.net, shape)
+
+    def batches(images: np.ndarray) -> Iterator[torch.Tensor]:
+        return (x for x, _ in view_loader(view, images, np.zeros(len(images), np.int64)))
+
+    return FeatureSpace(module, batches, f"{view.name} features (not Inception: not comparable to published FIDs)",
+                        inception=False)
+
+
+class Reuse(nn.Module):
+    """``inner``'s features for KID, reusing what FID's call on the very same batch just computed."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        inner.register_forward_hook(self._remember)
+
+    def _remember(self, _module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._last = (args[0], output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
+        return self.inner(x)
+
+
+@torch.no_grad()
+def fid_kid(space: FeatureSpace, real: np.ndarray, fake: np.ndarray, device: torch.device, seed: int,
+            metrics: dict | None = None) -> dict[str, float]:
+    """FID and KID (mean, std over subsets) between uint8 image sets of at least 2 images each."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    fid = (metrics or {}).get("fid") or FrechetInceptionDistance(feature=space.module).to(device)
+    subset = min(KID_SUBSET, len(real), len(fake))
+    # this torchmetrics' KID takes no weights path: it gets the FID's network, fed FID's features
+    kid = KernelInceptionDistance(feature=Reuse(fid.inception), subset_size=subset).to(device)
+    for images, real_flag in ((real, True), (fake, False)):
+        for x in space.batches(images):
+            x = x.to(device)
+            fid.update(x, real=real_flag)
+            kid.update(x, real=real_flag)
+    with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global generator
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std),
+            "kid_subset_size": subset}
+
+
+# ----- memorisation ----------------------------------------------------------------------
+def _unit_rows(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(images.reshape(len(images), -1)).to(device).float().div_(255.0)
+
+
+@torch.no_grad()
+def nearest_real(queries: np.ndarray, reference: np.ndarray, device: torch.device, exclude: np.ndarray | None = None,
+                 chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """L2 distance (pixels in [0, 1], flattened) of each query to its nearest reference image, and its index.
+
+    ``exclude[i]`` is a reference index query i may not match (leave-one-out), or None.
+    torch.cdist (matmul form, float32) finds the neighbour; the distance to it is then recomputed
+    exactly, so an exact copy reads 0.
+    """
+    best = torch.full((len(queries),), math.inf, device=device)
+    index = torch.zeros(len(queries), dtype=torch.long, device=device)
+    for r0 in range(0, len(reference), chunk):
+        ref = _unit_rows(reference[r0:r0 + chunk], device)
+        for q0 in range(0, len(queries), chunk):
+            d = torch.cdist(_unit_rows(queries[q0:q0 + chunk], device), ref)
+            if exclude is not None:
+                own = torch.from_numpy(exclude[q0:q0 + chunk]).to(device) - r0
+                rows = ((own >= 0) & (own < len(ref))).nonzero().flatten()
+                d[rows, own[rows]] = math.inf
+            low, arg = d.min(1)
+            better = low < best[q0:q0 + chunk]
+            best[q0:q0 + chunk] = torch.where(better, low, best[q0:q0 + chunk])
+            index[q0:q0 + chunk] = torch.where(better, arg + r0, index[q0:q0 + chunk])
+    index = index.cpu().numpy()
+    exact = np.empty(len(queries))
+    for q0 in range(0, len(queries), chunk):
+        q = queries[q0:q0 + chunk].reshape(-1, reference[0].size).astype(np.float64)
+        exact[q0:q0 + chunk] = np.linalg.norm((q - reference[index[q0:q0 + chunk]].reshape(len(q), -1)) / 255.0, axis=1)
+    return exact, index
+
+
+def percentiles(values: np.ndarray) -> tuple[float, float]:
+    """(median, 5th percentile), NaN for an empty array."""
+    if len(values) == 0:
+        return math.nan, math.nan
+    return float(np.median(values)), float(np.percentile(values, 5))
+
+
+# ----- figures ---------------------------------------------------------------------------
+def _tile_rows(images: np.ndarray, labels: np.ndarray, k: int, per_row: int, pad: int = 2) -> np.ndarray:
+    """Mosaic (rows = classes, up to ``per_row`` images each) as float RGB (H, W, 3) in [0, 1]; gaps white."""
+    size = images.shape[1]
+    step = size + pad
+    mosaic = np.ones((k * step + pad, per_row * step + pad, 3))
+    for c in range(k):
+        for j, img in enumerate(images[labels == c][:per_row]):
+            tile = img.astype(np.float64) / 255.0
+            mosaic[pad + c * step:pad + c * step + size, pad + j * step:pad + j * step + size] = (
+                tile[..., None] if tile.ndim == 2 else tile)
+    return mosaic
+
+
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else name[:width - 1] + "\u2026"
+
+
+def save_sample_grids(path: Path, synthetic: np.ndarray, syn_labels: np.ndarray, real: np.ndarray,
+                      real_labels: np.ndarray, class_names: list[str]) -> None:
+    """Two panels, synthetic | real, rows = classes, up to GRID_PER_CLASS images each."""
+    k, size = len(class_names), synthetic.shape[1] if len(synthetic) else real.shape[1]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (2.5 + 0.6 * GRID_PER_CLASS), 1.0 + 0.75 * k), squeeze=False)
+    for ax, (title, images, labels) in zip(axes[0], (("synthetic", synthetic, syn_labels),
+                                                     ("real (training split)", real, real_labels))):
+        ax.imshow(_tile_rows(images, labels, k, GRID_PER_CLASS), interpolation="nearest")
+        counts = np.bincount(labels, minlength=k)
+        ax.set_yticks([2 + c * (size + 2) + size / 2 for c in range(k)])
+        ax.set_yticklabels([f"{_short(n)} ({counts[c]})" for c, n in enumerate(class_names)], fontsize=8)
+        ax.set_xticks([])
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_closest_pairs(path: Path, synthetic: np.ndarray, real: np.ndarray, dist: np.ndarray, index: np.ndarray,
+                       syn_labels: np.ndarray, class_names: list[str]) -> None:
+    """The CLOSEST_PAIRS synthetic images nearest to a real one (top row) above that real image."""
+    order = np.argsort(dist, kind="stable")[:CLOSEST_PAIRS]
+    n = max(len(order), 1)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.8), squeeze=False)
+    gray = synthetic.ndim == 3
+    for j, i in enumerate(order):
+        for row, img in enumerate((synthetic[i], real[index[i]])):
+            axes[row, j].imshow(img, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest")
+        axes[0, j].set_title(f"{_short(class_names[syn_labels[i]], 18)}\nd={dist[i]:.2f}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel("synthetic", fontsize=8)
+    axes[1, 0].set_ylabel("nearest real", fontsize=8)
+    fig.suptitle("closest synthetic / real training pairs (L2, pixels in [0, 1])", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_distance_histogram(path: Path, syn_dist: np.ndarray, real_dist: np.ndarray, threshold: float) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    top = max(syn_dist.max(initial=0), real_dist.max(initial=0)) or 1.0
+    bins = np.linspace(0, top, 50)
+    ax.hist(real_dist, bins=bins, alpha=0.6, label="real vs other real (leave-one-out)")
+    ax.hist(syn_dist, bins=bins, alpha=0.6, label="synthetic vs real")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"copy threshold {threshold:.2f} (real p{COPY_PERCENTILE:g})")
+    ax.set_xlabel("distance to the nearest real training image (L2, pixels in [0, 1])")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ----- report ----------------------------------------------------------------------------
+def _fmt(x: float | int | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return str(x) if isinstance(x, int) else f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines)
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, k: int) -> list[float]:
+    """Fraction of each class's images predicted as that class; NaN for a class without images."""
+    return [float((pred[labels == c] == c).mean()) if (labels == c).any() else math.nan for c in range(k)]
+
+
+def classifier_section(view: ClassifierView | None, syn: np.ndarray, syn_y: np.ndarray, real: np.ndarray,
+                       real_y: np.ndarray, class_names: list[str], data_source: str,
+                       device: torch.device) -> tuple[str, dict]:
+    k = len(class_names)
+    if view is None:
+        return "No classifier checkpoint given: skipped.", {}
+    acc_syn = per_class_accuracy(predict_classes(view, syn, device), syn_y, k) if len(syn) else [math.nan] * k
+    acc_real = per_class_accuracy(predict_classes(view, real, device), real_y, k)
+    n_syn, n_real = np.bincount(syn_y, minlength=k), np.bincount(real_y, minlength=k)
+    rows = [[name, str(n_syn[c]), _fmt(acc_syn[c]), str(n_real[c]), _fmt(acc_real[c])]
+            for c, name in enumerate(class_names)]
+    figures = {f"classifier/acc_synthetic/{n}": a for n, a in zip(class_names, acc_syn)}
+    figures |= {f"classifier/acc_real/{n}": a for n, a in zip(class_names, acc_real)}
+    note = "" if view.data_source == data_source else (
+        f"\n\nNote: the classifier was trained on {view.data_source}, the synthetic set was made for {data_source}.")
+    text = (f"Classifier: {view.name} ({view.data_source}).\n\n"
+            + _table(["class", "synthetic images", "accuracy (synthetic)", "real images", "accuracy (real)"], rows)
+            + "\n\nProtocol: fraction of each class's images the classifier assigns to that class (for synthetic "
+            "images, the class they were generated for), with its run's eval preprocessing; real = a seeded "
+            "subsample of the training split as large as the synthetic one (images the classifier was trained on, "
+            "so an optimistic reference)." + note)
+    return text, figures
+
+
+def fid_section(space: FeatureSpace | None, metrics: dict, real: np.ndarray, syn: np.ndarray, device: torch.device,
+                seed: int) -> tuple[str, dict]:
+    if space is None:
+        return "Neither Inception weights nor a classifier checkpoint given: FID / KID skipped.", {}
+    if len(syn) < 2 or len(real) < 2:
+        return f"FID / KID need at least 2 images per set ({len(syn)} synthetic, {len(real)} real): skipped.", {}
+    r = fid_kid(space, real, syn, device, seed, metrics)
+    text = (f"### FID/KID on {space.label}\n\n"
+            + _table(["metric", "value"], [["FID", f"{r['fid']:.4g}"],
+                                           ["KID (mean ± std over subsets)", f"{r['kid_mean']:.4g} ± {r['kid_std']:.2g}"]])
+            + f"\n\nProtocol: {len(real)} real training vs {len(syn)} synthetic images (seeded subsamples), "
+            + ("torchmetrics on torch-fidelity's Inception-v3 (grayscale repeated to RGB, resized to 299 px inside); "
+               if space.inception else "torchmetrics on the classifier's penultimate features (its eval "
+               "preprocessing); ")
+            + f"KID: 100 subsets of {r['kid_subset_size']}, polynomial kernel, seed {seed}. Lower is closer.")
+    figures = {"fid": r["fid"], "kid_mean": r["kid_mean"], "kid_std": r["kid_std"]}
+    return text, figures
+
+
+def memorisation_section(syn: np.ndarray, syn_y: np.ndarray, real_q: np.ndarray, real_q_y: np.ndarray,
+                         real_q_idx: np.ndarray, real_all: np.ndarray, class_names: list[str], out_dir: Path,
+                         device: torch.device) -> tuple[str, dict]:
+    real_d, _ = nearest_real(real_q, real_all, device, exclude=real_q_idx)
+    threshold = float(np.percentile(real_d, COPY_PERCENTILE)) if len(real_d) else math.nan
+    threshold = threshold if math.isfinite(threshold) else math.nan  # a single real image has no neighbour
+    figures: dict = {"nn/copy_threshold": threshold}
+    rows = []
+    syn_d, syn_i = nearest_real(syn, real_all, device) if len(syn) else (np.empty(0), np.empty(0, int))
+    for c, name in enumerate(class_names):
+        s_med, s_p5 = percentiles(syn_d[syn_y == c])
+        r_med, r_p5 = percentiles(real_d[real_q_y == c])
+        rows.append([name, str(int((syn_y == c).sum())), _fmt(s_med), _fmt(s_p5), _fmt(r_med), _fmt(r_p5),
+                     str(int((syn_d[syn_y == c] <= threshold).sum()))])
+        figures |= {f"nn/synthetic_median/{name}": s_med, f"nn/synthetic_p5/{name}": s_p5,
+                    f"nn/real_median/{name}": r_med, f"nn/real_p5/{name}": r_p5}
+    copies = int((syn_d <= threshold).sum())
+    figures |= {"nn/copies": copies, "nn/copy_fraction": copies / len(syn) if len(syn) else math.nan}
+    text = _table(["class", "synthetic images", "synthetic→real median", "synthetic→real p5",
+                   "real→real median", "real→real p5", "possible copies"], rows)
+    text += ("\n\nProtocol: L2 distance (pixels in [0, 1], flattened) to the nearest image of the whole real training "
+             f"split; reference: {len(real_q)} real training images (seeded subsample) against the other real ones "
+             "(leave-one-out). A median well below the reference suggests memorisation.")
+    text += (f"\n\nPossible copies (synthetic images at or below percentile {COPY_PERCENTILE:g} of the real→real "
+             f"distances, {_fmt(threshold)}): **{copies} of {len(syn)} "
+             f"({_fmt(figures['nn/copy_fraction'] * 100, 1)} %)**.")
+    save_distance_histogram(out_dir / "nn_distances.png", syn_d, real_d, threshold)
+    text += "\n\n![nearest-neighbour distances](nn_distances.png)"
+    if len(syn):
+        save_closest_pairs(out_dir / "closest_pairs.png", syn, real_all, syn_d, syn_i, syn_y, class_names)
+        text += f"\n\n![the {CLOSEST_PAIRS} closest synthetic / real pairs](closest_pairs.png)"
+    return text, figures
+
+
+def card_section(data: SyntheticSet, class_names: list[str], n_syn: int, n_real: int) -> str:
+    card = data.card
+    counts = ", ".join(f"{n}: {int(card['counts'].get(str(c), 0))}" for c, n in enumerate(class_names))
+    rows = [["file", f"`{data.path}`"], ["data source", card.get("data_source", "?")],
+            ["diffusion checkpoint", f"`{card.get('checkpoint', '?')}`"], ["seed", card.get("seed", "?")],
+            ["sampling steps", card.get("steps", "?")], ["guidance scale", card.get("guidance_scale", "?")],
+            ["counts", counts], ["images evaluated", f"{n_syn} synthetic, {n_real} real"]]
+    return _table(["setting", "value"], rows)
+
+
+def quality_report(synthetic: Path, real_images: np.ndarray, real_labels: np.ndarray, class_names: list[str],
+                   out_dir: Path, classifier_ckpt: Path | None = None, inception_weights: Path | None = None,
+                   max_images: int = 2000, seed: int = 0) -> dict:
+    """Judge the synthetic set ``synthetic`` (.npz + card) against the real training split.
+
+    ``real_images`` uint8 (N, H, W) or (N, H, W, 3), ``real_labels`` (N, 1) or (N,). Writes
+    ``out_dir/report.md`` with ``samples.png``, ``nn_distances.png`` and ``closest_pairs.png``;
+    returns the figures as a flat dict (NaN where a class has no images; FID / KID keys only when
+    computed). ValueError if the set or its card does not fit the real data.
+    """
+    real_labels = np.asarray(real_labels).reshape(-1).astype(np.int64)
+    if len(real_labels) != len(real_images):
+        raise ValueError(f"{len(real_images)} real images but {len(real_labels)} real labels")
+    data = load_synthetic(Path(synthetic), real_images, class_names)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size, channels = data.card["image_size"], data.card["channels"]
+
+    syn_idx = subsample(len(data.images), max_images, np.random.default_rng([seed, 0]))
+    real_idx = subsample(len(real_images), len(syn_idx) or max_images, np.random.default_rng([seed, 1]))
+    syn, syn_y = data.images[syn_idx], data.labels[syn_idx]
+    real, real_y = real_images[real_idx], real_labels[real_idx]
+
+    view = None
+    if classifier_ckpt is not None:
+        view = load_classifier_view(Path(classifier_ckpt), len(class_names), size, channels)
+    space, metrics = None, {}
+    if inception_weights is not None:
+        space, metrics = inception_space(Path(inception_weights), device)
+    elif view is not None:
+        space = classifier_space(view, size, channels, device)
+
+    figures: dict = {"n_synthetic": len(syn), "n_real": len(real)}
+    sections = []
+    text, part = classifier_section(view, syn, syn_y, real, real_y, class_names, data.card.get("data_source"), device)
+    sections.append(("1. Classifier check", text))
+    figures |= part
+    text, part = fid_section(space, metrics, real, syn, device, seed)
+    sections.append(("2. FID / KID", text))
+    figures |= part
+    text, part = memorisation_section(syn, syn_y, real, real_y, real_idx, real_images, class_names, out_dir, device)
+    sections.append(("3. Memorisation", text))
+    figures |= part
+    save_sample_grids(out_dir / "samples.png", syn, syn_y, real, real_y, class_names)
+    sections.append(("4. Samples", f"![synthetic and real images per class](samples.png)\n\nUp to {GRID_PER_CLASS} "
+                                   "images per class, the first of each seeded subsample."))
+
+    body = [f"# Synthetic data quality: {data.path.name}", card_section(data, class_names, len(syn), len(real))]
+    body += [f"## {title}\n\n{text}" for title, text in sections]
+    (out_dir / "report.md").write_text("\n\n".join(body) + "\n")
+    figures["report"] = str(out_dir / "report.md")
+    return figures

@@ -1,0 +1,231 @@
+"""DerMAE: the class-conditioned diffusion model, synthesis, synthetic training data and
+distillation (CPU, tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules import MedMNISTDataModule
+from lightning_modules.components.diffusion import (
+    build_unet,
+    ddim_sample,
+    ddpm_scheduler,
+    diffusion_loss,
+    drop_labels,
+)
+from lightning_modules.components.losses import distillation_kl
+from lightning_modules.diffusion import ClassConditionedDiffusion
+from pipeline.cli import train
+from synthesis import synthesize as syn
+from tests.conftest import compose_cfg, tiny_overrides
+
+TINY_UNET = ["model.unet.block_channels=[8,16,16]", "model.unet.layers_per_block=1", "model.unet.norm_groups=4",
+             "model.unet.attention_levels=[false,false,true]", "model.sample_steps=2"]
+
+
+def _diffusion_run(data_root: Path, out: Path, flag: str = "pneumoniamnist") -> Path:
+    cfg = compose_cfg(["model=diffusion", f"data={flag}", *tiny_overrides(data_root), "debug=fdr", *TINY_UNET,
+                       "~callbacks.evaluation", "monitor.metric=val/loss", "monitor.mode=min", "test=false"], out)
+    return Path(train(cfg)["best_checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def diffusion_ckpt(data_root, tmp_path_factory) -> Path:
+    return _diffusion_run(data_root, tmp_path_factory.mktemp("diffusion"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(diffusion_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic") / "synthetic.npz"
+    syn.synthesize(diffusion_ckpt, out, steps=2, batch_size=16, progress=False)
+    return out
+
+
+def test_a_diffusion_training_step_lowers_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    unet = build_unet(8, 1, 2, block_channels=(8, 16), layers_per_block=1, attention_levels=(False, False),
+                      norm_groups=4)
+    scheduler = ddpm_scheduler(100)
+    x, y = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randint(0, 2, (16,))
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(1)  # the same noise and timesteps every time
+        return diffusion_loss(unet, scheduler, x, y)[0]
+
+    before = loss().item()
+    opt = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    for _ in range(10):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.8 * before
+
+
+def test_sampling_has_the_right_shapes_ranges_and_follows_the_class():
+    """Two trivially separable classes (dark / bright 8 x 8 images): a classifier fitted on
+    the real images recognises the class of most samples."""
+    from sklearn.linear_model import LogisticRegression
+
+    torch.manual_seed(0)
+    unet = build_unet(8, 1, 2, block_channels=(8, 16), layers_per_block=1, attention_levels=(False, False),
+                      norm_groups=4)
+    scheduler = ddpm_scheduler(100)
+    y = torch.randint(0, 2, (256,))
+    x = (torch.where(y[:, None, None, None] == 1, 0.7, -0.7) + 0.1 * torch.randn(256, 1, 8, 8)).clamp(-1, 1)
+    opt = torch.optim.AdamW(unet.parameters(), lr=3e-3)
+    for _ in range(120):
+        idx = torch.randint(0, 256, (32,))
+        loss = diffusion_loss(unet, scheduler, x[idx], drop_labels(y[idx], 2, 0.1))[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    labels = torch.arange(2).repeat_interleave(24)
+    samples = ddim_sample(unet.eval(), scheduler, labels, (1, 8, 8), 2, steps=10, guidance=2.0,
+                          generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (48, 1, 8, 8) and samples.min() >= -1 and samples.max() <= 1
+    judge = LogisticRegression().fit(x.flatten(1).numpy(), y.numpy())
+    assert judge.score(samples.flatten(1).numpy(), labels.numpy()) >= 0.85
+    uint8 = syn.to_uint8(samples)
+    assert uint8.shape == (48, 8, 8) and uint8.dtype == np.uint8
+
+
+def test_label_dropout_uses_the_unconditional_class():
+    torch.manual_seed(0)
+    dropped = drop_labels(torch.zeros(10_000, dtype=torch.long), num_classes=7, p=0.1)
+    assert set(dropped.unique().tolist()) == {0, 7} and abs((dropped == 7).float().mean().item() - 0.1) < 0.01
+
+
+def test_synthesis_balances_the_classes_and_writes_a_card(diffusion_ckpt, synthetic_set):
+    state = torch.load(diffusion_ckpt, map_location="cpu", weights_only=True)
+    counts = state["medmae_data"]["train_counts"]
+    with np.load(synthetic_set) as f:
+        assert set(f.files) == {"train_images", "train_labels"}
+        images, labels = f["train_images"], f["train_labels"]
+    assert images.dtype == np.uint8 and images.shape[1:] == (28, 28)
+    made = np.bincount(labels.reshape(-1), minlength=2)
+    np.testing.assert_array_equal(made, max(counts) - np.asarray(counts))  # every class up to the majority
+    card = json.loads(synthetic_set.with_suffix(".json").read_text())
+    assert card["checkpoint"] == str(diffusion_ckpt.resolve()) and card["steps"] == 2 and card["seed"] == 0
+    assert card["counts"] == {str(c): int(n) for c, n in enumerate(made)} and card["data_source"].endswith("pneumoniamnist")
+    assert syn.target_counts([5, 9, 2], "counts", {0: 3, 2: 1}) == [3, 0, 1]
+    with pytest.raises(ValueError, match="classes are 0..2"):
+        syn.target_counts([5, 9, 2], "counts", {4: 3})
+
+
+def test_synthesis_writes_atomically(diffusion_ckpt, tmp_path, monkeypatch):
+    def broken(path, **arrays):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(syn, "write_npz", broken)
+    with pytest.raises(OSError, match="disk full"):
+        syn.synthesize(diffusion_ckpt, tmp_path / "out" / "synthetic.npz", steps=2, progress=False)
+    assert list((tmp_path / "out").iterdir()) == []  # neither the set, nor its card, nor a temporary file
+
+
+def test_a_diffusion_checkpoint_for_other_data_is_refused(diffusion_ckpt, data_root, tmp_path, capsys):
+    derma = MedMNISTDataModule(flag="dermamnist", root=str(data_root), download=False)
+    derma.setup("fit")
+    images, _ = syn.real_training_arrays(derma)
+    with pytest.raises(ValueError, match=r"does not fit the data \(data_source .*num_classes 2 vs 7.*channels 1 vs 3"):
+        syn.synthesize(diffusion_ckpt, tmp_path / "s.npz", steps=2, progress=False,
+                       expected=derma.data_identity(images))
+    assert not (tmp_path / "s.npz").exists()
+    module = ClassConditionedDiffusion(num_classes=7, img_size=28, in_chans=3, unet={
+        "block_channels": [8, 16, 16], "layers_per_block": 1, "norm_groups": 4})
+    with pytest.raises(ValueError, match="trained on MedMNIST pneumoniamnist"):
+        module.on_load_checkpoint(torch.load(diffusion_ckpt, map_location="cpu", weights_only=True))
+    assert syn.main([str(tmp_path / "missing" / "x.ckpt"), "--out", str(tmp_path / "s.npz")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_synthetic_images_join_the_training_split_only(data_root, synthetic_set):
+    kw = dict(flag="pneumoniamnist", root=str(data_root), download=False, batch_size=16)
+    plain = MedMNISTDataModule(**kw)
+    mixed = MedMNISTDataModule(**kw, synthetic_train=str(synthetic_set), mlo={"level3_fraction": 0.2})
+    for dm in (plain, mixed):
+        dm.setup("fit")
+    n_syn = len(np.load(synthetic_set)["train_labels"])
+    assert len(mixed.train_set) == len(plain.train_set) + n_syn
+    for split in ("val_set", "test_set"):  # validation and test are the real ones, untouched
+        a, b = getattr(plain, split), getattr(mixed, split)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and b.synthetic is None
+    flags = mixed.train_set.synthetic
+    assert flags.sum() == n_syn and not flags[: len(plain.train_set)].any()
+    x, y, flag = mixed.train_set[len(mixed.train_set) - 1]
+    assert flag.item() is True and x.shape == (1, 28, 28)
+    for level in ("level2", "level3"):  # MLO-MAE's level II / III data: real images only
+        assert not flags[mixed.level_indices[level]].any()
+    on_device = MedMNISTDataModule(**kw, synthetic_train=str(synthetic_set), on_device=True)
+    on_device.setup("fit")
+    batch = on_device.on_after_batch_transfer(next(iter(on_device.train_dataloader())), 0)
+    assert len(batch) == 3 and batch[2].dtype == torch.bool
+
+
+def test_a_synthetic_set_for_another_dataset_is_refused(data_root, synthetic_set, tmp_path):
+    dm = MedMNISTDataModule(flag="dermamnist", root=str(data_root), download=False, synthetic_train=str(synthetic_set))
+    with pytest.raises(ValueError, match=r"was made for another dataset \(data_source 'MedMNIST pneumoniamnist' vs "
+                                         r"'MedMNIST dermamnist', num_classes 2 vs 7, channels 1 vs 3"):
+        dm.setup("fit")
+    renamed = tmp_path / "other.npz"
+    renamed.write_bytes(synthetic_set.read_bytes())  # no card next to it
+    dm = MedMNISTDataModule(flag="pneumoniamnist", root=str(data_root), download=False, synthetic_train=str(renamed))
+    with pytest.raises(FileNotFoundError, match="other.json does not exist"):
+        dm.setup("fit")
+
+
+def test_distillation_loss_matches_a_hand_computation():
+    s = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0], [-2.0, 0.0, 2.0]])
+    temp = 2.0
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    p, q = softmax(t.numpy() / temp), softmax(s.numpy() / temp)
+    by_hand = temp**2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1))
+    assert distillation_kl(s, t, temp).item() == pytest.approx(by_hand, rel=1e-6)
+    assert distillation_kl(t, t, temp).item() == pytest.approx(0.0, abs=1e-7)
+    # the gradient reaches the student only
+    s_ = s.clone().requires_grad_(True)
+    (0.5 * distillation_kl(s_, t, temp) + 0.5 * F.cross_entropy(s_, torch.tensor([0, 2]))).backward()
+    assert s_.grad.abs().sum() > 0
+
+
+def test_a_teacher_with_another_class_count_is_refused(data_root, tmp_path):
+    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr"], tmp_path / "teacher")
+    teacher = train(cfg)["best_checkpoint"]  # synthetic DermaMNIST: 7 classes
+    student = compose_cfg(["model=distillation", "data=pneumoniamnist", *tiny_overrides(data_root), "debug=fdr",
+                           f"model.teacher_ckpt={teacher}", "encoder.patch_size=4"], tmp_path / "student")
+    with pytest.raises(Exception, match="teacher_ckpt=.* predicts 7 classes but the data has 2; distil on the dataset"):
+        train(student)
+
+
+def test_latent_mode_with_a_tiny_autoencoder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, sample_size=16)
+    vae.save_pretrained(tmp_path / "vae")
+    model = ClassConditionedDiffusion(num_classes=3, img_size=16, in_chans=1, latent_autoencoder=str(tmp_path / "vae"),
+                                      unet={"block_channels": [8, 16], "layers_per_block": 1, "norm_groups": 4,
+                                            "attention_levels": [False, False]})
+    assert model.latent_shape() == (4, 8, 8) and model.unet.config.in_channels == 4
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (4, 4, 8, 8)
+    loss = diffusion_loss(model.unet, model.scheduler, z, torch.tensor([0, 1, 2, 3]))[0]
+    assert torch.isfinite(loss)
+    images = model.sample(torch.tensor([0, 2]), steps=2)
+    assert images.shape == (2, 1, 16, 16) and images.abs().max() <= 1
+    with pytest.raises(FileNotFoundError, match="model.latent_autoencoder='no/such/vae' could not be loaded"):
+        ClassConditionedDiffusion(num_classes=3, img_size=16, in_chans=1, latent_autoencoder="no/such/vae")

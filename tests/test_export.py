@@ -1,0 +1,111 @@
+"""deploy/export.py: ONNX / TorchScript export of trained classifiers, parity, benchmark, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from deploy import export as ex
+from evaluation.evaluate import CheckpointError
+from pipeline.cli import train
+from tests.conftest import compose_cfg, tiny_overrides
+
+FAST = {"parity_images": 32, "latency_runs": 5}
+TINY_VIT = ["model=vit", "encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2", "encoder.patch_size=4"]
+
+
+def _train(data_root: Path, out: Path, extra: list[str]) -> Path:
+    """One fast_dev_run of the quickstart experiment; its checkpoint."""
+    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", *extra], out)
+    return Path(train(cfg)["best_checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def cnn_ckpt(data_root, tmp_path_factory) -> Path:
+    return _train(data_root, tmp_path_factory.mktemp("cnn_run"), [])
+
+
+@pytest.fixture(scope="module")
+def vit_ckpt(data_root, tmp_path_factory) -> Path:
+    return _train(data_root, tmp_path_factory.mktemp("vit_run"), TINY_VIT)
+
+
+def _model_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_onnx_export_matches_pytorch_and_writes_figures(cnn_ckpt):
+    result = ex.export_classifier(cnn_ckpt, "onnx", **FAST)
+    folder = cnn_ckpt.parent.parent / "export"  # default: next to the run's checkpoints/
+    assert _model_files(folder) == ["export.json", "export.md", "model.onnx"]  # no temp files left
+    saved = json.loads((folder / "export.json").read_text())
+    figures = saved["export"]
+    assert figures["parity_max_abs"] <= 1e-4 and figures["parity_images"] == 32
+    assert figures["size_mb"] > 0 and figures["params"] > 0 and figures["latency_ms"] > 0
+    assert figures["latency_ms_eager"] > 0 and figures["input_shape"] == [1, 3, 28, 28]
+    assert saved["compare"] is None and result["export"] == figures
+    table = (folder / "export.md").read_text()
+    assert "| export: DermaCNN (fast_dev_run.ckpt) | onnx |" in table and "Protocol: CPU, fp32, batch 1" in table
+
+
+def test_torchscript_export_matches_pytorch(cnn_ckpt, tmp_path):
+    result = ex.export_classifier(cnn_ckpt, "torchscript", out=tmp_path, **FAST)
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "export.json").is_file()
+    assert result["export"]["parity_max_abs"] <= 1e-4 and result["export"]["format"] == "torchscript"
+
+
+def test_unknown_format_is_a_value_error(cnn_ckpt, tmp_path):
+    with pytest.raises(ValueError, match=r"--format 'tflite'.*onnx, torchscript"):
+        ex.export_classifier(cnn_ckpt, "tflite", out=tmp_path)
+    assert _model_files(tmp_path) == []
+
+
+def test_cli_compare_reports_both_models(cnn_ckpt, vit_ckpt, tmp_path, capsys):
+    """The ViT student/teacher case: our ViT exports with a dynamic batch axis too."""
+    argv = [str(vit_ckpt), "--compare", str(cnn_ckpt), "--out", str(tmp_path), "--parity-images", "32",
+            "--latency-runs", "5"]
+    assert ex.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "export: ViTClassifier" in table and "compare: DermaCNN" in table
+    saved = json.loads((tmp_path / "export.json").read_text())
+    for role in ("export", "compare"):
+        assert saved[role]["parity_max_abs"] <= 1e-4 and saved[role]["latency_ms"] > 0
+    assert saved["compare"]["path"] is None  # measured in a temporary folder
+    assert _model_files(tmp_path) == ["export.json", "export.md", "model.onnx"]
+
+
+def test_cli_rejects_a_non_classifier_checkpoint(tmp_path, capsys):
+    run = tmp_path / "mae_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"_target_": "lightning_modules.mae.MAE"}}))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"")
+    assert ex.main([str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a classifier checkpoint" in err and "Traceback" not in err
+    with pytest.raises(CheckpointError):
+        ex.export_classifier(ckpt, "onnx")
+    assert not (run / "export").exists()
+
+
+def test_parity_failure_raises_and_leaves_no_model_file(cnn_ckpt, tmp_path, monkeypatch):
+    real = ex.run_exported
+    monkeypatch.setattr(ex, "run_exported", lambda runtime, images: real(runtime, images) + 1e-3)
+    out = tmp_path / "deployed"
+    with pytest.raises(ex.ParityError, match=r"max abs 0\.001.*tolerance 0\.0001"):
+        ex.export_classifier(cnn_ckpt, "onnx", out=out, **FAST)
+    assert not out.exists()  # neither the model, a temp file nor the folder it created
+
+
+def test_export_stage_returns_flat_figures(cnn_ckpt, tmp_path):
+    cfg = OmegaConf.create({"export": {"ckpt": str(cnn_ckpt), "format": "torchscript", "compare": None, **FAST},
+                            "paths": {"output_dir": str(tmp_path)}})
+    figures = ex.run_export_stage(cfg)
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "export.json").is_file()
+    assert figures["export/size_mb"] > 0 and figures["export/params"] > 0
+    assert figures["export/latency_ms"] > 0 and figures["export/parity_max_abs"] <= 1e-4
+    assert not any(k.startswith("compare/") for k in figures)
