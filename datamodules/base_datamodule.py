@@ -28,7 +28,7 @@ from datamodules.samplers import (
     UnpaddedDistributedSampler,
 )
 from datamodules.splits import label_fraction_subset, stratified_split
-from datamodules.synthetic_train import load_synthetic
+from datamodules.synthetic_train import load_synthetic, train_fingerprint
 from datamodules.transforms import (
     NORMALIZATIONS,
     ArrayDataset,
@@ -100,6 +100,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.on_device = bool(on_device)
         self.synthetic_train = synthetic_train
         self.synthetic_card: dict | None = None
+        self.real_train_identity: dict | None = None
         self.device_images: DeviceImages | None = None
         self.level_indices: dict[str, np.ndarray] = {}
         self.train_set = self.val_set = self.test_set = None
@@ -146,10 +147,13 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     def sample_source(self) -> str:
         """Where the samples come from (a MedMNIST flag, an image folder): ensembles compare it."""
 
-    def data_identity(self, train_images: np.ndarray) -> dict:
-        """What a synthetic training set must have been made for (see ``synthetic_train.py``)."""
+    def data_identity(self, train_images: np.ndarray, train_labels: np.ndarray) -> dict:
+        """What a synthetic training set must have been made for (see ``synthetic_train.py``):
+        this dataset, its classes, source image size and channels, and these real training
+        images (uint8 (N, H, W[, 3])) and labels."""
         return {"data_source": self.sample_source(), "num_classes": int(self.num_classes),
-                "image_size": int(train_images.shape[1]), "channels": 1 if train_images.ndim == 3 else 3}
+                "image_size": int(train_images.shape[1]), "channels": 1 if train_images.ndim == 3 else 3,
+                "train_fingerprint": train_fingerprint(train_images, train_labels)}
 
     def sample_ids(self, split: str) -> list[str] | None:
         """One identifier per sample of ``split`` in dataset order (e.g. image paths), or None."""
@@ -169,9 +173,10 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         same transforms run batched on the device (``on_after_batch_transfer``).
         """
         stats = normalization_stats(self.normalization, self.in_chans, images["train"])  # real images only
+        self.real_train_identity = self.data_identity(images["train"], labels["train"])
         synthetic = None
         if self.synthetic_train:
-            synth = load_synthetic(self.synthetic_train, self.data_identity(images["train"]))
+            synth = load_synthetic(self.synthetic_train, self.real_train_identity)
             self.synthetic_card = synth.card
             synthetic = np.r_[np.zeros(len(labels["train"]), bool), np.ones(len(synth.labels), bool)]
             images = {**images, "train": np.concatenate([images["train"], synth.images])}

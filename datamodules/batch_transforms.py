@@ -52,9 +52,9 @@ def expanded_size(angles: Tensor, size: int) -> Tensor:
     """Side (px) of the canvas that holds a ``size`` square rotated by ``angles`` (degrees),
     rounded as torchvision's ``rotate(expand=True)`` does (to 1e-4 before the ceiling)."""
     rad = torch.deg2rad(angles.double())
-    half = 0.5 * size * (rad.cos().abs() + rad.sin().abs())
-    half = torch.trunc(half / 1e-4) * 1e-4
-    return (2 * torch.ceil(half)).long()
+    half = 0.5 * size * (rad.cos().abs() + rad.sin().abs())  # half the rotated square's extent
+    hi, lo = (torch.trunc((0.5 * size + d) / 1e-4) * 1e-4 for d in (half, -half))  # corners in pixel units
+    return (torch.ceil(hi) - torch.floor(lo)).long()
 
 
 def rotate(x: Tensor, angles: Tensor, canvas: int | None = None) -> Tensor:

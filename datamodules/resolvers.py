@@ -66,7 +66,14 @@ def _loader_workers(accelerator, devices) -> int:
     machine's cores shared by the processes, one left for each main process, at most 8."""
     if not _on_gpu(accelerator):
         return 0
-    processes = devices if isinstance(devices, int) and devices > 0 else 1
+    if isinstance(devices, int) and devices > 0:
+        processes = devices
+    elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
+        processes = max(1, len(devices))
+    else:  # "auto" / -1: every visible GPU
+        import torch
+
+        processes = max(1, torch.cuda.device_count())
     return max(1, min(8, (os.cpu_count() or 2) // processes - 1))
 
 

@@ -9,6 +9,7 @@ from such a file: it can only be added to the training split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,23 @@ from pathlib import Path
 import numpy as np
 
 CARD_FORMAT = "medmae-synthetic-v1"
-IDENTITY_KEYS = ("data_source", "num_classes", "image_size", "channels")
+IDENTITY_KEYS = ("data_source", "num_classes", "image_size", "channels", "train_fingerprint")
+
+
+def train_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 (16 hex digits) of the real training split as a run uses it (after the split and
+    the label fraction): a synthetic set may only join the training set its generator saw."""
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    h.update(np.asarray(labels, dtype=np.int64).reshape(-1).tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -46,8 +63,13 @@ def load_synthetic(path: str | Path, identity: dict) -> SyntheticSet:
     mismatched = {k: (card.get(k), identity[k]) for k in IDENTITY_KEYS if card.get(k) != identity[k]}
     if mismatched:
         detail = ", ".join(f"{k} {made!r} vs {ours!r}" for k, (made, ours) in mismatched.items())
+        hint = (" (train_fingerprint: the generator saw another real training set: another split, split_seed "
+                "or label fraction)" if list(mismatched) == ["train_fingerprint"] else "")
         raise ValueError(f"data.synthetic_train={path} was made for another dataset ({detail}: the set's vs this "
-                         f"run's); {fix}")
+                         f"run's){hint}; {fix}")
+    if card.get("sha256") != file_sha256(npz):
+        raise ValueError(f"data.synthetic_train={path}: the file's sha256 differs from its card's (the .npz was "
+                         f"replaced or is incomplete); {fix}")
     with np.load(npz) as f:
         keys = set(f.files)
         if keys != {"train_images", "train_labels"}:

@@ -150,11 +150,13 @@ class ClassConditionedDiffusion(L.LightningModule):
             raise ValueError(f"data.img_size={hp.img_size} is not divisible by the autoencoder's factor {factor}")
         return cfg.latent_channels, hp.img_size // factor, hp.img_size // factor
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, sample: bool = True) -> Tensor:
+        """Images -> what the UNet denoises (a latent draw, or its mode with ``sample=False``)."""
         if not self._vae:
             return x
         vae = self._vae[0]
-        return vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+        dist = vae.encode(x).latent_dist
+        return (dist.sample() if sample else dist.mode()) * vae.config.scaling_factor
 
     def decode(self, z: Tensor) -> Tensor:
         if not self._vae:
@@ -198,9 +200,9 @@ class ClassConditionedDiffusion(L.LightningModule):
         x0_hat = self.decode(predicted_x0(self.scheduler, noisy, eps, t)).clamp(-1, 1)
         a = self.scheduler.alphas_cumprod.to(x.device)[t]
         net = self._perceptual[0]
-        if self.hparams.perceptual_net == "lpips":
+        if self.hparams.perceptual_net == "lpips":  # its inner network: per-image distances, no metric state
             rgb = (lambda im: im.expand(-1, 3, -1, -1)) if x.shape[1] == 1 else (lambda im: im)  # noqa: E731
-            return (a * torch.stack([net(rgb(p[None]), rgb(q[None])) for p, q in zip(x0_hat, x)])).mean()
+            return (a * net.net(rgb(x0_hat), rgb(x), normalize=False).flatten()).mean()
         return (a * (net(x0_hat) - net(x).detach()).pow(2).mean(1)).mean()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -211,7 +213,7 @@ class ClassConditionedDiffusion(L.LightningModule):
         that ``val/loss`` is comparable across epochs."""
         x, y = batch[0], batch[1]
         g = torch.Generator(device=x.device).manual_seed(batch_idx)
-        z = self.encode(x)
+        z = self.encode(x, sample=False)
         noise = torch.randn(z.shape, generator=g, device=x.device)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x),), generator=g, device=x.device)
         eps = self.ema.module(self.scheduler.add_noise(z, noise, t), t, class_labels=y).sample
@@ -222,9 +224,6 @@ class ClassConditionedDiffusion(L.LightningModule):
         opt = adamw([{"params": list(self.unet.parameters())}], lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(1, self.trainer.max_epochs or 1)
         return [opt], [cosine_with_warmup(opt, min(hp.warmup_epochs, total - 1), total)]
-
-    def on_train_epoch_end(self) -> None:
-        self.lr_schedulers().step()
 
     # ----- sampling ----------------------------------------------------------------------
     @torch.no_grad()
@@ -247,25 +246,21 @@ class ClassConditionedDiffusion(L.LightningModule):
     # ----- checkpoints -------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of a model for other classes or another image size is refused by name."""
-        data = checkpoint.get(DATA_KEY)
-        if data is None:
-            return
-        hp = self.hparams
-        made = {"num_classes": data["num_classes"], "image_size": data["image_size"], "channels": data["channels"]}
-        ours = {"num_classes": hp.num_classes, "image_size": hp.img_size, "channels": hp.in_chans}
-        if made != ours:
-            raise ValueError(f"the diffusion checkpoint was trained on {data['data_source']} {made}; this run's data "
-                             f"has {ours}: use a checkpoint of this dataset at this image size")
+        saved = checkpoint.get("hyper_parameters") or {}
+        keys = ("num_classes", "img_size", "in_chans")
+        made = {k: saved.get(k) for k in keys}
+        ours = {k: self.hparams[k] for k in keys}
+        if all(v is not None for v in made.values()) and made != ours:
+            source = (checkpoint.get(DATA_KEY) or {}).get("data_source", "other data")
+            raise ValueError(f"the diffusion checkpoint was trained on {source} {made}; this run's data has {ours}: "
+                             "use a checkpoint of this dataset at this image size")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or getattr(dm, "train_labels", None) is None:
+        identity = getattr(dm, "real_train_identity", None)
+        if identity is None:
             return
+        if getattr(dm, "synthetic_train", None):
+            raise ValueError("the diffusion model must train on real images only: unset data.synthetic_train")
         counts = np.bincount(np.asarray(dm.train_labels).reshape(-1), minlength=self.hparams.num_classes)
-        checkpoint[DATA_KEY] = data_identity(dm) | {"train_counts": counts.tolist()}
-
-
-def data_identity(dm) -> dict:
-    """What a synthetic set or a diffusion model must agree with: source, classes, size, channels."""
-    return {"data_source": dm.sample_source(), "num_classes": int(dm.num_classes),
-            "class_names": list(dm.class_names), "image_size": int(dm.img_size), "channels": int(dm.in_chans)}
+        checkpoint[DATA_KEY] = {**identity, "class_names": list(dm.class_names), "train_counts": counts.tolist()}

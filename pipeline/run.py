@@ -31,8 +31,11 @@ def is_global_zero() -> bool:
 
 def with_every_stage(cfg: DictConfig) -> DictConfig:
     """``cfg`` with ``cfg.every_stage`` merged over it: keys that must win over every pipeline
-    stage's own (``debug=fdr`` shrinks the batch sizes of every stage this way)."""
+    stage's own (``debug=fdr`` shrinks the batch sizes of every stage this way). Top-level
+    groups a stage does not have (``synthesis`` in a training stage) are left out."""
     extra = cfg.get("every_stage")
+    if extra:
+        extra = OmegaConf.create({k: v for k, v in extra.items() if k in cfg})
     if not extra:
         return cfg
     merged = OmegaConf.merge(cfg, extra)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
+import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.report import write_pipeline_report
@@ -50,11 +52,22 @@ def training_stages(cfg: DictConfig) -> list[str]:
     return [n for n in stage_order(cfg) if cfg.stages[n].get("kind", "train") == "train"]
 
 
+def wait_for_marker(marker: Path, name: str, timeout_s: float = 24 * 3600, poll_s: float = 2.0) -> dict:
+    """The results of stage ``name`` that global rank zero runs alone (other DDP ranks wait)."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stage {name!r}: rank zero wrote no {marker} within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    return json.loads(marker.read_text())
+
+
 def run_step(kind: str, scfg: DictConfig, callbacks: list | None) -> dict:
     """Run one stage of ``kind`` in ``scfg.paths.output_dir``; returns its results."""
     if kind == "train":
         return run_stage(scfg, callbacks)
     scfg = with_every_stage(scfg)
+    L.seed_everything(scfg.seed)
     out = Path(scfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(scfg, resolve=True))
@@ -129,9 +142,12 @@ def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> d
             if kind == "train" and last.is_file() and not scfg.get("ckpt_path"):
                 log.info("Resuming stage %r from %s", name, last)
                 scfg.ckpt_path = str(last)
-            done[name] = run_step(kind, scfg, last_stage_callbacks if name == names[-1] else None)
-            if is_global_zero():
-                marker.write_text(json.dumps(done[name], indent=2, sort_keys=True))
+            if kind != "train" and not is_global_zero():  # one process samples / exports; DDP ranks wait
+                done[name] = wait_for_marker(marker, name)
+            else:
+                done[name] = run_step(kind, scfg, last_stage_callbacks if name == names[-1] else None)
+                if is_global_zero():
+                    marker.write_text(json.dumps(done[name], indent=2, sort_keys=True))
         metrics.update({f"{name}/{k}": v for k, v in done[name].items()})
         metrics.update(done[name])
     if is_global_zero():

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import io
 import json
 import os
 import sys
@@ -78,6 +80,7 @@ def atomic_write(files: dict[Path, Callable[[Path], None]]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
             os.close(fd)
+            os.chmod(temps[path], 0o644)  # mkstemp's 0600 would keep the set from the rest of a group
             write(Path(temps[path]))
         for path, tmp in temps.items():
             os.replace(tmp, path)
@@ -92,9 +95,11 @@ def generate(model, counts: list[int], steps: int, guidance: float, seed: int, b
     """``counts[c]`` images of every class c, in class order. Batch b of class c uses noise
     from seed (seed, c, b), so a class's images do not depend on the other classes' counts."""
     device = next(model.parameters()).device
+    from lightning_modules.components.hypergradient import no_tf32
+
     images, labels = [], []
     total = sum(counts)
-    with Progress(disable=not progress) as bar:
+    with Progress(disable=not progress) as bar, no_tf32():  # the same images from a stage or the CLI
         task = bar.add_task(f"DDIM {steps} steps, guidance {guidance}", total=total)
         for c, n in enumerate(counts):
             for b, start in enumerate(range(0, n, batch_size)):
@@ -113,7 +118,8 @@ def check_against(data: dict, hp, expected: dict, ckpt: Path) -> None:
     """The diffusion model must have been trained on ``expected``'s dataset, classes, size and
     channels (``datamodules.synthetic_train.IDENTITY_KEYS``)."""
     made = {"data_source": data["data_source"], "num_classes": int(hp.num_classes),
-            "image_size": int(hp.img_size), "channels": int(hp.in_chans)}
+            "image_size": int(hp.img_size), "channels": int(hp.in_chans),
+            "train_fingerprint": data.get("train_fingerprint")}
     differ = {k: (made[k], expected[k]) for k in made if k in expected and made[k] != expected[k]}
     if differ:
         detail = ", ".join(f"{k} {m!r} vs {e!r}" for k, (m, e) in differ.items())
@@ -141,20 +147,28 @@ def synthesize(ckpt: Path, out: Path, target: str = "balance", counts: dict[int,
         "format": CARD_FORMAT,
         "data_source": data["data_source"], "num_classes": data["num_classes"], "class_names": data["class_names"],
         "image_size": int(hp.img_size), "channels": int(hp.in_chans),
+        "train_fingerprint": data.get("train_fingerprint"),
         "checkpoint": str(Path(ckpt).resolve()), "seed": seed, "steps": steps, "guidance_scale": guidance,
         "sampler": "DDIM (eta 0), EMA weights", "target": target,
         "real_train_counts": {str(c): int(n) for c, n in enumerate(data["train_counts"])},
         "counts": {str(c): int(n) for c, n in enumerate(per_class)},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write({out: lambda p: write_npz(p, train_images=images, train_labels=labels),
+    payload = npz_bytes(train_images=images, train_labels=labels)
+    card["sha256"] = hashlib.sha256(payload).hexdigest()
+    atomic_write({out: lambda p: write_bytes(p, payload),
                   card_path(out): lambda p: p.write_text(json.dumps(card, indent=2))})
     return card
 
 
-def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a temporary name
-        np.savez(f, **arrays)
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_bytes(path: Path, payload: bytes) -> None:
+    path.write_bytes(payload)
 
 
 def parse_counts(text: str) -> dict[int, int]:
@@ -190,7 +204,7 @@ def run_synthesis_stage(cfg) -> dict:
     counts = {int(k): int(v) for k, v in (s.get("counts") or {}).items()}
     card = synthesize(Path(s.ckpt), out, s.get("target", "balance"), counts, s.get("steps", 50),
                       s.get("guidance", 2.0), s.get("seed", cfg.seed), s.get("batch_size", 256),
-                      expected=dm.data_identity(real_images))
+                      expected=dm.real_train_identity)
     classifier = s.get("classifier_ckpt")
     inception = s.get("inception_weights")
     figures = quality_report(out, real_images, real_labels, list(dm.class_names), out_dir,

@@ -119,11 +119,11 @@ def test_synthesis_balances_the_classes_and_writes_a_card(diffusion_ckpt, synthe
 
 
 def test_synthesis_writes_atomically(diffusion_ckpt, tmp_path, monkeypatch):
-    def broken(path, **arrays):
+    def broken(path, payload):
         Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(syn, "write_npz", broken)
+    monkeypatch.setattr(syn, "write_bytes", broken)
     with pytest.raises(OSError, match="disk full"):
         syn.synthesize(diffusion_ckpt, tmp_path / "out" / "synthetic.npz", steps=2, progress=False)
     assert list((tmp_path / "out").iterdir()) == []  # neither the set, nor its card, nor a temporary file
@@ -132,10 +132,9 @@ def test_synthesis_writes_atomically(diffusion_ckpt, tmp_path, monkeypatch):
 def test_a_diffusion_checkpoint_for_other_data_is_refused(diffusion_ckpt, data_root, tmp_path, capsys):
     derma = MedMNISTDataModule(flag="dermamnist", root=str(data_root), download=False)
     derma.setup("fit")
-    images, _ = syn.real_training_arrays(derma)
     with pytest.raises(ValueError, match=r"does not fit the data \(data_source .*num_classes 2 vs 7.*channels 1 vs 3"):
         syn.synthesize(diffusion_ckpt, tmp_path / "s.npz", steps=2, progress=False,
-                       expected=derma.data_identity(images))
+                       expected=derma.real_train_identity)
     assert not (tmp_path / "s.npz").exists()
     module = ClassConditionedDiffusion(num_classes=7, img_size=28, in_chans=3, unet={
         "block_channels": [8, 16, 16], "layers_per_block": 1, "norm_groups": 4})
@@ -177,6 +176,20 @@ def test_a_synthetic_set_for_another_dataset_is_refused(data_root, synthetic_set
     renamed.write_bytes(synthetic_set.read_bytes())  # no card next to it
     dm = MedMNISTDataModule(flag="pneumoniamnist", root=str(data_root), download=False, synthetic_train=str(renamed))
     with pytest.raises(FileNotFoundError, match="other.json does not exist"):
+        dm.setup("fit")
+    # the same dataset, but another real training set (a label fraction): the generator saw labels this run hides
+    dm = MedMNISTDataModule(flag="pneumoniamnist", root=str(data_root), download=False, label_fraction=0.5,
+                            synthetic_train=str(synthetic_set))
+    with pytest.raises(ValueError, match="train_fingerprint: the generator saw another real training set"):
+        dm.setup("fit")
+    # a replaced .npz next to the original card
+    card = json.loads(synthetic_set.with_suffix(".json").read_text())
+    (tmp_path / "replaced.json").write_text(json.dumps(card))
+    with np.load(synthetic_set) as f:
+        np.savez(tmp_path / "replaced.npz", train_images=f["train_images"][::-1], train_labels=f["train_labels"][::-1])
+    dm = MedMNISTDataModule(flag="pneumoniamnist", root=str(data_root), download=False,
+                            synthetic_train=str(tmp_path / "replaced.npz"))
+    with pytest.raises(ValueError, match="sha256 differs from its card's"):
         dm.setup("fit")
 
 

@@ -44,13 +44,14 @@ def _assert_same_run(resumed: Path, straight: Path) -> None:
 
 
 @pytest.mark.parametrize("variant", [
-    # last.ckpt saved at validation end (the default), loader workers: the resume first finishes
-    # the saved epoch, then every epoch is seeded before its iterator (and workers) start
-    ["data.num_workers=1"],
+    # last.ckpt saved at validation end (the default): the resume first finishes the saved
+    # epoch, then every epoch is seeded before its iterator (and workers) start
+    [],
+    pytest.param(["data.num_workers=1"], marks=pytest.mark.slow),  # the same with a loader worker (~1 min)
     # no validation: last.ckpt saved at the end of each training epoch, so the resumed fit's first
     # epoch is a new one whose iterator Lightning created before set_epoch and the seeding
     ["trainer.limit_val_batches=0", "callbacks.model_checkpoint=null", "test_ckpt=last"],
-], ids=["validation_end_workers", "train_epoch_end"])
+], ids=["validation_end", "validation_end_workers", "train_epoch_end"])
 def test_classifier_killed_mid_epoch_resumes_to_the_same_model(variant, data_root, tmp_path):
     common = ["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=3", "data.batch_size=16",
               "data.augment.hflip=true", "data.augment.rotation=10", "data.sampler=oversample", *variant]

@@ -135,8 +135,11 @@ def exact_fp32(*modules: nn.Module) -> Iterator[None]:
 
 def forward_is_exact(module: nn.Module, device_type: str) -> bool:
     """True when a forward of ``module`` run now equals its fp32 eval-mode forward: no
-    autocast, no TF32 on CUDA, no active dropout or drop path. Then ``ours`` may reuse it."""
+    autocast, no TF32 on CUDA, no active dropout or drop path, not compiled (a compiled
+    graph's backward must not run inside the finite differences). Then ``ours`` may reuse it."""
     if torch.is_autocast_enabled(device_type) or (device_type == "cuda" and tf32_enabled()):
+        return False
+    if any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules()):
         return False
     for m in module.modules():
         p = getattr(m, "p", None) if isinstance(m, nn.Dropout) else getattr(m, "drop_prob", None)

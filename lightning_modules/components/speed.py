@@ -45,10 +45,11 @@ def eager():
         yield
 
 
-def fused_kwargs(factory: Callable[..., torch.optim.Optimizer], params: Iterable) -> dict[str, Any]:
+def fused_kwargs(factory: Callable[..., torch.optim.Optimizer], params: list) -> dict[str, Any]:
     """``{"fused": True}`` when every parameter is a floating CUDA tensor and the optimiser
     (``torch.optim.AdamW``, ``Adam``, ``SGD``, or a partial of one) takes ``fused`` and was not
-    given it; otherwise ``{}`` (CPU runs keep the default foreach implementation)."""
+    given it (nor ``foreach``); otherwise ``{}`` (CPU runs keep the default foreach
+    implementation). ``params``: a list of parameters or parameter groups (not a generator)."""
     func = getattr(factory, "func", factory)
     given = getattr(factory, "keywords", {})
     try:
@@ -57,7 +58,8 @@ def fused_kwargs(factory: Callable[..., torch.optim.Optimizer], params: Iterable
         return {}
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     on_cuda = bool(tensors) and all(p.is_cuda and p.is_floating_point() for p in tensors)
-    return {"fused": True} if takes and on_cuda and "fused" not in given else {}
+    chosen = "fused" in given or "foreach" in given
+    return {"fused": True} if takes and on_cuda and not chosen else {}
 
 
 def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
