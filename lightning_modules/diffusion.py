@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from lightning_modules.components.diffusion import build_unet as _build_unet
 from lightning_modules.components.diffusion import (
@@ -32,6 +32,22 @@ from lightning_modules.components.speed import adamw, compile_networks, compile_
 from lightning_modules.metrics import MULTI_LABEL
 
 DATA_KEY = "medmae_data"  # checkpoint entry: what the model was trained on
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with warmup, min(decay, (1 + n) / (10 + n)) after n updates: the random initial
+    weights fade within the first hundred steps instead of weighing decay ** n."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def warmup_ema(decay: float):
+    """``multi_avg_fn`` for ``AveragedModel``: avg <- avg + (1 - decay_n) (current - avg)."""
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        weight = 1.0 - ema_decay_at(int(num_averaged), decay)
+        torch._foreach_lerp_(averaged, current, weight)
+
+    return update
 
 
 def penultimate_features(net: nn.Module) -> nn.Module:
@@ -85,7 +101,8 @@ class ClassConditionedDiffusion(L.LightningModule):
         unet: kwargs of ``components.diffusion.build_unet`` (block_channels, layers_per_block,
             attention_levels, norm_groups, dropout).
         lr, weight_decay, warmup_epochs: AdamW, linear warmup then cosine per epoch.
-        ema_decay: decay of the weight EMA (used for validation and sampling).
+        ema_decay: decay of the weight EMA (used for validation and sampling), reached after a
+            warmup (``ema_decay_at``).
         cond_dropout: probability of training a sample unconditionally (classifier-free guidance).
         num_train_timesteps, beta_schedule: the DDPM schedule.
         perceptual_weight, perceptual_net: optional perceptual term on the predicted x0,
@@ -130,7 +147,7 @@ class ClassConditionedDiffusion(L.LightningModule):
         self._vae = [load_autoencoder(latent_autoencoder)] if latent_autoencoder else []  # frozen, not saved
         channels, size = self.latent_shape()[:2]
         self.unet = _build_unet(size, channels, num_classes, **(unet or {}))
-        self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema = AveragedModel(self.unet, multi_avg_fn=warmup_ema(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.scheduler = ddpm_scheduler(num_train_timesteps, beta_schedule)
         self._perceptual = ([perceptual_network(perceptual_net, in_chans)]

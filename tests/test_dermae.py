@@ -242,3 +242,21 @@ def test_latent_mode_with_a_tiny_autoencoder(tmp_path):
     assert images.shape == (2, 1, 16, 16) and images.abs().max() <= 1
     with pytest.raises(FileNotFoundError, match="model.latent_autoencoder='no/such/vae' could not be loaded"):
         ClassConditionedDiffusion(num_classes=3, img_size=16, in_chans=1, latent_autoencoder="no/such/vae")
+
+
+def test_ema_warms_up_then_follows_the_weights_at_its_decay():
+    from lightning_modules.diffusion import ema_decay_at, warmup_ema
+    from torch.optim.swa_utils import AveragedModel
+
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
+    net = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = AveragedModel(net, multi_avg_fn=warmup_ema(0.9), use_buffers=True)
+    ema.update_parameters(net)  # the first update copies: 0
+    expected = 0.0
+    for n in range(1, 40):
+        net.weight.data.fill_(float(n))
+        ema.update_parameters(net)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * n
+    assert ema.module.weight[0, 0].item() == pytest.approx(expected, rel=1e-6)
