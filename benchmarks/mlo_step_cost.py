@@ -51,6 +51,27 @@ def build(args, schedule: str) -> MLOMAE:
     return module
 
 
+def mlo_cycle(module: MLOMAE, x: list, y: list, cadence, schedule: str, autocast,
+              optimizer=torch.optim.AdamW) -> Callable[[], None]:
+    """One MLO-MAE cycle (level I n1 times, II n2 times, III n3 times) on fixed batches, with
+    the module's three AdamW optimisers (``optimizer`` builds each from parameter groups)."""
+    n1, n2, n3 = cadence
+    hp = module.hparams
+    opts = [optimizer(param_groups(m, lr, hp.weight_decay), lr=lr, betas=(0.9, 0.95))
+            for m, lr in ((module.mae, hp.lr), (module.head, hp.lr_head), (module.masknet, hp.lr_mask))]
+
+    def cycle():
+        with autocast():
+            for _ in range(n1):
+                _, level1_data = module.level1(x[0], opts[0])
+            for i in range(n2):
+                _, feats2 = module.level2(x[1], y[1], opts[1], keep_graph=schedule == "ours" and i == n2 - 1)
+            for _ in range(n3):
+                module.level3(level1_data, x[2], y[2], x[1], y[1], feats2, opts[2], opts)
+
+    return cycle
+
+
 def measure(arms: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
     """Median seconds per call of each arm, timed round-robin so that load drift hits all
     arms alike."""
@@ -135,21 +156,7 @@ def main() -> None:
         return mae_step
 
     def make_mlo(schedule: str) -> Callable[[], None]:
-        module = build(args, schedule)
-        hp = module.hparams
-        opts = [torch.optim.AdamW(param_groups(m, lr, hp.weight_decay), betas=(0.9, 0.95))
-                for m, lr in ((module.mae, hp.lr), (module.head, hp.lr_head), (module.masknet, hp.lr_mask))]
-
-        def cycle():
-            with autocast():
-                for _ in range(n1):
-                    _, level1_data = module.level1(x[0], opts[0])
-                for i in range(n2):
-                    _, feats2 = module.level2(x[1], y[1], opts[1], keep_graph=schedule == "ours" and i == n2 - 1)
-                for _ in range(n3):
-                    module.level3(level1_data, x[2], y[2], x[1], y[1], feats2, opts[2], opts)
-
-        return cycle
+        return mlo_cycle(build(args, schedule), x, y, args.cadence, schedule, autocast)
 
     makers = {"mae step": make_mae, "mlo-original cycle": lambda: make_mlo("original"),
               "mlo-ours cycle": lambda: make_mlo("ours")}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mlo_step_cost import measure, peak_memory, sync
+from mlo_step_cost import measure, mlo_cycle, peak_memory, sync
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -131,19 +131,7 @@ def step_arms(name: str, args, dev: str, autocast) -> dict[str, tuple[Callable[[
                             compile=args.compile).to(dev)
             module.configure_model()
             module.manual_backward = lambda loss: loss.backward()
-            hp = module.hparams
-            opts = [adamw(param_groups(m, lr, hp.weight_decay), lr=lr, betas=(0.9, 0.95))
-                    for m, lr in ((module.mae, hp.lr), (module.head, hp.lr_head), (module.masknet, hp.lr_mask))]
-
-            def cycle():
-                with autocast():
-                    for _ in range(n1):
-                        _, level1_data = module.level1(x[0], opts[0])
-                    for i in range(n2):
-                        _, feats2 = module.level2(x[1], y[1], opts[1], keep_graph=schedule == "ours" and i == n2 - 1)
-                    for _ in range(n3):
-                        module.level3(level1_data, x[2], y[2], x[1], y[1], feats2, opts[2], opts)
-            return cycle
+            return mlo_cycle(module, x, y, (n1, n2, n3), schedule, autocast, optimizer=adamw)
         return make
 
     def classifier():

@@ -104,9 +104,11 @@ def ddim_sample(
 
     ``shape`` is the (C, H, W) of what the UNet denoises (latents in latent mode, then
     ``decode`` maps them to images). ``generator`` (on the UNet's device) fixes the noise.
+    In pixel space each step's x0 estimate is clipped to [-1, 1] (as in Ho et al.'s sampler);
+    latents are not clipped.
     """
     device = labels.device
-    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim = DDIMScheduler.from_config(scheduler.config, clip_sample=decode is None, clip_sample_range=1.0)
     ddim.set_timesteps(steps, device=device)
     x = torch.randn((len(labels), *shape), generator=generator, device=device)
     for t in ddim.timesteps:
