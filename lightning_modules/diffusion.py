@@ -27,6 +27,7 @@ from lightning_modules.components.diffusion import (
     load_autoencoder,
     predicted_x0,
 )
+from lightning_modules.components.networks import penultimate_features
 from lightning_modules.components.optim import cosine_with_warmup
 from lightning_modules.components.speed import adamw, compile_networks, compile_options
 from lightning_modules.metrics import MULTI_LABEL
@@ -50,25 +51,20 @@ def warmup_ema(decay: float):
     return update
 
 
-def penultimate_features(net: nn.Module) -> nn.Module:
-    """Wrap ``net`` so that it returns the input of its last ``nn.Linear`` (B, D)."""
-    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+class FrozenFeatures(nn.Module):
+    """A classifier network's penultimate features (B, D), frozen, always in eval mode."""
 
-    class Features(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net.requires_grad_(False)
+        self.extract = penultimate_features(self.net)
+        self.eval()
 
-        def forward(self, x: Tensor) -> Tensor:
-            grabbed: list[Tensor] = []
-            handle = last.register_forward_hook(lambda _m, inp, _out: grabbed.append(inp[0]))
-            try:
-                self.net(x)
-            finally:
-                handle.remove()
-            return grabbed[0].flatten(1)
+    def train(self, mode: bool = True) -> FrozenFeatures:
+        return super().train(False)
 
-    return Features().eval().requires_grad_(False)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.extract(x)
 
 
 def perceptual_network(source: str, in_chans: int) -> nn.Module:
@@ -90,7 +86,7 @@ def perceptual_network(source: str, in_chans: int) -> nn.Module:
         raise ValueError(f"model.perceptual_net={source}: its classifier was trained with normalization="
                          f"{cfg.data.get('normalization')} / {cfg.data.get('in_chans')} channels; the diffusion "
                          f"model needs normalization=half and {in_chans} channels")
-    return penultimate_features(load_classifier(Path(source), cfg.model.num_classes).net)
+    return FrozenFeatures(load_classifier(Path(source), cfg.model.num_classes).net)
 
 
 class ClassConditionedDiffusion(L.LightningModule):

@@ -38,7 +38,7 @@ from torchvision.transforms import v2  # noqa: E402
 
 from datamodules.synthetic_train import CARD_FORMAT, card_path  # noqa: E402
 from datamodules.transforms import ArrayDataset  # noqa: E402
-from lightning_modules.components.vit import ViTClassifier  # noqa: E402
+from lightning_modules.components.networks import penultimate_features  # noqa: E402
 
 GRID_PER_CLASS = 8
 CLOSEST_PAIRS = 8
@@ -181,28 +181,6 @@ def predict_classes(view: ClassifierView, images: np.ndarray, device: torch.devi
     return torch.cat([view.model(x.to(device)).argmax(1).cpu() for x, _ in loader]).numpy()
 
 
-def penultimate(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """images (B, C, H, W) -> the features the classification layer sees (B, F)."""
-    if hasattr(net, "forward_head") and hasattr(net, "forward_features"):  # timm
-        return lambda x: net.forward_head(net.forward_features(x), pre_logits=True)
-    if isinstance(net, ViTClassifier):
-        return net.features  # pooled encoder output, before the head's norm
-    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not last:
-        raise ValueError(f"{type(net).__name__} has no nn.Linear layer to take features from")
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-        handle = last[-1].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-        try:
-            net(x)
-        finally:
-            handle.remove()
-        return seen[-1].flatten(1)
-
-    return features
-
-
 class NetFeatures(nn.Module):
     """Penultimate features of a classifier for torchmetrics' ``feature`` argument.
 
@@ -213,7 +191,7 @@ class NetFeatures(nn.Module):
     def __init__(self, net: nn.Module, input_shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.net = net.eval()
-        self.extract = penultimate(net)
+        self.extract = penultimate_features(net)
         with torch.no_grad():
             probe = torch.zeros(2, *input_shape, device=next(net.parameters()).device)
             self.num_features = int(self.extract(probe).shape[-1])

@@ -212,9 +212,36 @@ def test_distillation_loss_matches_a_hand_computation():
     assert s_.grad.abs().sum() > 0
 
 
-def test_a_teacher_with_another_class_count_is_refused(data_root, tmp_path):
-    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr"], tmp_path / "teacher")
-    teacher = train(cfg)["best_checkpoint"]  # synthetic DermaMNIST: 7 classes
+@pytest.fixture(scope="module")
+def derma_classifier(data_root, tmp_path_factory) -> str:
+    """A quickstart CNN checkpoint (synthetic DermaMNIST: 7 classes, RGB, normalization half)."""
+    cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr"],
+                      tmp_path_factory.mktemp("classifier"))
+    return train(cfg)["best_checkpoint"]
+
+
+def test_the_perceptual_term_uses_a_frozen_classifier_and_trains_the_unet(derma_classifier):
+    torch.manual_seed(0)
+    model = ClassConditionedDiffusion(num_classes=7, img_size=28, in_chans=3, perceptual_weight=1.0,
+                                      perceptual_net=derma_classifier,
+                                      unet={"block_channels": [8, 16, 16], "layers_per_block": 1, "norm_groups": 4})
+    features = model._perceptual[0]
+    assert not any(p.requires_grad for p in features.parameters())
+    model.train()
+    assert not features.training  # frozen in eval mode whatever Lightning toggles
+    x, y = torch.rand(4, 3, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    _, noisy, eps, t = diffusion_loss(model.unet, model.scheduler, x, y)
+    term = model.perceptual_term(x, noisy, eps, t)
+    assert term.item() > 0 and torch.isfinite(term)
+    term.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.unet.parameters())
+    with pytest.raises(ValueError, match="the diffusion model needs normalization=half and 1 channels"):
+        ClassConditionedDiffusion(num_classes=7, img_size=28, in_chans=1, perceptual_weight=1.0,
+                                  perceptual_net=derma_classifier)
+
+
+def test_a_teacher_with_another_class_count_is_refused(data_root, derma_classifier, tmp_path):
+    teacher = derma_classifier  # synthetic DermaMNIST: 7 classes
     student = compose_cfg(["model=distillation", "data=pneumoniamnist", *tiny_overrides(data_root), "debug=fdr",
                            f"model.teacher_ckpt={teacher}", "encoder.patch_size=4"], tmp_path / "student")
     with pytest.raises(Exception, match="teacher_ckpt=.* predicts 7 classes but the data has 2; distil on the dataset"):
@@ -245,8 +272,9 @@ def test_latent_mode_with_a_tiny_autoencoder(tmp_path):
 
 
 def test_ema_warms_up_then_follows_the_weights_at_its_decay():
-    from lightning_modules.diffusion import ema_decay_at, warmup_ema
     from torch.optim.swa_utils import AveragedModel
+
+    from lightning_modules.diffusion import ema_decay_at, warmup_ema
 
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
     net = torch.nn.Linear(2, 1, bias=False)

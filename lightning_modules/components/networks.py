@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from unittest.mock import patch
 
 import huggingface_hub
 import timm
+import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
@@ -150,3 +152,27 @@ def vit_network(
     if pretrained_ckpt:
         load_encoder(encoder, pretrained_ckpt)
     return ViTClassifier(encoder, num_classes, pooling=pooling, head_dropout=head_dropout)
+
+
+def penultimate_features(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images (B, C, H, W) -> the features the classification layer sees (B, F)."""
+    if hasattr(net, "forward_head") and hasattr(net, "forward_features"):  # timm
+        return lambda x: net.forward_head(net.forward_features(x), pre_logits=True)
+    from lightning_modules.components.vit import ViTClassifier
+
+    if isinstance(net, ViTClassifier):
+        return net.features  # pooled encoder output, before the head's norm
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear layer to take features from")
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        handle = last[-1].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            net(x)
+        finally:
+            handle.remove()
+        return seen[-1].flatten(1)
+
+    return features
