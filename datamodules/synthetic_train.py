@@ -36,30 +36,76 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class MissingSyntheticFile(FileNotFoundError, ValueError):
+    """The ``.npz`` or its card is not there (a ValueError too: one kind of bad input)."""
+
+
 @dataclass
 class SyntheticSet:
     images: np.ndarray  # uint8 (N, H, W) or (N, H, W, 3)
     labels: np.ndarray  # int64 (N, 1)
     card: dict
+    path: Path
 
 
 def card_path(npz: Path) -> Path:
     return npz.with_suffix(".json")
 
 
-def load_synthetic(path: str | Path, identity: dict) -> SyntheticSet:
-    """Read and check a synthetic set against ``identity`` (``diffusion.data_identity`` of the
-    datamodule it is added to: data_source, num_classes, image_size, channels)."""
-    npz = Path(path).expanduser()
+def read_card(npz: str | Path) -> dict:
+    """The card of a synthetic set, after checking that both files exist and the card is one."""
+    npz = Path(npz).expanduser()
     card_file = card_path(npz)
-    fix = "make it with synthesize.py for this dataset, or drop data.synthetic_train"
-    if not npz.is_file() or not card_file.is_file():
-        missing = npz if not npz.is_file() else card_file
-        raise FileNotFoundError(f"data.synthetic_train={path}: {missing} does not exist; {fix}")
-    card = json.loads(card_file.read_text())
+    for f in (npz, card_file):
+        if not f.is_file():
+            raise MissingSyntheticFile(f"{f} does not exist (a synthetic set is {npz.name} plus its card "
+                                       f"{card_file.name}, both written by synthesize.py)")
+    try:
+        card = json.loads(card_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{card_file} is not valid JSON: {err}") from None
     if card.get("format") != CARD_FORMAT:
-        raise ValueError(f"data.synthetic_train={path}: {card_file} is not a synthetic-set card "
-                         f"(format {card.get('format')!r}, expected {CARD_FORMAT!r}); {fix}")
+        raise ValueError(f"{card_file} is not a synthetic-set card (format {card.get('format')!r}, expected "
+                         f"{CARD_FORMAT!r})")
+    return card
+
+
+def read_arrays(npz: str | Path, card: dict) -> SyntheticSet:
+    """The images and labels of ``npz``, checked against its ``card``: exactly the two keys,
+    uint8 at the card's size and channels, labels in range, the card's per-class counts and
+    the file's sha256."""
+    npz = Path(npz).expanduser()
+    if card.get("sha256") != file_sha256(npz):
+        raise ValueError(f"{npz}: the file's sha256 differs from its card's (the .npz was replaced or is "
+                         "incomplete)")
+    with np.load(npz) as f:
+        keys = set(f.files)
+        if keys != {"train_images", "train_labels"}:
+            raise ValueError(f"{npz} holds {sorted(keys)}; a synthetic set has exactly train_images and "
+                             "train_labels (validation and test stay real)")
+        images, labels = f["train_images"], f["train_labels"].reshape(-1, 1).astype(np.int64)
+    size, channels, k = card["image_size"], card["channels"], card["num_classes"]
+    shape = (size, size) if channels == 1 else (size, size, 3)
+    if images.dtype != np.uint8 or images.shape[1:] != shape or len(images) != len(labels):
+        raise ValueError(f"{npz}: images {images.dtype} {images.shape} with {len(labels)} labels; its card "
+                         f"promises uint8 (N, {', '.join(map(str, shape))}) and N labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"{npz}: labels outside [0, {k})")
+    counts = np.bincount(labels.reshape(-1), minlength=k).tolist()
+    claimed = [int((card.get("counts") or {}).get(str(c), 0)) for c in range(k)]
+    if claimed != counts:
+        raise ValueError(f"{npz}: card counts {claimed} but the file holds {counts}")
+    return SyntheticSet(images, labels, card, npz)
+
+
+def load_synthetic(path: str | Path, identity: dict) -> SyntheticSet:
+    """Read and check a synthetic set against ``identity`` (a datamodule's
+    ``real_train_identity``: data_source, num_classes, image_size, channels, train_fingerprint)."""
+    fix = "make it with synthesize.py for this dataset, or drop data.synthetic_train"
+    try:
+        card = read_card(path)
+    except ValueError as err:
+        raise type(err)(f"data.synthetic_train={path}: {err}; {fix}") from None
     mismatched = {k: (card.get(k), identity[k]) for k in IDENTITY_KEYS if card.get(k) != identity[k]}
     if mismatched:
         detail = ", ".join(f"{k} {made!r} vs {ours!r}" for k, (made, ours) in mismatched.items())
@@ -67,20 +113,7 @@ def load_synthetic(path: str | Path, identity: dict) -> SyntheticSet:
                 "or label fraction)" if list(mismatched) == ["train_fingerprint"] else "")
         raise ValueError(f"data.synthetic_train={path} was made for another dataset ({detail}: the set's vs this "
                          f"run's){hint}; {fix}")
-    if card.get("sha256") != file_sha256(npz):
-        raise ValueError(f"data.synthetic_train={path}: the file's sha256 differs from its card's (the .npz was "
-                         f"replaced or is incomplete); {fix}")
-    with np.load(npz) as f:
-        keys = set(f.files)
-        if keys != {"train_images", "train_labels"}:
-            raise ValueError(f"data.synthetic_train={path} holds {sorted(keys)}; a synthetic set has exactly "
-                             "train_images and train_labels (validation and test stay real)")
-        images, labels = f["train_images"], f["train_labels"].reshape(-1, 1).astype(np.int64)
-    size, channels = identity["image_size"], identity["channels"]
-    shape = (size, size) if channels == 1 else (size, size, 3)
-    if images.dtype != np.uint8 or images.shape[1:] != shape or len(images) != len(labels):
-        raise ValueError(f"data.synthetic_train={path}: images {images.dtype} {images.shape} with {len(labels)} "
-                         f"labels; expected uint8 (N, {', '.join(map(str, shape))}) and N labels")
-    if len(labels) and (labels.min() < 0 or labels.max() >= identity["num_classes"]):
-        raise ValueError(f"data.synthetic_train={path}: labels outside [0, {identity['num_classes']})")
-    return SyntheticSet(images, labels, card)
+    try:
+        return read_arrays(path, card)
+    except ValueError as err:
+        raise ValueError(f"data.synthetic_train={path}: {err}; {fix}") from None

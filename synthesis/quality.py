@@ -20,10 +20,9 @@ images as the synthetic one.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -36,7 +35,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from datamodules.synthetic_train import CARD_FORMAT, card_path  # noqa: E402
+from datamodules.synthetic_train import SyntheticSet, card_path, read_arrays, read_card  # noqa: E402
 from datamodules.transforms import ArrayDataset  # noqa: E402
 from lightning_modules.components.networks import penultimate_features  # noqa: E402
 
@@ -48,14 +47,6 @@ KID_SUBSET = 1000
 
 
 # ----- input -----------------------------------------------------------------------------
-@dataclass
-class SyntheticSet:
-    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, 3)
-    labels: np.ndarray  # int64 (N,)
-    card: dict
-    path: Path
-
-
 def image_geometry(images: np.ndarray) -> tuple[int, int]:
     """(size, channels) of uint8 images (N, H, W) or (N, H, W, 3); ValueError for other layouts."""
     square = images.ndim in (3, 4) and images.shape[1] == images.shape[2]
@@ -68,49 +59,19 @@ def _card_mismatches(card: dict, real_images: np.ndarray, class_names: list[str]
     size, channels = image_geometry(real_images)
     expected = {"num_classes": len(class_names), "image_size": size, "channels": channels,
                 "class_names": list(class_names)}
-    problems = [f"format {card.get('format')!r} is not {CARD_FORMAT!r}"] if card.get("format") != CARD_FORMAT else []
-    problems += [f"{key} is {card.get(key)!r} but the real data has {want!r}"
-                 for key, want in expected.items() if card.get(key) != want]
-    return problems
-
-
-def _array_mismatches(images: np.ndarray, labels: np.ndarray, keys: set[str], card: dict) -> list[str]:
-    if keys != {"train_images", "train_labels"}:
-        return [f"holds {sorted(keys)}, expected exactly train_images and train_labels"]
-    size, channels = card["image_size"], card["channels"]
-    shape = (size, size) if channels == 1 else (size, size, 3)
-    if images.dtype != np.uint8 or images.shape[1:] != shape or len(images) != len(labels):
-        return [f"images are {images.dtype} {images.shape} with {len(labels)} labels, "
-                f"expected uint8 (N, {', '.join(map(str, shape))}) and N labels"]
-    k = card["num_classes"]
-    if len(labels) and (labels.min() < 0 or labels.max() >= k):
-        return [f"labels outside [0, {k})"]
-    counts = np.bincount(labels, minlength=k)
-    claimed = [int((card.get("counts") or {}).get(str(c), 0)) for c in range(k)]
-    return [] if claimed == counts.tolist() else [f"card counts {claimed} but the file holds {counts.tolist()}"]
+    return [f"{key} is {card.get(key)!r} but the real data has {want!r}"
+            for key, want in expected.items() if card.get(key) != want]
 
 
 def load_synthetic(path: Path, real_images: np.ndarray, class_names: list[str]) -> SyntheticSet:
-    """Read ``path`` and its card and check both against the real data; one ValueError on any problem."""
-    path, card_file = Path(path), card_path(Path(path))
-    for f in (path, card_file):
-        if not f.is_file():
-            raise ValueError(f"{f} does not exist (a synthetic set is {path.name} plus its card {card_file.name})")
-    try:
-        card = json.loads(card_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{card_file} is not valid JSON: {err}") from None
+    """Read ``path`` and its card (``datamodules.synthetic_train``) and check the card against
+    the real data; labels flattened to (N,). One ValueError on any problem."""
+    card = read_card(path)
     problems = _card_mismatches(card, real_images, class_names)
     if problems:
-        raise ValueError(f"{card_file} does not fit the real data: {'; '.join(problems)}")
-    with np.load(path) as f:
-        keys = set(f.files)
-        images = f["train_images"] if "train_images" in keys else np.empty(0)
-        labels = f["train_labels"].reshape(-1).astype(np.int64) if "train_labels" in keys else np.empty(0, np.int64)
-    problems = _array_mismatches(images, labels, keys, card)
-    if problems:
-        raise ValueError(f"{path} does not fit its card {card_file.name}: {'; '.join(problems)}")
-    return SyntheticSet(images, labels, card, path)
+        raise ValueError(f"{card_path(Path(path))} does not fit the real data: {'; '.join(problems)}")
+    data = read_arrays(path, card)
+    return replace(data, labels=data.labels.reshape(-1))
 
 
 def subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:

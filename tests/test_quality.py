@@ -13,6 +13,7 @@ import pytest
 
 from datamodules.medmnist_files import medmnist_info
 from datamodules.synthetic import make_synthetic_arrays
+from datamodules.synthetic_train import file_sha256
 from pipeline.cli import train
 from synthesis.quality import quality_report
 from tests.conftest import compose_cfg, tiny_overrides
@@ -38,7 +39,8 @@ def write_set(path: Path, images: np.ndarray, labels: np.ndarray, class_names: l
             "num_classes": len(class_names), "class_names": class_names, "image_size": images.shape[1],
             "channels": 1 if images.ndim == 3 else 3,
             "counts": {str(c): int((labels == c).sum()) for c in range(len(class_names))},
-            "checkpoint": "/runs/diffusion/last.ckpt", "seed": 0, "steps": 50, "guidance_scale": 2.0, **card_changes}
+            "checkpoint": "/runs/diffusion/last.ckpt", "seed": 0, "steps": 50, "guidance_scale": 2.0,
+            "sha256": file_sha256(path), **card_changes}
     path.with_suffix(".json").write_text(json.dumps(card))
     return path
 
