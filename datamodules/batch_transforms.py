@@ -91,10 +91,9 @@ def random_rotation(x: Tensor, degrees: float, p: float = 1.0, expand: bool = Fa
     return out
 
 
-def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
+def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """(x - mean) / std per channel; ``mean`` and ``std`` (C,) on x's device."""
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 def random_erasing(x: Tensor, p: float) -> Tensor:
@@ -134,6 +133,12 @@ class BatchTransform:
         if augment is not None and augment.rotation > 0:
             check_rotation(augment)
         self.img_size, self.stats, self.augment = img_size, stats, augment
+        self._stats_on: dict[torch.device, tuple[Tensor, Tensor]] = {}  # moved once per device, not per batch
+
+    def stats_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._stats_on:
+            self._stats_on[device] = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in self.stats)
+        return self._stats_on[device]
 
     def __call__(self, images: Tensor) -> Tensor:
         x = resize(images.float().div_(255.0), self.img_size)
@@ -148,7 +153,7 @@ class BatchTransform:
             if a.rotation > 0:
                 x = random_rotation(x, a.rotation, a.rotation_p, a.rotation_expand)
         if self.stats is not None:
-            x = normalize(x, *self.stats)
+            x = normalize(x, *self.stats_on(x.device))
         if a is not None and a.erasing > 0:
             x = random_erasing(x, a.erasing)
         return x

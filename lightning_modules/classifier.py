@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from timm.data import Mixup
 from torch import nn
-from torchmetrics import CatMetric, MaxMetric
+from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from evaluation.writer import record_confusion
@@ -118,6 +118,8 @@ class Classifier(L.LightningModule):
         for best in (self.val_acc_best, self.val_auc_best):
             best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
         self.test_probs, self.test_labels = CatMetric(), CatMetric()
+        # real + synthetic training data (data.synthetic_train): accuracy of each kind of image
+        self.acc_by_source = nn.ModuleDict({k: MeanMetric() for k in ("real", "synthetic")})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -181,12 +183,13 @@ class Classifier(L.LightningModule):
         return loss
 
     def log_by_source(self, probs: torch.Tensor, y: torch.Tensor, synthetic: torch.Tensor) -> None:
-        """Training accuracy on the real and on the synthetic images of the batch, separately."""
+        """Epoch training accuracy on the real and on the synthetic images, separately (weighted
+        means on the device: no host sync per step)."""
         correct = (probs.argmax(-1) == y).float()
         for name, rows in (("real", ~synthetic), ("synthetic", synthetic)):
-            if rows.any():
-                self.log(f"train/acc_{name}", correct[rows].mean(), on_step=False, on_epoch=True,
-                         batch_size=int(rows.sum()))
+            metric = self.acc_by_source[name]
+            metric.update(correct, weight=rows.float())
+            self.log(f"train/acc_{name}", metric, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())

@@ -288,3 +288,10 @@ def test_ema_warms_up_then_follows_the_weights_at_its_decay():
         d = min(0.9, (1 + n) / (10 + n))
         expected = d * expected + (1 - d) * n
     assert ema.module.weight[0, 0].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_training_on_real_plus_synthetic_reports_each_kind_separately(data_root, synthetic_set, tmp_path):
+    cfg = compose_cfg(["experiment=cnn_derma", "data=pneumoniamnist", *tiny_overrides(data_root),
+                       "trainer.max_epochs=1", f"data.synthetic_train={synthetic_set}"], tmp_path)
+    metrics = train(cfg)
+    assert 0 <= metrics["train/acc_real"] <= 1 and 0 <= metrics["train/acc_synthetic"] <= 1
