@@ -88,7 +88,9 @@ class Distillation(Classifier):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {self.global_step}; lower model.lr")
         probs = probabilities(logits.detach().float(), self.task)
         self.train_metrics.update(probs, y)
-        self.log_dict({"train/loss": loss, "train/kd_soft": soft, "train/kd_hard": hard}, on_step=False,
+        # train/loss: the labels' cross-entropy, the same quantity as val/loss (the learning curves
+        # put them on one axis); train/kd_loss: what is optimised, train/kd_soft: its KL term.
+        self.log_dict({"train/loss": hard, "train/kd_loss": loss, "train/kd_soft": soft}, on_step=False,
                       on_epoch=True, batch_size=len(y))
         if len(batch) == 3:
             self.log_by_source(probs, y, batch[2].bool())
