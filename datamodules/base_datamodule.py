@@ -78,6 +78,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         mlo: dict | None,
         on_device: bool = False,
         synthetic_train: str | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         require(0 < label_fraction <= 1, "label_fraction", label_fraction, "(0, 1]")
@@ -96,6 +97,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.split_seed = split_seed
+        self.shuffle_seed = split_seed if shuffle_seed is None else shuffle_seed  # training order, not splits
         self.mlo = self._check_mlo(mlo)
         self.on_device = bool(on_device)
         self.synthetic_train = synthetic_train
@@ -232,7 +234,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         if self.sampler == "none":
             return self._loader(train_set, self.batch_size, shuffle=True, drop_last=drop_last)
         sampler = ClassBalancedSampler(
-            self.train_labels.reshape(-1), self.sampler, self.epoch_length, seed=self.split_seed
+            self.train_labels.reshape(-1), self.sampler, self.epoch_length, seed=self.shuffle_seed
         )
         return self._loader(train_set, self.batch_size, sampler=sampler, drop_last=drop_last)
 
@@ -247,7 +249,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             "level3": (Subset(train_set, self.level_indices["level3"]), n3),
         }
         loaders = {
-            name: self._loader(ds, self.batch_size * n, sampler=CyclingShuffleSampler(ds, seed=self.split_seed + i),
+            name: self._loader(ds, self.batch_size * n, sampler=CyclingShuffleSampler(ds, seed=self.shuffle_seed + i),
                                drop_last=len(ds) > self.batch_size * n)
             for i, (name, (ds, n)) in enumerate(sets.items())
         }

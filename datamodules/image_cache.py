@@ -1,7 +1,9 @@
 """Decode image files once into a uint8 array cache.
 
-The cache key hashes the file list (in order), each file's size and modification time,
-the output size and channel count, so a changed, added or removed file rebuilds it.
+Pixel values are mapped to 8 bits by ``data.intensity`` (see ``intensity``) before anything
+is cached. The cache key hashes the file list (in order), each file's size and modification
+time, the output size, channel count and intensity mapping, so a changed, added or removed
+file or another mapping rebuilds it.
 Caches are written atomically (temporary file, then rename); an older cache of the same
 file list and settings is replaced. Nothing is written when any image fails to decode.
 """
@@ -16,12 +18,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import logging
+from collections import Counter
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datamodules.image_records import rows_error
+from datamodules.intensity import IntensityConfig, declared_bits, map_intensity
 
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: intensity mapping)
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes of more than 8 bits per sample
+
+log = logging.getLogger(__name__)
 
 
 def file_stats(root: Path, paths: Sequence[str], rows: Sequence[str], source: str) -> list[tuple[int, int]]:
@@ -39,40 +48,55 @@ def file_stats(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
     return stats
 
 
-def cache_key(root: Path, paths: Sequence[str], stats: Sequence[tuple[int, int]], size: int, channels: int) -> str:
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), size, channels]).encode())
+def cache_key(root: Path, paths: Sequence[str], stats: Sequence[tuple[int, int]], size: int, channels: int,
+              intensity: IntensityConfig) -> str:
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), size, channels,
+                                        intensity.key()]).encode())
     for p, (nbytes, mtime) in zip(paths, stats):
         digest.update(f"{p}\0{nbytes}\0{mtime}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """uint8 (size, size) for 1 channel or (size, size, 3), resized with bicubic filtering.
+def decode_image(path: Path, size: int, channels: int,
+                 intensity: IntensityConfig = IntensityConfig()) -> tuple[np.ndarray, int | None]:
+    """(uint8 (size, size) for 1 channel or (size, size, 3), bit depth ``auto`` used or None).
 
-    16-bit grayscale is scaled to 8 bits (value / 257). Raises OSError / ValueError on
-    unreadable or truncated files.
+    Values are mapped to 8 bits by ``intensity`` first (16-bit and 32-bit images read as
+    grayscale), then converted to the channel count and resized with bicubic filtering.
+    Raises OSError / ValueError on unreadable or truncated files.
     """
     with Image.open(path) as im:
         im.load()  # decodes fully: truncated files fail here
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).round().astype(np.uint8))
-        elif im.mode in ("I", "F"):
-            raise ValueError(f"unsupported pixel mode {im.mode!r} (32-bit); convert to 8 or 16 bits")
+        if im.mode in DEEP_MODES:
+            values = np.asarray(im)
+            values = values.astype(values.dtype.newbyteorder("="))  # big-endian 16-bit as native
+            pixels, bits = map_intensity(values, intensity, declared_bits(path, im))
+            im = Image.fromarray(pixels)
+        elif intensity.mode != "auto":
+            pixels, bits = map_intensity(np.asarray(im.convert("L" if channels == 1 else "RGB")), intensity)
+            im = Image.fromarray(pixels)
+        else:
+            bits = 8
         im = im.convert("L" if channels == 1 else "RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BICUBIC)
-        return np.asarray(im, dtype=np.uint8)
+        return np.asarray(im, dtype=np.uint8), bits
 
 
 def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
-               channels: int, workers: int | None = None) -> np.ndarray:
-    """uint8 (N, size, size[, 3]) of every file; one error naming every unreadable file."""
+               channels: int, intensity: IntensityConfig = IntensityConfig(),
+               workers: int | None = None) -> np.ndarray:
+    """uint8 (N, size, size[, 3]) of every file; one error naming every unreadable file.
+
+    Under ``intensity.mode=auto`` a dataset whose files map with different bit depths gets a
+    warning (their grey levels are then not on one scale)."""
     out = np.empty((len(paths), size, size) + ((3,) if channels == 3 else ()), dtype=np.uint8)
     failures: dict[int, str] = {}
+    depths: list[int | None] = [None] * len(paths)
 
     def work(i: int) -> None:
         try:
-            out[i] = decode_image(root / paths[i], size, channels)
+            out[i], depths[i] = decode_image(root / paths[i], size, channels, intensity)
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             failures[i] = f"{rows[i]} ({type(err).__name__}: {err})"
 
@@ -82,22 +106,30 @@ def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
         raise rows_error(source, "name files that cannot be decoded as PNG / JPEG / TIFF / BMP images "
                          "(unreadable or truncated)", [failures[i] for i in sorted(failures)],
                          "replace or remove these files")
+    counts = Counter(d for d in depths if d is not None)
+    if intensity.mode == "auto" and len(counts) > 1:
+        log.warning("%s: data.intensity.mode=auto mapped files with different bit depths %s (bits: files); "
+                    "their grey levels are not on one scale. For one mapping of every file set "
+                    "data.intensity.mode=fixed with min / max (e.g. 0 / 4095 for 12-bit data).",
+                    source, dict(sorted(counts.items())))
     return out
 
 
 def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
-                  channels: int, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, bool]:
+                  channels: int, cache_dir: str | os.PathLike | None,
+                  intensity: IntensityConfig = IntensityConfig()) -> tuple[np.ndarray, bool]:
     """The decoded images of ``paths`` and whether they came from the cache.
 
     With ``cache_dir=None`` images are decoded every time and nothing is written.
     """
     stats = file_stats(root, paths, rows, source)
     if cache_dir is None:
-        return decode_all(root, paths, rows, source, size, channels), False
+        return decode_all(root, paths, rows, source, size, channels, intensity), False
     cache_dir = Path(cache_dir).expanduser()
-    key = cache_key(root, paths, stats, size, channels)
-    # One cache per (dataset, size, channels): a rebuilt cache replaces the stale one.
-    family = hashlib.sha256(json.dumps([source, str(root.resolve()), size, channels]).encode()).hexdigest()[:8]
+    key = cache_key(root, paths, stats, size, channels, intensity)
+    # One cache per (dataset, size, channels, mapping): a rebuilt cache replaces the stale one.
+    family = hashlib.sha256(json.dumps([source, str(root.resolve()), size, channels,
+                                        intensity.key()]).encode()).hexdigest()[:8]
     target = cache_dir / f"images-{family}-{key}.npy"
     expected = (len(paths), size, size) + ((3,) if channels == 3 else ())
     if target.is_file():
@@ -108,7 +140,7 @@ def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source:
         except (OSError, ValueError, EOFError):
             pass
         target.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-    images = decode_all(root, paths, rows, source, size, channels)
+    images = decode_all(root, paths, rows, source, size, channels, intensity)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as tmp:
         try:

@@ -24,6 +24,7 @@ from datamodules.image_records import (
     folder_records,
     table_records,
 )
+from datamodules.intensity import IntensityConfig
 from datamodules.medmnist_files import BINARY, SPLITS, DatasetError
 from datamodules.splits import assign_splits, combined_strata
 
@@ -50,6 +51,8 @@ class ImageDataModule(ClassificationDataModule):
 
     Args:
         channels: 1 (grayscale) or 3 (RGB); every image is converted.
+        intensity: how pixel values become 8 bits (``IntensityConfig``: mode auto, minmax,
+            percentile, window or fixed); 12/16-bit files keep their grey levels under auto.
         img_size: images are resized (bicubic) to img_size x img_size px when decoded.
         fractions: ``{train, val, test}`` used for the splits the data do not predefine.
         exclude: ``{column: [values]}``: rows with any listed value are dropped from the
@@ -68,6 +71,7 @@ class ImageDataModule(ClassificationDataModule):
         exclude_from: Sequence[str] = ("train",),
         fractions: dict | None = None,
         channels: int = 3,
+        intensity: dict | None = None,
         img_size: int = 224,
         cache_dir: str | None = None,
         splits_file: str | None = None,
@@ -84,10 +88,12 @@ class ImageDataModule(ClassificationDataModule):
         mlo: dict | None = None,
         on_device: bool = False,
         synthetic_train: str | None = None,
+        shuffle_seed: int | None = None,
         declared: dict | None = None,
     ) -> None:
         super().__init__(img_size, normalization, augment, label_fraction, sampler, epoch_length,
-                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train)
+                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train,
+                         shuffle_seed)
         require(channels in (1, 3), "channels", channels, "1 or 3")
         require(set(exclude_from) <= set(SPLITS), "exclude_from", list(exclude_from), str(list(SPLITS)))
         named = [*stratify_columns, *(exclude or {})]
@@ -100,6 +106,7 @@ class ImageDataModule(ClassificationDataModule):
         self.exclude_from = list(exclude_from)
         self.fractions = check_fractions(fractions)
         self.channels = channels
+        self.intensity = IntensityConfig(**(intensity or {}))
         self.cache_dir, self.splits_file = cache_dir, splits_file
         self.task = task_of(self.num_classes)
         self.check_task()
@@ -176,7 +183,8 @@ class ImageDataModule(ClassificationDataModule):
         if self.images is None:
             rec = self.records
             self.images, self.from_cache = cached_images(
-                rec.root, rec.paths, rec.rows, rec.source, self.img_size, self.channels, self.cache_dir
+                rec.root, rec.paths, rec.rows, rec.source, self.img_size, self.channels, self.cache_dir,
+                self.intensity,
             )
 
     def setup(self, stage: str | None = None) -> None:

@@ -38,7 +38,10 @@ class MedMNISTDataModule(ClassificationDataModule):
         label_fraction: stratified, seeded fraction of the training set to keep, in (0, 1].
         sampler: ``none``, ``oversample`` (inverse class frequency) or ``sqrt``.
         epoch_length: ``original`` or ``balanced`` (classes x majority count), with a sampler.
-        split_seed: seed of every split we make; defaults to the run's seed in the configs.
+        split_seed: seed of every split we make (val re-split, label fraction, MLO-MAE levels); a
+            constant (0) in the configs, so runs over training seeds share their splits.
+        shuffle_seed: seed of the training samplers' order (None: split_seed); ``${seed}`` in
+            the configs.
         mlo: MLO-MAE level data, ``{level3_fraction: 0.2, cadence: [2, 1, 1]}``: the training
             loader then yields ``{"level1": ..., "level2": ..., "level3": ...}`` per step, with
             level I on the whole training set and levels II / III on a stratified, seeded
@@ -76,13 +79,15 @@ class MedMNISTDataModule(ClassificationDataModule):
         mlo: dict | None = None,
         on_device: bool = False,
         synthetic_train: str | None = None,
+        shuffle_seed: int | None = None,
         synthetic: dict | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
         task: str | None = None,
     ) -> None:
         super().__init__(img_size or size, normalization, augment, label_fraction, sampler, epoch_length,
-                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train)
+                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train,
+                         shuffle_seed)
         self.info = medmnist_info(flag)
         check_size(size)
         require(split in SPLIT_MODES, "split", split, str(list(SPLIT_MODES)))
