@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import logging
-from collections import Counter
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -27,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from datamodules.image_records import rows_error
 from datamodules.intensity import IntensityConfig, declared_bits, map_intensity
 
+AUTO = IntensityConfig()  # the default mapping
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: intensity mapping)
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes of more than 8 bits per sample
 
@@ -58,7 +58,7 @@ def cache_key(root: Path, paths: Sequence[str], stats: Sequence[tuple[int, int]]
 
 
 def decode_image(path: Path, size: int, channels: int,
-                 intensity: IntensityConfig = IntensityConfig()) -> tuple[np.ndarray, int | None]:
+                 intensity: IntensityConfig = AUTO) -> tuple[np.ndarray, int | None]:
     """(uint8 (size, size) for 1 channel or (size, size, 3), bit depth ``auto`` used or None).
 
     Values are mapped to 8 bits by ``intensity`` first (16-bit and 32-bit images read as
@@ -84,7 +84,7 @@ def decode_image(path: Path, size: int, channels: int,
 
 
 def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
-               channels: int, intensity: IntensityConfig = IntensityConfig(),
+               channels: int, intensity: IntensityConfig = AUTO,
                workers: int | None = None) -> np.ndarray:
     """uint8 (N, size, size[, 3]) of every file; one error naming every unreadable file.
 
@@ -117,7 +117,7 @@ def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
 
 def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
                   channels: int, cache_dir: str | os.PathLike | None,
-                  intensity: IntensityConfig = IntensityConfig()) -> tuple[np.ndarray, bool]:
+                  intensity: IntensityConfig = AUTO) -> tuple[np.ndarray, bool]:
     """The decoded images of ``paths`` and whether they came from the cache.
 
     With ``cache_dir=None`` images are decoded every time and nothing is written.
