@@ -14,6 +14,11 @@ Trials are pruned from the per-epoch validation metric (median rule, after
 ``spec`` ``{type: float|int, low, high, log}`` or ``{type: categorical, choices: [...]}``;
 ``null`` means the default space of the experiment (its learning rate and weight decay,
 ``model.lr`` / ``model.weight_decay``, for every stage of a pipeline).
+
+A trial whose loss diverges (``FloatingPointError``) or that logs no objective ends FAILED,
+with its message in the trial's ``fail_reason`` user attribute and in ``best.json``, and the
+sweep goes on: it runs until ``sweep.n_trials`` trials are complete or pruned, or until
+``sweep.max_failures`` trials of this run have failed (a space where everything diverges).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pipeline.stages import training_stages
 
 log = logging.getLogger("sweep")
 
+TRIAL_ERRORS = (FloatingPointError, RuntimeError)  # a diverging or empty trial: FAILED, the sweep goes on
 LR = {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}
 WEIGHT_DECAY = {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}
 
@@ -127,21 +133,43 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
     def objective(trial: optuna.Trial) -> float:
         run_dir = sweep_dir / f"trial_{trial.number:03d}"
         cfg = compose_config([*overrides, *suggest(trial, space)], run_dir)
-        # reports the per-epoch monitor (the dashboard's curves); prunes only with a MedianPruner
-        metrics = train(cfg, callbacks=[PyTorchLightningPruningCallback(trial, monitor=monitor.metric)])
-        value = metrics.get("objective")
-        if value is None or value != value:  # NaN: nothing was monitored
-            raise RuntimeError(f"trial {trial.number}: no {monitor.metric} was logged ({run_dir})")
+        try:
+            # reports the per-epoch monitor (the dashboard's curves); prunes only with a MedianPruner
+            metrics = train(cfg, callbacks=[PyTorchLightningPruningCallback(trial, monitor=monitor.metric)])
+            value = metrics.get("objective")
+            if value is None or value != value:  # NaN: nothing was monitored
+                raise RuntimeError(f"trial {trial.number}: no {monitor.metric} was logged ({run_dir})")
+        except TRIAL_ERRORS as err:
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            log.warning("trial %d failed (%s: %s); the sweep goes on", trial.number, type(err).__name__, err)
+            raise
         return float(value)
 
-    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    remaining = settings.n_trials - len(done)  # failed trials (crashed, killed) do not use up the budget
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    failed_before = len(study.get_trials(states=(optuna.trial.TrialState.FAIL,)))
+    max_failures = int(settings.get("max_failures") or settings.n_trials)
+
+    def stop_when_done(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        """The budget counts complete and pruned trials only (failed ones, crashed, diverged or
+        killed, do not use it up); a run stops after ``max_failures`` failures of its own."""
+        failed = len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))) - failed_before
+        if len(study.get_trials(states=finished)) >= settings.n_trials:
+            study.stop()
+        elif failed >= max_failures:
+            log.error("%d trials of this run failed (sweep.max_failures=%d): stopping the sweep; see best.json",
+                      failed, max_failures)
+            study.stop()
+
+    remaining = settings.n_trials - len(study.get_trials(states=finished))
     log.info("Sweep %s: %d trial(s) to run, storage %s", sweep_dir, max(remaining, 0), sweep_dir / "optuna.db")
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(RuntimeError,))
+        study.optimize(objective, catch=TRIAL_ERRORS, callbacks=[stop_when_done])
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     summary = {"sweep_dir": str(sweep_dir), "direction": study.direction.name.lower(),
-               "trials": {s.name.lower(): len(study.get_trials(states=(s,))) for s in optuna.trial.TrialState}}
+               "trials": {s.name.lower(): len(study.get_trials(states=(s,))) for s in optuna.trial.TrialState},
+               "failed": [{"trial": f"trial_{t.number:03d}", "params": t.params,
+                           "reason": t.user_attrs.get("fail_reason", "killed or crashed")}
+                          for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))]}
     if complete:
         summary.update(best_value=study.best_value, best_params=study.best_params,
                        best_trial=f"trial_{study.best_trial.number:03d}")

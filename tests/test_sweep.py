@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import optuna
 import pytest
@@ -89,3 +90,39 @@ def test_wandb_sweep_example_drives_train_py_with_keys_the_experiment_has(tmp_pa
     for key in sweep["parameters"]:
         assert OmegaConf.select(cfg, key, default="missing") != "missing", key
     assert (sweep["metric"]["goal"] == "maximize") == (cfg.monitor.mode == "max")
+
+
+def _diverging_common(data_root, sweep_dir) -> list[str]:
+    """One short epoch; Adam at lr 1e30 gives a NaN loss at step 1 (FloatingPointError)."""
+    return ["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", f"sweep.dir={sweep_dir}",
+            "sweep.prune=false", "~callbacks.evaluation"]
+
+
+def test_a_sweep_where_every_trial_diverges_fails_them_and_ends(data_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run_sweep([*_diverging_common(data_root, sweep_dir), "sweep.n_trials=2", "sweep.max_failures=3",
+               "sweep.params={model.lr: {type: float, low: 1.0e29, high: 1.0e30, log: true}}"])
+    trials = _trials(sweep_dir)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 3  # stopped by max_failures
+    assert all(t.user_attrs["fail_reason"].startswith("FloatingPointError: Training loss is nan") for t in trials)
+    summary = json.loads((sweep_dir / "best.json").read_text())
+    assert summary["trials"]["fail"] == 3 and "best_value" not in summary
+    assert [f["trial"] for f in summary["failed"]] == ["trial_000", "trial_001", "trial_002"]
+    assert "Lower the learning rate" in summary["failed"][0]["reason"]
+
+
+def test_diverging_trials_do_not_end_a_sweep_or_use_its_budget(data_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    sweep_dir.mkdir()
+    study = optuna.create_study(study_name="quickstart", storage=storage, direction="maximize")
+    for lr in (1e30, 3e-3, 1e30, 3e-3):  # diverges, learns, diverges, learns
+        study.enqueue_trial({"model.lr": lr})
+    run_sweep([*_diverging_common(data_root, sweep_dir), "sweep.n_trials=2", "sweep.max_failures=5",
+               "sweep.params={model.lr: {type: float, low: 1.0e-3, high: 1.0e30, log: true}}"])
+    states = [t.state for t in _trials(sweep_dir)]
+    fail, complete = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
+    assert states == [fail, complete, fail, complete]  # the budget (2) counts complete trials only
+    summary = json.loads((sweep_dir / "best.json").read_text())
+    assert summary["best_trial"] in ("trial_001", "trial_003") and len(summary["failed"]) == 2
