@@ -31,6 +31,15 @@ from lightning_modules.components.hypergradient import (
     mlo_hypergradient,
 )
 from lightning_modules.components.mae import MaskedAutoencoder
+from lightning_modules.components.mask_diagnostics import (
+    context_iou,
+    expected_random_iou,
+    level3_after_step,
+    patch_edge_energy,
+    patch_intensity,
+    rank_correlation,
+    weight_ess,
+)
 from lightning_modules.components.masking import (
     PATCH_WEIGHTINGS,
     build_masking_net,
@@ -128,6 +137,8 @@ class MLOMAE(L.LightningModule):
             test switches it off, to show that ranks then drift apart).
         compile: ``torch.compile`` the encoder, decoder, head and masking net (true or a dict
             of its options); the finite-difference passes still run eagerly in exact fp32.
+        mask_diagnostics: log ``mask_diagnostics`` (``val/mask_*``) on the first validation
+            batch of every epoch (a few MAE passes on up to 128 images).
     """
 
     check_precision = staticmethod(check_precision)  # train.py calls it before building the Trainer
@@ -159,6 +170,7 @@ class MLOMAE(L.LightningModule):
         grad_clip: float | None = None,
         reduce_hypergradients: bool = True,
         compile: bool | dict = False,
+        mask_diagnostics: bool = True,
     ) -> None:
         super().__init__()
         self.compile_options = compile_options(compile)
@@ -223,6 +235,54 @@ class MLOMAE(L.LightningModule):
         if probs is None:
             probs = torch.full_like(mask, self.mae.mask_ratio)
         return probs, mask
+
+    DIAGNOSTIC_IMAGES = 128  # images of the first validation batch the diagnostics use
+    RANDOM_MASKS = 4  # random maskings averaged for each patch's reconstruction error
+
+    def mask_diagnostics(self, x: Tensor, y: Tensor, step: float | None = None) -> dict[str, float]:
+        """What learned masks have and random ones cannot (``components/mask_diagnostics.py``),
+        on up to ``DIAGNOSTIC_IMAGES`` images (x (B, C, H, W), y (B,)); learned masks only.
+
+        context_iou (beside context_iou_random, its value for random masks): kept-set
+        stability across 4 random batch contexts; rho_intensity / rho_edges / rho_recon: mean
+        per-image rank correlation of the masking probabilities with patch intensity, edge
+        energy and the patch's reconstruction error under random masks; ess: the level-I
+        weights' effective sample size / masked patches; level3_gain: level-III loss after one
+        virtual level-I step (SGD, the level-I lr) with random masks minus with the learned
+        masks, on the same images (> 0: the learned masks help the level-III objective).
+        """
+        x, y = x[: self.DIAGNOSTIC_IMAGES].clone(), y[: self.DIAGNOSTIC_IMAGES].clone()
+        enc, n = self.mae.encoder, self.mae.encoder.num_patches
+        masking, probs, _ = self.masks(x)
+        mask = masking[1]
+        half = len(x) // 2
+        g = torch.Generator().manual_seed(0)
+        errors = torch.zeros_like(probs, dtype=torch.float64)
+        counts = torch.zeros_like(errors)
+        with torch.no_grad():
+            for _ in range(self.RANDOM_MASKS):
+                rnd = masking_from_scores(torch.rand(len(x), n, generator=g).to(x.device), self.mae.mask_ratio)
+                errors += self.mae.patch_errors(x, rnd).double() * rnd[1]
+                counts += rnd[1].double()
+        recon = torch.where(counts > 0, errors / counts.clamp(min=1), torch.full_like(errors, float("nan")))
+        out = {
+            "context_iou": context_iou(lambda b: self.masks(b)[0][1], x[:half], x, generator=g).item(),
+            "context_iou_random": expected_random_iou(n, n - int(mask[0].sum())),
+            "rho_intensity": rank_correlation(probs, patch_intensity(x, enc.patch_size)).nanmean().item(),
+            "rho_edges": rank_correlation(probs, patch_edge_energy(x, enc.patch_size)).nanmean().item(),
+            "rho_recon": rank_correlation(probs, recon).nanmean().item(),
+            "ess": weight_ess(self.weights(probs, mask), mask).mean().item(),
+        }
+        if half >= 2 and step is not None:
+            rnd = masking_from_scores(torch.rand(half, n, generator=g).to(x.device), self.mae.mask_ratio)
+            learned = tuple(t[:half] for t in masking)
+            with torch.inference_mode(False), torch.enable_grad():
+                x1, x3, y3 = x[:half].clone(), x[half:].clone(), y[half:].clone()
+                weights = self.weights(probs[:half].clone(), learned[1].clone())
+                after = [level3_after_step(self.mae, self.head, x1, tuple(t.clone() for t in m), w, x3, y3, step,
+                                           self.hparams.pooling) for m, w in ((learned, weights), (rnd, None))]
+            out["level3_gain"] = (after[1] - after[0]).item()
+        return out
 
     # ----- one cycle ---------------------------------------------------------------------
     def _reduce(self, tensors: list[Tensor]) -> list[Tensor]:
@@ -342,6 +402,12 @@ class MLOMAE(L.LightningModule):
             stats = mask_statistics(probs, mask, self.weights(probs, mask))
             self._val_mask_stats = {k: v.item() for k, v in stats.items()}
             self.log_dict({f"val/mask_{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=1)
+            if self.hparams.mask_diagnostics:
+                step = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
+                diagnostics = self.mask_diagnostics(x, y, step)
+                self._val_mask_stats.update(diagnostics)
+                self.log_dict({f"val/mask_{k}": float(v) for k, v in diagnostics.items()}, sync_dist=True,
+                              batch_size=1)
 
     def on_validation_epoch_end(self) -> None:
         log_epoch_metrics(self, self.val_metrics, {"val/auc": self.val_auc_best})
