@@ -56,7 +56,6 @@ from common import atomic_write_text, mean_std, real_data_root
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, BATCH = 4708, 128
 LEVEL1_PER_EPOCH = TRAIN_IMAGES // BATCH  # 36 MAE steps per pass (drop_last)
-MLO_CYCLES_PER_EPOCH = LEVEL1_PER_EPOCH // 2  # 2 level-I steps per cycle (cadence 2:1:1)
 P = "stages.pretrain.model."
 ARMS = {
     "mae": ("mae_small", []),
@@ -98,7 +97,7 @@ class Units:
 def common(data_root: Path, seed: int) -> list[str]:
     return [f"paths.medmnist_root={data_root}", "data=pneumoniamnist", "data.download=false", f"seed={seed}",
             f"data.split_seed={seed}", "trainer=cpu", "logger=csv", "~callbacks.rich_progress_bar",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+            "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]
 
 
 def pretrain(arm: str, seed: int, epochs: int, args, out: Path) -> dict:
@@ -118,7 +117,7 @@ def pretrain(arm: str, seed: int, epochs: int, args, out: Path) -> dict:
     run_dir = out / "runs" / f"{arm}_e{epochs}_seed{seed}"
     overrides = [f"experiment={experiment}", *common(args.data_root, seed), "stages.finetune=null",
                  f"stages.pretrain.trainer.max_epochs={epochs}", f"++stages.pretrain.data.batch_size={BATCH}", *extra]
-    limit = args.limit or (MLO_CYCLES_PER_EPOCH if experiment == "mlo_mae_small" else None)
+    limit = level1_steps_per_epoch(arm, args) // 2 if experiment == "mlo_mae_small" else args.limit
     if limit:
         overrides.append(f"++stages.pretrain.trainer.limit_train_batches={limit}")
     curve_dir = run_dir / "curve"
@@ -132,8 +131,9 @@ def pretrain(arm: str, seed: int, epochs: int, args, out: Path) -> dict:
 
 
 def level1_steps_per_epoch(arm: str, args) -> int:
-    steps = 2 * MLO_CYCLES_PER_EPOCH if arm.startswith("mlo") else LEVEL1_PER_EPOCH
-    return min(steps, (2 if arm.startswith("mlo") else 1) * args.limit) if args.limit else steps
+    """MAE: one pass (or ``args.limit`` batches); MLO arms: as many in whole cycles of 2."""
+    mae_steps = args.limit or LEVEL1_PER_EPOCH
+    return 2 * (mae_steps // 2) if arm.startswith("mlo") else mae_steps
 
 
 def epoch_values(metrics_csv: Path | None, key: str) -> dict[int, float]:
@@ -387,7 +387,7 @@ def figures(results: dict, args) -> list[Path]:
                         label=LABELS[arm])
         ax.set_xticks(range(len(FRACTIONS)), [f"{f:.0%}" for f in FRACTIONS])
         ax.set_xlabel("training labels used")
-        ax.set_title({"probe": "linear probe (frozen encoder)", "finetune": "full fine-tuning"})
+        ax.set_title({"probe": "linear probe (frozen encoder)", "finetune": "full fine-tuning"}[mode])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test AUC (mean, 95% bootstrap CI over seeds)")
     axes[1].legend(fontsize=8, loc="lower right")

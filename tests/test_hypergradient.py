@@ -290,3 +290,25 @@ def test_perturbed_restores_exactly_even_with_rounding():
     with perturbed([p], [torch.tensor([0.1, 0.7, 1e-3])], 0.0123456):
         assert not torch.equal(p.detach(), saved)
     assert torch.equal(p.detach(), saved)
+
+
+@pytest.mark.parametrize("schedule", ["ours", "original"])
+def test_logged_path_norms_equal_independent_autograd_values(schedule):
+    """``info`` (logged as train/hypergrad_direct, _head, _total, level3_loss) against values
+    computed here from the models' forwards and autograd alone, not from the returned gradient."""
+    mae, head, net, b = tiny_setup(torch.float64)
+    info = {}
+    grads = mlo_hypergradient(mae, head, net, b, "official", alpha=1e-4, schedule=schedule, info=info)
+    enc, hp = list(_named(mae.encoder).values()), list(_named(head).values())
+    mae.eval(), head.eval()
+    with sdpa_kernel(SDPBackend.MATH):
+        loss3 = _ce(mae, head, b.x3, b.y3)
+        v = _grad(loss3, enc + hp)
+        v_theta, v_w = v[: len(enc)], v[len(enc):]
+        g_w = torch.autograd.grad(_ce(mae, head, b.x2, b.y2), hp, create_graph=True)
+        h2_v = _grad(_dot(g_w, v_w), enc)
+    assert info["level3_loss"].item() == pytest.approx(loss3.item(), rel=1e-12)
+    assert info["direct"].item() == pytest.approx(_norm(v_theta), rel=1e-9)  # ||dL3/dtheta||
+    assert info["head"].item() == pytest.approx(_norm(h2_v), rel=1e-5)  # ||H2 v_w||, exact HVP
+    assert info["total"].item() == pytest.approx(_norm(official_reference(mae, head, net, b)), rel=1e-5)
+    assert info["total"].item() == pytest.approx(_norm(grads), rel=1e-12)

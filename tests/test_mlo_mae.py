@@ -71,6 +71,56 @@ def test_each_level_changes_only_its_own_parameters():
     assert changed(before, module) == {"masknet"}
 
 
+def test_level3_step_moves_the_masking_network_against_the_exact_hypergradient():
+    """With SGD, the masking net's update is -lr_mask x its gradient; that gradient must equal an
+    exact Hessian-vector-product reference at the weights after levels I and II (a wrong sign,
+    or a step along +g, gives a relative error of 2)."""
+    from lightning_modules.components.hypergradient import LevelBatches
+    from tests.test_hypergradient import official_reference
+
+    module = tiny_module()
+    opts, _ = _optimizers(module)
+    (x1, _), (x2, y2), (x3, y3) = global_batch()
+    _, level1_data = module.level1(x1, opts[0])
+    _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
+    _, tokens1, masking1, _, _ = level1_data
+    exact = official_reference(module.mae, module.head, module.masknet,
+                               LevelBatches(x1, tokens1, masking1, x2, y2, x3, y3))
+    module.mae.train(), module.head.train()
+    before = [p.detach().clone() for p in module.masknet.parameters()]
+    module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
+    step = [(b - p.detach()) / module.hparams.lr_mask for b, p in zip(before, module.masknet.parameters())]
+    flat = torch.cat([s.flatten() for s in step])
+    ref = torch.cat([e.flatten() for e in exact])
+    assert ref.norm() > 0
+    assert ((flat - ref).norm() / ref.norm()).item() < 1e-2  # fp32 finite differences vs exact
+
+
+def test_training_step_hands_the_hypergradient_the_last_level1_chunk_and_updated_weights(monkeypatch):
+    import lightning_modules.mlo_mae as mlo
+
+    seen = {}
+    real = mlo.mlo_hypergradient
+
+    def spy(mae, head, masknet, batches, **kw):
+        seen.update(x1=batches.x1.clone(), x2=batches.x2.clone(), x3=batches.x3.clone(),
+                    mae={k: v.clone() for k, v in mae.state_dict().items()},
+                    head={k: v.clone() for k, v in head.state_dict().items()})
+        return real(mae, head, masknet, batches, **kw)
+
+    monkeypatch.setattr(mlo, "mlo_hypergradient", spy)
+    module = tiny_module(cadence=(2, 1, 1))
+    before = snapshot(module)
+    batch = mlo_batch((2, 1, 1))
+    after = _step(module, batch)
+    assert torch.equal(seen["x1"], batch["level1"][0].chunk(2)[1])  # the last level-I chunk, not the first
+    assert torch.equal(seen["x2"], batch["level2"][0]) and torch.equal(seen["x3"], batch["level3"][0])
+    # the weights after both level-I steps and the level-II step (level III changes neither)
+    assert all(torch.equal(v, after[f"mae.{k}"]) for k, v in seen["mae"].items())
+    assert all(torch.equal(v, after[f"head.{k}"]) for k, v in seen["head"].items())
+    assert not all(torch.equal(v, before[f"mae.{k}"]) for k, v in seen["mae"].items())
+
+
 def test_masking_network_output_changes_after_level3_step():
     module = tiny_module()
     opts, _ = _optimizers(module)
@@ -253,6 +303,10 @@ def test_full_size_config_runs_one_forward(tmp_path):
         out = model.mae(x, masking, patch_weights=probs)
     assert out.pred.shape == (2, 256, 12) and torch.isfinite(out.loss)
     assert int(out.mask[0].sum()) == 192
+    # Fidelity to the official code: normalised-pixel targets, crop + flip at every level.
+    assert model.mae.norm_pix_loss is True
+    pretrain_data = stage_config(base, cfg.stages.pretrain, tmp_path).data
+    assert pretrain_data.augment.crop_padding > 0 and pretrain_data.augment.hflip
 
 
 @pytest.mark.ddp
