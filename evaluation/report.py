@@ -74,16 +74,38 @@ def protocol_rows(cfg: DictConfig, metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
+MASK_ROWS = {  # statistic: (what it measures, its value for random masks)
+    "diversity": ("pairwise mask difference / that of random masks (0 = one mask for all)", "1"),
+    "context_iou": ("kept-set IoU of an image across 4 batch contexts", "context_iou_random"),
+    "rho_intensity": ("rank corr. of masking probability with patch intensity", "0"),
+    "rho_edges": ("rank corr. with patch edge energy", "0"),
+    "rho_recon": ("rank corr. with the patch's reconstruction error under random masks", "0"),
+    "ess": ("level-I weights' effective sample size / masked patches", "1 (uniform weights)"),
+    "level3_gain": ("level-III loss after a virtual level-I step: random minus learned masks", "0"),
+    "level1_scale": ("mean level-I weight over masked patches (0 = level I switched off)", "1"),
+    "entropy": ("mean binary entropy of the probabilities, nats (max ln 2 = 0.693)", "-"),
+    "saturated": ("share of probabilities within 0.01 of 0 or 1", "-"),
+}
+
+
 def mask_section(metrics: dict) -> list[str]:
-    """MLO-MAE's masking network at the end of the stage: statistics and warnings."""
+    """MLO-MAE's masking network at the end of the stage: each statistic beside its value for
+    random masks (a diagnostic is evidence of learning only where it differs from that), and
+    the warnings."""
     stats = {k.removeprefix("val/mask_"): v for k, v in metrics.items()
              if k.startswith("val/mask_") and isinstance(v, float)}
     if "diversity" not in stats:
         return []
     lines = ["## Masking network (fixed validation batch, last epoch)", "",
-             "| " + " | ".join(stats) + " |", "|" + "---|" * len(stats),
-             "| " + " | ".join(f"{v:.4g}" for v in stats.values()) + " |", ""]
-    lines += [f"> **Warning:** {w}" + "\n" for w in mask_warnings(stats)]
+             "| statistic | value | random masks | what it measures |", "|---|---|---|---|"]
+    for key, value in stats.items():
+        if key == "context_iou_random":
+            continue
+        meaning, baseline = MASK_ROWS.get(key, ("", "-"))
+        if baseline in stats:
+            baseline = f"{stats[baseline]:.3f}"
+        lines.append(f"| {key} | {value:.4g} | {baseline} | {meaning} |")
+    lines += ["", *(f"> **Warning:** {w}" + "\n" for w in mask_warnings(stats))]
     return lines
 
 

@@ -151,3 +151,15 @@ def test_module_diagnostics_have_their_random_baselines_beside_them():
     with_gain = module.mask_diagnostics(x, y, step=0.5)
     assert np.isfinite(with_gain["level3_gain"]) and with_gain["level3_gain"] != 0.0
     assert {k: v for k, v in with_gain.items() if k != "level3_gain"} == out  # the virtual steps left no trace
+
+
+def test_report_shows_each_diagnostic_beside_its_random_mask_value():
+    from evaluation.report import mask_section
+
+    metrics = {"val/mask_diversity": 0.98, "val/mask_context_iou": 0.86, "val/mask_context_iou_random": 0.1436,
+               "val/mask_rho_intensity": 0.42, "val/mask_ess": 0.97, "val/mask_level3_gain": 2.1e-5,
+               "val/mask_level1_scale": 1.0, "val/mask_saturated": 0.0, "val/auc": 0.9}
+    text = "\n".join(mask_section(metrics))
+    assert "| context_iou | 0.86 | 0.144 |" in text and "| rho_intensity | 0.42 | 0 |" in text
+    assert "| level3_gain | 2.1e-05 | 0 |" in text and "context_iou_random" not in text
+    assert "auc" not in text
