@@ -131,7 +131,8 @@ def main() -> None:
     for arm, rows in results.items():
         cols = [mean_std([r[k] for r in rows]) for k in ("bal_acc", "f1_macro", "acc", "auc")]
         print(f"| {arm} | {' | '.join(cols)} |")
-    print("\nSynthetic-set quality (judge: arm (a), seed 0; FID/KID on its CNN features, not Inception):")
+    print("\nSynthetic-set quality (judge: arm (a), seed 0; FID/KID per class and class-matched, on its CNN "
+          "features, not Inception):")
     keys = sorted(k for k in quality if isinstance(quality[k], float) and not k.startswith("nn/real"))
     for k in keys:
         print(f"  {k}: {quality[k]:.4f}")

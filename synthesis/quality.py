@@ -8,8 +8,11 @@ Writes ``report.md`` and PNG figures into ``out_dir``:
 
 1. classifier check: per-class accuracy of a classifier trained on real data, on the synthetic
    images (the class each was generated for) and on as many real training images;
-2. FID / KID between real and synthetic images (torchmetrics), on Inception features when a local
-   torch-fidelity weights file is given, else on the classifier's penultimate features;
+2. FID / KID between real and synthetic images (torchmetrics), like with like: per class
+   (synthetic class c against real class c) and pooled over a real subsample with the synthetic
+   set's class mix, on Inception features when a local torch-fidelity weights file is given
+   (keys ``fid_inception``, ``fid_inception/<class>``, ``kid_inception_mean`` ...), else on the
+   classifier's penultimate features (``fid_judge`` ...);
 3. memorisation: pixel-space L2 distance of each synthetic image to its nearest real training
    image, against the real images' own leave-one-out nearest-neighbour distances;
 4. sample grids of synthetic and real images per class.
@@ -227,6 +230,7 @@ def fid_kid(space: FeatureSpace, real: np.ndarray, fake: np.ndarray, device: tor
     from torchmetrics.image.kid import KernelInceptionDistance
 
     fid = (metrics or {}).get("fid") or FrechetInceptionDistance(feature=space.module).to(device)
+    fid.reset()  # a reused metric (Inception's, loaded once) starts empty for every pair of sets
     subset = min(KID_SUBSET, len(real), len(fake))
     # this torchmetrics' KID takes no weights path: it gets the FID's network, fed FID's features
     kid = KernelInceptionDistance(feature=Reuse(fid.inception), subset_size=subset).to(device)
@@ -399,22 +403,53 @@ def classifier_section(view: ClassifierView | None, syn: np.ndarray, syn_y: np.n
     return text, figures
 
 
-def fid_section(space: FeatureSpace | None, metrics: dict, real: np.ndarray, syn: np.ndarray, device: torch.device,
+def class_matched(real_labels: np.ndarray, syn_labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of real images with the synthetic set's class mix: per class, as many real images
+    of that class as synthetic ones (all of them when the class has fewer), sorted."""
+    picked = [rng.choice(pool, size=min(len(pool), int((syn_labels == c).sum())), replace=False)
+              for c in np.unique(syn_labels) for pool in [np.flatnonzero(real_labels == c)]]
+    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
+
+
+def fid_section(space: FeatureSpace | None, metrics: dict, real_images: np.ndarray, real_labels: np.ndarray,
+                syn: np.ndarray, syn_y: np.ndarray, class_names: list[str], device: torch.device,
                 seed: int) -> tuple[str, dict]:
+    """FID / KID per class and pooled over class-matched real images, keyed by feature space."""
     if space is None:
         return "Neither Inception weights nor a classifier checkpoint given: FID / KID skipped.", {}
-    if len(syn) < 2 or len(real) < 2:
-        return f"FID / KID need at least 2 images per set ({len(syn)} synthetic, {len(real)} real): skipped.", {}
-    r = fid_kid(space, real, syn, device, seed, metrics)
-    text = (f"### FID/KID on {space.label}\n\n"
-            + _table(["metric", "value"], [["FID", f"{r['fid']:.4g}"],
-                                           ["KID (mean ± std over subsets)", f"{r['kid_mean']:.4g} ± {r['kid_std']:.2g}"]])
-            + f"\n\nProtocol: {len(real)} real training vs {len(syn)} synthetic images (seeded subsamples), "
+    key = "inception" if space.inception else "judge"
+    matched = class_matched(real_labels, syn_y, np.random.default_rng([seed, 2]))
+    real_m, real_my = real_images[matched], real_labels[matched]
+    groups = [("all (class-matched)", "", real_m, syn)]
+    groups += [(name, f"/{name}", real_m[real_my == c], syn[syn_y == c]) for c, name in enumerate(class_names)]
+    figures: dict = {}
+    rows, subsets = [], set()
+    for name, suffix, real_x, syn_x in groups:
+        if len(real_x) < 2 or len(syn_x) < 2:
+            rows.append([name, str(len(real_x)), str(len(syn_x)), "-", "-"])
+            continue
+        r = fid_kid(space, real_x, syn_x, device, seed, metrics)
+        subsets.add(r["kid_subset_size"])
+        figures[f"fid_{key}{suffix}"] = r["fid"]
+        figures[f"kid_{key}{suffix}" + ("_mean" if not suffix else "")] = r["kid_mean"]
+        if not suffix:
+            figures[f"kid_{key}_std"] = r["kid_std"]
+        rows.append([name, str(len(real_x)), str(len(syn_x)), f"{r['fid']:.4g}",
+                     f"{r['kid_mean']:.4g} ± {r['kid_std']:.2g}"])
+    if not figures:
+        return (f"FID / KID need at least 2 images per set and class ({len(syn)} synthetic, {len(real_m)} "
+                "class-matched real): skipped."), {}
+    text = (f"### FID/KID on {space.label} (keys `fid_{key}`, `fid_{key}/<class>`)\n\n"
+            + _table(["classes", "real", "synthetic", "FID", "KID (mean ± std over subsets)"], rows)
+            + "\n\nProtocol: synthetic images of class c against real training images of class c (a seeded "
+            "subsample as large as the synthetic class); the first row pools the classes, so the real set has the "
+            "synthetic set's class mix (an FID against the whole training split would mostly measure the class "
+            "mix). "
             + ("torchmetrics on torch-fidelity's Inception-v3 (grayscale repeated to RGB, resized to 299 px inside); "
                if space.inception else "torchmetrics on the classifier's penultimate features (its eval "
                "preprocessing); ")
-            + f"KID: 100 subsets of {r['kid_subset_size']}, polynomial kernel, seed {seed}. Lower is closer.")
-    figures = {"fid": r["fid"], "kid_mean": r["kid_mean"], "kid_std": r["kid_std"]}
+            + f"KID: 100 subsets of {'/'.join(map(str, sorted(subsets, reverse=True)))}, polynomial kernel, "
+            f"seed {seed}. Lower is closer; per-class values from few images are noisy.")
     return text, figures
 
 
@@ -500,7 +535,7 @@ def quality_report(synthetic: Path, real_images: np.ndarray, real_labels: np.nda
     text, part = classifier_section(view, syn, syn_y, real, real_y, class_names, data.card.get("data_source"), device)
     sections.append(("1. Classifier check", text))
     figures |= part
-    text, part = fid_section(space, metrics, real, syn, device, seed)
+    text, part = fid_section(space, metrics, real_images, real_labels, syn, syn_y, class_names, device, seed)
     sections.append(("2. FID / KID", text))
     figures |= part
     text, part = memorisation_section(syn, syn_y, real, real_y, real_idx, real_images, class_names, out_dir, device)

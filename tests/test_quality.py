@@ -81,7 +81,8 @@ def test_report_with_classifier_writes_tables_figures_and_keys(classifier_ckpt, 
     assert "| pneumonia | 0 | - |" in report
     assert all(0 <= figures[f"classifier/acc_real/{n}"] <= 1 for n in PNEUMONIA)
     assert figures["n_synthetic"] == figures["n_real"] == keep.sum()
-    assert math.isfinite(figures["fid"]) and math.isfinite(figures["kid_mean"]) and "kid_std" in figures
+    assert math.isfinite(figures["fid_judge"]) and math.isfinite(figures["kid_judge_mean"]) and "kid_judge_std" in figures
+    assert math.isfinite(figures["fid_judge/normal"]) and "fid_judge/pneumonia" not in figures  # none generated
     assert figures["nn/synthetic_median/normal"] > 0 and figures["nn/real_median/pneumonia"] > 0
     assert 0 <= figures["nn/copy_fraction"] <= 1
 
@@ -109,9 +110,35 @@ def test_fid_is_zero_for_identical_sets_and_larger_for_a_different_set(classifie
     stripes[:, ::4] = 255  # clearly different: bright horizontal lines over every image
     other = quality_report(write_set(tmp_path / "other.npz", stripes, real_y), real, real_y, PNEUMONIA,
                            tmp_path / "other", classifier_ckpt=classifier_ckpt)
-    assert abs(same["fid"]) < 1e-3 and abs(same["kid_mean"]) < 1e-3
-    assert other["fid"] > 100 * max(abs(same["fid"]), 1e-6)  # the fast_dev_run CNN has small features
-    assert other["kid_mean"] > same["kid_mean"]
+    assert abs(same["fid_judge"]) < 1e-3 and abs(same["kid_judge_mean"]) < 1e-3
+    assert other["fid_judge"] > 100 * max(abs(same["fid_judge"]), 1e-6)  # the fast_dev_run CNN has small features
+    assert other["kid_judge_mean"] > same["kid_judge_mean"]
+    for name in PNEUMONIA:  # per class too
+        assert abs(same[f"fid_judge/{name}"]) < 1e-3 < other[f"fid_judge/{name}"]
+
+
+def test_fid_compares_like_with_like_not_the_class_mix(classifier_ckpt, tmp_path):
+    """Synthetic images of the minority class only (copies of the real bright ones): per class and
+    class-matched they are identical to the real ones (FID 0); against the whole training split,
+    which is half dark, they would not be."""
+    real, real_y = dark_bright(seed=0, n_per_class=30)
+    bright = real_y.reshape(-1) == 1
+    figures = quality_report(write_set(tmp_path / "minority.npz", real[bright], real_y[bright]), real, real_y,
+                             PNEUMONIA, tmp_path / "minority", classifier_ckpt=classifier_ckpt)
+    assert abs(figures["fid_judge"]) < 1e-3 and abs(figures["fid_judge/pneumonia"]) < 1e-3
+    assert "fid_judge/normal" not in figures
+    from synthesis.quality import classifier_space, fid_kid, load_classifier_view
+
+    view = load_classifier_view(classifier_ckpt, 2, 28, 1)
+    space = classifier_space(view, 28, 1, torch_device())
+    unmatched = fid_kid(space, real, real[bright], torch_device(), 0)["fid"]
+    assert unmatched > 100 * max(abs(figures["fid_judge"]), 1e-6)  # what the old pooled FID measured
+
+
+def torch_device():
+    import torch
+
+    return torch.device("cpu")
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -157,4 +184,4 @@ def test_inception_features_come_from_the_local_weights_file(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "FID/KID on Inception-v3" in report and "not comparable" not in report
     assert "subsets of 4" in report  # KID subset size <= the number of images
-    assert math.isfinite(figures["fid"]) and math.isfinite(figures["kid_mean"])
+    assert math.isfinite(figures["fid_inception"]) and math.isfinite(figures["kid_inception_mean"])
