@@ -27,11 +27,14 @@ Protocol (printed with the table and written to ``<out>/evidence.md``):
 - Test once, on the official test split: AUC, and balanced accuracy at the threshold that
   maximises validation balanced accuracy (Youden's J on validation).
 - Statistics over seeds (default 0, 1, 2): mean +- sample std; the paired difference of
-  each arm vs scratch and vs MAE with a 95 % percentile bootstrap interval over seeds
-  (``evaluation.statistics``); "supported" only where the interval excludes 0.
+  each arm vs scratch and vs MAE with a 95 % percentile bootstrap interval over seeds and a
+  paired t-interval (``evaluation.statistics``); "supported" only where both exclude 0 (with 3
+  seeds the bootstrap interval alone is the range of the differences). MLO-MAE's levels II /
+  III see all training labels during pretraining, so its 1 % and 10 % rows are marked: they
+  compare a method that saw every label with arms that did not.
 - Pretraining curves: every arm saves a checkpoint every ``--curve-every`` epochs; those of
-  the first seed are probed (100 % labels) and plotted against level-I steps and wall time,
-  with MAE's validation reconstruction loss (mean over seeds).
+  the first seed are probed (100 % labels; validation AUC plotted) against level-I steps and
+  wall time, with MAE's validation reconstruction loss (mean over seeds).
 
 Every unit of work (a pretraining, a probe, a fine-tuning) is cached as JSON under
 ``<out>/units/`` keyed by its settings: an interrupted run resumes where it stopped, and a
@@ -83,11 +86,13 @@ class Units:
         return self.root / f"{name}-{key}.json"
 
     def get(self, name: str, settings: dict, work) -> dict:
+        """The cached result, or ``work(stem)``'s (``stem``: the unit's file name without
+        suffix, which names its run folder, so another setting never reuses a folder)."""
         path = self.path(name, settings)
         if path.is_file():
             return json.loads(path.read_text())
         start = time.time()
-        result = work()
+        result = work(path.stem)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: done in {time.time() - start:.0f} s", flush=True)
         atomic_write_text(path, json.dumps({"settings": settings, **result}, indent=2))
         return json.loads(path.read_text())  # the same (string) keys whether fresh or cached
@@ -100,7 +105,7 @@ def common(data_root: Path, seed: int) -> list[str]:
             "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]
 
 
-def pretrain(arm: str, seed: int, epochs: int, args, out: Path) -> dict:
+def pretrain(arm: str, seed: int, epochs: int, args, out: Path, stem: str) -> dict:
     """Train one pretraining arm; its last checkpoint, curve checkpoints, wall time and curve."""
     import lightning as L
 
@@ -114,7 +119,7 @@ def pretrain(arm: str, seed: int, epochs: int, args, out: Path) -> dict:
                 trainer.save_checkpoint(curve_dir / f"curve_{trainer.current_epoch + 1:03d}.ckpt")
 
     experiment, extra = ARMS["mae" if arm == "mae_equal_wall" else arm]
-    run_dir = out / "runs" / f"{arm}_e{epochs}_seed{seed}"
+    run_dir = out / "runs" / stem
     overrides = [f"experiment={experiment}", *common(args.data_root, seed), "stages.finetune=null",
                  f"stages.pretrain.trainer.max_epochs={epochs}", f"++stages.pretrain.data.batch_size={BATCH}", *extra]
     limit = level1_steps_per_epoch(arm, args) // 2 if experiment == "mlo_mae_small" else args.limit
@@ -207,7 +212,7 @@ def linear_probe(features: dict, arrays, fraction: float, seed: int) -> dict:
     return scores | {"C": best, "n_labels": int(len(keep))}
 
 
-def finetune(arm: str, ckpt: str | None, seed: int, fraction: float, args, out: Path) -> dict:
+def finetune(arm: str, ckpt: str | None, seed: int, fraction: float, args, out: Path, stem: str) -> dict:
     """Fine-tune with vit_small's recipe; the best-val-AUC checkpoint predicts val and test once."""
     import torch
     from hydra.utils import instantiate
@@ -223,7 +228,7 @@ def finetune(arm: str, ckpt: str | None, seed: int, fraction: float, args, out: 
         overrides.append(f"model.net.pretrained_ckpt={ckpt}")
     if args.limit:
         overrides += [f"trainer.limit_train_batches={args.limit}", f"trainer.limit_val_batches={args.limit}"]
-    cfg = compose_config(overrides, out / "runs" / f"ft_{arm}_f{fraction}_seed{seed}")
+    cfg = compose_config(overrides, out / "runs" / stem)
     m = train(cfg)
     model = instantiate(cfg.model, _convert_="all")
     model.load_state_dict(torch.load(m["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"])
@@ -239,9 +244,10 @@ DIAGNOSTICS = ("context_iou", "rho_intensity", "rho_edges", "rho_recon", "ess", 
 
 
 def mask_diagnostics_of(pre_result: dict, seed: int, arrays) -> dict:
-    """``MLOMAE.mask_diagnostics`` on the first 128 validation images for the arm's final
-    masking network (``trained``), the same network at its initialisation (``untrained``) and a
-    scorer of uniform random numbers (``random``); the virtual step is the level-I lr."""
+    """``MLOMAE.mask_diagnostics`` on the first 128 validation images, with the arm's trained
+    MAE and head and three masking networks: the trained one, the same network at its
+    initialisation (``untrained``) and a scorer of uniform random numbers (``random``); the
+    virtual step is the configured level-I lr."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -258,10 +264,12 @@ def mask_diagnostics_of(pre_result: dict, seed: int, arrays) -> dict:
             return torch.rand(tokens.shape[:2], generator=generator)
 
     generator = torch.Generator().manual_seed(seed)
-    out = {"untrained": module.mask_diagnostics(x, y, step)}
     state = torch.load(pre_result["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    untrained_state = {k: v.clone() for k, v in module.masknet.state_dict().items()}  # as initialised
     module.load_state_dict(state)
-    out["trained"] = module.mask_diagnostics(x, y, step)
+    out = {"trained": module.mask_diagnostics(x, y, step)}
+    module.masknet.load_state_dict(untrained_state)  # the trained MAE and head, the initial masking net
+    out["untrained"] = module.mask_diagnostics(x, y, step)
     module.masknet = RandomScores()
     out["random"] = module.mask_diagnostics(x, y, step)
     return out
@@ -297,14 +305,14 @@ def run(args) -> dict:
         for arm in ARMS:
             pre[arm, seed] = units.get(f"pretrain_{arm}_seed{seed}", base | {"arm": arm, "seed": seed,
                                        "epochs": args.pretrain_epochs},
-                                       lambda a=arm, s=seed: pretrain(a, s, args.pretrain_epochs, args, out))
+                                       lambda stem, a=arm, s=seed: pretrain(a, s, args.pretrain_epochs, args, out, stem))
     wall_ratio = statistics.mean(pre["mlo_mae", s]["wall_s"] for s in args.seeds) / \
         statistics.mean(pre["mae", s]["wall_s"] for s in args.seeds)
     equal_wall_epochs = max(args.pretrain_epochs, round(args.pretrain_epochs * wall_ratio))
     for seed in args.seeds:
         pre["mae_equal_wall", seed] = units.get(
             f"pretrain_mae_equal_wall_seed{seed}", base | {"arm": "mae", "seed": seed, "epochs": equal_wall_epochs},
-            lambda s=seed: pretrain("mae_equal_wall", s, equal_wall_epochs, args, out))
+            lambda stem, s=seed: pretrain("mae_equal_wall", s, equal_wall_epochs, args, out, stem))
     arms = ["scratch", "mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant"]
     down: dict[tuple[str, str, float, int], dict] = {}
     curves: dict[tuple[str, int], dict] = {}
@@ -312,20 +320,20 @@ def run(args) -> dict:
         for arm in arms:
             ckpt = pre[arm, seed]["ckpt"] if arm != "scratch" else None
             key = base | {"arm": arm, "seed": seed, "pretrain_epochs": pre[arm, seed]["epochs"] if ckpt else 0}
-            probe = units.get(f"probe_{arm}_seed{seed}", key, lambda c=ckpt, s=seed: {
+            probe = units.get(f"probe_{arm}_seed{seed}", key, lambda _stem, c=ckpt, s=seed: {
                 str(f): linear_probe(encoder_features(c, s, arrays), arrays, f, s) for f in FRACTIONS})
             for f in FRACTIONS:
                 down["probe", arm, f, seed] = probe[str(f)]
                 down["finetune", arm, f, seed] = units.get(
                     f"finetune_{arm}_f{f}_seed{seed}", key | {"fraction": f},
-                    lambda a=arm, c=ckpt, s=seed, fr=f: finetune(a, c, s, fr, args, out))
+                    lambda stem, a=arm, c=ckpt, s=seed, fr=f: finetune(a, c, s, fr, args, out, stem))
             if arm != "scratch" and seed == args.seeds[0]:  # curves: the first seed (feature passes are costly)
-                curves[arm, seed] = units.get(f"curve_{arm}_seed{seed}", key, lambda a=arm, s=seed: {"test_auc": {
-                    str(e): linear_probe(encoder_features(p, s, arrays), arrays, 1.0, s)["test_auc"]
-                    for e, p in pre[a, s]["curve"].items()}})["test_auc"]
+                curves[arm, seed] = units.get(f"curve_{arm}_seed{seed}", key, lambda _stem, a=arm, s=seed: {
+                    "probe": {str(e): linear_probe(encoder_features(p, s, arrays), arrays, 1.0, s)
+                              for e, p in pre[a, s]["curve"].items()}})["probe"]
     diagnostics = {(arm, seed): units.get(f"diagnostics_{arm}_seed{seed}", base | {"arm": arm, "seed": seed,
                                           "pretrain_epochs": pre[arm, seed]["epochs"]},
-                                          lambda a=arm, s=seed: mask_diagnostics_of(pre[a, s], s, arrays))
+                                          lambda _stem, a=arm, s=seed: mask_diagnostics_of(pre[a, s], s, arrays))
                    for arm in ("mlo_mae", "mlo_mae_variant") for seed in args.seeds}
     return {"pre": pre, "down": down, "curves": curves, "arms": arms, "equal_wall_epochs": equal_wall_epochs,
             "wall_ratio": wall_ratio, "diagnostics": diagnostics}
@@ -336,8 +344,8 @@ def table(results: dict, args) -> str:
     from evaluation.statistics import paired_difference
 
     down, arms = results["down"], results["arms"]
-    lines = ["| mode | labels | arm | test AUC | test bal. acc. | AUC vs scratch [95% CI] | verdict | "
-             "AUC vs MAE [95% CI] | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | labels | arm | test AUC | test bal. acc. | AUC vs scratch: mean [bootstrap] (t) | verdict | "
+             "AUC vs MAE: mean [bootstrap] (t) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for mode in ("probe", "finetune"):
         for f in FRACTIONS:
             ref = {r: [down[mode, r, f, s]["test_auc"] for s in args.seeds] for r in ("scratch", "mae")}
@@ -350,9 +358,11 @@ def table(results: dict, args) -> str:
                         cells += ["-", "-"]
                     else:
                         d = paired_difference(auc, ref[r])
-                        cells += [str(d), d.verdict]
-                lines.append(f"| {mode} | {f:.0%} | {LABELS[arm]} | {mean_std(auc)} | {mean_std(bal)} | "
+                        cells += [f"{d} ({d.t_low:+.3f}, {d.t_high:+.3f})", d.verdict]
+                name = LABELS[arm] + (" *" if arm.startswith("mlo") and f < 1 else "")
+                lines.append(f"| {mode} | {f:.0%} | {name} | {mean_std(auc)} | {mean_std(bal)} | "
                              + " | ".join(cells) + " |")
+    lines.append("\n\\* MLO-MAE's pretraining used all training labels (levels II / III): not label-scarce.")
     return "\n".join(lines)
 
 
@@ -404,7 +414,7 @@ def figures(results: dict, args) -> list[Path]:
         per_epoch_wall = statistics.mean(pre[arm, s]["wall_s"] / pre[arm, s]["epochs"] for s in args.seeds)
         curve = results["curves"][arm, args.seeds[0]]
         epochs = sorted(int(e) for e in curve)
-        aucs = [curve[str(e)] for e in epochs]
+        aucs = [curve[str(e)]["val_auc"] for e in epochs]  # validation, so no one selects on test
         axes[0].plot([e * per_epoch_steps for e in epochs], aucs, marker="o", label=LABELS[arm])
         axes[1].plot([e * per_epoch_wall for e in epochs], aucs, marker="o", label=LABELS[arm])
         if arm.startswith("mae"):
@@ -416,7 +426,7 @@ def figures(results: dict, args) -> list[Path]:
     axes[0].set_xlabel("level-I (reconstruction) steps")
     axes[1].set_xlabel("pretraining wall time, s (this CPU)")
     for ax in axes[:2]:
-        ax.set_ylabel("linear-probe test AUC (100% labels)")
+        ax.set_ylabel("linear-probe validation AUC (100% labels)")
     axes[2].set_xlabel("level-I steps")
     axes[2].set_ylabel("MAE validation reconstruction loss")
     for ax in axes:

@@ -8,6 +8,7 @@ decide the split; ``build_sets`` does the rest the same way for all of them.
 from __future__ import annotations
 
 import abc
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -28,7 +29,7 @@ from datamodules.samplers import (
     UnpaddedDistributedSampler,
 )
 from datamodules.splits import label_fraction_subset, stratified_split
-from datamodules.synthetic_train import load_synthetic, train_fingerprint
+from datamodules.synthetic_train import cap_synthetic_share, load_synthetic, train_fingerprint
 from datamodules.transforms import (
     NORMALIZATIONS,
     ArrayDataset,
@@ -79,6 +80,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         on_device: bool = False,
         synthetic_train: str | None = None,
         shuffle_seed: int | None = None,
+        synthetic_max_ratio: float | None = None,
     ) -> None:
         super().__init__()
         require(0 < label_fraction <= 1, "label_fraction", label_fraction, "(0, 1]")
@@ -101,6 +103,9 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.mlo = self._check_mlo(mlo)
         self.on_device = bool(on_device)
         self.synthetic_train = synthetic_train
+        require(synthetic_max_ratio is None or 0 < synthetic_max_ratio < 1, "synthetic_max_ratio",
+                synthetic_max_ratio, "(0, 1), e.g. 0.5 (at most as many synthetic as real images per class), or null")
+        self.synthetic_max_ratio = synthetic_max_ratio
         self.synthetic_card: dict | None = None
         self.real_train_identity: dict | None = None
         self.device_images: DeviceImages | None = None
@@ -180,6 +185,9 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         if self.synthetic_train:
             synth = load_synthetic(self.synthetic_train, self.real_train_identity)
             self.synthetic_card = synth.card
+            if self.synthetic_max_ratio is not None:
+                keep = cap_synthetic_share(labels["train"], synth.labels, self.synthetic_max_ratio, self.split_seed + 3)
+                synth = replace(synth, images=synth.images[keep], labels=synth.labels[keep])
             synthetic = np.r_[np.zeros(len(labels["train"]), bool), np.ones(len(synth.labels), bool)]
             images = {**images, "train": np.concatenate([images["train"], synth.images])}
             labels = {**labels, "train": np.concatenate([labels["train"].reshape(-1, 1), synth.labels])}

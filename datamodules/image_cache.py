@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datamodules.image_records import rows_error
-from datamodules.intensity import IntensityConfig, declared_bits, map_intensity
+from datamodules.intensity import IntensityConfig, auto_depth, declared_bits, map_intensity
 
 AUTO = IntensityConfig()  # the default mapping
-CACHE_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: intensity mapping)
+CACHE_VERSION = 3  # bump when decoding changes, so old caches are not reused (2: intensity, 3: dataset depth)
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes of more than 8 bits per sample
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,35 @@ def cache_key(root: Path, paths: Sequence[str], stats: Sequence[tuple[int, int]]
     return digest.hexdigest()[:24]
 
 
-def decode_image(path: Path, size: int, channels: int,
-                 intensity: IntensityConfig = AUTO) -> tuple[np.ndarray, int | None]:
+def undeclared_peak(path: Path) -> int | None:
+    """The largest value of a deep integer image that declares no bit depth; None otherwise
+    (8-bit, float, declared, or unreadable: ``decode_image`` reports those)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in DEEP_MODES or im.mode == "F" or declared_bits(path, im):
+                return None
+            im.load()
+            return int(np.asarray(im).max(initial=0))
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
+def decode_image(path: Path, size: int, channels: int, intensity: IntensityConfig = AUTO,
+                 fallback_bits: int | None = None) -> tuple[np.ndarray, int | None]:
     """(uint8 (size, size) for 1 channel or (size, size, 3), bit depth ``auto`` used or None).
 
     Values are mapped to 8 bits by ``intensity`` first (16-bit and 32-bit images read as
     grayscale), then converted to the channel count and resized with bicubic filtering.
-    Raises OSError / ValueError on unreadable or truncated files.
+    ``auto`` takes the bit depth the file declares, else ``fallback_bits`` (``decode_all``:
+    the dataset's), else the file's own maximum. Raises OSError / ValueError on unreadable or
+    truncated files.
     """
     with Image.open(path) as im:
         im.load()  # decodes fully: truncated files fail here
         if im.mode in DEEP_MODES:
             values = np.asarray(im)
             values = values.astype(values.dtype.newbyteorder("="))  # big-endian 16-bit as native
-            pixels, bits = map_intensity(values, intensity, declared_bits(path, im))
+            pixels, bits = map_intensity(values, intensity, declared_bits(path, im) or fallback_bits)
             im = Image.fromarray(pixels)
         elif intensity.mode != "auto":
             pixels, bits = map_intensity(np.asarray(im.convert("L" if channels == 1 else "RGB")), intensity)
@@ -88,19 +103,27 @@ def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
                workers: int | None = None) -> np.ndarray:
     """uint8 (N, size, size[, 3]) of every file; one error naming every unreadable file.
 
-    Under ``intensity.mode=auto`` a dataset whose files map with different bit depths gets a
-    warning (their grey levels are then not on one scale)."""
+    Under ``intensity.mode=auto`` the files that declare no bit depth share one: the smallest
+    that holds the largest value of all of them (a dark 12-bit image is not stretched as if it
+    were 10-bit); a dataset whose files still map with different depths (declared ones differ)
+    gets a warning, since their grey levels are then not on one scale."""
     out = np.empty((len(paths), size, size) + ((3,) if channels == 3 else ()), dtype=np.uint8)
     failures: dict[int, str] = {}
     depths: list[int | None] = [None] * len(paths)
+    pool_size = workers or min(8, os.cpu_count() or 1)
+    fallback = None
+    if intensity.mode == "auto":
+        with ThreadPoolExecutor(max_workers=pool_size) as pool:
+            peaks = [p for p in pool.map(lambda p: undeclared_peak(root / p), paths) if p is not None]
+        fallback = auto_depth(np.array(peaks), None) if peaks else None
 
     def work(i: int) -> None:
         try:
-            out[i], depths[i] = decode_image(root / paths[i], size, channels, intensity)
+            out[i], depths[i] = decode_image(root / paths[i], size, channels, intensity, fallback)
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             failures[i] = f"{rows[i]} ({type(err).__name__}: {err})"
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=pool_size) as pool:
         list(pool.map(work, range(len(paths))))
     if failures:
         raise rows_error(source, "name files that cannot be decoded as PNG / JPEG / TIFF / BMP images "

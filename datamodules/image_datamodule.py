@@ -89,11 +89,12 @@ class ImageDataModule(ClassificationDataModule):
         on_device: bool = False,
         synthetic_train: str | None = None,
         shuffle_seed: int | None = None,
+        synthetic_max_ratio: float | None = None,
         declared: dict | None = None,
     ) -> None:
         super().__init__(img_size, normalization, augment, label_fraction, sampler, epoch_length,
                          batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train,
-                         shuffle_seed)
+                         shuffle_seed, synthetic_max_ratio)
         require(channels in (1, 3), "channels", channels, "1 or 3")
         require(set(exclude_from) <= set(SPLITS), "exclude_from", list(exclude_from), str(list(SPLITS)))
         named = [*stratify_columns, *(exclude or {})]

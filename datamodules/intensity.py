@@ -7,8 +7,10 @@ the cache key records the rule. The modes:
 - ``auto``: 8-bit images unchanged; deeper images scaled by their bit depth
   ``value * 255 / (2**bits - 1)``. The depth is the one the file declares (PNG ``sBIT``,
   TIFF ``MaxSampleValue``), else the smallest of 8, 10, 12, 14, 16 bits that holds the
-  image's maximum (so 12-bit content in a 16-bit file keeps its grey levels). Float images
-  have no bit depth: ``auto`` refuses them and names the modes that work.
+  largest value of the dataset's undeclared files (``image_cache.decode_all``; a single
+  image: its own maximum), so 12-bit content in a 16-bit file keeps its grey levels and a
+  dark image is not brightened. Float images have no bit depth: ``auto`` refuses them and
+  names the modes that work.
 - ``minmax``: per image, ``(v - min) / (max - min)``.
 - ``percentile``: per image, the ``low`` / ``high`` percentiles (in %) map to 0 / 255, clipped.
 - ``window``: ``center`` / ``width`` (as a radiology viewer), clipped to the window.

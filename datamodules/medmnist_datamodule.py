@@ -51,6 +51,8 @@ class MedMNISTDataModule(ClassificationDataModule):
         synthetic_train: a synthetic set (``synthesize.py``: ``.npz`` + JSON card) whose images
             join the training split only, after the label fraction; its card must name this
             dataset. Training items then carry a third element, the synthetic flag.
+        synthetic_max_ratio: at most this share of each class's training images is synthetic
+            (a seeded subset of the set's images of that class); None = all of them.
         synthetic: if set, write a synthetic file of these ``make_synthetic_arrays`` kwargs
             at the expected path when it is absent (tests and offline demos).
         num_classes, in_chans, task: optional cross-checks of values the configs interpolate.
@@ -80,6 +82,7 @@ class MedMNISTDataModule(ClassificationDataModule):
         on_device: bool = False,
         synthetic_train: str | None = None,
         shuffle_seed: int | None = None,
+        synthetic_max_ratio: float | None = None,
         synthetic: dict | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
@@ -87,7 +90,7 @@ class MedMNISTDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(img_size or size, normalization, augment, label_fraction, sampler, epoch_length,
                          batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train,
-                         shuffle_seed)
+                         shuffle_seed, synthetic_max_ratio)
         self.info = medmnist_info(flag)
         check_size(size)
         require(split in SPLIT_MODES, "split", split, str(list(SPLIT_MODES)))

@@ -117,3 +117,20 @@ def load_synthetic(path: str | Path, identity: dict) -> SyntheticSet:
         return read_arrays(path, card)
     except ValueError as err:
         raise ValueError(f"data.synthetic_train={path}: {err}; {fix}") from None
+
+
+def cap_synthetic_share(real_labels: np.ndarray, syn_labels: np.ndarray, max_ratio: float,
+                        seed: int) -> np.ndarray:
+    """Sorted indices of the synthetic images to keep so that, in every class, at most
+    ``max_ratio`` of the training images are synthetic: s_c <= floor(max_ratio / (1 - max_ratio)
+    x r_c) for r_c real images of class c (a seeded subset of that class's synthetic images)."""
+    if not 0 < max_ratio < 1:
+        raise ValueError(f"max_ratio={max_ratio} must lie in (0, 1)")
+    real_labels, syn_labels = np.asarray(real_labels).reshape(-1), np.asarray(syn_labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(syn_labels):
+        pool = np.flatnonzero(syn_labels == c)
+        limit = int(np.floor(max_ratio / (1 - max_ratio) * (real_labels == c).sum() + 1e-9))
+        keep.append(pool if len(pool) <= limit else rng.choice(pool, size=limit, replace=False))
+    return np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64)

@@ -167,6 +167,33 @@ def test_synthetic_images_join_the_training_split_only(data_root, synthetic_set)
     assert len(batch) == 3 and batch[2].dtype == torch.bool
 
 
+def test_synthetic_share_per_class_is_capped_by_hand():
+    from datamodules.synthetic_train import cap_synthetic_share
+
+    real = np.array([0] * 10 + [1] * 2)
+    syn = np.array([1] * 30 + [0] * 3)
+    kept = cap_synthetic_share(real, syn, 0.5, seed=0)  # class 1: at most 1 x 2 = 2; class 0: 3 <= 10, all
+    assert np.bincount(syn[kept], minlength=2).tolist() == [3, 2]
+    assert np.bincount(syn[cap_synthetic_share(real, syn, 0.75, 0)], minlength=2).tolist() == [3, 6]  # 3 x 2
+    assert len(cap_synthetic_share(real, syn, 0.98, 0)) == 33  # 49 x 2 = 98 >= 30: nothing dropped
+    assert not np.array_equal(cap_synthetic_share(real, syn, 0.5, 0), cap_synthetic_share(real, syn, 0.5, 1))
+
+
+def test_synthetic_max_ratio_caps_the_share_in_the_training_split(data_root, synthetic_set):
+    kw = dict(flag="pneumoniamnist", root=str(data_root), download=False, batch_size=16,
+              synthetic_train=str(synthetic_set))
+    full, capped = MedMNISTDataModule(**kw), MedMNISTDataModule(**kw, synthetic_max_ratio=0.2)
+    for dm in (full, capped):
+        dm.setup("fit")
+    labels, flags = capped.train_labels.reshape(-1), np.asarray(capped.train_set.synthetic)
+    for c in np.unique(labels[flags]):
+        share = (flags & (labels == c)).sum() / (labels == c).sum()
+        assert share <= 0.2 + 1e-9
+    assert flags.sum() < np.asarray(full.train_set.synthetic).sum()
+    with pytest.raises(ValueError, match=r"data.synthetic_max_ratio=1.5 is invalid"):
+        MedMNISTDataModule(**kw, synthetic_max_ratio=1.5)
+
+
 def test_a_synthetic_set_for_another_dataset_is_refused(data_root, synthetic_set, tmp_path):
     dm = MedMNISTDataModule(flag="dermamnist", root=str(data_root), download=False, synthetic_train=str(synthetic_set))
     with pytest.raises(ValueError, match=r"was made for another dataset \(data_source 'MedMNIST pneumoniamnist' vs "

@@ -117,20 +117,27 @@ def test_invalid_settings_name_the_key_and_the_fix(settings, message):
     assert "data.intensity=" in str(err.value)
 
 
-def test_cache_key_includes_the_mapping_and_mixed_depths_warn(tmp_path, caplog):
+def test_auto_uses_one_depth_for_the_dataset_and_the_cache_key_includes_the_mapping(tmp_path, caplog):
     root = tmp_path / "images"
     root.mkdir()
     Image.fromarray(GRADIENT_12).save(root / "a.png")
-    Image.fromarray((GRADIENT_12 // 4).astype(np.uint16)).save(root / "b.png")  # looks 10-bit
+    Image.fromarray((GRADIENT_12 // 4).astype(np.uint16)).save(root / "b.png")  # a dark image: looks 10-bit
     args = (root, ["a.png", "b.png"], ["a", "b"], "test", 32, 1, tmp_path / "cache")
     with caplog.at_level(logging.WARNING):
         auto, hit = cached_images(*args)
-    assert not hit and "different bit depths {10: 1, 12: 1}" in caplog.text
+    assert not hit and "different bit depths" not in caplog.text
+    alone, bits = decode_image(root / "b.png", 32, 1)
+    assert bits == 10 and alone.max() >= 250  # on its own it would be stretched 4x ...
+    assert 60 <= auto[1].max() <= 64 and auto[0].max() >= 250  # ... in the dataset it keeps the 12-bit scale
     assert cached_images(*args)[1]  # same mapping: read from the cache
     fixed, hit = cached_images(*args, IntensityConfig(mode="fixed", min=0, max=4095))
     assert not hit  # another mapping is never served from the auto cache
-    assert 60 <= fixed[1].max() <= 64 and auto[1].max() >= 250  # fixed keeps b dimmer than a, auto does not
+    np.testing.assert_array_equal(fixed, auto)  # here auto's dataset depth is 12 bits: the same mapping
     assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 2  # both mappings kept
+    _with_sbit(root / "b.png", 10)  # declared depths that differ: one scale is impossible, say so
+    with caplog.at_level(logging.WARNING):
+        cached_images(*args)
+    assert "different bit depths {10: 1, 12: 1}" in caplog.text
 
 
 def test_16_bit_table_trains_with_its_grey_levels(tmp_path):

@@ -105,10 +105,12 @@ def test_patch_features_by_hand():
     x[0, 0, :2, :2] = 4.0  # top-left patch bright and flat
     x[0, 0, 2:, 2:] = torch.tensor([[0.0, 2.0], [0.0, 2.0]])  # bottom-right patch: a vertical edge
     assert patch_intensity(x, 2).tolist() == [[4.0, 0.0, 0.0, 1.0]]
-    # A difference is counted at its first pixel: top-left holds the bright block's right and
-    # bottom borders (4 squared differences of 4: 64 / 4 px), top-right the step from its row 1
-    # into the edge patch below (2^2 / 4 px), bottom-right its own edge (2 x 2^2 / 4 px).
-    assert patch_edge_energy(x, 2)[0].tolist() == [16.0, 1.0, 0.0, 2.0]
+    # Inside-patch pairs only (2 x 2 patch: 2 horizontal + 2 vertical pairs): the flat patches and
+    # the borders between patches give 0; the edge patch has two horizontal steps of 2: 8 / 4.
+    assert patch_edge_energy(x, 2)[0].tolist() == [0.0, 0.0, 0.0, 2.0]
+    # No position bias: the same edge pattern in every patch scores the same everywhere.
+    tiled = x[..., 2:, 2:].repeat(1, 1, 2, 2)
+    assert patch_edge_energy(tiled, 2)[0].tolist() == [2.0] * 4
 
 
 def test_weight_ess_by_hand():
@@ -148,9 +150,20 @@ def test_module_diagnostics_have_their_random_baselines_beside_them():
     assert out["context_iou_random"] == pytest.approx(expected_random_iou(L, 4))
     assert 0 < out["ess"] <= 1 and all(-1 <= out[k] <= 1 for k in ("rho_intensity", "rho_edges", "rho_recon"))
     assert out["context_iou"] > out["context_iou_random"]  # an mlp's masks of an image barely move with the batch
-    with_gain = module.mask_diagnostics(x, y, step=0.5)
-    assert np.isfinite(with_gain["level3_gain"]) and with_gain["level3_gain"] != 0.0
+    with torch.inference_mode():  # as Lightning runs validation
+        with_gain = module.mask_diagnostics(x, y, step=0.5)
+    assert np.isfinite(with_gain["level3_gain"]) and abs(with_gain["level3_gain"]) > 1e-6
     assert {k: v for k, v in with_gain.items() if k != "level3_gain"} == out  # the virtual steps left no trace
+    # By hand: level-III loss after a step with random masks (the same 4 draws) minus with learned masks.
+    half, g = 16, torch.Generator().manual_seed(0)
+    masking = module.masks(x)[0]
+    for _ in range(module.RANDOM_MASKS):  # the draws mask_diagnostics made before its own random masks
+        masking_from_scores(torch.rand(32, L, generator=g), RATIO)
+    context_iou(lambda b: module.masks(b)[0][1], x[:half], x, generator=g)
+    randoms = [masking_from_scores(torch.rand(half, L, generator=g), RATIO) for _ in range(module.RANDOM_MASKS)]
+    loss = [level3_after_step(module.mae, module.head, x[:half], m, None, x[half:], y[half:], 0.5).item()
+            for m in (tuple(t[:half] for t in masking), *randoms)]
+    assert with_gain["level3_gain"] == pytest.approx(np.mean(loss[1:]) - loss[0], rel=1e-5)
 
 
 def test_report_shows_each_diagnostic_beside_its_random_mask_value():

@@ -70,11 +70,18 @@ def patch_intensity(images: Tensor, patch_size: int) -> Tensor:
 
 
 def patch_edge_energy(images: Tensor, patch_size: int) -> Tensor:
-    """Mean squared finite-difference gradient (B, L) inside each patch (channel mean)."""
-    x = images.float().mean(1, keepdim=True)
-    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
-    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
-    return F.avg_pool2d(dx**2 + dy**2, patch_size).flatten(1)
+    """Mean squared finite difference (B, L) between neighbouring pixels inside each patch,
+    horizontal and vertical pairs together (channel mean); differences across patch borders
+    are left out, so every patch has the same number of terms wherever it lies."""
+    x = images.float().mean(1)  # (B, H, W)
+    b, h, w = x.shape
+    p = patch_size
+    if p < 2:
+        raise ValueError(f"patch_size={p}: edge energy needs patches of at least 2 x 2 px")
+    patches = x.reshape(b, h // p, p, w // p, p).permute(0, 1, 3, 2, 4)  # (B, H/p, W/p, p, p)
+    dx = patches[..., :, 1:] - patches[..., :, :-1]
+    dy = patches[..., 1:, :] - patches[..., :-1, :]
+    return ((dx**2).sum((-2, -1)) + (dy**2).sum((-2, -1))).flatten(1) / (2 * p * (p - 1))
 
 
 def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
