@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evaluation.statistics import NOT_SEPARABLE, SUPPORTED, bootstrap_mean_ci, paired_difference, t_interval
+from evaluation.statistics import (
+    NOT_SEPARABLE,
+    SUPPORTED,
+    bootstrap_mean_ci,
+    paired_difference,
+    t_interval,
+)
 
 
 def test_bootstrap_interval_matches_scipys_percentile_bootstrap():
