@@ -449,7 +449,8 @@ def fid_section(space: FeatureSpace | None, metrics: dict, real_images: np.ndarr
                if space.inception else "torchmetrics on the classifier's penultimate features (its eval "
                "preprocessing); ")
             + f"KID: 100 subsets of {'/'.join(map(str, sorted(subsets, reverse=True)))}, polynomial kernel, "
-            f"seed {seed}. Lower is closer; per-class values from few images are noisy.")
+            f"seed {seed}. Lower is closer. FID is biased upwards the fewer images a set has, so compare "
+            "per-class FIDs only between sets of the same size; KID is unbiased.")
     return text, figures
 
 
