@@ -27,7 +27,8 @@ from datamodules.image_records import rows_error
 from datamodules.intensity import IntensityConfig, auto_depth, declared_bits, map_intensity
 
 AUTO = IntensityConfig()  # the default mapping
-CACHE_VERSION = 3  # bump when decoding changes, so old caches are not reused (2: intensity, 3: dataset depth)
+RESIZE_MODES = ("shorter_side_crop", "pad", "stretch")
+CACHE_VERSION = 4  # bump when decoding changes: 2 intensity, 3 dataset bit depth, 4 aspect-preserving resize
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes of more than 8 bits per sample
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def file_stats(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
 
 
 def cache_key(root: Path, paths: Sequence[str], stats: Sequence[tuple[int, int]], size: int, channels: int,
-              intensity: IntensityConfig) -> str:
+              intensity: IntensityConfig, resize: str) -> str:
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), size, channels,
-                                        intensity.key()]).encode())
+                                        intensity.key(), resize]).encode())
     for p, (nbytes, mtime) in zip(paths, stats):
         digest.update(f"{p}\0{nbytes}\0{mtime}\n".encode())
     return digest.hexdigest()[:24]
@@ -70,12 +71,35 @@ def undeclared_peak(path: Path) -> int | None:
         return None
 
 
+def square(im: Image.Image, size: int, resize: str) -> Image.Image:
+    """``im`` as size x size (bicubic): ``shorter_side_crop`` scales the shorter side to ``size``
+    and crops the centre (timm's and torchvision's eval transform), ``pad`` scales the longer
+    side to ``size`` and pads the rest with black around the centred image, ``stretch``
+    resizes both sides (changes the aspect ratio)."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"data.resize={resize!r} is invalid; allowed: {list(RESIZE_MODES)}")
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    if resize == "stretch" or w == h:
+        return im.resize((size, size), Image.Resampling.BICUBIC)
+    scale = size / (min(w, h) if resize == "shorter_side_crop" else max(w, h))
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    im = im.resize(new, Image.Resampling.BICUBIC)
+    if resize == "shorter_side_crop":
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2
+        return im.crop((left, top, left + size, top + size))
+    canvas = Image.new(im.mode, (size, size))
+    canvas.paste(im, ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
 def decode_image(path: Path, size: int, channels: int, intensity: IntensityConfig = AUTO,
-                 fallback_bits: int | None = None) -> tuple[np.ndarray, int | None]:
+                 fallback_bits: int | None = None, resize: str = "shorter_side_crop") -> tuple[np.ndarray, int | None]:
     """(uint8 (size, size) for 1 channel or (size, size, 3), bit depth ``auto`` used or None).
 
     Values are mapped to 8 bits by ``intensity`` first (16-bit and 32-bit images read as
-    grayscale), then converted to the channel count and resized with bicubic filtering.
+    grayscale), then converted to the channel count and made square by ``resize`` (``square``).
     ``auto`` takes the bit depth the file declares, else ``fallback_bits`` (``decode_all``:
     the dataset's), else the file's own maximum. Raises OSError / ValueError on unreadable or
     truncated files.
@@ -92,14 +116,12 @@ def decode_image(path: Path, size: int, channels: int, intensity: IntensityConfi
             im = Image.fromarray(pixels)
         else:
             bits = 8
-        im = im.convert("L" if channels == 1 else "RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        im = square(im.convert("L" if channels == 1 else "RGB"), size, resize)
         return np.asarray(im, dtype=np.uint8), bits
 
 
 def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
-               channels: int, intensity: IntensityConfig = AUTO,
+               channels: int, intensity: IntensityConfig = AUTO, resize: str = "shorter_side_crop",
                workers: int | None = None) -> np.ndarray:
     """uint8 (N, size, size[, 3]) of every file; one error naming every unreadable file.
 
@@ -119,7 +141,7 @@ def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
 
     def work(i: int) -> None:
         try:
-            out[i], depths[i] = decode_image(root / paths[i], size, channels, intensity, fallback)
+            out[i], depths[i] = decode_image(root / paths[i], size, channels, intensity, fallback, resize)
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             failures[i] = f"{rows[i]} ({type(err).__name__}: {err})"
 
@@ -140,19 +162,19 @@ def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
 
 def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
                   channels: int, cache_dir: str | os.PathLike | None,
-                  intensity: IntensityConfig = AUTO) -> tuple[np.ndarray, bool]:
+                  intensity: IntensityConfig = AUTO, resize: str = "shorter_side_crop") -> tuple[np.ndarray, bool]:
     """The decoded images of ``paths`` and whether they came from the cache.
 
     With ``cache_dir=None`` images are decoded every time and nothing is written.
     """
     stats = file_stats(root, paths, rows, source)
     if cache_dir is None:
-        return decode_all(root, paths, rows, source, size, channels, intensity), False
+        return decode_all(root, paths, rows, source, size, channels, intensity, resize), False
     cache_dir = Path(cache_dir).expanduser()
-    key = cache_key(root, paths, stats, size, channels, intensity)
-    # One cache per (dataset, size, channels, mapping): a rebuilt cache replaces the stale one.
-    family = hashlib.sha256(json.dumps([source, str(root.resolve()), size, channels,
-                                        intensity.key()]).encode()).hexdigest()[:8]
+    key = cache_key(root, paths, stats, size, channels, intensity, resize)
+    # One cache per (dataset, size, channels, mapping, resize): a rebuilt cache replaces the stale one.
+    family = hashlib.sha256(json.dumps([source, str(root.resolve()), size, channels, intensity.key(),
+                                        resize]).encode()).hexdigest()[:8]
     target = cache_dir / f"images-{family}-{key}.npy"
     expected = (len(paths), size, size) + ((3,) if channels == 3 else ())
     if target.is_file():
@@ -163,7 +185,7 @@ def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source:
         except (OSError, ValueError, EOFError):
             pass
         target.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-    images = decode_all(root, paths, rows, source, size, channels, intensity)
+    images = decode_all(root, paths, rows, source, size, channels, intensity, resize)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as tmp:
         try:

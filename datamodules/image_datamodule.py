@@ -18,7 +18,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from datamodules.base_datamodule import ClassificationDataModule, require
-from datamodules.image_cache import cached_images
+from datamodules.image_cache import RESIZE_MODES, cached_images
 from datamodules.image_records import (
     ImageRecords,
     folder_records,
@@ -53,7 +53,9 @@ class ImageDataModule(ClassificationDataModule):
         channels: 1 (grayscale) or 3 (RGB); every image is converted.
         intensity: how pixel values become 8 bits (``IntensityConfig``: mode auto, minmax,
             percentile, window or fixed); 12/16-bit files keep their grey levels under auto.
-        img_size: images are resized (bicubic) to img_size x img_size px when decoded.
+        img_size: images become img_size x img_size px when decoded (bicubic; see ``resize``).
+        resize: ``shorter_side_crop`` (shorter side to img_size, centre crop: timm's eval
+            transform), ``pad`` (longer side to img_size, black borders) or ``stretch``.
         fractions: ``{train, val, test}`` used for the splits the data do not predefine.
         exclude: ``{column: [values]}``: rows with any listed value are dropped from the
             splits in ``exclude_from`` (after splitting, so the split itself is unchanged).
@@ -72,6 +74,7 @@ class ImageDataModule(ClassificationDataModule):
         fractions: dict | None = None,
         channels: int = 3,
         intensity: dict | None = None,
+        resize: str = "shorter_side_crop",
         img_size: int = 224,
         cache_dir: str | None = None,
         splits_file: str | None = None,
@@ -108,6 +111,8 @@ class ImageDataModule(ClassificationDataModule):
         self.fractions = check_fractions(fractions)
         self.channels = channels
         self.intensity = IntensityConfig(**(intensity or {}))
+        require(resize in RESIZE_MODES, "resize", resize, str(list(RESIZE_MODES)))
+        self.resize = resize
         self.cache_dir, self.splits_file = cache_dir, splits_file
         self.task = task_of(self.num_classes)
         self.check_task()
@@ -185,7 +190,7 @@ class ImageDataModule(ClassificationDataModule):
             rec = self.records
             self.images, self.from_cache = cached_images(
                 rec.root, rec.paths, rec.rows, rec.source, self.img_size, self.channels, self.cache_dir,
-                self.intensity,
+                self.intensity, self.resize,
             )
 
     def setup(self, stage: str | None = None) -> None:

@@ -180,3 +180,17 @@ def test_own_data_splits_stay_fixed_across_training_seeds(tmp_path):
         train(cfg)
         splits.append((tmp_path / f"run{seed}" / "splits.csv").read_text())
     assert splits[0] == splits[1]
+
+
+def test_non_square_images_keep_their_aspect_ratio_by_default(tmp_path):
+    wide = np.tile((np.arange(40) * 6).astype(np.uint8), (20, 1))  # 40 wide, 20 high; value = 6 x column
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    crop, _ = decode_image(tmp_path / "wide.png", 10, 1)  # shorter side -> 10 (20 x 10), centre 10 columns
+    assert abs(int(crop[:, 0].mean()) - 6 * 10.5) <= 8 and abs(int(crop[:, -1].mean()) - 6 * 28.5) <= 8
+    pad, _ = decode_image(tmp_path / "wide.png", 10, 1, resize="pad")  # longer side -> 10 (10 x 5), rows 2-6
+    assert pad[[0, 1, 7, 8, 9]].max() == 0  # black borders above and below
+    assert pad[2:7, 0].max() < 20 and pad[2:7, -1].min() > 200  # the whole width is there
+    stretch, _ = decode_image(tmp_path / "wide.png", 10, 1, resize="stretch")
+    assert stretch[:, 0].max() < 20 and stretch[:, -1].min() > 200 and stretch[0].tolist() == stretch[9].tolist()
+    with pytest.raises(ValueError, match="data.resize='squash' is invalid"):
+        decode_image(tmp_path / "wide.png", 10, 1, resize="squash")
