@@ -235,6 +235,10 @@ class ImageTableDataModule(ImageDataModule):
         table: the CSV (``,``) or TSV (``.tsv``: tab) file.
         image_root: folder the path column is relative to; None = the table's folder.
         path_column, label_column: column names; labels are strings or integers.
+        path_template: instead of ``path_column`` (set it to None), each row's path from its
+            columns, e.g. ``"{image_id}.jpg"`` (HAM10000) or ``"{patient}/{study}/{image_id}.png"``.
+        label_columns: instead of ``label_column`` (set it to None), one-hot columns, one per
+            class, exactly one 1 per row (ISIC's ground-truth tables); they give the classes.
         classes: class names in index order; None = sorted labels of the table.
         split_column: optional column of train / val / test; missing splits are carved
             out of its train rows with ``fractions``.
@@ -248,8 +252,8 @@ class ImageTableDataModule(ImageDataModule):
         self,
         table: str,
         image_root: str | None = None,
-        path_column: str = "path",
-        label_column: str = "label",
+        path_column: str | None = "path",
+        label_column: str | None = "label",
         classes: Sequence | None = None,
         split_column: str | None = None,
         group_column: str | None = None,
@@ -258,11 +262,13 @@ class ImageTableDataModule(ImageDataModule):
         num_classes: int | None = None,
         in_chans: int | None = None,
         task: str | None = None,
+        path_template: str | None = None,
+        label_columns: Sequence[str] | None = None,
         **kwargs,
     ) -> None:
         extra = list(dict.fromkeys([*stratify_columns, *(exclude or {})]))
         records = table_records(table, image_root, path_column, label_column, classes, split_column,
-                                group_column, extra)
+                                group_column, extra, path_template, label_columns)
         super().__init__(records, stratify_columns, exclude, **kwargs,
                          declared={"num_classes": num_classes, "in_chans": in_chans, "task": task})
 

@@ -9,6 +9,7 @@ that names all the rows it affects (the first ten and the count) and the fix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,27 +90,82 @@ def _check_columns(table: pd.DataFrame, source: str, named: dict[str, str | None
             raise ValueError(f"data.{key}={column!r} is not a column of {source}; its columns are {list(table.columns)}")
 
 
+TEMPLATE_FIELD = re.compile(r"{([^{}:!]+)[^{}]*}")
+ONE, ZERO = {"1", "1.0", "true", "True"}, {"0", "0.0", "false", "False", ""}
+
+
+def template_paths(table: pd.DataFrame, template: str, source: str) -> list[str]:
+    """``data.path_template`` filled from each row, e.g. ``"{image_id}.jpg"`` or
+    ``"{patient}/{study}/{image_id}.png"``; every field must be a column of the table."""
+    fields = TEMPLATE_FIELD.findall(template)
+    if not fields:
+        raise ValueError(f"data.path_template={template!r} names no column; write e.g. \"{{image_id}}.jpg\"")
+    missing = [f for f in fields if f not in table.columns]
+    if missing:
+        raise ValueError(f"data.path_template={template!r} names {missing}, which are not columns of {source}; "
+                         f"its columns are {list(table.columns)}")
+    return [template.format(**row) for row in table[fields].to_dict("records")]
+
+
+def one_hot_labels(table: pd.DataFrame, columns: Sequence[str], names: list[str], source: str) -> list[str]:
+    """The label of each row of a one-hot table (ISIC's ground truth: one 0 / 1 column per
+    class): the name of the one column holding 1. One error naming every row that has a value
+    other than 0 / 1, or not exactly one 1."""
+    values = table[list(columns)].astype(str)
+    bad = [f"{n} ({', '.join(f'{c}={v!r}' for c, v in zip(columns, row) if v not in ONE | ZERO)})"
+           for n, row in zip(names, values.itertuples(index=False)) if any(v not in ONE | ZERO for v in row)]
+    if bad:
+        raise rows_error(source, f"have a value other than 0 / 1 in data.label_columns {list(columns)}", bad,
+                         "use 0 / 1 (one column per class, one 1 per row)")
+    hot = values.isin(ONE).to_numpy()
+    wrong = [f"{n} ({int(k)} classes marked)" for n, k in zip(names, hot.sum(1)) if k != 1]
+    if wrong:
+        raise rows_error(source, f"mark not exactly one of data.label_columns {list(columns)} with 1", wrong,
+                         "mark one class per row (several findings per image are a multi-label task)")
+    return [columns[i] for i in hot.argmax(1)]
+
+
 def table_records(
     table_path: str | os.PathLike,
     image_root: str | os.PathLike | None,
-    path_column: str,
-    label_column: str,
+    path_column: str | None,
+    label_column: str | None,
     classes: Sequence | None = None,
     split_column: str | None = None,
     group_column: str | None = None,
     extra_columns: Sequence[str] = (),
+    path_template: str | None = None,
+    label_columns: Sequence[str] | None = None,
 ) -> ImageRecords:
-    """Records of an image table; ``image_root`` defaults to the table's folder."""
+    """Records of an image table; ``image_root`` defaults to the table's folder.
+
+    Paths come from ``path_column``, or from ``path_template`` filled from each row's columns;
+    labels from ``label_column``, or from one-hot ``label_columns`` (their order is the class
+    order unless ``classes`` says otherwise)."""
     table_path = Path(table_path).expanduser()
     table = read_table(table_path)
     source = str(table_path)
+    if (path_template is None) == (path_column is None):
+        raise ValueError("set exactly one of data.path_column and data.path_template (e.g. "
+                         "data.path_column=null data.path_template=\"{image_id}.jpg\")")
+    if (label_columns is None) == (label_column is None):
+        raise ValueError("set exactly one of data.label_column and data.label_columns (one-hot: "
+                         "data.label_column=null data.label_columns=[MEL,NV,...])")
     named = {"path_column": path_column, "label_column": label_column, "split_column": split_column,
              "group_column": group_column}
     named.update({f"stratify_columns/exclude ({c})": c for c in extra_columns})
+    named.update({f"label_columns ({c})": c for c in label_columns or ()})
     _check_columns(table, source, named)
     if table.empty:
         raise DatasetError(f"{source} has a header but no rows")
+    if path_template is not None:
+        path_column = "__path__"
+        table[path_column] = template_paths(table, path_template, source)
     names = [f"line {i + 2}: {p}" for i, p in enumerate(table[path_column])]  # line 1 is the header
+    if label_columns is not None:
+        label_column = "__label__"
+        table[label_column] = one_hot_labels(table, list(label_columns), names, source)
+        classes = classes or list(label_columns)
     for column, what in ((path_column, "path"), (label_column, "label"), (group_column, "group")):
         if column is not None:
             blank = [n for n, v in zip(names, table[column]) if not v]

@@ -522,3 +522,74 @@ def test_tsv_table_and_rank_other_than_zero_writes_no_splits_file(png_dataset, t
     dm.setup()
     assert len(dm.test_set) == sum(r["split"] == "test" for r in _read_csv(png_dataset))
     assert not (tmp_path / "splits.csv").exists()
+
+
+def _lesion_images(root: Path, n: int = 48) -> pd.DataFrame:
+    """HAM10000-shaped metadata (lesion_id, image_id without extension, dx) and <image_id>.jpg
+    files: two images per lesion, three classes with a brightness each."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        dx = ("nv", "mel", "bkl")[(i // 2) % 3]
+        level = {"nv": 60, "mel": 130, "bkl": 200}[dx]
+        img = np.clip(level + rng.normal(0, 10, (20, 20, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / f"ISIC_{i:07d}.jpg")
+        rows.append({"lesion_id": f"HAM_{i // 2:07d}", "image_id": f"ISIC_{i:07d}", "dx": dx,
+                     "dx_type": "histo", "age": 50, "sex": "male", "localization": "back"})
+    return pd.DataFrame(rows)
+
+
+def test_ham10000_metadata_trains_as_it_comes_with_lesion_grouped_splits(tmp_path):
+    _lesion_images(tmp_path).to_csv(tmp_path / "HAM10000_metadata.csv", index=False)
+    cfg = compose_cfg(["experiment=cnn_derma", "data=image_table", f"data.table={tmp_path / 'HAM10000_metadata.csv'}",
+                       "data.path_column=null", "data.path_template='{image_id}.jpg'", "data.label_column=dx",
+                       "data.group_column=lesion_id", "data.img_size=16", "debug=fdr",
+                       *_own_overrides(tmp_path)], tmp_path / "run")
+    metrics = train(cfg)
+    assert "test/acc" in metrics
+    splits = pd.read_csv(tmp_path / "run" / "splits.csv")
+    assert splits["path"].str.endswith(".jpg").all() and set(splits["label"]) == {"nv", "mel", "bkl"}
+    assert splits.groupby("group")["split"].nunique().max() == 1  # no lesion crosses splits
+
+
+def test_isic_one_hot_ground_truth_trains_with_its_column_order_as_classes(tmp_path):
+    meta = _lesion_images(tmp_path)
+    onehot = pd.DataFrame({"image": meta["image_id"]})
+    for c in ("MEL", "NV", "BKL"):
+        onehot[c] = (meta["dx"].str.upper() == c).astype(float)  # ISIC writes 1.0 / 0.0
+    onehot.to_csv(tmp_path / "gt.csv", index=False)
+    common = ["data.path_column=null", "data.path_template='{image}.jpg'", "data.label_column=null",
+              "data.label_columns=[MEL,NV,BKL]"]
+    dm = ImageTableDataModule(table=str(tmp_path / "gt.csv"), path_column=None, path_template="{image}.jpg",
+                              label_column=None, label_columns=["MEL", "NV", "BKL"], channels=3, img_size=16,
+                              cache_dir=None)
+    assert dm.class_names == ["MEL", "NV", "BKL"]
+    expected = meta["dx"].map({"mel": 0, "nv": 1, "bkl": 2}).to_numpy()
+    np.testing.assert_array_equal(dm.records.labels, expected)
+    cfg = compose_cfg(["experiment=cnn_derma", "data=image_table", f"data.table={tmp_path / 'gt.csv'}", *common,
+                       "data.img_size=16", "debug=fdr", *_own_overrides(tmp_path)], tmp_path / "run")
+    assert cfg.data.num_classes == 3 and "test/acc" in train(cfg)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"NV": 1.0}, "mark not exactly one of data.label_columns"),  # two classes on line 2
+    ({"MEL": 2.0}, "value other than 0 / 1"),
+])
+def test_one_hot_tables_with_bad_rows_name_them(change, message, tmp_path):
+    rows = [{"image": f"x{i}", "MEL": float(i % 2), "NV": float(1 - i % 2)} for i in range(6)]
+    rows[0].update(change)
+    pd.DataFrame(rows).to_csv(tmp_path / "gt.csv", index=False)
+    with pytest.raises(DatasetError, match=message) as err:
+        ImageTableDataModule(table=str(tmp_path / "gt.csv"), path_column=None, path_template="{image}.jpg",
+                             label_column=None, label_columns=["MEL", "NV"], cache_dir=None)
+    assert "line 2: x0.jpg" in str(err.value)
+
+
+def test_path_template_and_column_choices_are_checked(tmp_path):
+    pd.DataFrame({"image_id": ["a", "b"], "dx": ["nv", "mel"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match=r"names \['patient'\], which are not columns"):
+        ImageTableDataModule(table=str(tmp_path / "t.csv"), path_column=None, path_template="{patient}/{image_id}.png",
+                             label_column="dx", cache_dir=None)
+    with pytest.raises(ValueError, match="exactly one of data.path_column and data.path_template"):
+        ImageTableDataModule(table=str(tmp_path / "t.csv"), path_column="image_id", path_template="{image_id}.jpg",
+                             label_column="dx", cache_dir=None)
