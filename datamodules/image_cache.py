@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from datamodules.dicom import read_dicom
 from datamodules.image_records import rows_error
 from datamodules.intensity import IntensityConfig, auto_depth, declared_bits, map_intensity
 
@@ -101,9 +102,13 @@ def decode_image(path: Path, size: int, channels: int, intensity: IntensityConfi
     Values are mapped to 8 bits by ``intensity`` first (16-bit and 32-bit images read as
     grayscale), then converted to the channel count and made square by ``resize`` (``square``).
     ``auto`` takes the bit depth the file declares, else ``fallback_bits`` (``decode_all``:
-    the dataset's), else the file's own maximum. Raises OSError / ValueError on unreadable or
+    the dataset's), else the file's own maximum. ``.dcm`` files go through ``dicom.read_dicom``
+    (modality LUT, the file's window, MONOCHROME1 inverted). Raises OSError / ValueError on unreadable or
     truncated files.
     """
+    if path.suffix.lower() == ".dcm":
+        im = Image.fromarray(read_dicom(path, intensity))
+        return np.asarray(square(im.convert("L" if channels == 1 else "RGB"), size, resize), dtype=np.uint8), None
     with Image.open(path) as im:
         im.load()  # decodes fully: truncated files fail here
         if im.mode in DEEP_MODES:
@@ -148,7 +153,7 @@ def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
     with ThreadPoolExecutor(max_workers=pool_size) as pool:
         list(pool.map(work, range(len(paths))))
     if failures:
-        raise rows_error(source, "name files that cannot be decoded as PNG / JPEG / TIFF / BMP images "
+        raise rows_error(source, "name files that cannot be decoded as PNG / JPEG / TIFF / BMP / DICOM images "
                          "(unreadable or truncated)", [failures[i] for i in sorted(failures)],
                          "replace or remove these files")
     counts = Counter(d for d in depths if d is not None)

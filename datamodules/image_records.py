@@ -19,7 +19,7 @@ import pandas as pd
 
 from datamodules.medmnist_files import SPLITS, DatasetError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 MAX_LISTED = 10
 
 
@@ -281,7 +281,7 @@ def folder_records(root: str | os.PathLike) -> ImageRecords:
         raise rows_error(source, f"are in a class folder that train/ does not have (classes: {classes})", unknown,
                          "use the same class folder names in train/, val/ and test/")
     if empty:
-        raise DatasetError(f"{source}: class folder(s) {empty} hold no PNG / JPEG / TIFF / BMP images")
+        raise DatasetError(f"{source}: class folder(s) {empty} hold no PNG / JPEG / TIFF / BMP / DICOM images")
     return ImageRecords(
         source=source, root=root, paths=paths, labels=np.array(labels, dtype=np.int64), classes=classes,
         rows=list(paths), splits=np.array(splits) if "" not in parts else None,

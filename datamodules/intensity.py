@@ -13,7 +13,8 @@ the cache key records the rule. The modes:
   names the modes that work.
 - ``minmax``: per image, ``(v - min) / (max - min)``.
 - ``percentile``: per image, the ``low`` / ``high`` percentiles (in %) map to 0 / 255, clipped.
-- ``window``: ``center`` / ``width`` (as a radiology viewer), clipped to the window.
+- ``window``: ``center`` / ``width`` (as a radiology viewer), clipped to the window; without
+  them, each DICOM file's own window (``dicom.py``).
 - ``fixed``: ``min`` / ``max`` for every image, clipped (one mapping for the whole dataset).
 
 All modes round to the nearest integer (halves up). A constant image maps to 0 under ``minmax`` and
@@ -53,15 +54,18 @@ class IntensityConfig:
             raise bad(f"mode must be one of {list(INTENSITY_MODES)}")
         if self.mode == "percentile" and not 0 <= self.low < self.high <= 100:
             raise bad("percentile mode needs 0 <= low < high <= 100 (in %, e.g. low: 0.5, high: 99.5)")
-        if self.mode == "window" and (self.center is None or self.width is None or not self.width > 0):
-            raise bad("window mode needs center and width > 0 (e.g. center: 40, width: 400)")
+        if self.mode == "window" and (self.center is None) != (self.width is None):
+            raise bad("window mode needs both center and width (e.g. center: 40, width: 400), or neither to use "
+                      "each DICOM file's own window")
+        if self.mode == "window" and self.width is not None and not self.width > 0:
+            raise bad("window mode needs width > 0")
         if self.mode == "fixed" and (self.min is None or self.max is None or not self.min < self.max):
             raise bad("fixed mode needs min < max (e.g. min: 0, max: 4095 for 12-bit data)")
 
     def key(self) -> dict:
         """The settings that change the mapping (for the cache key)."""
         used = {"percentile": ("low", "high"), "window": ("center", "width"), "fixed": ("min", "max")}
-        return {"mode": self.mode, **{k: float(getattr(self, k)) for k in used.get(self.mode, ())}}
+        return {"mode": self.mode, **{k: getattr(self, k) for k in used.get(self.mode, ())}}
 
 
 def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -103,6 +107,9 @@ def map_intensity(values: np.ndarray, cfg: IntensityConfig, declared_bits: int |
         low, high = np.percentile(values, [cfg.low, cfg.high])
         return _scale(values, float(low), float(high)), None
     if cfg.mode == "window":
+        if cfg.center is None:
+            raise ValueError("data.intensity.mode=window without center / width takes each DICOM file's own "
+                             "window; this file is not DICOM: set data.intensity.center and width")
         return _scale(values, cfg.center - cfg.width / 2, cfg.center + cfg.width / 2), None
     return _scale(values, cfg.min, cfg.max), None
 
