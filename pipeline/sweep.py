@@ -9,8 +9,9 @@ in ``<sweep dir>/trial_<n>/``. The study lives in ``<sweep dir>/optuna.db`` (SQL
 sweep interrupted at any point resumes with ``sweep.dir=<that folder>`` and the dashboard reads
 it. The objective is the run's best monitored validation value (``objective`` in
 metrics.json); the direction comes from ``monitor.mode`` (of the last stage for pipelines).
-Trials are pruned from the per-epoch validation metric (median rule, after
-``sweep.pruner_warmup_epochs``). The search space is ``sweep.params``: ``{key: spec}`` with
+The sampler and pruner are Optuna classes picked by config group (``sweep/sampler=tpe |
+random | cmaes``, ``sweep/pruner=median | hyperband | none``); trials are pruned from the
+per-epoch validation metric (median rule after ``sweep.pruner_warmup_epochs`` by default). The search space is ``sweep.params``: ``{key: spec}`` with
 ``spec`` ``{type: float|int, low, high, log}`` or ``{type: categorical, choices: [...]}``;
 ``null`` means the default space of the experiment (its learning rate and weight decay,
 ``model.lr`` / ``model.weight_decay``, for every stage of a pipeline).
@@ -30,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 import optuna
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
@@ -117,10 +119,8 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
         load_if_exists=True,
         direction="maximize" if monitor.mode == "max" else "minimize",
         # a resumed study must not replay the trials it already has: seed by how many there are
-        sampler=optuna.samplers.TPESampler(seed=settings.seed + len(previous), n_startup_trials=settings.startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials,
-                                           n_warmup_steps=settings.pruner_warmup_epochs)
-        if settings.prune else optuna.pruners.NopPruner(),
+        sampler=instantiate(settings.sampler, seed=settings.seed + len(previous)),
+        pruner=instantiate(settings.pruner) if settings.prune else optuna.pruners.NopPruner(),
     )
     study_id = storage.get_study_id_from_name(name)
     for stale in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):  # left by a killed sweep

@@ -126,3 +126,17 @@ def test_diverging_trials_do_not_end_a_sweep_or_use_its_budget(data_root, tmp_pa
     assert states == [fail, complete, fail, complete]  # the budget (2) counts complete trials only
     summary = json.loads((sweep_dir / "best.json").read_text())
     assert summary["best_trial"] in ("trial_001", "trial_003") and len(summary["failed"]) == 2
+
+
+def test_an_experiment_sets_its_space_and_sampler_and_pruner_are_chosen_by_group(data_root, tmp_path):
+    cfg = compose_cfg(["experiment=quickstart"], tmp_path)
+    assert dict(cfg.sweep.params) == {"model.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    assert cfg.sweep.sampler._target_ == "optuna.samplers.TPESampler"  # the defaults
+    assert cfg.sweep.pruner._target_ == "optuna.pruners.MedianPruner"
+    study = run_sweep(["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={tmp_path}",
+                       "sweep/sampler=random", "sweep/pruner=hyperband", "sweep.n_trials=1", "~callbacks.evaluation"])
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    assert list(study.trials[0].params) == ["model.lr"]  # the experiment's space
+    cmaes = compose_cfg(["experiment=quickstart", "sweep/sampler=cmaes", "sweep/pruner=none"], tmp_path)
+    assert cmaes.sweep.sampler._target_.endswith("CmaEsSampler") and cmaes.sweep.pruner._target_.endswith("NopPruner")
