@@ -15,7 +15,8 @@ Protocol (printed with the table and written to ``<out>/evidence.md``):
   normalized weights). An MLO-MAE epoch is one pass of its level-II split (29 cycles of 2
   level-I steps = 58 steps), so the MLO arms run 18 cycles per epoch: 36 level-I steps, as
   MAE. ``mae_equal_wall``: MAE for as many epochs as fit in the ``mlo_mae`` arm's mean wall
-  time (the "equal wall time" line). The MLO arms use the training labels in levels II / III.
+  time (the "equal wall time" line; linear probe only). The MLO arms use the training labels
+  in levels II / III.
   Each arm's last checkpoint is passed on (no selection on labels).
 - Downstream, per arm and seed, at label fractions 1 %, 10 %, 100 % (a stratified subset of
   the training labels drawn by the seed, the same subset for every arm of a seed):
@@ -84,6 +85,11 @@ class Units:
     def path(self, name: str, settings: dict) -> Path:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         return self.root / f"{name}-{key}.json"
+
+    def peek(self, name: str, settings: dict) -> dict | None:
+        """The cached result, or None (nothing is computed)."""
+        path = self.path(name, settings)
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def get(self, name: str, settings: dict, work) -> dict:
         """The cached result, or ``work(stem)``'s (``stem``: the unit's file name without
@@ -316,17 +322,20 @@ def run(args) -> dict:
     arms = ["scratch", "mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant"]
     down: dict[tuple[str, str, float, int], dict] = {}
     curves: dict[tuple[str, int], dict] = {}
+
+    def key_of(arm: str, seed: int) -> tuple[str | None, dict]:
+        ckpt = pre[arm, seed]["ckpt"] if arm != "scratch" else None
+        return ckpt, base | {"arm": arm, "seed": seed, "pretrain_epochs": pre[arm, seed]["epochs"] if ckpt else 0}
+
+    # The cheap units first (probes, curves, diagnostics), then fine-tuning, so that an
+    # interrupted run already has every probe row.
     for seed in args.seeds:
         for arm in arms:
-            ckpt = pre[arm, seed]["ckpt"] if arm != "scratch" else None
-            key = base | {"arm": arm, "seed": seed, "pretrain_epochs": pre[arm, seed]["epochs"] if ckpt else 0}
+            ckpt, key = key_of(arm, seed)
             probe = units.get(f"probe_{arm}_seed{seed}", key, lambda _stem, c=ckpt, s=seed: {
                 str(f): linear_probe(encoder_features(c, s, arrays), arrays, f, s) for f in FRACTIONS})
             for f in FRACTIONS:
                 down["probe", arm, f, seed] = probe[str(f)]
-                down["finetune", arm, f, seed] = units.get(
-                    f"finetune_{arm}_f{f}_seed{seed}", key | {"fraction": f},
-                    lambda stem, a=arm, c=ckpt, s=seed, fr=f: finetune(a, c, s, fr, args, out, stem))
             if arm != "scratch" and seed == args.seeds[0]:  # curves: the first seed (feature passes are costly)
                 curves[arm, seed] = units.get(f"curve_{arm}_seed{seed}", key, lambda _stem, a=arm, s=seed: {
                     "probe": {str(e): linear_probe(encoder_features(p, s, arrays), arrays, 1.0, s)
@@ -335,6 +344,20 @@ def run(args) -> dict:
                                           "pretrain_epochs": pre[arm, seed]["epochs"]},
                                           lambda _stem, a=arm, s=seed: mask_diagnostics_of(pre[a, s], s, arrays))
                    for arm in ("mlo_mae", "mlo_mae_variant") for seed in args.seeds}
+    for seed in args.seeds:
+        for arm in arms:
+            if arm == "mae_equal_wall":  # the equal-wall-time line: probe only (fine-tuning costs ~4 min a seed)
+                continue
+            ckpt, key = key_of(arm, seed)
+            for f in FRACTIONS:
+                name, settings = f"finetune_{arm}_f{f}_seed{seed}", key | {"fraction": f}
+                if args.finetune == "cached":
+                    found = units.peek(name, settings)
+                    if found is not None:
+                        down["finetune", arm, f, seed] = found
+                    continue
+                down["finetune", arm, f, seed] = units.get(
+                    name, settings, lambda stem, a=arm, c=ckpt, s=seed, fr=f: finetune(a, c, s, fr, args, out, stem))
     return {"pre": pre, "down": down, "curves": curves, "arms": arms, "equal_wall_epochs": equal_wall_epochs,
             "wall_ratio": wall_ratio, "diagnostics": diagnostics}
 
@@ -350,6 +373,8 @@ def table(results: dict, args) -> str:
         for f in FRACTIONS:
             ref = {r: [down[mode, r, f, s]["test_auc"] for s in args.seeds] for r in ("scratch", "mae")}
             for arm in arms:
+                if any((mode, arm, f, sd) not in down for sd in args.seeds):
+                    continue  # not computed (the equal-wall line is probe-only) or unfinished
                 auc = [down[mode, arm, f, s]["test_auc"] for s in args.seeds]
                 bal = [down[mode, arm, f, s]["test_bal_acc"] for s in args.seeds]
                 cells = []
@@ -389,6 +414,8 @@ def figures(results: dict, args) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, mode in zip(axes, ("probe", "finetune")):
         for i, arm in enumerate(arms):
+            if any((mode, arm, f, sd) not in down for f in FRACTIONS for sd in args.seeds):
+                continue
             xs = np.arange(len(FRACTIONS)) + (i - len(arms) / 2) * 0.06
             vals = [[down[mode, arm, f, s]["test_auc"] for s in args.seeds] for f in FRACTIONS]
             means = np.array([np.mean(v) for v in vals])
@@ -450,6 +477,8 @@ def main() -> None:
     parser.add_argument("--curve-every", type=int, default=2, help="epochs between curve checkpoints")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "evidence")
     parser.add_argument("--figures-to", type=Path, default=None, help="also copy the figures here")
+    parser.add_argument("--finetune", choices=["run", "cached"], default="run",
+                        help="cached: report only the fine-tuning units already computed (a partial run's table)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke (about 5 min): 2 seeds, 1 pretraining epoch of 2 batches, 1 fine-tuning epoch "
                              "of 2 batches, probes on 300 images per split")

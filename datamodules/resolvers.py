@@ -37,8 +37,10 @@ def _table_classes(table: str, label_column: str | None, classes: tuple | None, 
 
 def _image_data(key: str, _parent_: DictConfig):
     """``num_classes`` or ``task`` of the image_table / image_folder config holding the call."""
-    table = _parent_.get("table")
-    if table is not None:
+    table, one_hot = _parent_.get("table"), _parent_.get("label_columns")
+    if table is not None and one_hot:  # one-hot columns name the classes (data.classes may reorder them)
+        names = [str(c) for c in (_parent_.get("classes") or one_hot)]
+    elif table is not None:
         path = Path(table).expanduser()
         stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else ()
         classes = _parent_.get("classes")

@@ -107,7 +107,7 @@ def test_modes_apply_to_8_bit_rgb_images_too(tmp_path):
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"mode": "gamma"}, "mode must be one of"),
-    ({"mode": "window", "center": 40}, "window mode needs center and width"),
+    ({"mode": "window", "center": 40}, "window mode needs both center and width"),
     ({"mode": "fixed", "min": 10, "max": 10}, "fixed mode needs min < max"),
     ({"mode": "percentile", "low": 99, "high": 1}, "0 <= low < high <= 100"),
 ])

@@ -572,7 +572,7 @@ def test_isic_one_hot_ground_truth_trains_with_its_column_order_as_classes(tmp_p
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"NV": 1.0}, "mark not exactly one of data.label_columns"),  # two classes on line 2
+    ({"MEL": 1.0}, "mark not exactly one of data.label_columns"),  # two classes on line 2
     ({"MEL": 2.0}, "value other than 0 / 1"),
 ])
 def test_one_hot_tables_with_bad_rows_name_them(change, message, tmp_path):

@@ -74,7 +74,7 @@ def test_default_space_and_direction_follow_the_experiment(tmp_path):
 def test_sweep_refuses_a_key_that_the_experiment_lacks(data_root, tmp_path):
     with pytest.raises(ValueError, match="'model.momentum' is not in this experiment's config"):
         run_sweep(["experiment=quickstart", *tiny_overrides(data_root), f"sweep.dir={tmp_path}",
-                   "sweep.params={model.momentum: {type: float, low: 0.1, high: 0.9}}"])
+                   "~sweep.params", "+sweep.params={model.momentum: {type: float, low: 0.1, high: 0.9}}"])
 
 
 def test_wandb_sweep_example_drives_train_py_with_keys_the_experiment_has(tmp_path):
