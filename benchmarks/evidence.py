@@ -344,12 +344,12 @@ def run(args) -> dict:
                                           "pretrain_epochs": pre[arm, seed]["epochs"]},
                                           lambda _stem, a=arm, s=seed: mask_diagnostics_of(pre[a, s], s, arrays))
                    for arm in ("mlo_mae", "mlo_mae_variant") for seed in args.seeds}
-    for seed in args.seeds:
-        for arm in arms:
-            if arm == "mae_equal_wall":  # the equal-wall-time line: probe only (fine-tuning costs ~4 min a seed)
-                continue
-            ckpt, key = key_of(arm, seed)
-            for f in FRACTIONS:
+    for f in FRACTIONS:  # the scarcest labels first: an interrupted run has their complete rows
+        for seed in args.seeds:
+            for arm in arms:
+                if arm == "mae_equal_wall":  # the equal-wall-time line: probe only (fine-tuning: ~4 min a seed)
+                    continue
+                ckpt, key = key_of(arm, seed)
                 name, settings = f"finetune_{arm}_f{f}_seed{seed}", key | {"fraction": f}
                 if args.finetune == "cached":
                     found = units.peek(name, settings)
