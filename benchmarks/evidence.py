@@ -371,6 +371,8 @@ def table(results: dict, args) -> str:
              "AUC vs MAE: mean [bootstrap] (t) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for mode in ("probe", "finetune"):
         for f in FRACTIONS:
+            if any((mode, r, f, sd) not in down for r in ("scratch", "mae") for sd in args.seeds):
+                continue  # an unfinished fraction (a partial run): no row without its references
             ref = {r: [down[mode, r, f, s]["test_auc"] for s in args.seeds] for r in ("scratch", "mae")}
             for arm in arms:
                 if any((mode, arm, f, sd) not in down for sd in args.seeds):
@@ -414,10 +416,11 @@ def figures(results: dict, args) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, mode in zip(axes, ("probe", "finetune")):
         for i, arm in enumerate(arms):
-            if any((mode, arm, f, sd) not in down for f in FRACTIONS for sd in args.seeds):
+            done = [j for j, f in enumerate(FRACTIONS) if all((mode, arm, f, sd) in down for sd in args.seeds)]
+            if not done:
                 continue
-            xs = np.arange(len(FRACTIONS)) + (i - len(arms) / 2) * 0.06
-            vals = [[down[mode, arm, f, s]["test_auc"] for s in args.seeds] for f in FRACTIONS]
+            xs = np.array(done) + (i - len(arms) / 2) * 0.06
+            vals = [[down[mode, arm, FRACTIONS[j], s]["test_auc"] for s in args.seeds] for j in done]
             means = np.array([np.mean(v) for v in vals])
             cis = np.array([bootstrap_mean_ci(v) for v in vals])
             ax.errorbar(xs, means, yerr=[means - cis[:, 0], cis[:, 1] - means], marker="o", capsize=3,
@@ -498,7 +501,7 @@ def main() -> None:
         "Pretraining compute (the same level-I steps for every arm but the equal-wall-time MAE):",
         compute_table(results, args),
         "Test AUC / balanced accuracy (mean +- std over seeds) and paired differences (mean [95% bootstrap "
-        "interval over seeds]); 'supported' only where the interval excludes 0:",
+        "interval over seeds] and (paired t-interval)); 'supported' only where both exclude 0:",
         table(results, args),
         "Mask diagnostics on 128 validation images (see MLOMAE.mask_diagnostics; context_iou: kept-set IoU "
         "across batch contexts; rho_*: rank correlation of masking probabilities with patch intensity, edge "
