@@ -424,13 +424,13 @@ def figures(results: dict, args) -> list[Path]:
             means = np.array([np.mean(v) for v in vals])
             cis = np.array([bootstrap_mean_ci(v) for v in vals])
             ax.errorbar(xs, means, yerr=[means - cis[:, 0], cis[:, 1] - means], marker="o", capsize=3,
-                        label=LABELS[arm])
+                        label=LABELS[arm], color=f"C{i}")  # one colour per arm in both panels
         ax.set_xticks(range(len(FRACTIONS)), [f"{f:.0%}" for f in FRACTIONS])
         ax.set_xlabel("training labels used")
         ax.set_title({"probe": "linear probe (frozen encoder)", "finetune": "full fine-tuning"}[mode])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test AUC (mean, 95% bootstrap CI over seeds)")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"PneumoniaMNIST, official test split, seeds {args.seeds}; pretraining "
                  f"{args.pretrain_epochs * LEVEL1_PER_EPOCH} level-I steps per arm", fontsize=10)
     fig.tight_layout()
