@@ -17,6 +17,7 @@ from datamodules.image_cache import decode_image  # noqa: E402
 from datamodules.intensity import IntensityConfig  # noqa: E402
 from pipeline.cli import train  # noqa: E402
 from tests.conftest import compose_cfg, tiny_overrides  # noqa: E402
+from tests.test_intensity import _hand  # noqa: E402  (the written-out mapping)
 
 
 def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0,
@@ -47,10 +48,6 @@ def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2"
         ds.PixelData = encapsulate([b"\xff\xd8 not a jpeg \xff\xd9"])
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def _hand(values, low, high):
-    return np.clip(np.floor((np.asarray(values, float) - low) * 255 / (high - low) + 0.5), 0, 255)
 
 
 STORED = (np.arange(64 * 64) % 4096).astype(np.uint16).reshape(64, 64)
