@@ -303,8 +303,10 @@ def diagnostics_table(results: dict, args) -> str:
 def run(args) -> dict:
     units = Units(args.out / "units")
     out = args.out
+    # Every setting a unit's result depends on, so that a changed constant never reuses a stale unit.
     base = {"data": str(args.data_root / "pneumoniamnist.npz"), "limit": args.limit, "quick": args.quick,
-            "curve_every": args.curve_every}
+            "curve_every": args.curve_every, "batch": BATCH, "probe_c": list(PROBE_C),
+            "finetune": {str(f): list(v) for f, v in FINETUNE.items()}}
     arrays = split_arrays(args.data_root, 300 if args.quick else None)
     pre: dict[tuple[str, int], dict] = {}
     for seed in args.seeds:
