@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from core.io import atomic_write_text  # noqa: F401  (re-exported for the benchmark scripts)
+
 
 def mean_std(values: list[float]) -> str:
     """``mean +- sample std`` with three decimals (std 0 for a single value)."""
@@ -18,19 +20,3 @@ def real_data_root(path: Path) -> Path:
     if not (path / "pneumoniamnist.npz").is_file():
         raise SystemExit(f"pneumoniamnist.npz not found in {path}; pass --data-root")
     return path.resolve()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
-    an interrupted benchmark never leaves a half-written result that a rerun would trust."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        try:
-            f.write(text)
-        except BaseException:
-            Path(f.name).unlink(missing_ok=True)
-            raise
-    os.replace(f.name, path)

@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 
 from callbacks.images import wandb_loggers
-from datamodules.medmnist_files import MULTI_LABEL
+from core.tasks import MULTI_LABEL
 from evaluation.metrics import TABLE_COLUMNS
 from evaluation.thresholds import SplitPredictions, tuned_comparison
 from evaluation.writer import predict_probs, write_evaluation

@@ -18,8 +18,8 @@ from lightning.pytorch.utilities import CombinedLoader
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, Subset
 
+from core.tasks import MULTI_LABEL
 from datamodules.batch_transforms import BatchTransform
-from datamodules.medmnist_files import MULTI_LABEL
 from datamodules.on_device import DeviceImages, IndexBatch, IndexDataset, keep_batch
 from datamodules.samplers import (
     EPOCH_LENGTHS,

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.io import atomic_path
 from datamodules.dicom import read_dicom
 from datamodules.image_records import rows_error
 from datamodules.intensity import IntensityConfig, auto_depth, declared_bits, map_intensity
@@ -191,14 +191,8 @@ def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source:
             pass
         target.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     images = decode_all(root, paths, rows, source, size, channels, intensity, resize)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as tmp:
-        try:
-            np.save(tmp, images)
-        except BaseException:
-            Path(tmp.name).unlink(missing_ok=True)
-            raise
-    os.replace(tmp.name, target)
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        np.save(f, images)
     for stale in cache_dir.glob(f"images-{family}-*.npy"):
         if stale != target:
             stale.unlink(missing_ok=True)

@@ -9,14 +9,14 @@ datamodule (label fractions, samplers, class weights, augmentation, MLO-MAE leve
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
+from core.io import atomic_path
+from core.tasks import BINARY, MULTI_CLASS
 from datamodules.base_datamodule import ClassificationDataModule, require
 from datamodules.image_cache import RESIZE_MODES, cached_images
 from datamodules.image_records import (
@@ -25,7 +25,7 @@ from datamodules.image_records import (
     table_records,
 )
 from datamodules.intensity import IntensityConfig
-from datamodules.medmnist_files import BINARY, SPLITS, DatasetError
+from datamodules.medmnist_files import SPLITS, DatasetError
 from datamodules.splits import assign_splits, combined_strata
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -43,7 +43,7 @@ def check_fractions(fractions: dict | None) -> dict[str, float]:
 
 def task_of(num_classes: int) -> str:
     """The medmnist task string of a single-label dataset with ``num_classes`` classes."""
-    return BINARY if num_classes == 2 else "multi-class"
+    return BINARY if num_classes == 2 else MULTI_CLASS
 
 
 class ImageDataModule(ClassificationDataModule):
@@ -214,18 +214,12 @@ class ImageDataModule(ClassificationDataModule):
         """``splits.csv``, one row per table row in table order: path, label, group, split and
         ``excluded`` (empty, ``exclude`` for data.exclude or ``label_fraction``); atomic."""
         rec = self.records
-        path.parent.mkdir(parents=True, exist_ok=True)
         groups = rec.groups if rec.groups is not None else [""] * len(rec)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, newline="") as f:
-            try:
-                writer = csv.writer(f)
-                writer.writerow(["path", "label", "group", "split", "excluded"])
-                writer.writerows([rec.paths[i], rec.classes[rec.labels[i]], groups[i], assigned[i], excluded[i]]
-                                 for i in range(len(rec)))
-            except BaseException:
-                Path(f.name).unlink(missing_ok=True)
-                raise
-        os.replace(f.name, path)
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "group", "split", "excluded"])
+            writer.writerows([rec.paths[i], rec.classes[rec.labels[i]], groups[i], assigned[i], excluded[i]]
+                             for i in range(len(rec)))
 
 
 class ImageTableDataModule(ImageDataModule):

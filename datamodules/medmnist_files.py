@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.io import atomic_path
+from core.tasks import MULTI_LABEL
+
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
-MULTI_LABEL = "multi-label, binary-class"
-BINARY = "binary-class"  # medmnist.INFO task of the two-class datasets
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
@@ -70,23 +70,19 @@ def download_file(url: str, dest: Path, md5: str, timeout_s: float = DOWNLOAD_TI
     On any failure the temporary file is removed and ``dest`` is left untouched.
     """
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            while chunk := resp.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5:
-            raise DatasetError(
-                f"MD5 mismatch for {url}: expected {md5}, got {digest.hexdigest()} "
-                "(the download was corrupted or the file changed upstream)."
-            )
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            digest = hashlib.md5()
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                while chunk := resp.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != md5:
+                raise DatasetError(
+                    f"MD5 mismatch for {url}: expected {md5}, got {digest.hexdigest()} "
+                    "(the download was corrupted or the file changed upstream)."
+                )
     except BaseException:
-        tmp.unlink(missing_ok=True)
         for folder in created:  # folders this call made, innermost first, if still empty
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()

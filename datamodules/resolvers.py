@@ -5,7 +5,8 @@
 data config, ``${image_data:num_classes}`` and ``${image_data:task}`` read the table's labels
 or the folder's class folders; ``${on_gpu:${trainer.accelerator}}`` and
 ``${loader_workers:${trainer.accelerator},${trainer.devices}}`` give the data defaults of GPU
-runs (on-device data, pinned memory, worker processes for the CPU path).
+runs (on-device data, pinned memory, worker processes for the CPU path); ``${wandb_mode:}``
+(``core.tracking``) and ``${cwd:}``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.tracking import wandb_mode
 from datamodules.image_datamodule import task_of
 from datamodules.image_records import folder_layout, read_table, table_classes
 from datamodules.medmnist_files import medmnist_info
@@ -80,7 +82,8 @@ def _loader_workers(accelerator, devices) -> int:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers once (idempotent)."""
+    """Register every resolver of the project's configs (idempotent; the one place they are
+    registered: entry points, evaluation and synthesis call it)."""
     resolvers = {
         "medmnist_num_classes": lambda flag: len(medmnist_info(flag)["label"]),
         "medmnist_in_chans": _in_chans,
@@ -89,6 +92,8 @@ def register_resolvers() -> None:
         "on_gpu": _on_gpu,
         "loader_workers": _loader_workers,
         "matmul_precision": lambda accelerator: "high" if _on_gpu(accelerator) else "highest",
+        "wandb_mode": wandb_mode,
+        "cwd": os.getcwd,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

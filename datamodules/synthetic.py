@@ -8,10 +8,11 @@ trivially. Class proportions default to DermaMNIST's training distribution.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from core.io import atomic_path
 
 # DermaMNIST training counts: akiec, bcc, bkl, df, mel, nv, vasc (7007 images).
 DERMA_PROPORTIONS = np.array([228, 359, 769, 80, 779, 4693, 99]) / 7007
@@ -75,14 +76,7 @@ def make_synthetic_arrays(
 def write_synthetic_medmnist(path: str | os.PathLike, **kwargs) -> Path:
     """Write ``make_synthetic_arrays(**kwargs)`` to ``path`` atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = make_synthetic_arrays(**kwargs)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return path

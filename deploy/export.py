@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from evaluation.evaluate import CheckpointError, checkpoint_data, load_classifier, run_config
+from core.config import CheckpointError, run_config
+from core.io import atomic_path, atomic_write_text
+from evaluation.evaluate import checkpoint_data
+from lightning_modules.checkpoints import load_classifier
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 THREADS = 1  # intra-op threads for every latency measurement (PyTorch and ONNX Runtime)
@@ -180,21 +181,6 @@ def latencies_ms(net: nn.Module, runtime: Runtime, image: torch.Tensor, runs: in
     return exported, eager
 
 
-def _temp_file(path: Path) -> Path:
-    """An unused name next to ``path`` (same folder, so ``os.replace`` is atomic); the writer
-    creates the file, with the usual permissions."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = _temp_file(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_checkpoint(ckpt: Path, fmt: str, path: Path, parity_images: int, latency_runs: int,
                       tolerance: float) -> dict:
     """Export ``ckpt`` to ``path``, check parity, time it; the figures of this one model.
@@ -205,20 +191,18 @@ def export_checkpoint(ckpt: Path, fmt: str, path: Path, parity_images: int, late
     net, images = load_network(ckpt, parity_images)
     created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_file(path)
     try:
-        EXPORTERS[fmt](net, example_input(images), tmp)
-        diff = parity_max_abs(net, load_runtime(tmp, fmt), images)
-        if not diff <= tolerance:  # also catches NaN
-            raise ParityError(
-                f"{fmt} export of {ckpt} differs from PyTorch by max abs {diff:.3g} on {len(images)} test "
-                f"images, above the tolerance {tolerance:g}; no model file was written"
-            )
-        latency, eager = latencies_ms(net, load_runtime(tmp, fmt, THREADS), images[:1], latency_runs)
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            EXPORTERS[fmt](net, example_input(images), tmp)
+            diff = parity_max_abs(net, load_runtime(tmp, fmt), images)
+            if not diff <= tolerance:  # also catches NaN
+                raise ParityError(
+                    f"{fmt} export of {ckpt} differs from PyTorch by max abs {diff:.3g} on {len(images)} test "
+                    f"images, above the tolerance {tolerance:g}; no model file was written"
+                )
+            latency, eager = latencies_ms(net, load_runtime(tmp, fmt, THREADS), images[:1], latency_runs)
+            size = tmp.stat().st_size
     finally:
-        tmp.unlink(missing_ok=True)
         if created and not any(path.parent.iterdir()):
             path.parent.rmdir()
     return {
@@ -276,8 +260,8 @@ def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Pa
         "export": exported, "compare": compared, "threads": THREADS, "warmup_runs": WARMUP, **settings,
         "protocol": protocol(fmt, latency_runs, exported["parity_images"], tolerance),
     }
-    write_atomic(path.parent / "export.json", json.dumps(result, indent=2))
-    write_atomic(path.parent / "export.md", markdown(result))
+    atomic_write_text(path.parent / "export.json", json.dumps(result, indent=2))
+    atomic_write_text(path.parent / "export.md", markdown(result))
     return result
 
 

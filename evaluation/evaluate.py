@@ -25,59 +25,17 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
-from torchmetrics import Metric
 
-import pipeline.cli  # noqa: F401  (registers the config resolvers)
+from core.config import CheckpointError, run_config
+from core.predictions import save_predictions
+from datamodules.resolvers import register_resolvers
 from evaluation.report import write_run_report
 from evaluation.writer import write_evaluation
-from lightning_modules.classifier import save_predictions
+from lightning_modules.checkpoints import load_classifier
 
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be evaluated on the requested data."""
-
-
-def run_config(ckpt: Path):
-    path = ckpt.resolve().parent.parent / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{ckpt}: no config.yaml in {path.parent} (was it written by train.py?)")
-    return OmegaConf.load(path)
-
-
-def load_classifier(ckpt: Path, num_classes: int):
-    """The Classifier of ``ckpt`` with its weights; the class count must match the data."""
-    cfg = run_config(ckpt)
-    target = str(cfg.model.get("_target_", ""))
-    if target.endswith("Distillation"):  # a distilled student is a Classifier; its teacher is not needed
-        cfg.model._target_ = "lightning_modules.classifier.Classifier"
-        for key in ("teacher_ckpt", "alpha", "temperature"):
-            cfg.model.pop(key, None)
-    elif not target.endswith("Classifier"):
-        raise CheckpointError(f"{ckpt} is not a classifier checkpoint ({cfg.model.get('_target_')})")
-    if cfg.model.num_classes != num_classes:
-        raise CheckpointError(
-            f"{ckpt} predicts {cfg.model.num_classes} classes but the dataset has {num_classes}; "
-            "evaluate it on the dataset it was trained for"
-        )
-    optimizer = cfg.model.get("optimizer") or {}
-    for key in ("lr", "weight_decay"):  # runs saved before model.lr / model.weight_decay existed
-        if key in optimizer:
-            cfg.model[key] = cfg.model.get(key, optimizer.pop(key))
-    net = cfg.model.get("net", {})
-    # the full weights come from the checkpoint below: never re-fetch or re-read initial weights
-    for key, off in (("pretrained_ckpt", None), ("pretrained", False), ("pretrained_file", None)):
-        if key in net:
-            net[key] = off
-    model = instantiate(cfg.model, _convert_="all")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    metric_states = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, Metric))
-    missing = [k for k in missing if not k.startswith(metric_states)]  # e.g. best-so-far trackers
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval()
+register_resolvers()  # configs of runs may hold ${...} resolvers
+__all__ = ["CheckpointError", "checkpoint_data", "evaluate", "load_classifier", "predict", "run_config"]
 
 
 def checkpoint_data(ckpt: Path, split: str, root: str | None = None):

@@ -14,7 +14,7 @@ import torch
 from medmnist.evaluator import getACC, getAUC
 from torchmetrics.functional import classification as tmf
 
-from datamodules.medmnist_files import BINARY, MULTI_LABEL
+from core.tasks import BINARY, MULTI_LABEL
 
 TABLE_COLUMNS = ("class", "support", "accuracy", "precision", "recall", "specificity", "f1", "auroc", "ap")
 

@@ -67,17 +67,6 @@ def write_evaluation(
     return {"summary": summary, "table": table, "figures": paths}
 
 
-def record_confusion(path: Path, epoch: int, matrix: np.ndarray) -> None:
-    """Adds (or, after a resume, replaces) ``epoch``'s confusion matrix (K, K; row = true class)
-    in the JSON history ``{"<epoch>": [[...], ...]}`` at ``path``; written atomically."""
-    history = json.loads(path.read_text()) if path.is_file() else {}
-    history[str(epoch)] = np.asarray(matrix).astype(int).tolist()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(history))
-    tmp.replace(path)
-
-
 @torch.no_grad()
 def predict_probs(
     model: torch.nn.Module, dataset, batch_size: int, max_batches: int | None = None

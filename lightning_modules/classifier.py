@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from torch import nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from evaluation.writer import record_confusion
+from core.predictions import record_confusion, save_predictions
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.optim import param_groups
 from lightning_modules.components.speed import (
@@ -261,23 +260,3 @@ class Classifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
         }
-
-
-def save_predictions(
-    folder: Path, split: str, probs: np.ndarray, labels: np.ndarray, ids: list[str] | None = None
-) -> Path:
-    """Write ``{split}_predictions.npz`` (probs (N, K) float32, labels[, ids]) and a CSV copy,
-    rows in dataset order; ``ids`` (e.g. image paths, length N) add a ``path`` column."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{split}_predictions.npz"
-    extra = {} if ids is None else {"ids": np.asarray(ids, dtype=str)}
-    np.savez(path, probs=probs.astype(np.float32), labels=labels, **extra)
-    with open(folder / f"{split}_predictions.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        label_cols = ["label"] if labels.ndim == 1 else [f"label_{k}" for k in range(labels.shape[1])]
-        id_cols = [] if ids is None else ["path"]
-        writer.writerow(["index", *id_cols, *label_cols, *[f"prob_{k}" for k in range(probs.shape[1])]])
-        for i, (lab, p) in enumerate(zip(labels, probs)):
-            row_id = [] if ids is None else [ids[i]]
-            writer.writerow([i, *row_id, *np.atleast_1d(lab).tolist(), *[f"{v:.6f}" for v in p]])
-    return path

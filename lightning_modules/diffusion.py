@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from core.config import run_config
+from lightning_modules.checkpoints import load_classifier
 from lightning_modules.components.diffusion import build_unet as _build_unet
 from lightning_modules.components.diffusion import (
     ddim_sample,
@@ -79,8 +81,6 @@ def perceptual_network(source: str, in_chans: int) -> nn.Module:
         except Exception as err:  # torchvision fetches the backbone weights from the internet
             raise RuntimeError(f"model.perceptual_net=lpips needs the SqueezeNet weights ({err}); place them in "
                                "torch's hub cache or use a classifier checkpoint of this project instead") from None
-    from evaluation.evaluate import load_classifier, run_config
-
     cfg = run_config(Path(source))
     if cfg.data.get("normalization") != "half" or cfg.data.get("in_chans") != in_chans:
         raise ValueError(f"model.perceptual_net={source}: its classifier was trained with normalization="

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.config import run_config
+from lightning_modules.checkpoints import load_classifier
 from lightning_modules.classifier import Classifier
 from lightning_modules.components.losses import distillation_kl
 from lightning_modules.metrics import MULTI_LABEL, probabilities
@@ -44,8 +46,6 @@ class Distillation(Classifier):
         super().__init__(net, **classifier_kwargs)
         if self.task == MULTI_LABEL:
             raise ValueError("distillation needs a single-label task (softmax teacher targets)")
-        from evaluation.evaluate import load_classifier, run_config
-
         path = Path(teacher_ckpt)
         teacher_cfg = run_config(path)
         k = self.hparams.num_classes

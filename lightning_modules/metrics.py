@@ -47,7 +47,7 @@ from torchmetrics.classification import (
 from torchmetrics.wrappers import ClasswiseWrapper
 from torchmetrics.wrappers.transformations import MetricInputTransformer
 
-from datamodules.medmnist_files import BINARY, MULTI_LABEL
+from core.tasks import BINARY, MULTI_LABEL
 
 
 class PositiveClass(MetricInputTransformer):

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from datamodules.medmnist_files import DatasetError
 from datamodules.resolvers import register_resolvers
 from pipeline import run_pipeline, run_stage
-from pipeline.loggers import wandb_mode
 
 
 def _conf_dir() -> Path:
@@ -34,15 +33,7 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 
 
-def _register_all_resolvers() -> None:
-    register_resolvers()
-    if not OmegaConf.has_resolver("wandb_mode"):
-        OmegaConf.register_new_resolver("wandb_mode", wandb_mode)
-    if not OmegaConf.has_resolver("cwd"):
-        OmegaConf.register_new_resolver("cwd", os.getcwd)
-
-
-_register_all_resolvers()
+register_resolvers()
 
 
 def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:

@@ -17,6 +17,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.run_config import StoreRunConfig
+from core.io import atomic_write_text
 from callbacks.seeding import EpochSeeding
 from evaluation.report import write_run_report
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
@@ -133,13 +135,14 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     if wandb_cfg is not None and wandb_cfg.get("id") is None and not os.environ.get("WANDB_RUN_ID"):
         wandb_cfg.id = wandb_run_id(output_dir)
     loggers = instantiate_group(cfg.get("logger"))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    callbacks.append(StoreRunConfig(resolved))  # every checkpoint carries its config
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams["git_commit"] = commit = git_commit()
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    hparams = {**resolved, "git_commit": (commit := git_commit())}
     for lg in loggers:
         lg.log_hyperparams(hparams)
 
@@ -163,7 +166,7 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
         metrics["wall_time_s"] = time.time() - start
         metrics["git_commit"] = commit
         if trainer.is_global_zero:
-            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
             write_run_report(output_dir, cfg, metrics)
             log_run_artifact(loggers, output_dir)
     finally:

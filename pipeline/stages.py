@@ -21,6 +21,25 @@ STAGE_KEYS = ("init_from", "links", "kind")  # read by run_pipeline, not part of
 KINDS = ("train", "synthesize", "export")
 
 
+def init_checkpoint(name: str, init: DictConfig, done: dict[str, dict]) -> str:
+    """The checkpoint ``stages.<name>.init_from`` names: ``{stage: S, ckpt: best|last}`` (a stage
+    that ran before) or ``{ckpt: <file>}`` (any checkpoint, e.g. one copied or downloaded alone)."""
+    ckpt, source = str(init.get("ckpt", "best")), init.get("stage")
+    if ckpt not in ("best", "last"):
+        if source is not None:
+            raise ValueError(f"stages.{name}.init_from names both stage {source!r} and the file {ckpt!r}; "
+                             "set stage=null to start from the file")
+        if not Path(ckpt).is_file():
+            raise FileNotFoundError(f"stages.{name}.init_from.ckpt={ckpt}: no such checkpoint file")
+        return ckpt
+    if source not in done:
+        raise ValueError(f"stages.{name}.init_from.stage={source!r} has not run before {name!r}")
+    key = f"{ckpt}_checkpoint"
+    if not done[source].get(key):
+        raise RuntimeError(f"stage {source!r} saved no {key}; cannot initialise {name!r}")
+    return done[source][key]
+
+
 def apply_links(scfg: DictConfig, name: str, links: DictConfig | None, done: dict[str, dict]) -> None:
     """Set config keys from earlier stages' results: ``links: {data.synthetic_train:
     synthesize.synthetic_train, model.teacher_ckpt: finetune.best_checkpoint}``."""
@@ -104,7 +123,7 @@ def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> d
     """Run ``cfg.stages`` in order, each in ``<output_dir>/<stage>/``.
 
     A stage with ``init_from: {stage: NAME, ckpt: best|last}`` starts its network from that
-    stage's checkpoint (``model.net.pretrained_ckpt``). A finished stage leaves
+    stage's checkpoint (``model.net.pretrained_ckpt``), or with ``{ckpt: <file>}`` from a file. A finished stage leaves
     ``stage.json`` and is skipped when the pipeline is run again in the same directory
     (``hydra.run.dir=<run dir>``); an interrupted stage resumes from its ``last.ckpt``.
     Returns the last stage's metrics plus every stage's under ``<stage>/<key>``.
@@ -130,14 +149,8 @@ def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> d
                 raise ValueError(f"stages.{name}.kind={kind!r} is invalid; allowed: {list(KINDS)}")
             scfg = stage_config(base, stage, stage_dir)
             apply_links(scfg, name, stage.get("links"), done)
-            init = stage.get("init_from")
-            if init:
-                if init.stage not in done:
-                    raise ValueError(f"stages.{name}.init_from.stage={init.stage!r} has not run before {name!r}")
-                key = f"{init.get('ckpt', 'best')}_checkpoint"
-                if not done[init.stage].get(key):
-                    raise RuntimeError(f"stage {init.stage!r} saved no {key}; cannot initialise {name!r}")
-                scfg.model.net.pretrained_ckpt = done[init.stage][key]
+            if stage.get("init_from"):
+                scfg.model.net.pretrained_ckpt = init_checkpoint(name, stage.init_from, done)
             last = stage_dir / "checkpoints" / "last.ckpt"
             if kind == "train" and last.is_file() and not scfg.get("ckpt_path"):
                 log.info("Resuming stage %r from %s", name, last)

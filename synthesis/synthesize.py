@@ -15,9 +15,7 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +24,13 @@ import torch
 from hydra.utils import instantiate
 from rich.progress import Progress
 
-import pipeline.cli  # noqa: F401  (registers the config resolvers)
+from core.config import CheckpointError, run_config
+from core.io import atomic_files
+from datamodules.resolvers import register_resolvers
 from datamodules.synthetic_train import CARD_FORMAT, card_path
-from evaluation.evaluate import CheckpointError, run_config
 from lightning_modules.diffusion import DATA_KEY
+
+register_resolvers()  # configs of runs may hold ${...} resolvers
 
 TARGETS = ("balance", "counts")
 
@@ -72,22 +73,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def atomic_write(files: dict[Path, Callable[[Path], None]]) -> None:
-    """Write every file to a temporary name in its folder, then rename them all into place; on
-    any error the temporary files are removed and no target file is created or changed."""
-    temps: dict[Path, str] = {}
-    try:
-        for path, write in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temps[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-            os.close(fd)
-            os.chmod(temps[path], 0o644)  # mkstemp's 0600 would keep the set from the rest of a group
-            write(Path(temps[path]))
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    """Call each writer with a temporary path next to its file, then rename them all into place;
+    on any error no target file is created or changed (``core.io.atomic_files``)."""
+    with atomic_files(*files) as temps:
+        for write, tmp in zip(files.values(), temps):
+            write(tmp)
 
 
 def generate(model, counts: list[int], steps: int, guidance: float, seed: int, batch_size: int,

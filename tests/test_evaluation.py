@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import (
     average_precision_score,
@@ -282,7 +283,7 @@ def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path
     with pytest.raises(evaluate.CheckpointError, match="predicts 7 classes but the dataset has 2"):
         evaluate.load_classifier(ckpt, num_classes=2)
     assert evaluate.main([str(tmp_path / "nowhere.ckpt")]) == 1
-    assert "no config.yaml" in capsys.readouterr().err
+    assert "nowhere.ckpt: no such checkpoint file" in capsys.readouterr().err
 
     # The per-class metrics logged by the test loop (torchmetrics, every logger) equal sklearn on
     # the saved predictions; each validation epoch left its confusion matrix.
@@ -296,13 +297,19 @@ def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path
     history = json.loads((tmp_path / "run" / "eval" / "val_confusion_matrices.json").read_text())
     assert list(history) == ["0"] and np.asarray(history["0"]).sum() == 70  # every validation image
 
-    # A run saved before model.lr existed (model.optimizer.lr) still evaluates.
+    # A run saved before checkpoints stored their config (read from config.yaml) and before
+    # model.lr existed (model.optimizer.lr) still evaluates.
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    del state["medmae"]
+    old_ckpt = ckpt.with_name("old.ckpt")
+    torch.save(state, old_ckpt)
     config = tmp_path / "run" / "config.yaml"
     old = config.read_text().replace("  lr: 0.003\n", "", 1).replace(
         "    _target_: torch.optim.Adam\n", "    _target_: torch.optim.Adam\n    lr: 0.003\n", 1)
     assert old != config.read_text()
     config.write_text(old)
-    np.testing.assert_allclose(evaluate.evaluate([ckpt], out=tmp_path / "old")["probs"], single["probs"], atol=1e-6)
+    np.testing.assert_allclose(evaluate.evaluate([old_ckpt], out=tmp_path / "old")["probs"], single["probs"],
+                               atol=1e-6)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,26 @@ def test_export_stage_returns_flat_figures(cnn_ckpt, tmp_path):
     assert figures["export/size_mb"] > 0 and figures["export/params"] > 0
     assert figures["export/latency_ms"] > 0 and figures["export/parity_max_abs"] <= 1e-4
     assert not any(k.startswith("compare/") for k in figures)
+
+
+def test_a_classifier_checkpoint_copied_alone_evaluates_and_exports(cnn_ckpt, tmp_path):
+    import numpy as np
+    import torch
+
+    from evaluation.evaluate import evaluate
+
+    alone = tmp_path / "alone" / "model.ckpt"  # no run folder, no config.yaml beside it
+    alone.parent.mkdir()
+    shutil.copy(cnn_ckpt, alone)
+    identity = torch.load(alone, map_location="cpu", weights_only=True)["medmae"]["data"]
+    assert identity["in_chans"] == 3 and identity["task"] == "multi-class" and len(identity["class_names"]) == 7
+    reference = evaluate([cnn_ckpt], out=tmp_path / "reference")
+    np.testing.assert_allclose(evaluate([alone], out=tmp_path / "alone_eval")["probs"], reference["probs"])
+    result = ex.export_classifier(alone, "onnx", out=tmp_path / "export", **FAST)
+    assert result["export"]["parity_max_abs"] <= 1e-4 and (tmp_path / "export" / "model.onnx").is_file()
+
+    checkpoint = torch.load(alone, map_location="cpu", weights_only=True)
+    del checkpoint["medmae"]  # a checkpoint of a run saved before configs were stored, away from its run
+    torch.save(checkpoint, alone)
+    with pytest.raises(CheckpointError, match="stores no config .* keep the checkpoint in its run folder"):
+        evaluate([alone], out=tmp_path / "old")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,23 @@ def test_mixup_training_step(data_root, tmp_path):
         tmp_path,
     )
     assert "test/acc" in train(cfg)
+
+
+def test_an_mae_checkpoint_copied_alone_fine_tunes_through_init_from(data_root, tmp_path):
+    pre = train(compose_cfg([*_pipeline_overrides(data_root), "stages.finetune=null"], tmp_path / "pre"))
+    alone = tmp_path / "alone" / "mae.ckpt"  # no run folder, no config.yaml beside it
+    alone.parent.mkdir()
+    shutil.copy(pre["pretrain/best_checkpoint"], alone)
+    stored = torch.load(alone, map_location="cpu", weights_only=True)["medmae"]
+    assert stored["config"]["model"]["_target_"].endswith("MAEPretrain")
+    assert stored["data"]["in_chans"] == 3 and len(stored["data"]["class_names"]) == 7
+
+    overrides = [*_pipeline_overrides(data_root), "stages.pretrain=null", "stages.finetune.init_from.stage=null",
+                 f"stages.finetune.init_from.ckpt={alone}"]
+    metrics = train(compose_cfg(overrides, tmp_path / "fine"))
+    assert "test/auc" in metrics
+    assert f"pretrained_ckpt: {alone}" in (tmp_path / "fine" / "finetune" / "config.yaml").read_text()
+
+    both = [*overrides[:-2], f"stages.finetune.init_from.ckpt={alone}"]  # stage pretrain (gone) and a file
+    with pytest.raises(ValueError, match="names both stage 'pretrain' and the file"):
+        train(compose_cfg(both, tmp_path / "both"))

@@ -20,7 +20,7 @@ def _mode_in(tmp_path, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
     environment = {**clean, "NETRC": str(tmp_path / "no_netrc"), "HOME": str(tmp_path / "home"),
                    "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"), **env}
-    return subprocess.run([sys.executable, "-c", "from pipeline.loggers import wandb_mode; print(wandb_mode())"],
+    return subprocess.run([sys.executable, "-c", "from core.tracking import wandb_mode; print(wandb_mode())"],
                           cwd=REPO, env=environment, capture_output=True, text=True, timeout=120)
 
 
@@ -46,7 +46,7 @@ def test_wandb_mode_follows_wandb_credentials(env, expected, tmp_path):
 @pytest.mark.parametrize(("mode", "expected"), [("online", "online"), ("offline", "offline"),
                                                 ("disabled", "disabled"), ("dryrun", "offline")])
 def test_an_explicit_wandb_mode_wins(mode, expected, monkeypatch):
-    from pipeline.loggers import wandb_mode
+    from core.tracking import wandb_mode
 
     monkeypatch.setenv("WANDB_MODE", mode)
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # offline even with a key, when WANDB_MODE says so
@@ -54,7 +54,7 @@ def test_an_explicit_wandb_mode_wins(mode, expected, monkeypatch):
 
 
 def test_invalid_wandb_mode_is_named(monkeypatch):
-    from pipeline.loggers import wandb_mode
+    from core.tracking import wandb_mode
 
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ValueError, match="WANDB_MODE='sometimes' is invalid"):

@@ -1,0 +1,41 @@
+"""Store the run's resolved config and its data identity inside every checkpoint, so that a
+checkpoint copied on its own (or logged as a W&B artifact) can be evaluated, exported, sampled
+from or fine-tuned without its run folder (read back by ``core.config.run_config``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from core.config import CHECKPOINT_KEY
+
+
+def data_identity(datamodule: Any) -> dict:
+    """What a model's inputs and outputs mean: classes, task, channels, size, normalisation
+    (the attributes the datamodule has; an empty dict without one)."""
+    identity = {}
+    for key in ("class_names", "task", "num_classes", "in_chans", "img_size", "normalization"):
+        try:
+            value = getattr(datamodule, key)
+        except Exception:  # e.g. class names of a datamodule that was never set up
+            continue
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            identity[key] = value
+        elif isinstance(value, (list, tuple)):
+            identity[key] = [str(v) for v in value]
+    return identity
+
+
+class StoreRunConfig(L.Callback):
+    """Adds ``checkpoint["medmae"] = {"config": <resolved config>, "data": <identity>}``.
+
+    Args:
+        config: the run's config as a plain container (``OmegaConf.to_container(cfg, resolve=True)``).
+    """
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"config": self.config, "data": data_identity(trainer.datamodule)}
