@@ -46,8 +46,6 @@ rerun with other settings reuses what it shares. Figures: ``<out>/evidence_auc.p
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import shutil
 import statistics
@@ -55,7 +53,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import atomic_write_text, mean_std, real_data_root
+from common import Units, atomic_write_text, mean_std, real_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, BATCH = 4708, 128
@@ -72,36 +70,6 @@ FINETUNE = {0.01: (100, 10), 0.1: (25, 5), 1.0: (3, 1)}  # (epochs, validate eve
 PROBE_C = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 LABELS = {"scratch": "scratch", "mae": "MAE", "mae_equal_wall": "MAE (MLO-MAE's wall time)",
           "mlo_mae": "MLO-MAE (report settings)", "mlo_mae_variant": "MLO-MAE variant (diverse)"}
-
-
-# ----- cache ------------------------------------------------------------------------------
-class Units:
-    """JSON results of units of work under ``root``, keyed by a hash of their settings."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, name: str, settings: dict) -> Path:
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-        return self.root / f"{name}-{key}.json"
-
-    def peek(self, name: str, settings: dict) -> dict | None:
-        """The cached result, or None (nothing is computed)."""
-        path = self.path(name, settings)
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def get(self, name: str, settings: dict, work) -> dict:
-        """The cached result, or ``work(stem)``'s (``stem``: the unit's file name without
-        suffix, which names its run folder, so another setting never reuses a folder)."""
-        path = self.path(name, settings)
-        if path.is_file():
-            return json.loads(path.read_text())
-        start = time.time()
-        result = work(path.stem)
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: done in {time.time() - start:.0f} s", flush=True)
-        atomic_write_text(path, json.dumps({"settings": settings, **result}, indent=2))
-        return json.loads(path.read_text())  # the same (string) keys whether fresh or cached
 
 
 # ----- pretraining ------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def init_statistics(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from lightning_modules.components.masking import mask_statistics
-    from pipeline import stage_config
+    from pipeline.stages import stage_config
 
     base = cfg.copy()
     OmegaConf.set_struct(base, False)

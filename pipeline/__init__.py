@@ -1,6 +1,4 @@
-"""Run orchestration behind ``train.py``: one run (``run``) and multi-stage pipelines (``stages``)."""
+"""Run orchestration behind ``train.py``: one run (``pipeline.run``), multi-stage pipelines
+(``pipeline.stages``), the command line (``pipeline.cli``) and sweeps (``pipeline.sweep``).
 
-from pipeline.run import run_stage
-from pipeline.stages import run_pipeline, stage_config
-
-__all__ = ["run_pipeline", "run_stage", "stage_config"]
+Nothing is imported here, so that ``pipeline.cli`` stays light (``train.py --help``)."""

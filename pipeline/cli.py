@@ -3,6 +3,9 @@
 ``train(cfg)`` is a plain function (used by tests, benchmarks and ``sweep.py``); ``main`` is the
 thin ``@hydra.main`` wrapper whose return value (the best monitored validation metric) is a
 sweep's objective; ``compose_config`` composes a config as the command line would.
+
+Importing this module imports neither torch nor Lightning (``train.py --help`` answers at once);
+the training code and the config resolvers are imported when first needed.
 """
 
 from __future__ import annotations
@@ -14,10 +17,6 @@ from pathlib import Path
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
-
-from datamodules.medmnist_files import DatasetError
-from datamodules.resolvers import register_resolvers
-from pipeline import run_pipeline, run_stage
 
 
 def _conf_dir() -> Path:
@@ -33,7 +32,11 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 
 
-register_resolvers()
+def register_resolvers() -> None:
+    """The project's config resolvers (``datamodules.resolvers``), registered once."""
+    from datamodules.resolvers import register_resolvers as register
+
+    register()
 
 
 def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
@@ -46,6 +49,7 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictC
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
@@ -59,11 +63,17 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictC
 def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     """One training run, or a pipeline when the config declares ``stages``. ``callbacks`` join
     the configured ones (of the last stage of a pipeline: e.g. a sweep's pruning callback)."""
+    from pipeline.run import run_stage
+    from pipeline.stages import run_pipeline
+
+    register_resolvers()
     return run_pipeline(cfg, callbacks) if cfg.get("stages") else run_stage(cfg, callbacks)
 
 
-def dataset_error_in(err: BaseException) -> DatasetError | None:
-    """The DatasetError that ``err`` wraps (config resolvers raise inside OmegaConf errors)."""
+def dataset_error_in(err: BaseException):
+    """The DatasetError that ``err`` wraps (config resolvers raise inside OmegaConf errors), or None."""
+    from datamodules.medmnist_files import DatasetError
+
     while err is not None and not isinstance(err, DatasetError):
         err = err.__cause__ or err.__context__
     return err
@@ -71,6 +81,8 @@ def dataset_error_in(err: BaseException) -> DatasetError | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from datamodules.medmnist_files import DatasetError
+
     try:
         metrics = train(cfg)
     except (DatasetError, InstantiationException, ValueError, FileNotFoundError) as err:
@@ -94,5 +106,7 @@ def experiments_help() -> str:
 def train_main() -> None:
     """``train.py`` / ``medmae-train``: ``--help`` lists the experiments, then Hydra's options."""
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
-        print(experiments_help())
+        print(experiments_help())  # then Hydra's help, which composes without resolving: no resolvers
+    else:
+        register_resolvers()  # before Hydra resolves hydra.run.dir
     main()

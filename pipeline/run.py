@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.run_config import StoreRunConfig
-from core.io import atomic_write_text
 from callbacks.seeding import EpochSeeding
+from core.io import atomic_write_text
 from evaluation.report import write_run_report
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
 from pipeline.loggers import log_run_artifact, wandb_run_id

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from datamodules.synthetic import write_synthetic_medmnist
-from pipeline.cli import compose_config as compose_cfg  # noqa: F401  (also registers the resolvers)
+from pipeline.cli import compose_config as compose_cfg  # noqa: F401  (used by the test modules)
+from pipeline.cli import register_resolvers
+
+register_resolvers()  # tests that load configs without composing them resolve ${...} too
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_PNEUMONIA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"

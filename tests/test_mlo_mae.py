@@ -288,7 +288,7 @@ def test_full_size_config_runs_one_forward(tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from pipeline import stage_config
+    from pipeline.stages import stage_config
 
     cfg = compose_cfg(["experiment=mlo_mae_derma"], tmp_path)
     base = cfg.copy()
