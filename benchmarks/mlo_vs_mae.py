@@ -9,7 +9,7 @@ at 28 px):
   as in the "MLO-MAE on DermaMNIST" report (2025) (probability weighting, official
   hypergradient, lr_mask 1e-3);
   ``mlo_mae_variant``: ``mlo_mae_small`` with the recommended variant in ``VARIANT`` (see
-  the README's MLO-MAE section and ``benchmarks/mask_collapse.py`` for why). The MLO arms use the training labels in levels II / III.
+  docs/mlo-mae.md and ``benchmarks/mask_collapse.py`` for why). The MLO arms use the training labels in levels II / III.
   The last pretraining checkpoint is passed on (no selection on validation labels).
 - Fine-tuning: ``experiment=vit_small``'s recipe from that encoder (``scratch``: from random
   weights), ``--finetune-epochs`` epochs; the checkpoint with the best validation AUC

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.artifacts import resolve_checkpoint
 from core.config import CheckpointError, run_config
 from core.io import atomic_path, atomic_write_text
 from evaluation.evaluate import checkpoint_data
@@ -59,9 +60,11 @@ def check_format(fmt: str) -> str:
 
 def model_path(ckpt: Path, fmt: str, out: Path | None) -> Path:
     """The model file: ``out`` itself, ``out/model.<ext>`` when ``out`` is a folder (exists or
-    has no suffix), else ``<run dir>/export/model.<ext>`` with run dir = ``ckpt.parent.parent``."""
+    has no suffix), else ``<run dir>/export/model.<ext>`` for a checkpoint in its run's
+    ``checkpoints/`` folder, or ``export/model.<ext>`` beside a checkpoint kept elsewhere."""
     if out is None:
-        return ckpt.resolve().parent.parent / "export" / FORMATS[fmt]
+        folder = ckpt.resolve().parent
+        return (folder.parent if folder.name == "checkpoints" else folder) / "export" / FORMATS[fmt]
     out = Path(out)
     return out / FORMATS[fmt] if out.is_dir() or not out.suffix else out
 
@@ -286,7 +289,8 @@ def run_export_stage(cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpt", type=Path, help="a classifier checkpoint written by train.py")
+    parser.add_argument("ckpt", help="a classifier checkpoint written by train.py, or a W&B model artifact "
+                        "wandb:ENTITY/PROJECT/NAME:VERSION")
     # no argparse choices: an unknown format is a one-line error like every other bad input
     parser.add_argument("--format", default="onnx", metavar="{" + ",".join(FORMATS) + "}",
                         help="export format (default: onnx)")
@@ -299,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed")
     args = parser.parse_args(argv)
     try:
-        result = export_classifier(args.ckpt, args.format, args.out, args.compare, args.parity_images,
+        result = export_classifier(resolve_checkpoint(args.ckpt), args.format, args.out, args.compare, args.parity_images,
                                    args.latency_runs, args.tolerance)
     except (CheckpointError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,6 +27,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from core.artifacts import resolve_checkpoint
 from core.config import CheckpointError, run_config
 from core.predictions import save_predictions
 from datamodules.resolvers import register_resolvers
@@ -113,7 +114,7 @@ def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, ro
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ckpts", nargs="+", type=Path)
+    parser.add_argument("ckpts", nargs="+", help="checkpoint files, or W&B model artifacts wandb:ENTITY/PROJECT/NAME:VERSION")
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--root", default=None,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=None, help="default: the run's data.num_workers")
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.ckpts, args.split, args.out, args.root, args.accelerator, args.precision,
+        result = evaluate([resolve_checkpoint(c) for c in args.ckpts], args.split, args.out, args.root, args.accelerator, args.precision,
                           args.batch_size, args.num_workers)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

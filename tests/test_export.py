@@ -133,3 +133,42 @@ def test_a_classifier_checkpoint_copied_alone_evaluates_and_exports(cnn_ckpt, tm
     torch.save(checkpoint, alone)
     with pytest.raises(CheckpointError, match="stores no config .* keep the checkpoint in its run folder"):
         evaluate([alone], out=tmp_path / "old")
+
+
+def test_a_wandb_model_artifact_is_downloaded_then_evaluated(cnn_ckpt, tmp_path, monkeypatch):
+    """``wandb:ENTITY/PROJECT/NAME:VERSION`` names a model artifact (W&B's own API is replaced
+    by a stand-in that 'downloads' the checkpoint, as log_model=true uploads it)."""
+    import types
+
+    import wandb
+
+    from core.artifacts import resolve_checkpoint
+    from evaluation import evaluate
+
+    asked = []
+
+    class Artifact:
+        def download(self, root: str) -> str:
+            Path(root).mkdir(parents=True)
+            shutil.copy(cnn_ckpt, Path(root) / "model.ckpt")
+            return root
+
+    def artifact(name, type=None):
+        asked.append((name, type))
+        return Artifact()
+
+    monkeypatch.setenv("MEDMAE_ARTIFACTS", str(tmp_path / "cache"))
+    monkeypatch.setattr(wandb, "Api", lambda: types.SimpleNamespace(artifact=artifact))
+    assert evaluate.main(["wandb:me/medmae/model-abc:v0", "--out", str(tmp_path / "eval")]) == 0
+    assert asked == [("me/medmae/model-abc:v0", "model")]
+    assert (tmp_path / "cache" / "me_medmae_model-abc_v0" / "model.ckpt").is_file()
+    assert (tmp_path / "eval" / "report.md").is_file()
+    with pytest.raises(CheckpointError, match="expected wandb:ENTITY/PROJECT/NAME:VERSION"):
+        resolve_checkpoint("wandb:model-abc:v0")
+
+    def unreachable(name, type=None):
+        raise ConnectionError("no route to api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "Api", lambda: types.SimpleNamespace(artifact=unreachable))
+    with pytest.raises(CheckpointError, match="could not be downloaded .*no route.* or pass the .ckpt file"):
+        resolve_checkpoint("wandb:me/medmae/model-abc:v1")

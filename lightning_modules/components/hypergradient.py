@@ -15,7 +15,7 @@ Two scalings of the same two paths (direct: mask -> pretrain; head: mask -> fine
             (one-step unrolled SGD of level I with lr xi and level II with lr eta, as in DARTS
             (Liu, Simonyan & Yang, ICLR 2019)).
 Both mixed products are central finite differences: perturb by +-eps*v, eps = alpha/||v||,
-with exact weight restoration, fp32 passes with TF32 off and dropout frozen (see the README's
+with exact weight restoration, fp32 passes with TF32 off and dropout frozen (see docs/mlo-mae.md,
 hypergradient section).
 
 Schedules (same estimate up to finite-difference error):
