@@ -58,8 +58,8 @@ class EvaluationCallback(L.Callback):
         data = np.load(preds)
         result = write_evaluation(data["probs"], data["labels"], dm.class_names, dm.task, root / "eval")
         batches = eval_batch_limit(trainer, len(dm.val_set), dm.eval_batch_size)
-        if batches == 0:
-            log.info("limit_val_batches=0: no validation predictions, so no threshold tuning")
+        if batches == 0 or len(dm.val_set) == 0:
+            log.info("no validation predictions (no validation set or limit_val_batches=0): no threshold tuning")
         elif self.tune_thresholds and dm.task != MULTI_LABEL:  # decision rules are single-label
             val = SplitPredictions(*predict_probs(pl_module, dm.val_set, dm.eval_batch_size, batches), "val")
             test = SplitPredictions(data["probs"], data["labels"], "test")

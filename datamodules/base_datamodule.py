@@ -269,8 +269,9 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         sampler = UnpaddedDistributedSampler(dataset) if distributed else None
         return self._loader(dataset, self.eval_batch_size, train=False, shuffle=False, sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader; none (``[]``: Lightning skips validation) without a validation set."""
+        return self._eval_loader("val") if len(self._split_set("val")) else []
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")

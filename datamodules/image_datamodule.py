@@ -32,12 +32,14 @@ DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 
 def check_fractions(fractions: dict | None) -> dict[str, float]:
-    """``{train, val, test}`` fractions, each in [0, 1), train > 0, summing to 1."""
+    """``{train, val, test}`` fractions, each in [0, 1], train > 0, summing to 1. ``val: 0``
+    (with no predefined validation rows) is the "no validation set" protocol: no model
+    selection, the last epoch is tested (``experiment=resnet18_mhist_noval``)."""
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
     require(set(fractions) == set(SPLITS), "fractions", fractions, "keys train, val and test")
-    ok = all(0 <= float(v) < 1 for v in fractions.values()) and fractions["train"] > 0
+    ok = all(0 <= float(v) <= 1 for v in fractions.values()) and fractions["train"] > 0
     require(ok and abs(sum(map(float, fractions.values())) - 1) < 1e-6, "fractions", fractions,
-            "values in [0, 1) with train > 0, summing to 1 (e.g. {train: 0.7, val: 0.1, test: 0.2})")
+            "values in [0, 1] with train > 0, summing to 1 (e.g. {train: 0.7, val: 0.1, test: 0.2})")
     return {k: float(v) for k, v in fractions.items()}
 
 
@@ -166,6 +168,8 @@ class ImageDataModule(ClassificationDataModule):
             excluded |= np.isin(present, list(values))
         dropped = excluded & np.isin(assigned, self.exclude_from)
         for split in SPLITS:
+            if split == "val" and self.fractions["val"] == 0 and not (assigned == "val").any():
+                continue  # no validation set, on purpose
             if not ((assigned == split) & ~dropped).any():
                 raise DatasetError(
                     f"{rec.source}: the {split} split is empty (data.fractions.{split}="

@@ -202,10 +202,10 @@ def _corrupt(root: Path, kind: str) -> dict:
         kwargs["exclude"] = {"label": ["a"]}
     elif kind == "exclude_matches_nothing":  # 3.0 against the label column's 'a' / 'b'
         kwargs["exclude"] = {"label": ["a", 3.0]}
-    elif kind == "empty_split":  # no val rows predefined and none carved
+    elif kind == "empty_split":  # no test rows predefined and none carved (only val may be empty: no_val)
         for r in rows:
-            r["split"] = "test" if r["split"] == "val" else r["split"]
-        kwargs["fractions"] = {"train": 0.8, "val": 0.0, "test": 0.2}
+            r["split"] = "val" if r["split"] == "test" else r["split"]
+        kwargs["fractions"] = {"train": 0.8, "val": 0.2, "test": 0.0}
     pd.DataFrame(rows).to_csv(root / "table.csv", index=False)
     return {**kwargs, "table": str(root / "table.csv"), "image_root": str(images)}
 
@@ -225,7 +225,7 @@ def _corrupt(root: Path, kind: str) -> dict:
         ("duplicate", r"list an image that an earlier row already lists.*line 11: 0.png \(also line 2: 0.png\)"),
         ("no_training_class", r"class\(es\) \['a'\] have no training image after splitting and data.exclude"),
         ("exclude_matches_nothing", r"data.exclude.label lists \['3.0'\], which no row has; column 'label' holds \['a', 'b'\]"),
-        ("empty_split", r"the val split is empty \(data.fractions.val=0.0"),
+        ("empty_split", r"the test split is empty \(data.fractions.test=0.0"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(kind, expected, tmp_path):
@@ -311,10 +311,10 @@ def test_rotation_by_any_angle_keeps_the_size():
 
 def test_mhist_protocol_settings():
     """The MHIST protocol (Wei et al. 2021, as the MHIST replication report runs it), as composed."""
-    for name in ("resnet18_mhist", "vit_b16_mhist"):
+    for name, batch in (("resnet18_mhist", 32), ("vit_b16_mhist", 8)):
         cfg = compose_cfg([f"experiment={name}"], Path("/tmp/unused"))
         d, m = cfg.data, cfg.model
-        assert (d.img_size, d.batch_size, d.channels) == (224, 32, 3)
+        assert (d.img_size, d.batch_size, d.channels) == (224, batch, 3)
         assert (d.sampler, d.epoch_length) == ("random_oversample", "balanced")
         assert d.augment.hflip and d.augment.vflip and d.augment.rotation == 180
         assert d.fractions.val == 0.2 and d.fractions.train == 0.8 and list(d.stratify_columns)
@@ -349,6 +349,28 @@ def test_mhist_experiments_run_offline_with_a_local_weights_file(mhist_like, tmp
     assert vit.model.net.drop_rate == 0.5 and vit.model.lr == 1e-5
     train(vit)
     assert (tmp_path / "vit" / "eval" / "test_per_class.csv").is_file()
+
+
+def test_mhist_without_a_validation_set_tests_the_last_epoch(mhist_like, tmp_path):
+    """The report's "no val" rows: the whole train partition trains, nothing is selected, the
+    last epoch's weights are tested once."""
+    for name in ("resnet18_mhist_noval", "vit_b16_mhist_noval"):
+        cfg = compose_cfg([f"experiment={name}"], Path("/tmp/unused"))
+        assert cfg.data.fractions.val == 0 and cfg.test_ckpt == "last" and cfg.callbacks.model_checkpoint is None
+        assert cfg.callbacks.early_stopping is None and not cfg.callbacks.evaluation.tune_thresholds
+    overrides = ["experiment=resnet18_mhist_noval", "model.net.pretrained=false", f"data.table={mhist_like / 'annotations.csv'}",
+                 f"data.image_root={mhist_like / 'images'}", "data.img_size=32", "data.batch_size=16",
+                 "trainer.max_epochs=2", *_own_overrides(tmp_path)]
+    metrics = train(compose_cfg(overrides, tmp_path / "run"))
+    splits = _read_csv(tmp_path / "run" / "splits.csv")
+    assert {r["split"] for r in splits} == {"train", "test"}  # no validation rows
+    assert metrics["test_checkpoint"].endswith("last.ckpt") and 0 <= metrics["test/auc"] <= 1
+    assert not any(k.startswith("val/") for k in metrics)
+    assert not (tmp_path / "run" / "eval" / "test_threshold_tuning.json").exists()
+    dm = _table_dm(mhist_like / "annotations.csv", tmp_path, image_root=str(mhist_like / "images"),
+                   path_column="Image Name", label_column="Majority Vote Label", split_column="Partition",
+                   fractions={"train": 1.0, "val": 0.0, "test": 0.0})
+    assert set(dm.plan()[0]) == {"train", "test"}
 
 
 def test_evaluate_ensembles_runs_of_one_table_and_refuses_other_test_sets(png_dataset, tmp_path):
