@@ -16,7 +16,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from core.io import atomic_path
-from core.tasks import BINARY, MULTI_CLASS
+from core.tasks import BINARY, MULTI_CLASS, MULTI_LABEL
 from datamodules.base_datamodule import ClassificationDataModule, require
 from datamodules.image_cache import RESIZE_MODES, cached_images
 from datamodules.image_records import (
@@ -116,7 +116,7 @@ class ImageDataModule(ClassificationDataModule):
         require(resize in RESIZE_MODES, "resize", resize, str(list(RESIZE_MODES)))
         self.resize = resize
         self.cache_dir, self.splits_file = cache_dir, splits_file
-        self.task = task_of(self.num_classes)
+        self.task = MULTI_LABEL if records.multi_label else task_of(self.num_classes)
         self.check_task()
         self.check_declared(records.source, **{k: v for k, v in (declared or {}).items()})
         self.images: np.ndarray | None = None
@@ -152,7 +152,11 @@ class ImageDataModule(ClassificationDataModule):
         if self._plan is not None:
             return self._plan
         rec = self.records
-        strata = combined_strata(rec.labels, *(rec.columns[c] for c in self.stratify_columns))
+        if rec.multi_label:  # iterative stratification on the labels and the one-hot extra columns
+            extra = [(rec.columns[c][:, None] == np.unique(rec.columns[c])[None, :]) for c in self.stratify_columns]
+            strata = np.hstack([rec.labels, *extra]).astype(np.int64)
+        else:
+            strata = combined_strata(rec.labels, *(rec.columns[c] for c in self.stratify_columns))
         try:
             assigned = assign_splits(strata, self.fractions, self.split_seed, rec.groups, rec.splits)
         except ValueError as err:
@@ -177,7 +181,8 @@ class ImageDataModule(ClassificationDataModule):
                     "a fraction > 0, predefine it, or exclude fewer rows"
                 )
         train = rec.labels[(assigned == "train") & ~dropped]
-        absent = [c for i, c in enumerate(rec.classes) if not (train == i).any()]
+        present = train.any(0) if rec.multi_label else np.isin(np.arange(len(rec.classes)), train)
+        absent = [c for c, ok in zip(rec.classes, present) if not ok]
         if absent:
             raise DatasetError(f"{rec.source}: class(es) {absent} have no training image after splitting and "
                                "data.exclude; every class needs training images")
@@ -222,7 +227,7 @@ class ImageDataModule(ClassificationDataModule):
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "group", "split", "excluded"])
-            writer.writerows([rec.paths[i], rec.classes[rec.labels[i]], groups[i], assigned[i], excluded[i]]
+            writer.writerows([rec.paths[i], rec.label_text(i), groups[i], assigned[i], excluded[i]]
                              for i in range(len(rec)))
 
 
@@ -237,6 +242,9 @@ class ImageTableDataModule(ImageDataModule):
             columns, e.g. ``"{image_id}.jpg"`` (HAM10000) or ``"{patient}/{study}/{image_id}.png"``.
         label_columns: instead of ``label_column`` (set it to None), one-hot columns, one per
             class, exactly one 1 per row (ISIC's ground-truth tables); they give the classes.
+        multi_label: several labels per image (sigmoid + BCE, per-label metrics): from 0 / 1
+            ``label_columns`` (any number of 1s) or ``label_column`` cells split by
+            ``label_separator``; splits by iterative stratification.
         classes: class names in index order; None = sorted labels of the table.
         split_column: optional column of train / val / test; missing splits are carved
             out of its train rows with ``fractions``.
@@ -262,11 +270,13 @@ class ImageTableDataModule(ImageDataModule):
         task: str | None = None,
         path_template: str | None = None,
         label_columns: Sequence[str] | None = None,
+        multi_label: bool = False,
+        label_separator: str | None = None,
         **kwargs,
     ) -> None:
         extra = list(dict.fromkeys([*stratify_columns, *(exclude or {})]))
         records = table_records(table, image_root, path_column, label_column, classes, split_column,
-                                group_column, extra, path_template, label_columns)
+                                group_column, extra, path_template, label_columns, multi_label, label_separator)
         super().__init__(records, stratify_columns, exclude, **kwargs,
                          declared={"num_classes": num_classes, "in_chans": in_chans, "task": task})
 

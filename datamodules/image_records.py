@@ -34,7 +34,7 @@ class ImageRecords:
     source: str
     root: Path
     paths: list[str]
-    labels: np.ndarray  # (N,) int64 class index
+    labels: np.ndarray  # (N,) int64 class index; multi-label: (N, K) int64 0 / 1
     classes: list[str]
     rows: list[str]
     splits: np.ndarray | None = None  # (N,) str, predefined split per row
@@ -43,6 +43,16 @@ class ImageRecords:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
+    def label_text(self, i: int) -> str:
+        """Row ``i``'s label as written in splits.csv: the class, or the positive labels joined by ``|``."""
+        if self.multi_label:
+            return "|".join(c for c, on in zip(self.classes, self.labels[i]) if on)
+        return self.classes[self.labels[i]]
 
 
 def rows_error(source: str, problem: str, rows: Sequence[str], fix: str) -> DatasetError:
@@ -74,14 +84,19 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return table.apply(lambda col: col.str.strip())
 
 
-def table_classes(table: pd.DataFrame, label_column: str, classes: Sequence | None) -> list[str]:
-    """The class list: ``classes`` when given (as str), else the sorted labels of the table."""
+def table_classes(table: pd.DataFrame, label_column: str, classes: Sequence | None,
+                  separator: str | None = None) -> list[str]:
+    """The class list: ``classes`` when given (as str), else the sorted labels of the table
+    (with ``separator``: the sorted names found in the multi-label cells)."""
     if classes:
         names = [str(c) for c in classes]
         if len(set(names)) != len(names):
             raise ValueError(f"data.classes={names} lists a class twice")
         return names
-    return sort_classes(table[label_column].tolist())
+    cells = table[label_column].tolist()
+    if separator:
+        cells = [name.strip() for cell in cells for name in cell.split(separator) if name.strip()]
+    return sort_classes(cells)
 
 
 def _check_columns(table: pd.DataFrame, source: str, named: dict[str, str | None]) -> None:
@@ -107,21 +122,26 @@ def template_paths(table: pd.DataFrame, template: str, source: str) -> list[str]
     return [template.format(**row) for row in table[fields].to_dict("records")]
 
 
-def one_hot_labels(table: pd.DataFrame, columns: Sequence[str], names: list[str], source: str) -> list[str]:
-    """The label of each row of a one-hot table (ISIC's ground truth: one 0 / 1 column per
-    class): the name of the one column holding 1. One error naming every row that has a value
-    other than 0 / 1, or not exactly one 1."""
+def hot_columns(table: pd.DataFrame, columns: Sequence[str], names: list[str], source: str) -> np.ndarray:
+    """(N, K) bool of 0 / 1 columns; one error naming every row with another value."""
     values = table[list(columns)].astype(str)
     bad = [f"{n} ({', '.join(f'{c}={v!r}' for c, v in zip(columns, row) if v not in ONE | ZERO)})"
            for n, row in zip(names, values.itertuples(index=False)) if any(v not in ONE | ZERO for v in row)]
     if bad:
         raise rows_error(source, f"have a value other than 0 / 1 in data.label_columns {list(columns)}", bad,
-                         "use 0 / 1 (one column per class, one 1 per row)")
-    hot = values.isin(ONE).to_numpy()
+                         "use 0 / 1 (one column per class)")
+    return values.isin(ONE).to_numpy()
+
+
+def one_hot_labels(table: pd.DataFrame, columns: Sequence[str], names: list[str], source: str) -> list[str]:
+    """The label of each row of a one-hot table (ISIC's ground truth: one 0 / 1 column per
+    class): the name of the one column holding 1. One error naming every row that has a value
+    other than 0 / 1, or not exactly one 1."""
+    hot = hot_columns(table, columns, names, source)
     wrong = [f"{n} ({int(k)} classes marked)" for n, k in zip(names, hot.sum(1)) if k != 1]
     if wrong:
         raise rows_error(source, f"mark not exactly one of data.label_columns {list(columns)} with 1", wrong,
-                         "mark one class per row (several findings per image are a multi-label task)")
+                         "mark one class per row (several findings per image: data.multi_label=true)")
     return [columns[i] for i in hot.argmax(1)]
 
 
@@ -136,12 +156,16 @@ def table_records(
     extra_columns: Sequence[str] = (),
     path_template: str | None = None,
     label_columns: Sequence[str] | None = None,
+    multi_label: bool = False,
+    label_separator: str | None = None,
 ) -> ImageRecords:
     """Records of an image table; ``image_root`` defaults to the table's folder.
 
     Paths come from ``path_column``, or from ``path_template`` filled from each row's columns;
     labels from ``label_column``, or from one-hot ``label_columns`` (their order is the class
-    order unless ``classes`` says otherwise)."""
+    order unless ``classes`` says otherwise). ``multi_label``: any number of labels per row,
+    from 0 / 1 ``label_columns`` or from ``label_column`` cells split by ``label_separator``
+    (e.g. ChestX-ray14's ``Atelectasis|Effusion``); labels become an (N, K) 0 / 1 matrix."""
     table_path = Path(table_path).expanduser()
     table = read_table(table_path)
     source = str(table_path)
@@ -156,13 +180,19 @@ def table_records(
     named.update({f"stratify_columns/exclude ({c})": c for c in extra_columns})
     named.update({f"label_columns ({c})": c for c in label_columns or ()})
     _check_columns(table, source, named)
+    if label_separator and not multi_label:
+        raise ValueError(f"data.label_separator={label_separator!r} splits multi-label cells: set data.multi_label=true "
+                         "(or data.label_separator=null for one class per row)")
+    if multi_label and label_columns is None and not label_separator:
+        raise ValueError("data.multi_label=true needs data.label_columns (one 0 / 1 column per label) or "
+                         "data.label_separator (e.g. '|' for cells like 'Atelectasis|Effusion')")
     if table.empty:
         raise DatasetError(f"{source} has a header but no rows")
     if path_template is not None:
         path_column = "__path__"
         table[path_column] = template_paths(table, path_template, source)
     names = [f"line {i + 2}: {p}" for i, p in enumerate(table[path_column])]  # line 1 is the header
-    if label_columns is not None:
+    if label_columns is not None and not multi_label:
         label_column = "__label__"
         table[label_column] = one_hot_labels(table, list(label_columns), names, source)
         classes = classes or list(label_columns)
@@ -182,14 +212,18 @@ def table_records(
     if duplicates:
         raise rows_error(source, "list an image that an earlier row already lists (it could land in two splits)",
                          duplicates, "keep one row per image")
-    class_list = table_classes(table, label_column, classes)
-    index = {c: i for i, c in enumerate(class_list)}
-    raw = table[label_column].to_numpy()
-    unknown = [n for n, v in zip(names, raw) if v not in index]
-    if unknown:
-        raise rows_error(source, f"have a label outside data.classes={class_list}", unknown,
-                         "fix the labels or list every class in data.classes")
-    labels = np.array([index[v] for v in raw], dtype=np.int64)
+    if multi_label:
+        labels, class_list = multi_hot_labels(table, source, names, label_column, label_columns, label_separator,
+                                              classes)
+    else:
+        class_list = table_classes(table, label_column, classes)
+        index = {c: i for i, c in enumerate(class_list)}
+        raw = table[label_column].to_numpy()
+        unknown = [n for n, v in zip(names, raw) if v not in index]
+        if unknown:
+            raise rows_error(source, f"have a label outside data.classes={class_list}", unknown,
+                             "fix the labels or list every class in data.classes")
+        labels = np.array([index[v] for v in raw], dtype=np.int64)
     _check_no_empty_class(source, labels, class_list)
     splits = None
     if split_column is not None:
@@ -209,8 +243,36 @@ def table_records(
     return records
 
 
+def multi_hot_labels(table: pd.DataFrame, source: str, names: list[str], label_column: str | None,
+                     label_columns: Sequence[str] | None, separator: str | None,
+                     classes: Sequence | None) -> tuple[np.ndarray, list[str]]:
+    """(labels (N, K) int64 0 / 1, label names) of a multi-label table: from 0 / 1 columns
+    (``classes`` may reorder them) or from cells split by ``separator``."""
+    if label_columns is not None:
+        columns = [str(c) for c in label_columns]
+        class_list = [str(c) for c in classes] if classes else columns
+        if sorted(class_list) != sorted(columns):
+            raise ValueError(f"data.classes={class_list} must list the data.label_columns {columns} (in any order)")
+        hot = hot_columns(table, columns, names, source)
+        return hot[:, [columns.index(c) for c in class_list]].astype(np.int64), class_list
+    class_list = table_classes(table, label_column, classes, separator)
+    index = {c: i for i, c in enumerate(class_list)}
+    labels = np.zeros((len(table), len(class_list)), dtype=np.int64)
+    unknown = []
+    for row, (name, cell) in enumerate(zip(names, table[label_column])):
+        for label in (part.strip() for part in cell.split(separator)):
+            if label in index:
+                labels[row, index[label]] = 1
+            elif label:
+                unknown.append(f"{name} ({label!r})")
+    if unknown:
+        raise rows_error(source, f"have a label outside data.classes={class_list}", unknown,
+                         "fix the labels or list every label in data.classes")
+    return labels, class_list
+
+
 def _check_no_empty_class(source: str, labels: np.ndarray, classes: list[str]) -> None:
-    counts = np.bincount(labels, minlength=len(classes))
+    counts = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
         raise DatasetError(f"{source}: class(es) {empty} have no images; remove them from data.classes or add images")

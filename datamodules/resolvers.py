@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.tasks import MULTI_LABEL
 from core.tracking import wandb_mode
 from datamodules.image_datamodule import task_of
 from datamodules.image_records import folder_layout, read_table, table_classes
@@ -28,18 +29,20 @@ def _in_chans(flag: str, as_rgb: bool = False) -> int:
 
 
 @lru_cache(maxsize=32)
-def _table_classes(table: str, label_column: str | None, classes: tuple | None, stamp: tuple) -> tuple[str, ...]:
+def _table_classes(table: str, label_column: str | None, classes: tuple | None, stamp: tuple,
+                   separator: str | None = None) -> tuple[str, ...]:
     """Class names of a table; ``stamp`` (mtime, size) makes an edited table be read again."""
     frame = read_table(table)
     if label_column not in frame.columns:
         raise ValueError(f"data.label_column={label_column!r} is not a column of {table}; "
                          f"its columns are {list(frame.columns)}")
-    return tuple(table_classes(frame, label_column, classes))
+    return tuple(table_classes(frame, label_column, classes, separator))
 
 
 def _image_data(key: str, _parent_: DictConfig):
     """``num_classes`` or ``task`` of the image_table / image_folder config holding the call."""
     table, one_hot = _parent_.get("table"), _parent_.get("label_columns")
+    multi_label = bool(_parent_.get("multi_label"))
     if table is not None and one_hot:  # one-hot columns name the classes (data.classes may reorder them)
         names = [str(c) for c in (_parent_.get("classes") or one_hot)]
     elif table is not None:
@@ -47,13 +50,14 @@ def _image_data(key: str, _parent_: DictConfig):
         stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else ()
         classes = _parent_.get("classes")
         names = _table_classes(str(path), _parent_.get("label_column"),
-                               tuple(str(c) for c in classes) if classes else None, stamp)
+                               tuple(str(c) for c in classes) if classes else None, stamp,
+                               _parent_.get("label_separator") if multi_label else None)
     else:  # listing class folders is cheap: never cached
         names = folder_layout(Path(_parent_.get("root")).expanduser())[0]
     if key == "num_classes":
         return len(names)
     if key == "task":
-        return task_of(len(names))
+        return MULTI_LABEL if multi_label else task_of(len(names))
     raise ValueError(f"${{image_data:{key}}}: unknown key; use num_classes or task")
 
 

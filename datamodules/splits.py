@@ -55,10 +55,13 @@ def stratified_split(
 
 
 def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a stratified subset: ``max(1, round(fraction * n_c))`` per class."""
+    """Sorted indices of a stratified subset: ``max(1, round(fraction * n_c))`` per class
+    (multi-label (N, K) labels: ``iterative_split``'s share of every label)."""
     _check_fraction("data.label_fraction", fraction, allow_one=True)
     if fraction == 1:
         return np.arange(len(labels))
+    if np.ndim(labels) == 2 and np.shape(labels)[1] > 1:
+        return iterative_split(labels, fraction, seed)[1]
     rng = np.random.default_rng(seed)
     s = strata(labels)
     keep = []
@@ -105,6 +108,58 @@ def grouped_stratified_split(
     return np.setdiff1d(np.arange(len(strata_ids)), part), part
 
 
+def iterative_split(
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, part) of a multi-label set (labels (N, K) 0 / 1) by iterative stratification
+    (Sechidis, Tsoumakas and Vlahavas, ECML PKDD 2011): ``part`` gets about ``fraction`` of the
+    rows and of every label's positives, the rarest labels placed first.
+
+    The units placed are rows, or whole groups (``groups``, (N,)), whose label counts are
+    their rows' sums. Each step takes the label with the fewest positives left among the
+    unplaced units, and gives each unit holding it (in a seeded random order) to the side that
+    still wants the most of that label (ties: the side that wants the most rows, then the seed).
+    Units with no positive label fill the side that wants the most rows. Sorted indices.
+    """
+    _check_fraction("fraction", fraction, allow_one=False)
+    y = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        unit_of = np.arange(len(y))
+    else:
+        unit_of = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].reshape(-1)
+    n_units = int(unit_of.max()) + 1 if len(y) else 0
+    counts = np.zeros((n_units, y.shape[1]), dtype=np.int64)  # positives per unit and label
+    np.add.at(counts, unit_of, y)
+    sizes = np.bincount(unit_of, minlength=n_units)  # rows per unit
+    ratios = np.array([1 - fraction, fraction])
+    want_rows = ratios * len(y)  # rows each side still wants
+    want_labels = ratios[:, None] * y.sum(0)[None, :].astype(float)  # (2, K) positives still wanted
+    side = np.full(n_units, -1)
+    left = counts.copy()  # label counts of the unplaced units (placed rows zeroed)
+
+    def place(unit: int, order: list[int]) -> None:
+        j = order[0]
+        side[unit] = j
+        want_rows[j] -= sizes[unit]
+        want_labels[j] -= counts[unit]
+        left[unit] = 0
+
+    while (left.sum(0) > 0).any():
+        remaining = left.sum(0)
+        rarest = np.flatnonzero(remaining == remaining[remaining > 0].min())
+        label = int(rng.choice(rarest))
+        for unit in rng.permutation(np.flatnonzero(left[:, label] > 0)):
+            tie = rng.random(2)
+            order = sorted((0, 1), key=lambda j: (-want_labels[j, label], -want_rows[j], tie[j]))
+            place(int(unit), order)
+    for unit in rng.permutation(np.flatnonzero(side < 0)):  # units with no positive label
+        tie = rng.random(2)
+        place(int(unit), sorted((0, 1), key=lambda j: (-want_rows[j], tie[j])))
+    rows_side = side[unit_of]
+    return np.flatnonzero(rows_side == 0), np.flatnonzero(rows_side == 1)
+
+
 def assign_splits(
     strata_ids: np.ndarray,
     fractions: dict[str, float],
@@ -117,7 +172,8 @@ def assign_splits(
     Splits that ``predefined`` lacks (all but train when it is None) are carved out of the
     train rows in turn (test, then val), keeping the ratios of ``fractions`` among train and
     the carved splits; e.g. 70/10/20 from nothing, or val = 10 / (70 + 10) of a predefined
-    train. Stratified on ``strata_ids``; with ``groups``, no group is ever divided.
+    train. Stratified on ``strata_ids`` (N,), or, for multi-label data, on the columns of a
+    0 / 1 matrix (N, K) by iterative stratification; with ``groups``, no group is ever divided.
     """
     n = len(strata_ids)
     out = np.array(["train"] * n, dtype=object) if predefined is None else np.asarray(predefined, dtype=object).copy()
@@ -128,7 +184,9 @@ def assign_splits(
         share = fractions[name] / remaining
         remaining -= fractions[name]
         carve_seed = derived_seed(seed, f"carve {name}")
-        if groups is None:
+        if np.ndim(strata_ids) == 2:
+            _, part = iterative_split(strata_ids[pool], share, carve_seed, None if groups is None else groups[pool])
+        elif groups is None:
             _, part = stratified_split(strata_ids[pool], share, carve_seed, f"data.fractions.{name}")
         else:
             _, part = grouped_stratified_split(strata_ids[pool], groups[pool], share, carve_seed)

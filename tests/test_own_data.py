@@ -615,3 +615,64 @@ def test_path_template_and_column_choices_are_checked(tmp_path):
     with pytest.raises(ValueError, match="exactly one of data.path_column and data.path_template"):
         ImageTableDataModule(table=str(tmp_path / "t.csv"), path_column="image_id", path_template="{image_id}.jpg",
                              label_column="dx", cache_dir=None)
+
+
+@pytest.fixture(scope="session")
+def multi_label_table(tmp_path_factory) -> Path:
+    """180 grayscale images, 3 findings (each brightens its own third of the image), 0-3 per
+    image, 60 patients of 3 images; the table in ChestX-ray14's shape ("a|b" cells, a patient
+    column) plus the same labels as 0 / 1 columns."""
+    root = tmp_path_factory.mktemp("multi_label")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    names, rows = ["effusion", "nodule", "atelectasis"], []
+    for i in range(180):
+        on = rng.random(3) < [0.5, 0.3, 0.15]
+        img = rng.normal(60, 20, (24, 24))
+        for k in np.flatnonzero(on):
+            img[:, 8 * k:8 * (k + 1)] += 120
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"{i}.png")
+        rows.append({"path": f"{i}.png", "findings": "|".join(n for n, o in zip(names, on) if o) or "none",
+                     "patient": f"p{i // 3}", **{n: int(o) for n, o in zip(names, on)}})
+    pd.DataFrame(rows).to_csv(root / "table.csv", index=False)
+    return root / "table.csv"
+
+
+def test_a_multi_label_table_trains_and_its_per_label_aucs_equal_sklearn(multi_label_table, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    overrides = ["experiment=cnn_derma", "data=image_table", f"data.table={multi_label_table}",
+                 "data.label_column=findings", "data.multi_label=true", "data.label_separator='|'",
+                 "data.classes=[effusion,nodule,atelectasis]", "data.group_column=patient", "data.channels=1",
+                 "data.img_size=24", "data.batch_size=16", "trainer.max_epochs=3", *_own_overrides(tmp_path)]
+    with pytest.raises(DatasetError, match=r"label outside data.classes=\['effusion', 'nodule', 'atelectasis'\]"
+                                           r".*\('none'\)"):  # "none" is not a listed label: named, not dropped
+        train(compose_cfg(overrides, tmp_path / "run"))
+    overrides[5] = "data.classes=[effusion,nodule,atelectasis,none]"
+    cfg = compose_cfg(overrides, tmp_path / "run")
+    assert cfg.data.task == "multi-label, binary-class" and cfg.data.num_classes == 4
+    metrics = train(cfg)
+    preds = np.load(tmp_path / "run" / "predictions" / "test_predictions.npz")
+    assert preds["labels"].shape[1] == 4 and preds["probs"].shape == preds["labels"].shape
+    for k, name in enumerate(["effusion", "nodule", "atelectasis"]):
+        assert metrics[f"test/auroc/{name}"] == pytest.approx(roc_auc_score(preds["labels"][:, k], preds["probs"][:, k]),
+                                                              abs=1e-5)
+    assert metrics["test/auroc/effusion"] > 0.9  # the bright band is learnable: training happened
+    splits = _read_csv(tmp_path / "run" / "splits.csv")
+    per_patient = pd.DataFrame(splits).groupby("group")["split"].nunique()
+    assert per_patient.max() == 1  # no patient crosses splits
+    table = pd.read_csv(multi_label_table)
+    assert [r["label"] for r in splits] == table["findings"].tolist()  # per-row positives, as written
+
+
+def test_multi_label_from_zero_one_columns_and_its_mistakes(multi_label_table, tmp_path):
+    dm = _table_dm(multi_label_table, tmp_path, label_column=None, label_columns=["effusion", "nodule", "atelectasis"],
+                   multi_label=True, classes=["nodule", "effusion", "atelectasis"])
+    table = pd.read_csv(multi_label_table)
+    np.testing.assert_array_equal(dm.records.labels, table[["nodule", "effusion", "atelectasis"]].to_numpy())
+    assert dm.task == "multi-label, binary-class" and dm.num_classes == 3
+    assert set(dm.plan()[0]) == {"train", "val", "test"}
+    with pytest.raises(ValueError, match="data.multi_label=true needs data.label_columns .* or data.label_separator"):
+        _table_dm(multi_label_table, tmp_path, label_column="findings", multi_label=True)
+    with pytest.raises(ValueError, match=r"data.label_separator='\|' splits multi-label cells: set data.multi_label=true"):
+        _table_dm(multi_label_table, tmp_path, label_column="findings", label_separator="|")

@@ -57,3 +57,35 @@ def test_label_fraction_out_of_range(bad):
 def test_multilabel_strata_use_first_positive_or_none():
     y = np.array([[0, 1, 1], [0, 0, 0], [1, 0, 0]])
     np.testing.assert_array_equal(strata(y), [1, 3, 0])
+
+
+def test_iterative_split_hand_worked_example():
+    """Six rows, two labels, half each side. Label 1 (2 positives) is placed first, one row per
+    side; label 0's two unplaced rows then go one to each side (the side without a label-0 row
+    wants it more, then the side wanting more rows); the two unlabelled rows fill the sides."""
+    from datamodules.splits import iterative_split
+
+    y = np.array([[1, 0], [1, 0], [1, 1], [0, 1], [0, 0], [0, 0]])
+    for seed in range(5):
+        rest, part = iterative_split(y, 0.5, seed)
+        assert len(rest) == len(part) == 3 and sorted([*rest, *part]) == list(range(6))
+        assert y[part, 1].sum() == 1 and sorted([y[part, 0].sum(), y[rest, 0].sum()]) == [1, 2]
+        side_of_2 = part if 2 in part else rest
+        assert y[side_of_2, 0].sum() == 2  # row 2 (both labels) and one of rows 0 / 1
+
+
+def test_iterative_split_keeps_every_labels_share_and_whole_groups():
+    from datamodules.splits import iterative_split
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((1000, 5)) < np.array([0.5, 0.2, 0.05, 0.01, 0.3])).astype(int)
+    rest, part = iterative_split(y, 0.2, seed=0)
+    assert len(part) == 200 and np.all(np.abs(y[part].sum(0) - 0.2 * y.sum(0)) <= 1)  # within one per label
+    assert np.array_equal(part, iterative_split(y, 0.2, seed=0)[1])  # deterministic
+    assert not np.array_equal(part, iterative_split(y, 0.2, seed=1)[1])
+    naive = rng.permutation(1000)[:200]  # a random 20 % for scale: iterative is far closer per label
+    assert np.abs(y[part].sum(0) - 0.2 * y.sum(0)).sum() < np.abs(y[naive].sum(0) - 0.2 * y.sum(0)).sum()
+    groups = np.repeat(np.arange(250), 4)
+    rest, part = iterative_split(y, 0.2, seed=1, groups=groups)
+    assert not set(groups[part]) & set(groups[rest]) and 180 <= len(part) <= 220
+    assert np.all(np.abs(y[part].sum(0) - 0.2 * y.sum(0)) <= 4)  # a group moves up to 4 positives at once
