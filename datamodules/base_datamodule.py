@@ -107,7 +107,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
                 synthetic_max_ratio, "(0, 1), e.g. 0.5 (at most as many synthetic as real images per class), or null")
         self.synthetic_max_ratio = synthetic_max_ratio
         self.synthetic_card: dict | None = None
-        self.real_train_identity: dict | None = None
+        self._real_train: tuple | None = None  # (images, labels) of the real training split
+        self._identity: dict | None = None
         self.device_images: DeviceImages | None = None
         self.level_indices: dict[str, np.ndarray] = {}
         self.train_set = self.val_set = self.test_set = None
@@ -154,6 +155,14 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     def sample_source(self) -> str:
         """Where the samples come from (a MedMNIST flag, an image folder): ensembles compare it."""
 
+    @property
+    def real_train_identity(self) -> dict | None:
+        """``data_identity`` of the real training split (computed when first asked: it reads
+        every training image), or None before ``setup``."""
+        if self._identity is None and self._real_train is not None:
+            self._identity = self.data_identity(*self._real_train)
+        return self._identity
+
     def data_identity(self, train_images: np.ndarray, train_labels: np.ndarray) -> dict:
         """What a synthetic training set must have been made for (see ``synthetic_train.py``):
         this dataset, its classes, source image size and channels, and these real training
@@ -180,7 +189,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         same transforms run batched on the device (``on_after_batch_transfer``).
         """
         stats = normalization_stats(self.normalization, self.in_chans, images["train"])  # real images only
-        self.real_train_identity = self.data_identity(images["train"], labels["train"])
+        self._real_train = (images["train"], labels["train"])
+        self._identity = None
         synthetic = None
         if self.synthetic_train:
             synth = load_synthetic(self.synthetic_train, self.real_train_identity)
@@ -189,7 +199,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
                 keep = cap_synthetic_share(labels["train"], synth.labels, self.synthetic_max_ratio, self.split_seed + 3)
                 synth = replace(synth, images=synth.images[keep], labels=synth.labels[keep])
             synthetic = np.r_[np.zeros(len(labels["train"]), bool), np.ones(len(synth.labels), bool)]
-            images = {**images, "train": np.concatenate([images["train"], synth.images])}
+            images = {**images, "train": np.concatenate([np.asarray(images["train"]), synth.images])}
             labels = {**labels, "train": np.concatenate([labels["train"].reshape(-1, 1), synth.labels])}
         self.train_labels = labels["train"]
         train_tf = build_transform(self.img_size, source_size, stats, self.augment)

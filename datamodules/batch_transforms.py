@@ -132,6 +132,8 @@ class BatchTransform:
     ) -> None:
         if augment is not None and augment.rotation > 0:
             check_rotation(augment)
+        if augment is not None and augment.random_resized_crop is not None:
+            raise ValueError("data.augment.random_resized_crop runs on the loader path only: set data.on_device=false")
         self.img_size, self.stats, self.augment = img_size, stats, augment
         self._stats_on: dict[torch.device, tuple[Tensor, Tensor]] = {}  # moved once per device, not per batch
 

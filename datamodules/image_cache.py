@@ -95,20 +95,19 @@ def square(im: Image.Image, size: int, resize: str) -> Image.Image:
     return canvas
 
 
-def decode_image(path: Path, size: int, channels: int, intensity: IntensityConfig = AUTO,
-                 fallback_bits: int | None = None, resize: str = "shorter_side_crop") -> tuple[np.ndarray, int | None]:
-    """(uint8 (size, size) for 1 channel or (size, size, 3), bit depth ``auto`` used or None).
+def load_image(path: Path, channels: int, intensity: IntensityConfig = AUTO,
+               fallback_bits: int | None = None) -> tuple[Image.Image, int | None]:
+    """(the file as an 8-bit ``L`` or ``RGB`` image at its own size, bit depth ``auto`` used or None).
 
     Values are mapped to 8 bits by ``intensity`` first (16-bit and 32-bit images read as
-    grayscale), then converted to the channel count and made square by ``resize`` (``square``).
-    ``auto`` takes the bit depth the file declares, else ``fallback_bits`` (``decode_all``:
-    the dataset's), else the file's own maximum. ``.dcm`` files go through ``dicom.read_dicom``
-    (modality LUT, the file's window, MONOCHROME1 inverted). Raises OSError / ValueError on unreadable or
-    truncated files.
+    grayscale), then converted to the channel count. ``auto`` takes the bit depth the file
+    declares, else ``fallback_bits`` (``decode_all``: the dataset's), else the file's own
+    maximum. ``.dcm`` files go through ``dicom.read_dicom`` (modality LUT, the file's window,
+    MONOCHROME1 inverted). Raises OSError / ValueError on unreadable or truncated files.
     """
+    mode = "L" if channels == 1 else "RGB"
     if path.suffix.lower() == ".dcm":
-        im = Image.fromarray(read_dicom(path, intensity))
-        return np.asarray(square(im.convert("L" if channels == 1 else "RGB"), size, resize), dtype=np.uint8), None
+        return Image.fromarray(read_dicom(path, intensity)).convert(mode), None
     with Image.open(path) as im:
         im.load()  # decodes fully: truncated files fail here
         if im.mode in DEEP_MODES:
@@ -117,32 +116,49 @@ def decode_image(path: Path, size: int, channels: int, intensity: IntensityConfi
             pixels, bits = map_intensity(values, intensity, declared_bits(path, im) or fallback_bits)
             im = Image.fromarray(pixels)
         elif intensity.mode != "auto":
-            pixels, bits = map_intensity(np.asarray(im.convert("L" if channels == 1 else "RGB")), intensity)
+            pixels, bits = map_intensity(np.asarray(im.convert(mode)), intensity)
             im = Image.fromarray(pixels)
         else:
             bits = 8
-        im = square(im.convert("L" if channels == 1 else "RGB"), size, resize)
-        return np.asarray(im, dtype=np.uint8), bits
+        return im.convert(mode), bits
+
+
+def decode_image(path: Path, size: int, channels: int, intensity: IntensityConfig = AUTO,
+                 fallback_bits: int | None = None, resize: str = "shorter_side_crop") -> tuple[np.ndarray, int | None]:
+    """(uint8 (size, size) for 1 channel or (size, size, 3), bit depth ``auto`` used or None):
+    ``load_image``, then made square by ``resize`` (``square``)."""
+    im, bits = load_image(path, channels, intensity, fallback_bits)
+    return np.asarray(square(im, size, resize), dtype=np.uint8), bits
+
+
+def dataset_depth(root: Path, paths: Sequence[str], intensity: IntensityConfig, workers: int | None = None
+                  ) -> int | None:
+    """The bit depth ``auto`` gives the files that declare none: the smallest that holds the
+    largest value of all of them (None when no such file, or another mode)."""
+    if intensity.mode != "auto":
+        return None
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        peaks = [p for p in pool.map(lambda p: undeclared_peak(root / p), paths) if p is not None]
+    return auto_depth(np.array(peaks), None) if peaks else None
 
 
 def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
                channels: int, intensity: IntensityConfig = AUTO, resize: str = "shorter_side_crop",
-               workers: int | None = None) -> np.ndarray:
-    """uint8 (N, size, size[, 3]) of every file; one error naming every unreadable file.
+               workers: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (N, size, size[, 3]) of every file, written into ``out`` when given (e.g. a
+    memory-mapped file: the images never all sit in memory); one error naming every
+    unreadable file.
 
-    Under ``intensity.mode=auto`` the files that declare no bit depth share one: the smallest
-    that holds the largest value of all of them (a dark 12-bit image is not stretched as if it
-    were 10-bit); a dataset whose files still map with different depths (declared ones differ)
-    gets a warning, since their grey levels are then not on one scale."""
-    out = np.empty((len(paths), size, size) + ((3,) if channels == 3 else ()), dtype=np.uint8)
+    Under ``intensity.mode=auto`` the files that declare no bit depth share one
+    (``dataset_depth``: a dark 12-bit image is not stretched as if it were 10-bit); a dataset
+    whose files still map with different depths (declared ones differ) gets a warning, since
+    their grey levels are then not on one scale."""
+    shape = (len(paths), size, size) + ((3,) if channels == 3 else ())
+    out = np.empty(shape, dtype=np.uint8) if out is None else out
     failures: dict[int, str] = {}
     depths: list[int | None] = [None] * len(paths)
     pool_size = workers or min(8, os.cpu_count() or 1)
-    fallback = None
-    if intensity.mode == "auto":
-        with ThreadPoolExecutor(max_workers=pool_size) as pool:
-            peaks = [p for p in pool.map(lambda p: undeclared_peak(root / p), paths) if p is not None]
-        fallback = auto_depth(np.array(peaks), None) if peaks else None
+    fallback = dataset_depth(root, paths, intensity, pool_size)
 
     def work(i: int) -> None:
         try:
@@ -184,16 +200,18 @@ def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source:
     expected = (len(paths), size, size) + ((3,) if channels == 3 else ())
     if target.is_file():
         try:
-            images = np.load(target, mmap_mode="r")  # rows are copied out when the splits are built
+            images = np.load(target, mmap_mode="r")  # read per item (``image_rows.Rows``)
             if images.shape == expected and images.dtype == np.uint8:
                 return images, True
         except (OSError, ValueError, EOFError):
             pass
         target.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-    images = decode_all(root, paths, rows, source, size, channels, intensity, resize)
-    with atomic_path(target) as tmp, open(tmp, "wb") as f:
-        np.save(f, images)
+    with atomic_path(target) as tmp:  # decoded straight into the memory-mapped file
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=expected)
+        decode_all(root, paths, rows, source, size, channels, intensity, resize, out=images)
+        images.flush()
+        del images
     for stale in cache_dir.glob(f"images-{family}-*.npy"):
         if stale != target:
             stale.unlink(missing_ok=True)
-    return images, False
+    return np.load(target, mmap_mode="r"), False

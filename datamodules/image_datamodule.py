@@ -18,17 +18,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from core.io import atomic_path
 from core.tasks import BINARY, MULTI_CLASS, MULTI_LABEL
 from datamodules.base_datamodule import ClassificationDataModule, require
-from datamodules.image_cache import RESIZE_MODES, cached_images
+from datamodules.image_cache import RESIZE_MODES, cached_images, dataset_depth, file_stats
 from datamodules.image_records import (
     ImageRecords,
     folder_records,
     table_records,
 )
+from datamodules.image_rows import FileImages, Rows
 from datamodules.intensity import IntensityConfig
 from datamodules.medmnist_files import SPLITS, DatasetError
 from datamodules.splits import assign_splits, combined_strata
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+DECODE_MODES = ("cache", "lazy")
 
 
 def check_fractions(fractions: dict | None) -> dict[str, float]:
@@ -61,7 +63,11 @@ class ImageDataModule(ClassificationDataModule):
         fractions: ``{train, val, test}`` used for the splits the data do not predefine.
         exclude: ``{column: [values]}``: rows with any listed value are dropped from the
             splits in ``exclude_from`` (after splitting, so the split itself is unchanged).
-        cache_dir: folder of the decoded-image cache; None decodes on every setup.
+        decode: ``cache`` (every file decoded once, checked, into a memory-mapped file under
+            ``cache_dir`` that the loaders read row by row) or ``lazy`` (each file decoded when
+            its item is read, in the loader's worker processes; nothing is written, and
+            ``augment.random_resized_crop`` crops the full-size training images).
+        cache_dir: folder of the decoded-image cache; None decodes into memory on every setup.
         splits_file: where to write ``splits.csv`` (path, label, group, split, excluded per
             row, in table order); None writes nothing.
         Others as ``MedMNISTDataModule``.
@@ -78,6 +84,7 @@ class ImageDataModule(ClassificationDataModule):
         intensity: dict | None = None,
         resize: str = "shorter_side_crop",
         img_size: int = 224,
+        decode: str = "cache",
         cache_dir: str | None = None,
         splits_file: str | None = None,
         normalization: str = "imagenet",
@@ -115,6 +122,10 @@ class ImageDataModule(ClassificationDataModule):
         self.intensity = IntensityConfig(**(intensity or {}))
         require(resize in RESIZE_MODES, "resize", resize, str(list(RESIZE_MODES)))
         self.resize = resize
+        require(decode in DECODE_MODES, "decode", decode, str(list(DECODE_MODES)))
+        require(decode == "cache" or not self.on_device, "decode", decode,
+                "'cache' with data.on_device=true (the device path holds every image); or set data.on_device=false")
+        self.decode = decode
         self.cache_dir, self.splits_file = cache_dir, splits_file
         self.task = MULTI_LABEL if records.multi_label else task_of(self.num_classes)
         self.check_task()
@@ -123,6 +134,7 @@ class ImageDataModule(ClassificationDataModule):
         self.from_cache: bool | None = None
         self.split_of: np.ndarray | None = None  # (N,) final split per row, "" when excluded
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
+        self._depth: tuple[int | None] | None = None
 
     # ----- metadata ---------------------------------------------------------------------
     @property
@@ -192,7 +204,11 @@ class ImageDataModule(ClassificationDataModule):
     # ----- Lightning hooks --------------------------------------------------------------
     def prepare_data(self) -> None:
         self.plan()
-        self._load_images()
+        if self.decode == "cache":
+            self._load_images()
+        else:
+            rec = self.records
+            file_stats(rec.root, rec.paths, rec.rows, rec.source)  # every file exists
 
     def _load_images(self) -> None:
         if self.images is None:
@@ -206,18 +222,30 @@ class ImageDataModule(ClassificationDataModule):
         if self.train_set is not None:
             return
         assigned, dropped = self.plan()
-        self._load_images()
         split_of = np.where(dropped, "", assigned)
         train_rows = np.flatnonzero(split_of == "train")
         keep = self.label_fraction_indices(self.records.labels[train_rows])
         split_of[np.setdiff1d(train_rows, train_rows[keep])] = ""  # left out by label_fraction
         self.split_of = split_of
         rows = {s: np.flatnonzero(split_of == s) for s in SPLITS}
-        self.build_sets({s: np.asarray(self.images[i]) for s, i in rows.items()},
+        self.build_sets({s: self._split_images(s, i) for s, i in rows.items()},
                         {s: self.records.labels[i] for s, i in rows.items()}, self.img_size)
         if self.splits_file and rank_zero_only.rank == 0:
             reason = np.where(dropped, "exclude", np.where(split_of == "", "label_fraction", ""))
             self.write_splits(Path(self.splits_file), assigned, reason)
+
+    def _split_images(self, split: str, rows: np.ndarray) -> Rows | FileImages:
+        """The images of ``split`` (table rows ``rows``), read per item: rows of the decoded
+        cache, or files decoded when read (full size for a random-resized-crop training split)."""
+        rec = self.records
+        if self.decode == "cache":
+            self._load_images()
+            return Rows(self.images, rows)
+        if self._depth is None:  # the bit depth auto gives undeclared deep files: one scan, shared by the splits
+            self._depth = (dataset_depth(rec.root, rec.paths, self.intensity),)
+        full = split == "train" and self.augment.random_resized_crop is not None
+        return FileImages(rec.root, [rec.paths[i] for i in rows], None if full else self.img_size, self.channels,
+                          self.intensity, self._depth[0], self.resize)
 
     def write_splits(self, path: Path, assigned: np.ndarray, excluded: np.ndarray) -> None:
         """``splits.csv``, one row per table row in table order: path, label, group, split and

@@ -23,7 +23,11 @@ IDENTITY_KEYS = ("data_source", "num_classes", "image_size", "channels", "train_
 def train_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """sha256 (16 hex digits) of the real training split as a run uses it (after the split and
     the label fraction): a synthetic set may only join the training set its generator saw."""
-    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    from datamodules.image_rows import chunks
+
+    h = hashlib.sha256()
+    for chunk in chunks(images):  # the bytes of the whole array, streamed (lazy splits stay lazy)
+        h.update(np.ascontiguousarray(chunk).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).reshape(-1).tobytes())
     return h.hexdigest()[:16]
 

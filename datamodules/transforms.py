@@ -25,14 +25,26 @@ class AugmentConfig:
     rotation_p: float = 1.0  # probability of rotating an image
     rotation_expand: bool = False  # rotate onto a larger canvas, then resize: no corner is cut off
     erasing: float = 0.0  # probability of random erasing (cutout)
+    # [min, max] area share of a random crop resized to img_size (timm / torchvision's
+    # RandomResizedCrop, aspect 3/4 to 4/3); with data.decode=lazy, of the full-size file
+    random_resized_crop: tuple[float, float] | None = None
 
 
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units of uint8 images (N, H, W) or (N, H, W, 3)."""
-    x = images.astype(np.float64) / 255.0
-    axes = (0, 1, 2)
-    x = x[..., None] if x.ndim == 3 else x
-    return x.mean(axis=axes).tolist(), x.std(axis=axes).tolist()
+def channel_stats(images) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of uint8 images (N, H, W) or (N, H, W, 3) (an
+    array or an ``image_rows`` sequence), streamed in chunks: float64 sums of x and x^2."""
+    from datamodules.image_rows import chunks
+
+    total = total_sq = 0.0
+    count = 0
+    for chunk in chunks(images):
+        x = chunk.astype(np.float64) / 255.0
+        x = x[..., None] if x.ndim == 3 else x
+        total = total + x.sum(axis=(0, 1, 2))
+        total_sq = total_sq + np.square(x).sum(axis=(0, 1, 2))
+        count += x.shape[0] * x.shape[1] * x.shape[2]
+    mean = total / count
+    return mean.tolist(), np.sqrt(np.maximum(total_sq / count - mean**2, 0)).tolist()
 
 
 def normalization_stats(
@@ -79,7 +91,14 @@ def build_transform(
 ) -> v2.Compose:
     """Transform for a float image tensor (C, H, W) in [0, 1] -> (C, img_size, img_size)."""
     steps: list = []
-    if img_size != source_size:
+    crop = augment.random_resized_crop if augment is not None else None
+    if crop is not None:
+        low, high = (float(v) for v in crop)
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"data.augment.random_resized_crop={list(crop)} is invalid; allowed: [min, max] area "
+                             "shares with 0 < min <= max <= 1, e.g. [0.08, 1.0]")
+        steps.append(v2.RandomResizedCrop(img_size, scale=(low, high), antialias=True))
+    elif img_size != source_size:
         steps.append(v2.Resize((img_size, img_size), antialias=True))
     if augment is not None:
         if augment.crop_padding > 0:
@@ -107,26 +126,41 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        images: np.ndarray,
+        images,
         labels: np.ndarray,
         transform: v2.Compose,
         as_rgb: bool = False,
         multi_label: bool = False,
         synthetic: np.ndarray | None = None,
     ) -> None:
-        x = torch.from_numpy(np.ascontiguousarray(images))
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W) uint8
-        if as_rgb and x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        self.images = x.contiguous()
+        self.as_rgb = as_rgb
+        if isinstance(images, np.ndarray):  # in memory: one tensor
+            self._tensor: torch.Tensor | None = self._to_tensor(images)
+            self._lazy = None
+        else:  # an ``image_rows`` sequence: read per item, never all in memory
+            self._tensor, self._lazy = None, images
         y = torch.from_numpy(labels)
         self.labels = y.float() if multi_label else y.reshape(-1).long()
         self.transform = transform
         self.synthetic = None if synthetic is None else torch.from_numpy(np.asarray(synthetic, dtype=bool))
 
+    def _to_tensor(self, images: np.ndarray, batch: bool = True) -> torch.Tensor:
+        """uint8 (N, H, W[, 3]) -> (N, C, H, W), or one image (H, W[, 3]) -> (C, H, W)."""
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        x = x.movedim(-1, -3) if x.ndim == (4 if batch else 3) else x.unsqueeze(-3)
+        if self.as_rgb and x.shape[-3] == 1:
+            x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+        return x.contiguous()
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image, (N, C, H, W) uint8 (reads a lazy set whole: for the on-device path and synthesis)."""
+        return self._tensor if self._tensor is not None else self._to_tensor(np.asarray(self._lazy))
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        x = self.transform(self.images[i].float().div_(255.0))
+        image = self._tensor[i] if self._tensor is not None else self._to_tensor(self._lazy[i], batch=False)
+        x = self.transform(image.float().div_(255.0))
         return (x, self.labels[i]) if self.synthetic is None else (x, self.labels[i], self.synthetic[i])
