@@ -4,8 +4,10 @@ Protocol: the real PneumoniaMNIST (28 px, official split) is exported to PNG fil
 CSV (path, label, split, made-up group of 3 consecutive images of one split). `cnn_derma`
 and `resnet18_derma` are trained through `data=image_table` (split_column=split, so the
 same official split) and through `data=pneumoniamnist` with the same seeds and settings;
-the checkpoint with the best validation AUC is tested once. Prints test ACC / AUC mean +-
-std per source and the largest per-seed difference, then the cache timings: a cold start
+the checkpoint with the best validation AUC is tested once; the table path runs twice, with
+the memory-mapped decoded cache (``data.decode=cache``) and with files decoded per item
+(``data.decode=lazy``). Prints test ACC / AUC mean +- std per source and the largest per-seed
+difference from the .npz path, then the cache timings: a cold start
 (decode every PNG, write the cache) vs a warm one (cache hit), measured as wall time from
 data preparation to the end of training epoch 1, and epoch 2 alone.
 
@@ -103,8 +105,11 @@ def main() -> None:
 
     rows = []
     for arm in args.arms:
-        for name, source in (("image_table", table_overrides(table, cache)), (".npz", npz_overrides(data_root))):
-            results = [run(arm, source, s, out / f"{arm}_{name.strip('.')}_{s}", args.resnet_epochs)
+        sources = (("image_table, cache", table_overrides(table, cache)),
+                   ("image_table, lazy", [*table_overrides(table, cache), "data.decode=lazy"]),
+                   (".npz", npz_overrides(data_root)))
+        for name, source in sources:
+            results = [run(arm, source, s, out / f"{arm}_{name.strip('.').replace(', ', '_')}_{s}", args.resnet_epochs)
                        for s in args.seeds]
             rows.append((arm, name, results))
             print(f"[done] {arm} via {name}: " + ", ".join(f"AUC {r['auc']:.3f}" for r in results))
@@ -117,10 +122,11 @@ def main() -> None:
     for arm, name, results in rows:
         print(f"| {arm} | {name} | {mean_std([r['acc'] for r in results])} | {mean_std([r['auc'] for r in results])} "
               f"| {statistics.mean(r['wall'] for r in results):.0f} |")
-    for i in range(0, len(rows), 2):
-        (arm, _, a), (_, _, b) = rows[i], rows[i + 1]
-        diff = max(max(abs(x["acc"] - y["acc"]), abs(x["auc"] - y["auc"])) for x, y in zip(a, b))
-        print(f"{arm}: largest per-seed |difference| (ACC or AUC), table vs .npz: {diff:.4f}")
+    for i in range(0, len(rows), 3):
+        (arm, _, cached), (_, _, lazy), (_, _, npz) = rows[i:i + 3]
+        for name, a in (("cache", cached), ("lazy", lazy)):
+            diff = max(max(abs(x["acc"] - y["acc"]), abs(x["auc"] - y["auc"])) for x, y in zip(a, npz))
+            print(f"{arm}: largest per-seed |difference| (ACC or AUC), table ({name}) vs .npz: {diff:.4f}")
 
     print("\nDecoded-image cache (cnn_derma, 2 epochs, num_workers=0):")
     print("| start | from cache | data preparation s | prep -> end of epoch 1 s | epoch 2 s |")

@@ -676,3 +676,91 @@ def test_multi_label_from_zero_one_columns_and_its_mistakes(multi_label_table, t
         _table_dm(multi_label_table, tmp_path, label_column="findings", multi_label=True)
     with pytest.raises(ValueError, match=r"data.label_separator='\|' splits multi-label cells: set data.multi_label=true"):
         _table_dm(multi_label_table, tmp_path, label_column="findings", label_separator="|")
+
+
+def test_the_cache_is_read_as_a_memory_map_row_by_row(png_dataset, tmp_path):
+    import pickle
+
+    from datamodules.image_rows import Rows
+
+    dm = _table_dm(png_dataset, tmp_path, split_column="split")
+    dm.prepare_data()
+    dm.setup()
+    assert isinstance(dm.images, np.memmap)  # the whole decoded set stays on disk
+    assert dm.train_set._tensor is None and isinstance(dm.train_set._lazy, Rows)
+    first = np.flatnonzero(dm.split_of == "train")[0]
+    expected = decode_image(png_dataset.parent / dm.records.paths[first], 28, 1)[0]
+    np.testing.assert_array_equal(dm.train_set._lazy[0], expected)
+    x, _ = dm.train_set[0]
+    np.testing.assert_allclose(x[0].numpy(), expected / 127.5 - 1, atol=1e-6)  # normalization=half
+    shipped = pickle.dumps(dm.train_set._lazy)  # what a DataLoader worker receives: the file name, not the pixels
+    assert len(shipped) < dm.train_set._lazy.array.nbytes / 4
+    np.testing.assert_array_equal(pickle.loads(shipped)[3], dm.train_set._lazy[3])
+
+
+def test_lazy_decoding_gives_the_cache_paths_metrics(png_dataset, tmp_path):
+    def run(decode: str) -> dict:
+        cfg = compose_cfg(["experiment=cnn_derma", "data=image_table", f"data.table={png_dataset}",
+                           "data.split_column=split", "data.channels=1", "data.img_size=28", f"data.decode={decode}",
+                           "trainer.max_epochs=2", *_own_overrides(tmp_path)[:-1],
+                           f"hydra.run.dir={tmp_path / decode}"], tmp_path / decode)
+        return train(cfg)
+
+    cached, lazy = run("cache"), run("lazy")
+    for key in ("test/acc", "test/auc", "val/loss"):
+        assert lazy[key] == pytest.approx(cached[key], abs=1e-6), key
+
+
+def test_lazy_random_resized_crop_reads_full_size_files_and_bad_settings_are_named(tmp_path):
+    from datamodules.image_rows import FileImages
+    from datamodules.transforms import channel_stats
+
+    (tmp_path / "img").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):  # non-square 48 x 32 images
+        Image.fromarray(rng.integers(0, 255, (32, 48), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"path": f"img/{i}.png", "label": "ab"[i % 2]})
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    dm = _table_dm(tmp_path / "t.csv", tmp_path, decode="lazy", img_size=16, normalization="dataset",
+                   augment={"random_resized_crop": [0.5, 1.0]})
+    dm.prepare_data()
+    dm.setup()
+    train_images, val_images = dm.train_set._lazy, dm.val_set._lazy
+    assert isinstance(train_images, FileImages) and train_images.size is None and train_images[0].shape == (32, 48)
+    assert val_images.size == 16 and val_images[0].shape == (16, 16)  # evaluation: the cache path's square images
+    assert dm.train_set[0][0].shape == (1, 16, 16)
+    full = np.stack([np.asarray(Image.open(tmp_path / p)) for p in train_images.paths]) / 255.0
+    mean, std = channel_stats(train_images)  # one full-size image at a time
+    assert mean[0] == pytest.approx(full.mean(), abs=1e-9) and std[0] == pytest.approx(full.std(), abs=1e-9)
+    with pytest.raises(ValueError, match=r"data.decode='lazy' is invalid.*data.on_device=false"):
+        _table_dm(tmp_path / "t.csv", tmp_path, decode="lazy", on_device=True)
+    with pytest.raises(ValueError, match=r"random_resized_crop=\[0.0, 1.0\] is invalid"):
+        _table_dm(tmp_path / "t.csv", tmp_path, augment={"random_resized_crop": [0.0, 1.0]}).setup()
+    (tmp_path / "img" / "3.png").write_bytes(b"not a png")  # lazy: found when read, named
+    images = next(s._lazy for s in (dm.train_set, dm.val_set, dm.test_set) if "img/3.png" in s._lazy.paths)
+    with pytest.raises(DatasetError, match=r"3.png cannot be decoded"):
+        images[images.paths.index("img/3.png")]
+
+
+def test_streamed_statistics_and_fingerprints_equal_the_whole_array_ones():
+    import hashlib
+
+    from datamodules.image_rows import Rows
+    from datamodules.synthetic_train import train_fingerprint
+    from datamodules.transforms import channel_stats
+
+    rng = np.random.default_rng(0)
+    for shape in ((1200, 8, 8), (1200, 8, 8, 3)):
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        index = rng.permutation(1200)[:1100]
+        rows = Rows(images, index)
+        picked = images[index].astype(np.float64) / 255
+        axes = (0, 1, 2)
+        mean, std = channel_stats(rows)
+        np.testing.assert_allclose(mean, picked.mean(axis=axes).reshape(-1), atol=1e-12)
+        np.testing.assert_allclose(std, picked.std(axis=axes).reshape(-1), atol=1e-9)
+        labels = np.arange(1100)
+        whole = hashlib.sha256(np.ascontiguousarray(images[index]).tobytes())
+        whole.update(labels.astype(np.int64).tobytes())
+        assert train_fingerprint(rows, labels) == whole.hexdigest()[:16] == train_fingerprint(images[index], labels)
