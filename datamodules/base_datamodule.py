@@ -189,6 +189,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         same transforms run batched on the device (``on_after_batch_transfer``).
         """
         stats = normalization_stats(self.normalization, self.in_chans, images["train"])  # real images only
+        self.input_stats, self.source_size = stats, source_size  # what a deployed model's input needs
+        self.source_channels = 1 if images["train"].ndim == 3 else 3
         self._real_train = (images["train"], labels["train"])
         self._identity = None
         synthetic = None

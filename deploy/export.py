@@ -36,6 +36,7 @@ from torch import nn
 from core.artifacts import resolve_checkpoint
 from core.config import CheckpointError, run_config
 from core.io import atomic_path, atomic_write_text
+from deploy.preprocessing import METADATA_KEY, dumps, preprocessing_of
 from evaluation.evaluate import checkpoint_data
 from lightning_modules.checkpoints import load_classifier
 
@@ -69,9 +70,10 @@ def model_path(ckpt: Path, fmt: str, out: Path | None) -> Path:
     return out / FORMATS[fmt] if out.is_dir() or not out.suffix else out
 
 
-def load_network(ckpt: Path, n_images: int) -> tuple[nn.Module, torch.Tensor]:
-    """``model.net`` of a classifier checkpoint (eval, CPU, fp32, contiguous) and its first
-    ``n_images`` real test images (N, C, H, W), preprocessed as the run's config says."""
+def load_network(ckpt: Path, n_images: int) -> tuple[nn.Module, torch.Tensor, dict]:
+    """``model.net`` of a classifier checkpoint (eval, CPU, fp32, contiguous), its first
+    ``n_images`` real test images (N, C, H, W), preprocessed as the run's config says, and the
+    preprocessing record (``deploy.preprocessing``) that reproduces that input from files."""
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"{ckpt}: no such checkpoint file")
     num_classes = run_config(ckpt).model.get("num_classes")
@@ -84,7 +86,7 @@ def load_network(ckpt: Path, n_images: int) -> tuple[nn.Module, torch.Tensor]:
     n = min(n_images, len(dataset))
     images = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)]).float()
     net = model.net.float().cpu().eval().to(memory_format=torch.contiguous_format)
-    return net, images
+    return net, images, preprocessing_of(datamodule)
 
 
 def example_input(images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,10 @@ def example_input(images: torch.Tensor) -> torch.Tensor:
     return images[[min(i, len(images) - 1) for i in range(EXAMPLE_BATCH)]]
 
 
-def export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
+    """ONNX file with the preprocessing record in its ``metadata_props``."""
+    import onnx
+
     # torch.export-based exporter (the TorchScript-based one is deprecated since torch 2.9);
     # the dynamic shape is given positionally because forward's argument name varies (x, images).
     torch.onnx.export(
@@ -100,6 +105,9 @@ def export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
         input_names=["images"], output_names=["logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {METADATA_KEY: dumps(record)})
+    onnx.save(model, str(path))
 
 
 @contextmanager
@@ -112,9 +120,10 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
+    """TorchScript file with the preprocessing record as the extra file ``<METADATA_KEY>.json``."""
     with _quiet_jit(), torch.no_grad():
-        torch.jit.save(torch.jit.trace(net, example), str(path))
+        torch.jit.save(torch.jit.trace(net, example), str(path), _extra_files={f"{METADATA_KEY}.json": dumps(record)})
 
 
 EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript}
@@ -191,12 +200,12 @@ def export_checkpoint(ckpt: Path, fmt: str, path: Path, parity_images: int, late
     The file is written to a temporary name and moved to ``path`` only after the parity check
     passed, so a failure never leaves a (half-written or wrong) model file.
     """
-    net, images = load_network(ckpt, parity_images)
+    net, images, record = load_network(ckpt, parity_images)
     created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(path) as tmp:
-            EXPORTERS[fmt](net, example_input(images), tmp)
+            EXPORTERS[fmt](net, example_input(images), tmp, record)
             diff = parity_max_abs(net, load_runtime(tmp, fmt), images)
             if not diff <= tolerance:  # also catches NaN
                 raise ParityError(
@@ -213,7 +222,7 @@ def export_checkpoint(ckpt: Path, fmt: str, path: Path, parity_images: int, late
         "input_shape": list(images[:1].shape), "params": sum(p.numel() for p in net.parameters()),
         "size_mb": size / 1e6, "ckpt_size_mb": Path(ckpt).stat().st_size / 1e6,
         "latency_ms": latency, "latency_ms_eager": eager,
-        "parity_max_abs": diff, "parity_images": len(images),
+        "parity_max_abs": diff, "parity_images": len(images), "preprocessing": record,
     }
 
 
@@ -269,8 +278,10 @@ def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Pa
 
 
 def flat_figures(result: dict) -> dict:
-    """``export/<key>`` and ``compare/<key>`` for every figure of ``export_classifier``'s result."""
-    return {f"{role}/{k}": v for role in ("export", "compare") for k, v in (result.get(role) or {}).items()}
+    """``export/<key>`` and ``compare/<key>`` for every figure of ``export_classifier``'s result
+    (the preprocessing record stays in export.json)."""
+    return {f"{role}/{k}": v for role in ("export", "compare") for k, v in (result.get(role) or {}).items()
+            if k != "preprocessing"}
 
 
 def run_export_stage(cfg) -> dict:

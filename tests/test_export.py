@@ -172,3 +172,38 @@ def test_a_wandb_model_artifact_is_downloaded_then_evaluated(cnn_ckpt, tmp_path,
     monkeypatch.setattr(wandb, "Api", lambda: types.SimpleNamespace(artifact=unreachable))
     with pytest.raises(CheckpointError, match="could not be downloaded .*no route.* or pass the .ckpt file"):
         resolve_checkpoint("wandb:me/medmae/model-abc:v1")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_model_alone_predicts_image_files_as_evaluate_does(cnn_ckpt, data_root, tmp_path, fmt):
+    """The exported file carries its preprocessing: predict.py, given only the model file and
+    PNGs of the test images, gives evaluate.py's probabilities."""
+    import csv
+
+    import numpy as np
+    import onnx
+
+    from datamodules.export import export_npz
+    from deploy import predict
+    from evaluation.evaluate import evaluate
+
+    result = ex.export_classifier(cnn_ckpt, fmt, out=tmp_path / "deployed", **FAST)
+    record = result["export"]["preprocessing"]
+    assert record["input"]["size"] == 28 and record["input"]["channels"] == 3 and len(record["output"]["class_names"]) == 7
+    assert record["input"]["mean"] == record["input"]["std"] == [0.5] * 3  # normalization=half
+    model = tmp_path / "deployed" / ex.FORMATS[fmt]
+    if fmt == "onnx":
+        stored = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+        assert json.loads(stored["medmae.preprocessing"]) == record
+    table = export_npz(data_root / "dermamnist.npz", tmp_path / "png")
+    with open(table, newline="") as f:
+        test_files = [tmp_path / "png" / r["path"] for r in csv.DictReader(f) if r["split"] == "test"]
+    files, probs, _ = predict.predict(model, test_files)
+    assert files == test_files
+    reference = evaluate([cnn_ckpt], out=tmp_path / "eval")["probs"]
+    np.testing.assert_allclose(probs, reference, atol=1e-4)
+    assert predict.main([str(model), str(tmp_path / "png" / "images" / "test"), "--out", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(test_files) and rows[0]["predicted"] in record["output"]["class_names"]
+    assert predict.main([str(model), str(tmp_path / "nowhere")]) == 1

@@ -225,7 +225,7 @@ def test_submitit_local_launcher(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["medmae-train", "medmae-evaluate", "medmae-aggregate", "medmae-sweep",
-                                     "medmae-synthesize", "medmae-export"])
+                                     "medmae-synthesize", "medmae-export", "medmae-predict"])
 def test_entry_points_answer_help_from_any_folder(command, tmp_path):
     exe = Path(sys.executable).parent / command
     proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -247,7 +247,7 @@ def test_the_command_line_module_imports_no_torch():
 
 def test_scripts_are_not_installed_as_top_level_modules(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
-                           "print([m for m in ('train', 'evaluate', 'aggregate', 'sweep', 'synthesize', 'export') if u.find_spec(m)])"],
+                           "print([m for m in ('train', 'evaluate', 'aggregate', 'sweep', 'synthesize', 'export', 'predict') if u.find_spec(m)])"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
