@@ -79,6 +79,41 @@ def dataset_error_in(err: BaseException):
     return err
 
 
+SUMMARY_METRICS = ("acc", "auc", "bal_acc", "f1_macro")
+
+
+def run_summary(cfg: DictConfig, metrics: dict) -> str:
+    """The last console lines of a run: its folder, the tested checkpoint, the monitor's best
+    value, the headline test metrics and the report (the per-class tables are in report.md)."""
+    out = Path(cfg.paths.output_dir)
+    monitor = cfg.get("monitor") or {}
+    lines = [f"run folder: {out}"]
+    ckpt = metrics.get("test_checkpoint") or metrics.get("best_checkpoint")
+    if ckpt:
+        lines.append(f"checkpoint: {ckpt}")
+    if monitor.get("metric") and metrics.get("objective") == metrics.get("objective"):  # not NaN
+        lines.append(f"best {monitor.metric} ({monitor.get('mode', 'max')}): {metrics['objective']:.4f}")
+    tested = [f"{k} {metrics[f'test/{k}']:.4f}" for k in SUMMARY_METRICS if f"test/{k}" in metrics]
+    if tested:
+        lines.append("test: " + ", ".join(tested))
+    report = out / "report.md"
+    if report.is_file():
+        lines.append(f"report: {report}")
+    return "\n".join(lines)
+
+
+def log_traceback(err: BaseException) -> None:
+    """Write ``err``'s traceback to the run's log files (``train.log``) only: the console
+    keeps its one-line message."""
+    import logging
+
+    record = logging.getLogger("train").makeRecord("train", logging.ERROR, __file__, 0, "the run failed", (),
+                                                   (type(err), err, err.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from datamodules.medmnist_files import DatasetError
@@ -86,11 +121,16 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except (DatasetError, InstantiationException, ValueError, FileNotFoundError) as err:
+        log_traceback(err)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        # One readable message instead of a deep stack trace; HYDRA_FULL_ERROR=1 shows it.
+        # One readable message instead of a deep stack trace; HYDRA_FULL_ERROR=1 shows it, train.log has it.
         print(f"\nerror: {dataset_error_in(err) or err}", file=sys.stderr)
         sys.exit(1)
+    except BaseException as err:  # anything else: Hydra prints it; the log file keeps it too
+        log_traceback(err)
+        raise
+    print("\n" + run_summary(cfg, metrics))
     return metrics.get("objective")
 
 

@@ -160,7 +160,8 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
             metrics["best_checkpoint"] = metrics["last_checkpoint"] = str(path)
         if cfg.get("test"):
             ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            # verbose=False: the per-class table (tens of rows) goes to report.md and the loggers, not the console
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
             metrics["test_checkpoint"] = ckpt_path
         metrics["wall_time_s"] = time.time() - start

@@ -174,6 +174,10 @@ def test_multirun_seeds_produce_separate_runs(data_root, tmp_path):
     assert [j.name for j in jobs] == ["0", "1"]
     seeds = [json.loads((j / "metrics.json").read_text()) and (j / "config.yaml").read_text() for j in jobs]
     assert "seed: 0" in seeds[0] and "seed: 1" in seeds[1]
+    # The console ends each run with a short summary, not Lightning's per-class test table.
+    for job in jobs:
+        assert f"run folder: {job}" in proc.stdout and f"report: {job / 'report.md'}" in proc.stdout
+    assert "test: acc " in proc.stdout and "Test metric" not in proc.stdout
 
 
 def test_missing_dataset_offline_fails_fast_with_one_message(tmp_path):
@@ -186,11 +190,14 @@ def test_missing_dataset_offline_fails_fast_with_one_message(tmp_path):
     assert "Traceback" not in err
 
 
-def test_invalid_config_value_is_one_message(tmp_path):
-    proc = _run_cli(["experiment=quickstart", "data.label_fraction=1.5", f"data.root={tmp_path}"], cwd=tmp_path)
+def test_invalid_config_value_is_one_message_and_its_traceback_is_in_train_log(tmp_path):
+    proc = _run_cli(["experiment=quickstart", "data.label_fraction=1.5", f"data.root={tmp_path}",
+                     f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "data.label_fraction=1.5 is invalid; allowed: (0, 1]" in proc.stderr
     assert "Traceback" not in proc.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "the run failed" in log and "Traceback" in log and "data.label_fraction=1.5 is invalid" in log
 
 
 @pytest.mark.ddp
