@@ -94,3 +94,12 @@ def log_run_artifact(loggers: list, output_dir: Path) -> None:
             if f.is_file():
                 artifact.add_file(str(f), name=f.relative_to(output_dir).as_posix())
         run.log_artifact(artifact)
+
+
+def prepare_stores(logger_cfg) -> None:
+    """Create the folder of every SQLite tracking store a logger config names
+    (``tracking_uri: sqlite:///<path>``, e.g. MLflow's shared ``logs/mlflow.db``)."""
+    for entry in (logger_cfg or {}).values():
+        uri = str((entry or {}).get("tracking_uri") or "")
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

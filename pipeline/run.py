@@ -22,7 +22,7 @@ from callbacks.seeding import EpochSeeding
 from core.io import atomic_write_text
 from evaluation.report import write_run_report
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
-from pipeline.loggers import log_run_artifact, wandb_run_id
+from pipeline.loggers import log_run_artifact, prepare_stores, wandb_run_id
 
 log = logging.getLogger("train")
 
@@ -134,6 +134,8 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     # Resuming in this folder continues the same W&B run; a W&B sweep agent assigns its own id.
     if wandb_cfg is not None and wandb_cfg.get("id") is None and not os.environ.get("WANDB_RUN_ID"):
         wandb_cfg.id = wandb_run_id(output_dir)
+    if is_global_zero():
+        prepare_stores(cfg.get("logger"))
     loggers = instantiate_group(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks.append(StoreRunConfig(resolved))  # every checkpoint carries its config

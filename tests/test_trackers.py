@@ -82,8 +82,8 @@ def test_tensorboard_and_mlflow_loggers_write_under_the_run(data_root, tmp_path)
     pytest.importorskip("mlflow")
     run = tmp_path / "run"
     cfg = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1",
-                       "logger=[csv,tensorboard,mlflow]"], run)
-    assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{run}/mlflow.db"
+                       "logger=[csv,tensorboard,mlflow]", f"paths.log_dir={tmp_path / 'logs'}"], run)
+    assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'logs'}/mlflow.db"  # one store for every run
     train(cfg)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     import mlflow

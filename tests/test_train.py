@@ -290,3 +290,15 @@ def test_one_optimiser_convention_for_every_model(tmp_path):
     cfg = compose_cfg(["experiment=quickstart", "+model.optimizer.lr=0.1"], tmp_path)
     with pytest.raises(Exception, match="model.optimizer.lr is not read: the rates are model.lr"):
         instantiate(cfg.model)
+
+
+def test_a_local_config_is_composed_into_every_run(tmp_path):
+    local = REPO / "conf" / "local" / "default.yaml"
+    if local.exists():
+        pytest.skip("this checkout has its own conf/local/default.yaml")
+    assert compose_cfg(["experiment=quickstart"], tmp_path).paths.medmnist_root is None
+    local.write_text("# @package _global_\npaths:\n  medmnist_root: /data/medmnist\n")
+    try:
+        assert compose_cfg(["experiment=quickstart"], tmp_path).paths.medmnist_root == "/data/medmnist"
+    finally:
+        local.unlink()
