@@ -19,7 +19,13 @@ per-epoch validation metric (median rule after ``sweep.pruner_warmup_epochs`` by
 A trial whose loss diverges (``FloatingPointError``) or that logs no objective ends FAILED,
 with its message in the trial's ``fail_reason`` user attribute and in ``best.json``, and the
 sweep goes on: it runs until ``sweep.n_trials`` trials are complete or pruned, or until
-``sweep.max_failures`` trials of this run have failed (a space where everything diverges).
+``sweep.max_failures`` trials of this worker have failed (a space where everything diverges).
+
+Several workers may run one study at once (``sweep_workers``): start the same command with
+``sweep.dir=<one folder>`` several times, on one machine (``sweep.storage=sqlite``) or on
+nodes sharing the folder (``sweep.storage=journal``) or a database (an RDB URL). Together
+they run exactly ``sweep.n_trials`` trials; a killed worker's trial is failed after
+``sweep.grace_period`` seconds without a heartbeat and run again by another worker.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -37,6 +44,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from pipeline.cli import compose_config, train
 from pipeline.stages import training_stages
+from pipeline.sweep_workers import FINISHED, claim, heartbeat, make_storage
 
 log = logging.getLogger("sweep")
 
@@ -109,7 +117,7 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     sweep_dir = Path(settings.dir or Path(probe.paths.log_dir) / probe.task_name / "sweeps" / stamp).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    storage, where = make_storage(settings.get("storage"), sweep_dir)
     name = settings.study_name or probe.task_name
     resumed = name in optuna.study.get_all_study_names(storage)
     previous = optuna.load_study(study_name=name, storage=storage).trials if resumed else []
@@ -119,14 +127,11 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
         load_if_exists=True,
         direction="maximize" if monitor.mode == "max" else "minimize",
         # a resumed study must not replay the trials it already has: seed by how many there are
-        sampler=instantiate(settings.sampler, seed=settings.seed + len(previous)),
+        # (and by the worker, so that workers started together do not draw the same values)
+        sampler=instantiate(settings.sampler, seed=settings.seed + 1000 * int(settings.get("worker") or 0)
+                            + len(previous)),
         pruner=instantiate(settings.pruner) if settings.prune else optuna.pruners.NopPruner(),
     )
-    study_id = storage.get_study_id_from_name(name)
-    for stale in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):  # left by a killed sweep
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, stale.number)
-        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-        log.warning("trial %d was left running by an interrupted sweep: marked failed", stale.number)
     (sweep_dir / "space.json").write_text(json.dumps({"overrides": overrides, "space": space,
                                                       "monitor": OmegaConf.to_container(monitor)}, indent=2))
 
@@ -145,25 +150,9 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
             raise
         return float(value)
 
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    failed_before = len(study.get_trials(states=(optuna.trial.TrialState.FAIL,)))
-    max_failures = int(settings.get("max_failures") or settings.n_trials)
-
-    def stop_when_done(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-        """The budget counts complete and pruned trials only (failed ones, crashed, diverged or
-        killed, do not use it up); a run stops after ``max_failures`` failures of its own."""
-        failed = len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))) - failed_before
-        if len(study.get_trials(states=finished)) >= settings.n_trials:
-            study.stop()
-        elif failed >= max_failures:
-            log.error("%d trials of this run failed (sweep.max_failures=%d): stopping the sweep; see best.json",
-                      failed, max_failures)
-            study.stop()
-
-    remaining = settings.n_trials - len(study.get_trials(states=finished))
-    log.info("Sweep %s: %d trial(s) to run, storage %s", sweep_dir, max(remaining, 0), sweep_dir / "optuna.db")
-    if remaining > 0:
-        study.optimize(objective, catch=TRIAL_ERRORS, callbacks=[stop_when_done])
+    remaining = settings.n_trials - len(study.get_trials(states=FINISHED))
+    log.info("Sweep %s: %d trial(s) to run, storage %s", sweep_dir, max(remaining, 0), where)
+    run_worker(study, storage, objective, settings, sweep_dir)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     summary = {"sweep_dir": str(sweep_dir), "direction": study.direction.name.lower(),
                "trials": {s.name.lower(): len(study.get_trials(states=(s,))) for s in optuna.trial.TrialState},
@@ -176,6 +165,33 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
     (sweep_dir / "best.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return study
+
+
+def run_worker(study: optuna.Study, storage, objective, settings: DictConfig, sweep_dir: Path) -> None:
+    """Claim and run trials until the study has ``sweep.n_trials`` complete or pruned ones
+    (every worker of the study together: ``sweep_workers``), or until this worker has seen
+    ``sweep.max_failures`` of its trials fail (a space where everything diverges). Failed trials
+    (diverged, crashed or killed) do not use up the budget."""
+    max_failures = int(settings.get("max_failures") or settings.n_trials)
+    grace, interval = float(settings.grace_period), float(settings.heartbeat_interval)
+    failed = 0
+    while failed < max_failures:
+        trial = claim(study, storage, int(settings.n_trials), sweep_dir / ".claim.lock", grace,
+                      int(settings.max_retry), log)
+        if trial is False:
+            return
+        if trial is None:  # the rest of the budget is running in other workers: wait for them (or their death)
+            time.sleep(min(interval, 5.0))
+            continue
+        with heartbeat(trial, interval):
+            try:
+                study.tell(trial, objective(trial))
+            except optuna.TrialPruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            except TRIAL_ERRORS:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                failed += 1
+    log.error("%d trials of this worker failed (sweep.max_failures=%d): stopping; see best.json", failed, max_failures)
 
 
 def main(argv: list[str] | None = None) -> int:

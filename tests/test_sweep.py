@@ -40,20 +40,70 @@ def test_sweep_resumes_from_its_sqlite_file_and_prunes(data_root, tmp_path):
     assert study.best_trial.number in (0, 1) and (sweep_dir / "best.json").is_file()
 
 
-def test_resumed_sweep_draws_new_values_and_fails_trials_a_kill_left_running(data_root, tmp_path):
+def test_resumed_sweep_draws_new_values_and_retries_the_trial_of_a_killed_worker(data_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",
-              "sweep.study_name=quickstart",
-              "sweep.startup_trials=10", "~callbacks.evaluation"]
+              "sweep.study_name=quickstart", "sweep.startup_trials=10", "~callbacks.evaluation",
+              "sweep.grace_period=2", "sweep.heartbeat_interval=0.5"]
     run_sweep([*common, "sweep.n_trials=2"])
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
     study = optuna.load_study(study_name="quickstart", storage=storage)
-    study.ask()  # a trial that a killed sweep would leave RUNNING
+    killed = study.ask()  # a trial whose worker died: RUNNING, its last heartbeat long ago
+    killed.suggest_float("model.lr", 1e-3, 2e-3)
+    killed.set_user_attr("heartbeat", 0.0)
     run_sweep([*common, "sweep.n_trials=4"])
     trials = optuna.load_study(study_name="quickstart", storage=storage).trials
-    assert trials[2].state == optuna.trial.TrialState.FAIL
+    assert trials[2].state == optuna.trial.TrialState.FAIL and "no heartbeat" in trials[2].user_attrs["fail_reason"]
+    retry = trials[3]  # the killed trial, enqueued again with its parameters, ran first
+    assert retry.user_attrs["retry_of"] == 2 and retry.params == trials[2].params
     values = [t.params["model.lr"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(values) == 4 and len(set(values)) == 4  # the resumed sampler does not replay trials 0 and 1
+
+
+def test_only_silent_trials_are_failed_and_retried_at_most_max_retry_times(tmp_path):
+    import logging
+    import time
+
+    from pipeline.sweep_workers import fail_stale_trials, make_storage
+
+    storage, _ = make_storage("journal", tmp_path)
+    study = optuna.create_study(study_name="s", storage=storage)
+    silent, live, exhausted = study.ask(), study.ask(), study.ask()
+    for trial, beat in ((silent, time.time() - 100), (live, time.time()), (exhausted, time.time() - 100)):
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("heartbeat", beat)
+    exhausted.set_user_attr("retries", 1)
+    assert fail_stale_trials(study, storage, grace_period=50, max_retry=1, log=logging.getLogger()) == [0, 2]
+    states = [t.state for t in study.trials]
+    running, fail, waiting = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL,
+                              optuna.trial.TrialState.WAITING)
+    assert states == [fail, running, fail, waiting]  # one retry: of trial 0, not of the exhausted trial 2
+    assert study.trials[3].params == {} and study.trials[3].user_attrs == {"retry_of": 0, "retries": 1}
+    assert study.trials[3].system_attrs["fixed_params"] == {"x": study.trials[0].params["x"]}
+
+
+def test_two_workers_on_one_journal_study_run_each_trial_exactly_once(data_root, tmp_path):
+    """Two sweep.py processes (as on two nodes sharing a folder) on one journal-file study."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",
+            "sweep.storage=journal", "sweep.n_trials=5", "~callbacks.evaluation", "sweep.heartbeat_interval=1"]
+    workers = [subprocess.Popen([sys.executable, str(REPO / "sweep.py"), *args, f"sweep.worker={i}"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    storage = optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    trials = optuna.load_study(study_name="quickstart", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 5  # exactly the budget, none lost
+    assert sorted(p.name for p in sweep_dir.glob("trial_*")) == [f"trial_{i:03d}" for i in range(5)]
+    assert all((sweep_dir / f"trial_{i:03d}" / "metrics.json").is_file() for i in range(5))  # each ran once
+    print("trials per worker:", {w: sum(t.user_attrs["worker"] == w for t in trials)
+                                 for w in {t.user_attrs["worker"] for t in trials}})
 
 
 def test_sweep_refuses_multi_device_trials(data_root, tmp_path):
