@@ -114,10 +114,32 @@ def log_traceback(err: BaseException) -> None:
             handler.handle(record)
 
 
+CONFIG_TREE_GROUPS = ("data", "model", "trainer", "callbacks", "logger", "stages")
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The composed config as a rich tree on the console, a branch per top-level group
+    (unresolved values as written: the resolved config is saved as config.yaml)."""
+    import rich
+    import rich.syntax
+    import rich.tree
+    from omegaconf import OmegaConf
+
+    tree = rich.tree.Tree("config", guide_style="dim")
+    groups = [k for k in CONFIG_TREE_GROUPS if cfg.get(k) is not None]
+    for key in [*groups, *[k for k in cfg if k not in groups and k != "hydra"]]:
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value) if OmegaConf.is_config(value) else str(value)
+        tree.add(key, style="bold").add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", word_wrap=True))
+    rich.print(tree)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from datamodules.medmnist_files import DatasetError
 
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
     try:
         metrics = train(cfg)
     except (DatasetError, InstantiationException, ValueError, FileNotFoundError) as err:

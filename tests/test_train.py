@@ -178,6 +178,7 @@ def test_multirun_seeds_produce_separate_runs(data_root, tmp_path):
     for job in jobs:
         assert f"run folder: {job}" in proc.stdout and f"report: {job / 'report.md'}" in proc.stdout
     assert "test: acc " in proc.stdout and "Test metric" not in proc.stdout
+    assert "config\n" in proc.stdout and "── data" in proc.stdout  # the composed config, as a tree
 
 
 def test_missing_dataset_offline_fails_fast_with_one_message(tmp_path):
