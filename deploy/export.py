@@ -3,6 +3,7 @@
     python export.py logs/quickstart/runs/<time>/checkpoints/epoch_004.ckpt
     python export.py CKPT --format torchscript --out deployed/
     python export.py STUDENT_CKPT --compare TEACHER_CKPT --latency-runs 200
+    python export.py CKPT --quantize int8        # also model.int8.onnx and its test accuracy vs fp32
 
 The network (``model.net``, eval mode, CPU, fp32) is exported with a dynamic batch axis
 (input ``images`` (B, C, H, W), output ``logits`` (B, K)). Before the file is moved into
@@ -37,6 +38,13 @@ from core.artifacts import resolve_checkpoint
 from core.config import CheckpointError, run_config
 from core.io import atomic_path, atomic_write_text
 from deploy.preprocessing import METADATA_KEY, dumps, preprocessing_of
+from deploy.quantize import (
+    CALIBRATION_IMAGES,
+    accuracy,
+    calibration_inputs,
+    quantize_int8,
+    test_inputs,
+)
 from evaluation.evaluate import checkpoint_data
 from lightning_modules.checkpoints import load_classifier
 
@@ -245,11 +253,40 @@ def markdown(result: dict) -> str:
             name = f"{role}: {m['network']} ({Path(m['ckpt']).name})"
             lines.append(f"| {name} | {m['format']} | {m['params']:,} | {m['size_mb']:.3f} | {m['latency_ms']:.3f} "
                          f"| {m['latency_ms_eager']:.3f} | {m['parity_max_abs']:.2e} |")
-    return "\n".join(lines) + f"\n\nProtocol: {result['protocol']}\n"
+    text = "\n".join(lines) + f"\n\nProtocol: {result['protocol']}\n"
+    q = result.get("int8")
+    if q:
+        text += ("\n| int8 (ONNX Runtime static QDQ) | size MB | latency ms (median) | test acc fp32 | test acc int8 | "
+                 "change | fp32 / int8 agreement |\n|---|---:|---:|---:|---:|---:|---:|\n"
+                 f"| {Path(q['path']).name} | {q['size_mb']:.3f} | {q['latency_ms']:.3f} | {q['test_acc_fp32']:.4f} | "
+                 f"{q['test_acc_int8']:.4f} | {q['acc_change']:+.4f} | {q['agreement']:.4f} |\n\n"
+                 f"int8: weights per channel and activations in int8, ranges calibrated on {q['calibration_images']} "
+                 f"training images (test-time transform); accuracy on all {q['test_images']} test images.\n")
+    return text
+
+
+def int8_figures(ckpt: Path, fp32: Path, latency_runs: int) -> dict:
+    """Quantise the ONNX model ``fp32`` to int8 (``deploy.quantize``) next to it; its size,
+    batch-1 latency and test accuracy against the fp32 model's on the whole test split."""
+    datamodule, _ = checkpoint_data(ckpt, "test")
+    path = fp32.with_name(f"{fp32.stem}.int8.onnx")
+    quantize_int8(fp32, path, calibration_inputs(datamodule))
+    images, labels = test_inputs(datamodule)
+    logits = {name: run_exported(load_runtime(p, "onnx"), images) for name, p in (("fp32", fp32), ("int8", path))}
+    acc = {name: accuracy(v, labels, datamodule.task) for name, v in logits.items()}
+    int8_runtime = load_runtime(path, "onnx", THREADS)
+    with torch_threads(THREADS), torch.inference_mode():
+        latency = median_latency_ms(lambda: int8_runtime(images[:1]), latency_runs)
+    return {"path": str(path), "size_mb": path.stat().st_size / 1e6, "latency_ms": latency,
+            "test_images": len(labels), "calibration_images": CALIBRATION_IMAGES,
+            "test_acc_fp32": acc["fp32"], "test_acc_int8": acc["int8"], "acc_change": acc["int8"] - acc["fp32"],
+            "agreement": float((logits["fp32"].argmax(1) == logits["int8"].argmax(1)).mean()),
+            "max_abs_logit_diff": float(np.abs(logits["fp32"] - logits["int8"]).max())}
 
 
 def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Path | None = None,
-                      parity_images: int = 256, latency_runs: int = 100, tolerance: float = 1e-4) -> dict:
+                      parity_images: int = 256, latency_runs: int = 100, tolerance: float = 1e-4,
+                      quantize: str | None = None) -> dict:
     """Export the classifier ``ckpt`` (``onnx`` | ``torchscript``), check and benchmark it.
 
     Returns ``{"export": figures, "compare": figures | None, "protocol", "threads", ...}``; the
@@ -258,6 +295,8 @@ def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Pa
     next to the model file (see ``model_path``).
     """
     check_format(fmt)
+    if quantize not in (None, "int8") or (quantize and fmt != "onnx"):
+        raise ValueError(f"--quantize {quantize} is invalid; allowed: int8, with --format onnx")
     if parity_images < 1 or latency_runs < 1 or tolerance < 0:
         raise ValueError("--parity-images and --latency-runs must be >= 1 and --tolerance >= 0")
     ckpt, path = Path(ckpt), model_path(Path(ckpt), fmt, out)
@@ -271,6 +310,7 @@ def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Pa
     result = {
         "export": exported, "compare": compared, "threads": THREADS, "warmup_runs": WARMUP, **settings,
         "protocol": protocol(fmt, latency_runs, exported["parity_images"], tolerance),
+        "int8": int8_figures(ckpt, path, latency_runs) if quantize == "int8" else None,
     }
     atomic_write_text(path.parent / "export.json", json.dumps(result, indent=2))
     atomic_write_text(path.parent / "export.md", markdown(result))
@@ -286,16 +326,16 @@ def flat_figures(result: dict) -> dict:
 
 def run_export_stage(cfg) -> dict:
     """Pipeline stage: ``cfg.export`` = ``{ckpt, format (onnx), compare (or null), parity_images,
-    latency_runs, tolerance (optional)}``; exports into ``cfg.paths.output_dir``; flat figures."""
+    latency_runs, tolerance, quantize (optional)}``; exports into ``cfg.paths.output_dir``; flat figures."""
     spec = cfg.export
     fmt = check_format(spec.get("format") or "onnx")
     compare = spec.get("compare")
     result = export_classifier(
         Path(spec.ckpt), fmt, Path(cfg.paths.output_dir) / FORMATS[fmt], Path(compare) if compare else None,
         parity_images=spec.get("parity_images", 256), latency_runs=spec.get("latency_runs", 100),
-        tolerance=spec.get("tolerance", 1e-4),
+        tolerance=spec.get("tolerance", 1e-4), quantize=spec.get("quantize"),
     )
-    return flat_figures(result)
+    return flat_figures(result) | {f"int8/{k}": v for k, v in (result["int8"] or {}).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,10 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-images", type=int, default=256, help="test images of the parity check")
     parser.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls (median)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed")
+    parser.add_argument("--quantize", default=None, metavar="int8",
+                        help="also write an int8 ONNX model (static, calibrated on training images) and its accuracy")
     args = parser.parse_args(argv)
     try:
         result = export_classifier(resolve_checkpoint(args.ckpt), args.format, args.out, args.compare, args.parity_images,
-                                   args.latency_runs, args.tolerance)
+                                   args.latency_runs, args.tolerance, args.quantize)
     except (CheckpointError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

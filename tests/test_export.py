@@ -207,3 +207,23 @@ def test_an_exported_model_alone_predicts_image_files_as_evaluate_does(cnn_ckpt,
         rows = list(csv.DictReader(f))
     assert len(rows) == len(test_files) and rows[0]["predicted"] in record["output"]["class_names"]
     assert predict.main([str(model), str(tmp_path / "nowhere")]) == 1
+
+
+def test_int8_quantization_reports_its_accuracy_change_against_fp32(cnn_ckpt, tmp_path):
+    import numpy as np
+
+    from evaluation.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="--quantize int8 is invalid; allowed: int8, with --format onnx"):
+        ex.export_classifier(cnn_ckpt, "torchscript", out=tmp_path / "ts", quantize="int8", **FAST)
+    result = ex.export_classifier(cnn_ckpt, "onnx", out=tmp_path / "q", quantize="int8", **FAST)
+    q = result["int8"]
+    assert (tmp_path / "q" / "model.int8.onnx").is_file() and q["calibration_images"] == 256
+    reference = evaluate([cnn_ckpt], out=tmp_path / "eval")
+    labels = np.load(cnn_ckpt.parent.parent / "predictions" / "test_predictions.npz")["labels"]
+    assert q["test_images"] == len(labels) == 70
+    assert q["test_acc_fp32"] == pytest.approx((reference["probs"].argmax(1) == labels).mean())  # independent of ONNX
+    assert q["acc_change"] == pytest.approx(q["test_acc_int8"] - q["test_acc_fp32"])
+    assert 0.5 <= q["agreement"] <= 1 and q["max_abs_logit_diff"] > 0  # int8 is close, not identical
+    table = (tmp_path / "q" / "export.md").read_text()
+    assert "| model.int8.onnx |" in table and f"{q['acc_change']:+.4f}" in table
