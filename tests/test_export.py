@@ -220,7 +220,7 @@ def test_int8_quantization_reports_its_accuracy_change_against_fp32(cnn_ckpt, tm
     q = result["int8"]
     assert (tmp_path / "q" / "model.int8.onnx").is_file() and q["calibration_images"] == 256
     reference = evaluate([cnn_ckpt], out=tmp_path / "eval")
-    labels = np.load(cnn_ckpt.parent.parent / "predictions" / "test_predictions.npz")["labels"]
+    labels = reference["labels"]
     assert q["test_images"] == len(labels) == 70
     assert q["test_acc_fp32"] == pytest.approx((reference["probs"].argmax(1) == labels).mean())  # independent of ONNX
     assert q["acc_change"] == pytest.approx(q["test_acc_int8"] - q["test_acc_fp32"])
