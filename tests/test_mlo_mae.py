@@ -148,12 +148,8 @@ class SGDMLOMAE(MLOMAE):
         pass
 
 
-def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3, on_device=False):
-    """A few MLO-MAE cycles through a real Lightning Trainer (gloo DDP when devices > 1) on the
-    synthetic DermaMNIST; returns the final state dict (rank 0's, brought back by ddp_spawn)."""
-    import lightning as L
-    from lightning.pytorch.strategies import DDPStrategy
-
+def mlo_setup(data_root, batch_size, reduce=True, on_device=False):
+    """(a tiny SGD MLO-MAE, the synthetic DermaMNIST datamodule with MLO levels); seeded."""
     from datamodules import MedMNISTDataModule
 
     torch.manual_seed(0)
@@ -163,12 +159,29 @@ def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3, on_device=Fal
                        cadence=(2, 1, 1), lr=0.1, lr_head=0.1, lr_mask=10.0, reduce_hypergradients=reduce)
     dm = MedMNISTDataModule(flag="dermamnist", root=data_root, download=False, batch_size=batch_size,
                             mlo={"level3_fraction": 0.2, "cadence": [2, 1, 1]}, on_device=on_device)
-    strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True) if devices > 1 else "auto"
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1,
-                        limit_train_batches=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    return module, dm
+
+
+def fit_state(module, dm, steps: int, epochs: int = 1, **trainer_kwargs) -> dict[str, torch.Tensor]:
+    """Fit ``epochs`` of ``steps`` training batches on the CPU (no validation, no files); the
+    final state dict."""
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=steps, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs)
     trainer.fit(module, datamodule=dm)
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3, on_device=False):
+    """A few MLO-MAE cycles through a real Lightning Trainer (gloo DDP when devices > 1) on the
+    synthetic DermaMNIST; returns the final state dict (rank 0's, brought back by ddp_spawn)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    module, dm = mlo_setup(data_root, batch_size, reduce, on_device)
+    strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True) if devices > 1 else "auto"
+    return fit_state(module, dm, steps, devices=devices, strategy=strategy)
 
 
 @pytest.mark.ddp
