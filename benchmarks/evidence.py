@@ -191,7 +191,7 @@ def finetune(arm: str, ckpt: str | None, seed: int, fraction: float, args, out: 
     import torch
     from hydra.utils import instantiate
 
-    from evaluation.writer import predict_probs
+    from evaluation.predict import predict_probs
     from pipeline.cli import compose_config, train
 
     epochs, every = (1, 1) if args.quick else FINETUNE[fraction]

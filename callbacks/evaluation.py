@@ -8,13 +8,14 @@ import math
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 
 from callbacks.images import wandb_loggers
+from core.io import atomic_write_text
 from core.tasks import MULTI_LABEL
 from evaluation.metrics import TABLE_COLUMNS
+from evaluation.predict import predict_probs
 from evaluation.thresholds import SplitPredictions, tuned_comparison
-from evaluation.writer import predict_probs, write_evaluation
+from evaluation.writer import write_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ def eval_batch_limit(trainer: L.Trainer, n: int, batch_size: int) -> int | None:
 
 
 class EvaluationCallback(L.Callback):
-    """After testing a classifier, evaluates its saved test predictions (see
-    ``Classifier.on_test_epoch_end``) and writes ``<run dir>/eval/``; logs the figures and
+    """After testing a classifier, evaluates its test predictions (held in memory by
+    ``Classifier.on_test_epoch_end``; ``callbacks.predictions`` writes them) and writes ``<run dir>/eval/``; logs the figures and
     the per-class table to W&B when a WandbLogger is attached.
 
     Args:
@@ -51,11 +52,10 @@ class EvaluationCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         root = Path(trainer.default_root_dir)
-        preds = root / "predictions" / "test_predictions.npz"
+        data = getattr(pl_module, "test_predictions", None)  # in memory (the classifier's on_test_epoch_end)
         dm = trainer.datamodule
-        if not preds.is_file() or dm is None or not hasattr(dm, "class_names"):
+        if data is None or dm is None or not hasattr(dm, "class_names"):
             return
-        data = np.load(preds)
         result = write_evaluation(data["probs"], data["labels"], dm.class_names, dm.task, root / "eval")
         batches = eval_batch_limit(trainer, len(dm.val_set), dm.eval_batch_size)
         if batches == 0 or len(dm.val_set) == 0:
@@ -64,12 +64,15 @@ class EvaluationCallback(L.Callback):
             val = SplitPredictions(*predict_probs(pl_module, dm.val_set, dm.eval_batch_size, batches), "val")
             test = SplitPredictions(data["probs"], data["labels"], "test")
             tuning = tuned_comparison(val, test, self.objective)
-            (root / "eval" / "test_threshold_tuning.json").write_text(json.dumps(tuning, indent=2))
+            atomic_write_text(root / "eval" / "test_threshold_tuning.json", json.dumps(tuning, indent=2))
         loggers = wandb_loggers(trainer)
         if loggers:
             import pandas as pd
 
-            per_image = pd.read_csv(root / "predictions" / "test_predictions.csv")  # path, label, probs
+            probs, labels = data["probs"], data["labels"]
+            per_image = pd.DataFrame({"label": list(labels.tolist())} | {f"prob_{k}": probs[:, k] for k in range(probs.shape[1])})
+            if data["ids"] is not None:
+                per_image.insert(0, "path", list(data["ids"]))
         for logger in loggers:
             logger.log_table(key="eval/test_per_class", columns=list(TABLE_COLUMNS),
                              data=[[row[c] for c in TABLE_COLUMNS] for row in result["table"]])

@@ -8,8 +8,9 @@
 Each checkpoint is rebuilt from the ``config.yaml`` its run saved (the folder above
 ``checkpoints/``) and sees the data through that config (its own normalisation and size;
 ``--root`` to read the files from elsewhere); every checkpoint must cover the same images.
-Predictions go through ``Trainer.predict`` (softmax, or per-label sigmoid for multi-label
-tasks); device, precision, batch size and workers default to the first run's config.
+Predictions go through ``evaluation.predict.predict_probs`` (the model's ``predict_step``:
+softmax, or per-label sigmoid for multi-label tasks); device, precision, batch size and
+workers default to the first run's config.
 Writes ``predictions/``, ``eval/`` and ``report.md`` into ``--out`` (default:
 ``<first run>/evaluate_<split>``).
 """
@@ -21,22 +22,20 @@ import json
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-import torch
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
 
 from core.artifacts import resolve_checkpoint
 from core.config import CheckpointError, run_config
 from core.predictions import save_predictions
 from datamodules.resolvers import register_resolvers
+from evaluation.predict import predict_probs, resolve_device
 from evaluation.report import write_run_report
 from evaluation.writer import write_evaluation
 from lightning_modules.checkpoints import load_classifier
 
 register_resolvers()  # configs of runs may hold ${...} resolvers
-__all__ = ["CheckpointError", "checkpoint_data", "evaluate", "load_classifier", "predict", "run_config"]
+__all__ = ["CheckpointError", "checkpoint_data", "evaluate", "load_classifier", "run_config"]
 
 
 def checkpoint_data(ckpt: Path, split: str, root: str | None = None):
@@ -59,16 +58,6 @@ def sample_key(datamodule, dataset, split: str) -> tuple:
     """What identifies the evaluated images: the data source, the image ids (paths) and labels."""
     labels = tuple(np.asarray(dataset.labels).reshape(len(dataset), -1).tolist())
     return datamodule.sample_source(), tuple(datamodule.sample_ids(split) or range(len(dataset))), labels
-
-
-def predict(model: L.LightningModule, dataset, accelerator: str, precision: str, batch_size: int,
-            num_workers: int) -> np.ndarray:
-    """Probabilities (N, K) of ``dataset`` in order, through ``Trainer.predict`` on one device."""
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=accelerator != "cpu", persistent_workers=False)
-    return torch.cat(trainer.predict(model, dataloaders=loader)).float().numpy()
 
 
 def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, root: str | None = None,
@@ -95,7 +84,9 @@ def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, ro
     settings = {"accelerator": accelerator, "precision": precision or cfg.trainer.get("precision", "32-true"),
                 "batch_size": batch_size or cfg.data.get("eval_batch_size", 256),
                 "num_workers": cfg.data.get("num_workers", 0) if num_workers is None else num_workers}
-    runs = [predict(load_classifier(ckpt, dm.num_classes), ds, **settings) for ckpt, (dm, ds) in zip(ckpts, data)]
+    device = resolve_device(settings.pop("accelerator"))
+    runs = [predict_probs(load_classifier(ckpt, dm.num_classes), ds, device=device, **settings)[0]
+            for ckpt, (dm, ds) in zip(ckpts, data)]
     datamodule, dataset = data[0]
     probs, ids = np.mean(runs, axis=0), datamodule.sample_ids(split)
     labels = np.asarray(dataset.labels).astype(np.int64)

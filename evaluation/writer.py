@@ -8,8 +8,6 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from evaluation import figures as figs
 from evaluation.metrics import (
@@ -65,23 +63,3 @@ def write_evaluation(
         fig.savefig(paths[name], dpi=120, bbox_inches="tight")
         plt.close(fig)
     return {"summary": summary, "table": table, "figures": paths}
-
-
-@torch.no_grad()
-def predict_probs(
-    model: torch.nn.Module, dataset, batch_size: int, max_batches: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (N, K) and labels (N,) of a dataset (its first ``max_batches``
-    batches when given), in order, on the model's device and in eval mode (its mode is
-    restored afterwards)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    probs, labels = [], []
-    for i, (x, y) in enumerate(DataLoader(dataset, batch_size=batch_size, shuffle=False)):
-        if max_batches is not None and i >= max_batches:
-            break
-        probs.append(model(x.to(device)).float().softmax(-1).cpu())
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -13,7 +12,6 @@ from torch import nn
 from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from core.predictions import record_confusion, save_predictions
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.optim import param_groups
 from lightning_modules.components.speed import (
@@ -106,6 +104,10 @@ class Classifier(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.criterion = ClassificationLoss(**(loss or {}), multi_label=task == MULTI_LABEL)
         self.mixup = None
+        # the last validation epoch's confusion matrix (K, K) and the test predictions, in memory:
+        # files are written by callbacks (callbacks.predictions), never by the module
+        self.val_confusion_matrix: np.ndarray | None = None
+        self.test_predictions: dict | None = None
         if mixup:
             if task == MULTI_LABEL or self.criterion.class_weighted or self.criterion.name != "ce":
                 raise ValueError("model.mixup needs a single-label task and the unweighted ce loss")
@@ -129,7 +131,7 @@ class Classifier(L.LightningModule):
         compile_networks([self.net], self.compile_options)
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule  # None under Trainer.predict with plain dataloaders (evaluate.py)
+        dm = self.trainer.datamodule  # None when a Trainer runs plain dataloaders
         if self.criterion.class_weighted and dm is not None:
             self.criterion.set_class_weights(dm.class_weights)
         if not hasattr(self, "val_classwise"):  # before the model moves to its device
@@ -207,11 +209,8 @@ class Classifier(L.LightningModule):
         self.log_dict(self.val_classwise.compute())
         self.val_classwise.reset()
         if self.val_confusion is not None:
-            matrix = self.val_confusion.compute().cpu().numpy()  # collective: every rank calls it
+            self.val_confusion_matrix = self.val_confusion.compute().cpu().numpy()  # collective: every rank calls it
             self.val_confusion.reset()
-            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-                record_confusion(Path(self.trainer.default_root_dir) / "eval" / "val_confusion_matrices.json",
-                                 self.current_epoch, matrix)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, probs, y = self._shared_step(batch)
@@ -234,19 +233,18 @@ class Classifier(L.LightningModule):
         labels = self.test_labels.compute().cpu().numpy().astype(np.int64)
         self.test_probs.reset()
         self.test_labels.reset()
-        if self.trainer.is_global_zero:
-            order = gathered_order(len(probs), self.trainer.world_size)
-            sorted_probs, sorted_labels = np.empty_like(probs), np.empty_like(labels)
-            sorted_probs[order], sorted_labels[order] = probs, labels
-            dm = self.trainer.datamodule
-            ids = dm.sample_ids("test") if hasattr(dm, "sample_ids") else None
-            limited = self.trainer.fast_dev_run or self.trainer.limit_test_batches != 1.0
-            if ids is not None and limited:  # the first batches of each rank: the dataset's first n images
-                ids = ids[: len(sorted_labels)]
-            if ids is not None and len(ids) != len(sorted_labels):
-                raise RuntimeError(f"{len(ids)} test sample ids for {len(sorted_labels)} test predictions")
-            save_predictions(Path(self.trainer.default_root_dir) / "predictions", "test", sorted_probs, sorted_labels,
-                             ids)
+        order = gathered_order(len(probs), self.trainer.world_size)
+        sorted_probs, sorted_labels = np.empty_like(probs), np.empty_like(labels)
+        sorted_probs[order], sorted_labels[order] = probs, labels
+        dm = self.trainer.datamodule
+        ids = dm.sample_ids("test") if hasattr(dm, "sample_ids") else None
+        limited = self.trainer.fast_dev_run or self.trainer.limit_test_batches != 1.0
+        if ids is not None and limited:  # the first batches of each rank: the dataset's first n images
+            ids = ids[: len(sorted_labels)]
+        if ids is not None and len(ids) != len(sorted_labels):
+            raise RuntimeError(f"{len(ids)} test sample ids for {len(sorted_labels)} test predictions")
+        # in memory for the callbacks that write and evaluate them (callbacks.predictions, .evaluation)
+        self.test_predictions = {"probs": sorted_probs, "labels": sorted_labels, "ids": ids}
 
     def configure_optimizers(self):
         layer_decay = self.hparams.layer_decay

@@ -40,6 +40,7 @@ from torchvision.transforms import v2  # noqa: E402
 
 from datamodules.synthetic_train import SyntheticSet, card_path, read_arrays, read_card  # noqa: E402
 from datamodules.transforms import ArrayDataset  # noqa: E402
+from evaluation.predict import predict_probs  # noqa: E402
 from lightning_modules.components.networks import penultimate_features  # noqa: E402
 
 GRID_PER_CLASS = 8
@@ -137,12 +138,10 @@ def view_loader(view: ClassifierView, images: np.ndarray, labels: np.ndarray) ->
     return DataLoader(dataset, batch_size=BATCH, shuffle=False, num_workers=0)
 
 
-@torch.no_grad()
 def predict_classes(view: ClassifierView, images: np.ndarray, device: torch.device) -> np.ndarray:
     """Predicted class (N,) of uint8 images."""
-    view.model.to(device)
-    loader = view_loader(view, images, np.zeros(len(images), np.int64))
-    return torch.cat([view.model(x.to(device)).argmax(1).cpu() for x, _ in loader]).numpy()
+    dataset = ArrayDataset(images, np.zeros((len(images), 1), np.int64), view.transform, view.as_rgb)
+    return predict_probs(view.model, dataset, BATCH, device=device)[0].argmax(1)
 
 
 class NetFeatures(nn.Module):

@@ -210,7 +210,6 @@ def test_an_exported_model_alone_predicts_image_files_as_evaluate_does(cnn_ckpt,
 
 
 def test_int8_quantization_reports_its_accuracy_change_against_fp32(cnn_ckpt, tmp_path):
-    import numpy as np
 
     from evaluation.evaluate import evaluate
 
