@@ -186,15 +186,16 @@ def main() -> None:
         if ratio == 1.0:
             data = {"root": str(args.data_root), "train_counts": None}
         else:
-            data = units.get(f"data_{name}", common | key, lambda _s, r=ratio, n=name: subsample_minority(
-                source, out / "data" / n / f"{args.flag}.npz", r, args.data_seed))
+            data = units.get(f"data_{name}", common | key, lambda stem, r=ratio: subsample_minority(
+                source, out / "data" / stem / f"{args.flag}.npz", r, args.data_seed))
         root = Path(data["root"])
         synth = units.get(f"synthetic_{name}", diffusion_key | key, lambda stem, r=root: diffusion_and_synthesis(
             args, r, out / "runs" / stem))
         levels[ratio] = {"data": data, "synth": synth}
         for arm, (_label, extra) in ARMS.items():
             extra = extra if extra is not None else [f"data.synthetic_train={synth['synthetic']}"]
-            arms[ratio, arm] = [units.get(f"cnn_{name}_{arm}_seed{seed}", cnn_key | key | {"arm": arm, "seed": seed},
+            arm_key = cnn_key | key | (diffusion_key if arm == "c" else {}) | {"arm": arm}  # (c) trains on the synthesis
+            arms[ratio, arm] = [units.get(f"cnn_{name}_{arm}_seed{seed}", arm_key | {"seed": seed},
                                           lambda stem, s=seed, r=root, e=extra: cnn(args, s, r, out / "runs" / stem, e))
                                 for seed in args.seeds]
 
@@ -202,7 +203,7 @@ def main() -> None:
     real, synthetic = args.data_root, levels[1.0]["synth"]["synthetic"] if 1.0 in levels else None
     if synthetic is None:
         raise SystemExit("--imbalance must include 1 (the MAE, distillation and quality arms use the data as it is)")
-    quality = units.get("quality", diffusion_key | cnn_key, lambda stem: quality_of(args, synthetic, arms[1.0, "a"][0],
+    quality = units.get("quality", diffusion_key | cnn_key | {"seed": args.seeds[0]}, lambda stem: quality_of(args, synthetic, arms[1.0, "a"][0],
                                                                                     out / "runs" / stem))
     mae_key = common | {"mae_epochs": args.mae_epochs, "finetune_epochs": args.mae_finetune_epochs}
     mae = {which: [units.get(f"mae_{which}_seed{seed}", mae_key | (diffusion_key if which == "synthetic" else {}) | {"seed": seed},
@@ -221,7 +222,8 @@ def main() -> None:
                                   lambda stem, s=seed, w=which: cnn(args, s, real, out / "runs" / stem,
                                                                     mixed + (distilled if w == "distilled" else [])))
                         for seed in args.seeds] for which in ("no_teacher", "distilled")}
-    exported = units.get("export", diffusion_key | cnn_key | {"teacher_epochs": args.teacher_epochs}, lambda stem:
+    exported = units.get("export", diffusion_key | cnn_key | {"teacher_epochs": args.teacher_epochs,
+                                                              "seed": args.seeds[0]}, lambda stem:
                          export_pair(students["distilled"][0]["ckpt"], teacher["best_checkpoint"], out / "runs" / stem))
 
     rows = []

@@ -27,7 +27,8 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     targets = [Path(p) for p in paths]
     temps: list[Path] = []
     try:
-        temps = [_temp_next_to(t) for t in targets]
+        for target in targets:  # one at a time: a failure on the second still removes the first
+            temps.append(_temp_next_to(target))
         yield temps
         for tmp, target in zip(temps, targets):
             os.replace(tmp, target)
@@ -47,3 +48,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+LOCK_STALE_S = 120.0  # a lock file older than this was left by a killed process
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, poll_s: float = 0.05) -> Iterator[None]:
+    """An exclusive lock between processes, and machines sharing the folder: the lock file is
+    created with O_EXCL (atomic on local and NFS filesystems). For short critical sections: a
+    lock older than ``LOCK_STALE_S`` is taken to be left by a killed holder and removed."""
+    import socket
+    import time
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - path.stat().st_mtime > LOCK_STALE_S:
+                    path.unlink(missing_ok=True)
+                    continue
+            except FileNotFoundError:
+                continue
+            time.sleep(poll_s)
+    try:
+        os.write(fd, f"{socket.gethostname()}:{os.getpid()}".encode())
+        yield
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)

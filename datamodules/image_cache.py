@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from datamodules.intensity import IntensityConfig, auto_depth, declared_bits, ma
 AUTO = IntensityConfig()  # the default mapping
 RESIZE_MODES = ("shorter_side_crop", "pad", "stretch")
 CACHE_VERSION = 4  # bump when decoding changes: 2 intensity, 3 dataset bit depth, 4 aspect-preserving resize
+STALE_PARTIAL_S = 24 * 3600.0  # an unfinished cache file this old was left by a killed process
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes of more than 8 bits per sample
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,14 @@ def decode_all(root: Path, paths: Sequence[str], rows: Sequence[str], source: st
     return out
 
 
+def reserve(path: Path) -> None:
+    """Allocate the whole (sparse) file now: a full disk is then an OSError here, not a SIGBUS
+    while decoding into the memory map."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+
+
 def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source: str, size: int,
                   channels: int, cache_dir: str | os.PathLike | None,
                   intensity: IntensityConfig = AUTO, resize: str = "shorter_side_crop") -> tuple[np.ndarray, bool]:
@@ -206,8 +216,12 @@ def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source:
         except (OSError, ValueError, EOFError):
             pass
         target.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
+    for stale in cache_dir.glob(f".images-{family}-*.partial.npy"):  # left by a killed process
+        if time.time() - stale.stat().st_mtime > STALE_PARTIAL_S:
+            stale.unlink(missing_ok=True)
     with atomic_path(target) as tmp:  # decoded straight into the memory-mapped file
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=expected)
+        reserve(tmp)
         decode_all(root, paths, rows, source, size, channels, intensity, resize, out=images)
         images.flush()
         del images

@@ -126,6 +126,9 @@ class ImageDataModule(ClassificationDataModule):
         require(decode == "cache" or not self.on_device, "decode", decode,
                 "'cache' with data.on_device=true (the device path holds every image); or set data.on_device=false")
         self.decode = decode
+        require(not (decode == "lazy" and self.augment.random_resized_crop is not None and synthetic_train),
+                "synthetic_train", synthetic_train, "null with data.decode=lazy and random_resized_crop (training "
+                "images of different sizes cannot be joined with a synthetic set): use data.decode=cache")
         self.cache_dir, self.splits_file = cache_dir, splits_file
         self.task = MULTI_LABEL if records.multi_label else task_of(self.num_classes)
         self.check_task()
@@ -230,6 +233,8 @@ class ImageDataModule(ClassificationDataModule):
         rows = {s: np.flatnonzero(split_of == s) for s in SPLITS}
         self.build_sets({s: self._split_images(s, i) for s, i in rows.items()},
                         {s: self.records.labels[i] for s, i in rows.items()}, self.img_size)
+        if self.decode == "lazy" and self.augment.random_resized_crop is not None:  # identity: the square images
+            self._real_train = (self._files(rows["train"], self.img_size), self.records.labels[rows["train"]])
         if self.splits_file and rank_zero_only.rank == 0:
             reason = np.where(dropped, "exclude", np.where(split_of == "", "label_fraction", ""))
             self.write_splits(Path(self.splits_file), assigned, reason)
@@ -237,15 +242,26 @@ class ImageDataModule(ClassificationDataModule):
     def _split_images(self, split: str, rows: np.ndarray) -> Rows | FileImages:
         """The images of ``split`` (table rows ``rows``), read per item: rows of the decoded
         cache, or files decoded when read (full size for a random-resized-crop training split)."""
-        rec = self.records
         if self.decode == "cache":
             self._load_images()
             return Rows(self.images, rows)
-        if self._depth is None:  # the bit depth auto gives undeclared deep files: one scan, shared by the splits
-            self._depth = (dataset_depth(rec.root, rec.paths, self.intensity),)
         full = split == "train" and self.augment.random_resized_crop is not None
-        return FileImages(rec.root, [rec.paths[i] for i in rows], None if full else self.img_size, self.channels,
-                          self.intensity, self._depth[0], self.resize)
+        return self._files(rows, None if full else self.img_size)
+
+    def _files(self, rows: np.ndarray, size: int | None) -> FileImages:
+        rec = self.records
+        return FileImages(rec.root, [rec.paths[i] for i in rows], size, self.channels, self.intensity,
+                          self.fallback_bits, self.resize)
+
+    @property
+    def fallback_bits(self) -> int | None:
+        """The bit depth ``intensity.mode=auto`` gives the deep files that declare none (the
+        same for every file: ``image_cache.dataset_depth``); None for 8-bit data. One scan of
+        the files' headers, kept: lazy decoding and the export's preprocessing record need it."""
+        if self._depth is None:
+            rec = self.records
+            self._depth = (dataset_depth(rec.root, rec.paths, self.intensity),)
+        return self._depth[0]
 
     def write_splits(self, path: Path, assigned: np.ndarray, excluded: np.ndarray) -> None:
         """``splits.csv``, one row per table row in table order: path, label, group, split and

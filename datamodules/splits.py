@@ -61,7 +61,7 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> np.
     if fraction == 1:
         return np.arange(len(labels))
     if np.ndim(labels) == 2 and np.shape(labels)[1] > 1:
-        return iterative_split(labels, fraction, seed)[1]
+        return multilabel_subset(np.asarray(labels), fraction, seed)
     rng = np.random.default_rng(seed)
     s = strata(labels)
     keep = []
@@ -69,6 +69,19 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> np.
         idx = rng.permutation(np.flatnonzero(s == c))
         keep.append(idx[: max(1, int(round(fraction * len(idx))))])
     return np.sort(np.concatenate(keep))
+
+
+def multilabel_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of ``iterative_split``'s ``fraction`` of a multi-label set (N, K), plus one
+    positive row (seeded) of every label that the share would leave without one, as the
+    single-label subset keeps at least one image per class."""
+    rest, part = iterative_split(labels, fraction, seed)
+    rng = np.random.default_rng(derived_seed(seed, "multilabel minimum"))
+    chosen = set(part.tolist())
+    for k in range(labels.shape[1]):
+        if labels[:, k].any() and not labels[sorted(chosen), k].any():
+            chosen.add(int(rng.choice(np.flatnonzero(labels[:, k]))))
+    return np.array(sorted(chosen), dtype=np.int64)
 
 
 def derived_seed(seed: int, purpose: str) -> int:

@@ -155,12 +155,20 @@ class ArrayDataset(torch.utils.data.Dataset):
     @property
     def images(self) -> torch.Tensor:
         """Every image, (N, C, H, W) uint8 (reads a lazy set whole: for the on-device path and synthesis)."""
-        return self._tensor if self._tensor is not None else self._to_tensor(np.asarray(self._lazy))
+        if self._tensor is not None:
+            return self._tensor
+        if len(self._lazy) and 0 in self._lazy.image_shape:
+            raise ValueError("the training images are read at their own sizes (data.decode=lazy with "
+                             "data.augment.random_resized_crop); this step needs them at one size: use data.decode=cache")
+        return self._to_tensor(np.asarray(self._lazy))
+
+    def uint8(self, i: int) -> torch.Tensor:
+        """Image ``i`` before the transform, (C, H, W) uint8."""
+        return self._tensor[i] if self._tensor is not None else self._to_tensor(self._lazy[i], batch=False)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        image = self._tensor[i] if self._tensor is not None else self._to_tensor(self._lazy[i], batch=False)
-        x = self.transform(image.float().div_(255.0))
+        x = self.transform(self.uint8(i).float().div_(255.0))
         return (x, self.labels[i]) if self.synthetic is None else (x, self.labels[i], self.synthetic[i])

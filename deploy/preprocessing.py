@@ -35,7 +35,9 @@ def preprocessing_of(datamodule) -> dict:
         "format": FORMAT,
         "decode": {"size": int(datamodule.source_size), "channels": int(datamodule.source_channels),
                    "resize": getattr(datamodule, "resize", "shorter_side_crop"),
-                   "intensity": intensity.key() if intensity is not None else {"mode": "auto"}},
+                   "intensity": intensity.key() if intensity is not None else {"mode": "auto"},
+                   # the bit depth auto gave the dataset's deep files that declare none (None: 8-bit data)
+                   "fallback_bits": getattr(datamodule, "fallback_bits", None)},
         "input": {"layout": "NCHW", "dtype": "float32", "size": int(datamodule.img_size),
                   "channels": int(datamodule.in_chans), "scale": 1 / 255,
                   "mean": None if stats is None else [float(v) for v in stats[0]],
@@ -71,7 +73,11 @@ def load_inputs(record: dict, files: Sequence[str | Path]) -> torch.Tensor:
     transform = v2.Compose(steps)
     out = []
     for path in files:
-        pixels, _ = decode_image(Path(path), decode["size"], decode["channels"], intensity, None, decode["resize"])
+        try:
+            pixels, _ = decode_image(Path(path), decode["size"], decode["channels"], intensity,
+                                     decode.get("fallback_bits"), decode["resize"])
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ValueError(f"{path} cannot be decoded as an image ({type(err).__name__}: {err})") from err
         x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
         if spec["channels"] == 3 and x.shape[0] == 1:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms import v2
 
 from core.io import atomic_path
 from core.tasks import MULTI_LABEL
@@ -20,11 +21,18 @@ BATCH = 64
 
 
 def calibration_inputs(datamodule, n: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
-    """``n`` training images (N, C, H, W) as the network sees them at test time."""
-    train = datamodule.train_set
+    """``n`` training images (N, C, H, W) as the network sees them at test time (read one by
+    one; full-size lazily decoded images are centre-cropped and resized to the input size)."""
+    train, size = datamodule.train_set, int(datamodule.img_size)
     pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
-    images = train.images[torch.as_tensor(pick)]  # uint8, channels as the network takes them
-    return torch.stack([datamodule.val_set.transform(x.float().div(255.0)) for x in images])
+    square = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    out = []
+    for i in pick:
+        x = train.uint8(int(i)).float().div(255.0)
+        if x.shape[-2:] != (datamodule.source_size, datamodule.source_size):
+            x = square(x)
+        out.append(datamodule.val_set.transform(x))
+    return torch.stack(out)
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: torch.Tensor) -> None:

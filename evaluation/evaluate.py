@@ -90,7 +90,9 @@ def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, ro
     datamodule, dataset = data[0]
     probs, ids = np.mean(runs, axis=0), datamodule.sample_ids(split)
     labels = np.asarray(dataset.labels).astype(np.int64)
-    out = out or ckpts[0].resolve().parent.parent / f"evaluate_{split}"
+    if out is None:  # <run dir>/evaluate_<split>, or beside a checkpoint kept outside its run's checkpoints/
+        folder = ckpts[0].resolve().parent
+        out = (folder.parent if folder.name == "checkpoints" else folder) / f"evaluate_{split}"
     save_predictions(out / "predictions", split, probs, labels, ids)
     result = write_evaluation(probs, labels, datamodule.class_names, datamodule.task, out / "eval", split)
     summary = result["summary"]

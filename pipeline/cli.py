@@ -91,7 +91,8 @@ def run_summary(cfg: DictConfig, metrics: dict) -> str:
     ckpt = metrics.get("test_checkpoint") or metrics.get("best_checkpoint")
     if ckpt:
         lines.append(f"checkpoint: {ckpt}")
-    if monitor.get("metric") and metrics.get("objective") == metrics.get("objective"):  # not NaN
+    objective = metrics.get("objective")
+    if monitor.get("metric") and isinstance(objective, float) and objective == objective:  # a number, not NaN
         lines.append(f"best {monitor.metric} ({monitor.get('mode', 'max')}): {metrics['objective']:.4f}")
     tested = [f"{k} {metrics[f'test/{k}']:.4f}" for k in SUMMARY_METRICS if f"test/{k}" in metrics]
     if tested:

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from core.io import file_lock
+
 
 class _ResumableWriter(ExperimentWriter):
     """Appends to an existing ``metrics.csv``. Rows at or after the first step this writer
@@ -97,9 +99,23 @@ def log_run_artifact(loggers: list, output_dir: Path) -> None:
 
 
 def prepare_stores(logger_cfg) -> None:
-    """Create the folder of every SQLite tracking store a logger config names
-    (``tracking_uri: sqlite:///<path>``, e.g. MLflow's shared ``logs/mlflow.db``)."""
+    """Create every SQLite tracking store a logger config names (``tracking_uri:
+    sqlite:///<path>``, e.g. MLflow's shared ``logs/mlflow.db``) and its experiment, one process
+    at a time: parallel runs of a multirun or a sweep would otherwise race on creating the
+    schema and the experiment. Logging to it afterwards is SQLite's own concurrency."""
     for entry in (logger_cfg or {}).values():
         uri = str((entry or {}).get("tracking_uri") or "")
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        if not uri.startswith("sqlite:///"):
+            continue
+        path = Path(uri[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if "MLFlowLogger" in str(entry.get("_target_", "")):
+            try:
+                import mlflow
+            except ImportError:  # the logger itself names the missing extra
+                continue
+            with file_lock(path.with_name(path.name + ".lock")):
+                client = mlflow.MlflowClient(tracking_uri=uri)  # creates / migrates the schema
+                name = entry.get("experiment_name") or "Default"
+                if client.get_experiment_by_name(name) is None:
+                    client.create_experiment(name)

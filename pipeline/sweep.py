@@ -185,12 +185,18 @@ def run_worker(study: optuna.Study, storage, objective, settings: DictConfig, sw
             continue
         with heartbeat(trial, interval):
             try:
-                study.tell(trial, objective(trial))
+                value = objective(trial)
             except optuna.TrialPruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+                continue
             except TRIAL_ERRORS:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
                 failed += 1
+                continue
+            except BaseException:  # an error of the sweep itself (or Ctrl-C): the trial fails, the worker stops
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                raise
+        study.tell(trial, value, skip_if_finished=True)  # (failed as stale meanwhile: its retry stands)
     log.error("%d trials of this worker failed (sweep.max_failures=%d): stopping; see best.json", failed, max_failures)
 
 

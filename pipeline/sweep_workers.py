@@ -16,6 +16,7 @@ heartbeats that find the trials of a killed worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import optuna
 
+from core.io import file_lock
+
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-LOCK_STALE_S = 120.0  # a lock file older than this was left by a killed worker
 
 
 def make_storage(kind: str | None, sweep_dir: Path) -> tuple[optuna.storages.BaseStorage, str]:
@@ -44,29 +46,6 @@ def make_storage(kind: str | None, sweep_dir: Path) -> tuple[optuna.storages.Bas
     if "://" in kind:
         return optuna.storages.RDBStorage(kind), kind
     raise ValueError(f"sweep.storage={kind!r} is invalid; allowed: sqlite, journal or an RDB URL (postgresql://...)")
-
-
-@contextmanager
-def file_lock(path: Path, poll_s: float = 0.05) -> Iterator[None]:
-    """An exclusive lock between processes (and machines sharing the folder)."""
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                if time.time() - path.stat().st_mtime > LOCK_STALE_S:
-                    path.unlink(missing_ok=True)  # its holder died inside the (sub-second) critical section
-                    continue
-            except FileNotFoundError:
-                continue
-            time.sleep(poll_s)
-    try:
-        os.write(fd, f"{socket.gethostname()}:{os.getpid()}".encode())
-        yield
-    finally:
-        os.close(fd)
-        path.unlink(missing_ok=True)
 
 
 def last_beat(trial: optuna.trial.FrozenTrial) -> float:
@@ -129,8 +108,10 @@ def heartbeat(trial: optuna.Trial, interval: float) -> Iterator[None]:
         while not done.wait(interval):
             try:
                 trial.set_user_attr("heartbeat", time.time())
-            except Exception:  # the trial was finished meanwhile (e.g. failed as stale)
+            except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile (e.g. failed as stale)
                 return
+            except Exception as err:  # a transient storage error ("database is locked"): beat again later
+                logging.getLogger("sweep").warning("heartbeat of trial %d not recorded: %s", trial.number, err)
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

@@ -89,3 +89,16 @@ def test_iterative_split_keeps_every_labels_share_and_whole_groups():
     rest, part = iterative_split(y, 0.2, seed=1, groups=groups)
     assert not set(groups[part]) & set(groups[rest]) and 180 <= len(part) <= 220
     assert np.all(np.abs(y[part].sum(0) - 0.2 * y.sum(0)) <= 4)  # a group moves up to 4 positives at once
+
+
+def test_a_multilabel_label_fraction_keeps_a_positive_of_every_label():
+    rng = np.random.default_rng(0)
+    y = np.zeros((200, 4), int)
+    y[:, 0] = rng.random(200) < 0.5
+    y[rng.choice(200, 4, replace=False), 3] = 1  # a rare label: 4 positives
+    y[rng.choice(200, 10, replace=False), 1] = 1
+    y[rng.choice(200, 30, replace=False), 2] = 1
+    keep = label_fraction_subset(y, 0.1, seed=0)
+    assert y[keep].sum(0).min() >= 1 and 20 <= len(keep) <= 23  # about 10 %, and every label present
+    tiny = np.repeat(np.eye(3, dtype=int), 10, axis=0)  # 30 rows, 3 labels x 10
+    assert sorted(y.argmax() for y in tiny[label_fraction_subset(tiny, 0.04, seed=0)]) == [0, 1, 2]

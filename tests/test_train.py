@@ -17,7 +17,7 @@ from pipeline.stages import training_stages
 from tests.conftest import REAL_PNEUMONIA, REPO, compose_cfg, tiny_overrides
 
 # MedMNIST experiments; the MHIST ones read an image table and are tested in test_own_data.py.
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not p.stem.endswith("_mhist"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if "_mhist" not in p.stem)
 
 
 TINY_VIT = ["encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2", "encoder.patch_size=4",
@@ -293,13 +293,15 @@ def test_one_optimiser_convention_for_every_model(tmp_path):
         instantiate(cfg.model)
 
 
-def test_a_local_config_is_composed_into_every_run(tmp_path):
-    local = REPO / "conf" / "local" / "default.yaml"
-    if local.exists():
-        pytest.skip("this checkout has its own conf/local/default.yaml")
-    assert compose_cfg(["experiment=quickstart"], tmp_path).paths.medmnist_root is None
-    local.write_text("# @package _global_\npaths:\n  medmnist_root: /data/medmnist\n")
-    try:
-        assert compose_cfg(["experiment=quickstart"], tmp_path).paths.medmnist_root == "/data/medmnist"
-    finally:
-        local.unlink()
+def test_a_local_config_is_composed_into_every_run(tmp_path, monkeypatch):
+    import shutil
+
+    import pipeline.cli
+
+    conf = tmp_path / "conf"  # a copy: the checkout's own conf/local is never written
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "local" / "default.yaml").unlink(missing_ok=True)
+    monkeypatch.setattr(pipeline.cli, "CONF_DIR", conf)
+    assert compose_cfg(["experiment=quickstart"], tmp_path / "a").paths.medmnist_root is None
+    (conf / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  medmnist_root: /data/medmnist\n")
+    assert compose_cfg(["experiment=quickstart"], tmp_path / "b").paths.medmnist_root == "/data/medmnist"
