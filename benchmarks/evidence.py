@@ -1,7 +1,7 @@
 """Evidence a reviewer would accept: compute-matched, label-scarce comparisons of training
 from scratch, MAE and MLO-MAE on the real PneumoniaMNIST, with paired bootstrap intervals.
 
-    python benchmarks/evidence.py --data-root ../shared/data        # defaults: about 90 min here
+    python benchmarks/evidence.py --data-root ../shared/data        # defaults: 1 h 57 min here (2 cores)
     python benchmarks/evidence.py --quick                            # 5-minute smoke of every step
 
 Protocol (printed with the table and written to ``<out>/evidence.md``):
