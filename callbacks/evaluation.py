@@ -70,9 +70,15 @@ class EvaluationCallback(L.Callback):
             import pandas as pd
 
             probs, labels = data["probs"], data["labels"]
-            per_image = pd.DataFrame({"label": list(labels.tolist())} | {f"prob_{k}": probs[:, k] for k in range(probs.shape[1])})
+            # the layout of predictions/test_predictions.csv: index[, path], label(s), prob_<k>
+            per_image = pd.DataFrame({"index": range(len(probs))})
             if data["ids"] is not None:
-                per_image.insert(0, "path", list(data["ids"]))
+                per_image["path"] = list(data["ids"])
+            if labels.ndim == 1:
+                per_image["label"] = labels
+            else:
+                per_image = per_image.assign(**{f"label_{k}": labels[:, k] for k in range(labels.shape[1])})
+            per_image = per_image.assign(**{f"prob_{k}": probs[:, k] for k in range(probs.shape[1])})
         for logger in loggers:
             logger.log_table(key="eval/test_per_class", columns=list(TABLE_COLUMNS),
                              data=[[row[c] for c in TABLE_COLUMNS] for row in result["table"]])

@@ -23,7 +23,7 @@ def read_checkpoint(ckpt: str | Path) -> dict:
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: no such checkpoint file")
     try:
-        return torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)  # mapped: cheap to read again
+        return torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a checkpoint, or pickled objects weights_only refuses
         raise CheckpointError(f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: {err})") from err
 

@@ -49,7 +49,7 @@ def test_resumed_sweep_draws_new_values_and_retries_the_trial_of_a_killed_worker
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
     study = optuna.load_study(study_name="quickstart", storage=storage)
     killed = study.ask()  # a trial whose worker died: RUNNING, its last heartbeat long ago
-    killed.suggest_float("model.lr", 1e-3, 2e-3)
+    killed.suggest_float("model.lr", 1e-4, 1e-2, log=True)  # the experiment's space
     killed.set_user_attr("heartbeat", 0.0)
     run_sweep([*common, "sweep.n_trials=4"])
     trials = optuna.load_study(study_name="quickstart", storage=storage).trials
@@ -91,7 +91,8 @@ def test_two_workers_on_one_journal_study_run_each_trial_exactly_once(data_root,
 
     sweep_dir = tmp_path / "sweep"
     args = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",
-            "sweep.storage=journal", "sweep.n_trials=5", "~callbacks.evaluation", "sweep.heartbeat_interval=1"]
+            "sweep.storage=journal", "sweep.study_name=quickstart", "sweep.n_trials=5", "~callbacks.evaluation",
+            "sweep.heartbeat_interval=1"]
     workers = [subprocess.Popen([sys.executable, str(REPO / "sweep.py"), *args, f"sweep.worker={i}"], cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
