@@ -9,6 +9,7 @@ a stacked chunk, ``len(x)``, ``x.shape`` and ``x.ndim``; ``np.asarray(x)`` reads
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -22,17 +23,19 @@ from datamodules.medmnist_files import DatasetError
 CHUNK = 512  # images per chunk of the streaming passes (statistics, fingerprints)
 
 
-class ImageSeq:
+class ImageSeq(abc.ABC):
     """The shared protocol: subclasses implement ``__len__``, ``image(i)`` and set ``image_shape``."""
 
     image_shape: tuple[int, ...]
     dtype = np.dtype(np.uint8)
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of images."""
 
+    @abc.abstractmethod
     def image(self, i: int) -> np.ndarray:
-        raise NotImplementedError
+        """Image ``i`` (0 <= i < len), uint8 (H, W) or (H, W, 3)."""
 
     @property
     def shape(self) -> tuple[int, ...]:
