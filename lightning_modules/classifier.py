@@ -151,11 +151,6 @@ class Classifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
-    def on_train_start(self) -> None:
-        # The sanity-check validation must not count as a "best" epoch.
-        self.val_acc_best.reset()
-        self.val_auc_best.reset()
-
     def on_train_epoch_start(self) -> None:
         if self.hparams.freeze_encoder:
             self.net.encoder.eval()  # frozen features: no dropout / drop path

@@ -9,9 +9,12 @@ from torchmetrics import MaxMetric
 
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.mae import MaskedAutoencoder, uniformity_loss
+from lightning_modules.components.mask_diagnostics import masking_diagnostics
+from lightning_modules.components.masking import mask_diversity
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, unpatchify
 from lightning_modules.components.speed import adamw, compile_networks, compile_options
+from lightning_modules.components.strategies import MaskDraw, build_strategy
 from lightning_modules.components.vit import pool
 from lightning_modules.metrics import (
     MULTI_LABEL,
@@ -41,9 +44,10 @@ def reconstruct_with(mae: MaskedAutoencoder, images: torch.Tensor, masking) -> d
 class MAEPretrain(L.LightningModule):
     """Masked-autoencoder pretraining (manual optimisation: MAE optimiser + probe optimiser).
 
-    One backward of ``reconstruction (+ uniformity) + probe loss`` per step; the probe sees
-    detached features, so its gradient never reaches the encoder, and the two optimisers
-    own disjoint parameters.
+    One backward of ``reconstruction (+ uniformity) + masking strategy's loss + probe loss`` per
+    step; the probe sees detached features, so its gradient never reaches the encoder, and the
+    two optimisers own disjoint parameters (the strategy's trainable parts, e.g. HPM's loss
+    predictor or AutoMAE's generator, are in the MAE optimiser).
 
     Args:
         mae: the ``MaskedAutoencoder``.
@@ -58,6 +62,11 @@ class MAEPretrain(L.LightningModule):
         uniformity_weight, uniformity_tau: U-MAE regulariser on mean-pooled latents (0 = off).
         grad_clip: max gradient norm of the MAE optimiser (None = off).
         compile: ``torch.compile`` the encoder and decoder (true or a dict of its options).
+        masking: where to mask (``components/strategies``): ``random`` (MAE), ``block`` (BEiT),
+            ``hpm`` (hard-patch mining), ``attmask`` (attention-guided), ``automae`` (adversarial).
+        masking_args: the strategy's options (see its class).
+        mask_diagnostics: log ``val/mask_*`` (``masking_diagnostics``, with the probe as the
+            downstream head) on the first validation batch of every epoch.
     """
 
     def __init__(
@@ -76,9 +85,13 @@ class MAEPretrain(L.LightningModule):
         uniformity_tau: float = 0.1,
         grad_clip: float | None = None,
         compile: bool | dict = False,
+        masking: str = "random",
+        masking_args: dict | None = None,
+        mask_diagnostics: bool = True,
     ) -> None:
         super().__init__()
         self.compile_options = compile_options(compile)
+        self.masking = build_strategy(masking, mae, **(masking_args or {}))
         if probe_input not in PROBE_INPUTS:
             raise ValueError(f"model.probe_input={probe_input!r} is invalid; allowed: {list(PROBE_INPUTS)}")
         self.save_hyperparameters(logger=False, ignore=["mae"])
@@ -98,8 +111,39 @@ class MAEPretrain(L.LightningModule):
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
         """Images (B, C, H, W) -> masked input, reconstruction and reconstruction with the
-        visible patches pasted back, each (B, C, H, W); the same masks for the same seed."""
-        return reconstruct_with(self.mae, images, fixed_masking(self.mae, len(images), seed, images.device))
+        visible patches pasted back, each (B, C, H, W); random masking: the same masks for the
+        same seed; other strategies: their own masks."""
+        if self.hparams.masking == "random":
+            return reconstruct_with(self.mae, images, fixed_masking(self.mae, len(images), seed, images.device))
+        return reconstruct_with(self.mae, images, self.mask_draw(images).masking)
+
+    def progress(self) -> float:
+        """Share of training done after this epoch, in (0, 1] (the strategies' schedules)."""
+        total = self.trainer.max_epochs if self._trainer is not None and (self.trainer.max_epochs or 0) > 0 else 0
+        return min(1.0, (self.current_epoch + 1) / total) if total else 1.0
+
+    def mask_draw(self, images: torch.Tensor) -> MaskDraw:
+        """The strategy's masks for ``images`` (B, C, H, W)."""
+        return self.masking.draw(images, self.mae, self.progress())
+
+    @torch.no_grad()
+    def mask_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The strategy's scores (B, L) in [0, 1] and its mask (B, L), 1 = masked (``MaskMapCallback``)."""
+        draw = self.mask_draw(images)
+        return draw.scores, draw.mask
+
+    DIAGNOSTIC_IMAGES = 128
+
+    def mask_diagnostics(self, x: torch.Tensor, y: torch.Tensor, step: float | None = None) -> dict[str, float]:
+        """``masking_diagnostics`` of this strategy on up to 128 images, plus ``diversity``
+        (``masking.mask_diversity``); the gain uses the online probe on mean-pooled features."""
+        x, y = x[: self.DIAGNOSTIC_IMAGES].clone(), y[: self.DIAGNOSTIC_IMAGES].clone()
+        head = None
+        if self.probe is not None and self.task != MULTI_LABEL:
+            head = self.probe
+        out = masking_diagnostics(self.mae, self.mask_draw, x, y, head=head, pooling="mean", step=step)
+        out["diversity"] = mask_diversity(self.mask_draw(x).mask).item()
+        return out
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Mean-pooled encoder features of unmasked images, (B, D)."""
@@ -110,9 +154,11 @@ class MAEPretrain(L.LightningModule):
         x, y = batch[0], batch[1]  # (a third element flags synthetic images)
         opts = self.optimizers()
         opt_mae, *opt_probe = opts if isinstance(opts, list) else [opts]
-        out = self.mae(x)
+        draw = self.mask_draw(x)
+        out = self.mae(x, draw.masking)
         loss = out.loss
         logs = {"train/recon_loss": out.loss.detach()}
+        extra, extra_logs = self.masking.auxiliary_loss(x, self.mae, draw, out)
         if self.hparams.uniformity_weight > 0:
             unif = uniformity_loss(pool(out.latent, "mean"), self.hparams.uniformity_tau)
             loss = loss + self.hparams.uniformity_weight * unif
@@ -122,6 +168,12 @@ class MAEPretrain(L.LightningModule):
                 f"MAE loss is {loss.item()} at epoch {self.current_epoch}; lower model.lr or set model.grad_clip"
             )
         total = loss
+        if extra is not None:
+            if not torch.isfinite(extra):
+                raise FloatingPointError(f"the {self.hparams.masking} masking loss is {extra.item()} at epoch "
+                                         f"{self.current_epoch}; lower model.lr or the strategy's loss weight")
+            total = total + extra
+            logs |= extra_logs
         if self.probe is not None:
             if self.hparams.probe_input == "full":
                 with torch.no_grad():
@@ -138,6 +190,7 @@ class MAEPretrain(L.LightningModule):
             self.clip_gradients(opt_mae, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         for opt in (opt_mae, *opt_probe):
             opt.step()
+        self.masking.after_step(self.mae)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(x))
 
@@ -148,8 +201,8 @@ class MAEPretrain(L.LightningModule):
         fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
     def on_train_start(self) -> None:
-        if self.probe is not None:
-            self.probe_auc_best.reset()
+        if self.global_step == 0:  # a resumed run keeps its teachers
+            self.masking.start(self.mae)
 
     def configure_model(self) -> None:
         compile_networks([self.mae.encoder, self.mae.decoder], self.compile_options)
@@ -160,6 +213,10 @@ class MAEPretrain(L.LightningModule):
         # The same masks every epoch, so val/loss is comparable across epochs.
         out = self.mae(x, fixed_masking(self.mae, len(x), batch_idx, x.device))
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=len(x))
+        if batch_idx == 0 and self.hparams.mask_diagnostics and self.task != MULTI_LABEL:
+            step = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
+            diagnostics = self.mask_diagnostics(x, y.long().reshape(-1), step)
+            self.log_dict({f"val/mask_{k}": float(v) for k, v in diagnostics.items()}, sync_dist=True, batch_size=1)
         if self.probe is not None:
             probs = probabilities(self.probe(self.features(x)).float(), self.task)
             self.val_probe.update(probs, y.long() if self.task == MULTI_LABEL else y)
@@ -170,7 +227,7 @@ class MAEPretrain(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups(self.mae, hp.lr, hp.weight_decay)
+        groups = param_groups(nn.ModuleDict({"mae": self.mae, "masking": self.masking}), hp.lr, hp.weight_decay)
         opt = adamw(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = max(1, self.trainer.max_epochs or 1)
         sched = cosine_with_warmup(opt, min(hp.warmup_epochs, total - 1), total, hp.min_lr_ratio)

@@ -157,10 +157,14 @@ def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 
 def log_epoch_metrics(module: L.LightningModule, metrics: MetricCollection, bests: dict[str, MaxMetric]) -> dict:
-    """Compute, log and reset ``metrics``; track and log ``<key>_best`` for each key of ``bests``."""
+    """Compute, log and reset ``metrics``; track and log ``<key>_best`` for each key of ``bests``
+    (not during the sanity check: its few batches are no epoch, and a resumed run keeps the bests
+    restored from its checkpoint)."""
     values = metrics.compute()
     metrics.reset()
     module.log_dict(values)
+    if module._trainer is not None and module.trainer.sanity_checking:
+        return values
     for key, tracker in bests.items():
         tracker.update(values[key])
         module.log(f"{key}_best", tracker.compute(), prog_bar=True)

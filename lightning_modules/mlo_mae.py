@@ -31,15 +31,7 @@ from lightning_modules.components.hypergradient import (
     mlo_hypergradient,
 )
 from lightning_modules.components.mae import MaskedAutoencoder
-from lightning_modules.components.mask_diagnostics import (
-    context_iou,
-    expected_random_iou,
-    level3_after_step,
-    patch_edge_energy,
-    patch_intensity,
-    rank_correlation,
-    weight_ess,
-)
+from lightning_modules.components.mask_diagnostics import masking_diagnostics
 from lightning_modules.components.masking import (
     PATCH_WEIGHTINGS,
     build_masking_net,
@@ -50,6 +42,7 @@ from lightning_modules.components.masking import (
 from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.patches import masking_from_scores, random_masking
 from lightning_modules.components.speed import adamw, compile_networks, compile_options
+from lightning_modules.components.strategies import MaskDraw
 from lightning_modules.components.vit import ClassificationHead, pool
 from lightning_modules.mae import fixed_masking, reconstruct_with
 from lightning_modules.metrics import (
@@ -239,52 +232,22 @@ class MLOMAE(L.LightningModule):
     DIAGNOSTIC_IMAGES = 128  # images of the first validation batch the diagnostics use
     RANDOM_MASKS = 4  # random maskings averaged for each patch's reconstruction error
 
-    def mask_diagnostics(self, x: Tensor, y: Tensor, step: float | None = None) -> dict[str, float]:
-        """What learned masks have and random ones cannot (``components/mask_diagnostics.py``),
-        on up to ``DIAGNOSTIC_IMAGES`` images (x (B, C, H, W), y (B,)); learned masks only.
+    def mask_draw(self, images: Tensor) -> MaskDraw:
+        """This module's masks as a ``MaskDraw`` (scores: the masking probabilities; for random
+        masks the probability of every patch, the mask ratio)."""
+        masking, probs, _ = self.masks(images)
+        return MaskDraw(masking, torch.full_like(masking[1], self.mae.mask_ratio) if probs is None else probs)
 
-        context_iou (beside context_iou_random, its value for random masks): kept-set
-        stability across 4 random batch contexts; rho_intensity / rho_edges / rho_recon: mean
-        per-image rank correlation of the masking probabilities with patch intensity, edge
-        energy and the patch's reconstruction error under random masks; ess: the level-I
-        weights' effective sample size / masked patches; level3_gain: level-III loss after one
-        virtual level-I step (SGD, the level-I lr) with random masks minus with the learned
-        masks, on the same images (> 0: the learned masks help the level-III objective).
+    def mask_diagnostics(self, x: Tensor, y: Tensor, step: float | None = None) -> dict[str, float]:
+        """What learned masks have and random ones cannot (``mask_diagnostics.masking_diagnostics``),
+        on up to ``DIAGNOSTIC_IMAGES`` images (x (B, C, H, W), y (B,)); learned masks only.
+        ess: the level-I weights' effective sample size / masked patches; level3_gain: level-III
+        loss after one virtual level-I step (SGD, the level-I lr) with random masks minus with
+        the learned masks, on the same images (> 0: the learned masks help the level-III objective).
         """
         x, y = x[: self.DIAGNOSTIC_IMAGES].clone(), y[: self.DIAGNOSTIC_IMAGES].clone()
-        enc, n = self.mae.encoder, self.mae.encoder.num_patches
-        masking, probs, _ = self.masks(x)
-        mask = masking[1]
-        half = len(x) // 2
-        g = torch.Generator().manual_seed(0)
-        errors = torch.zeros_like(probs, dtype=torch.float64)
-        counts = torch.zeros_like(errors)
-        with torch.no_grad():
-            for _ in range(self.RANDOM_MASKS):
-                rnd = masking_from_scores(torch.rand(len(x), n, generator=g).to(x.device), self.mae.mask_ratio)
-                errors += self.mae.patch_errors(x, rnd).double() * rnd[1]
-                counts += rnd[1].double()
-        recon = torch.where(counts > 0, errors / counts.clamp(min=1), torch.full_like(errors, float("nan")))
-        out = {
-            "context_iou": context_iou(lambda b: self.masks(b)[0][1], x[:half], x, generator=g).item(),
-            "context_iou_random": expected_random_iou(n, n - int(mask[0].sum())),
-            "rho_intensity": rank_correlation(probs, patch_intensity(x, enc.patch_size)).nanmean().item(),
-            "rho_edges": rank_correlation(probs, patch_edge_energy(x, enc.patch_size)).nanmean().item(),
-            "rho_recon": rank_correlation(probs, recon).nanmean().item(),
-            "ess": weight_ess(self.weights(probs, mask), mask).mean().item(),
-        }
-        if half >= 2 and step is not None:
-            # The same (uniform) patch weights for both, so only where the masks fall differs (the
-            # learned probability weights would also shrink the step); random: mean of 4 draws.
-            randoms = [masking_from_scores(torch.rand(half, n, generator=g).to(x.device), self.mae.mask_ratio)
-                       for _ in range(self.RANDOM_MASKS)]
-            learned = tuple(t[:half] for t in masking)
-            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-                x1, x3, y3 = x[:half].float().clone(), x[half:].float().clone(), y[half:].clone()
-                after = [level3_after_step(self.mae, self.head, x1, tuple(t.clone() for t in m), None, x3, y3,
-                                           step, self.hparams.pooling).item() for m in (learned, *randoms)]
-            out["level3_gain"] = sum(after[1:]) / len(randoms) - after[0]
-        return out
+        return masking_diagnostics(self.mae, self.mask_draw, x, y, head=self.head, pooling=self.hparams.pooling,
+                                   step=step, weights_fn=self.weights, random_masks=self.RANDOM_MASKS)
 
     # ----- one cycle ---------------------------------------------------------------------
     def _reduce(self, tensors: list[Tensor]) -> list[Tensor]:
@@ -380,9 +343,6 @@ class MLOMAE(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
-
-    def on_train_start(self) -> None:
-        self.val_auc_best.reset()
 
     def on_train_epoch_end(self) -> None:
         for sched in self.lr_schedulers():

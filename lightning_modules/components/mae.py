@@ -90,8 +90,12 @@ def reconstruction_loss(
     Returns:
         scalar: sum(w * m * mse) / sum(m), with w = 1 when no weights are given.
     """
-    per_patch = patch_errors(pred, target, norm_pix)
-    weighted = per_patch * mask if patch_weights is None else per_patch * mask * patch_weights
+    return masked_mean(patch_errors(pred, target, norm_pix), mask, patch_weights)
+
+
+def masked_mean(errors: torch.Tensor, mask: torch.Tensor, patch_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(w * m * errors) / sum(m) for per-patch errors, mask and optional weights, all (B, L)."""
+    weighted = errors * mask if patch_weights is None else errors * mask * patch_weights
     return weighted.sum() / mask.sum().clamp(min=1)
 
 
@@ -119,6 +123,7 @@ class MAEOutput:
     pred: torch.Tensor  # (B, L, P) predicted pixels (normalised-patch space when norm_pix)
     mask: torch.Tensor  # (B, L) 1 = masked
     latent: torch.Tensor  # (B, 1 + K, D) encoder output on visible patches
+    errors: torch.Tensor  # (B, L) squared error of every patch (masked and visible), with its graph
 
 
 class MaskedAutoencoder(nn.Module):
@@ -160,8 +165,9 @@ class MaskedAutoencoder(nn.Module):
         latent = self.encoder(images, ids_keep)
         pred = self.decoder(latent, ids_restore)
         target = patchify(images, self.encoder.patch_size)
-        loss = reconstruction_loss(pred, target, mask, self.norm_pix_loss, patch_weights)
-        return MAEOutput(loss=loss, pred=pred, mask=mask, latent=latent)
+        errors = patch_errors(pred, target, self.norm_pix_loss)
+        loss = masked_mean(errors, mask, patch_weights)
+        return MAEOutput(loss=loss, pred=pred, mask=mask, latent=latent, errors=errors)
 
     def patch_errors(self, images: torch.Tensor, masking: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Per-patch reconstruction error (B, L) for the given masking (masked and visible patches)."""

@@ -128,3 +128,53 @@ def level3_after_step(mae, head: Callable[[Tensor], Tensor], x1: Tensor, masking
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
+
+
+def masking_diagnostics(mae, draw_fn: Callable, x: Tensor, y: Tensor | None = None, head: Callable | None = None,
+                        pooling: str = "cls", step: float | None = None, weights_fn: Callable | None = None,
+                        random_masks: int = 4) -> dict[str, float]:
+    """Every diagnostic above for one masking, on images x (B, C, H, W) (labels y (B,) for the gain).
+
+    ``draw_fn``: images -> a ``MaskDraw`` (masking and scores (B, L)). context_iou (beside
+    context_iou_random, its value for random masks): kept-set stability across 4 random batch
+    contexts; rho_intensity / rho_edges / rho_recon: mean per-image rank correlation of the scores
+    with patch intensity, edge energy and the patch's reconstruction error under
+    ``random_masks`` random masks; ess (with ``weights_fn(scores, mask)``): the patch weights'
+    effective sample size / masked patches; level3_gain (with ``head`` and ``step``): the loss of
+    ``head`` on pooled features of the second half of x after one virtual reconstruction step
+    (SGD, ``step``) on the first half with random masks minus with the drawn ones (> 0: the
+    drawn masks help that objective), uniform patch weights for both.
+    """
+    from lightning_modules.components.patches import masking_from_scores
+
+    enc, n, ratio = mae.encoder, mae.encoder.num_patches, mae.mask_ratio
+    draw = draw_fn(x)
+    masking, scores, mask = draw.masking, draw.scores, draw.mask
+    half = len(x) // 2
+    g = torch.Generator().manual_seed(0)
+    errors = torch.zeros_like(scores, dtype=torch.float64)
+    counts = torch.zeros_like(errors)
+    with torch.no_grad():
+        for _ in range(random_masks):
+            rnd = masking_from_scores(torch.rand(len(x), n, generator=g).to(x.device), ratio)
+            errors += mae.patch_errors(x, rnd).double() * rnd[1]
+            counts += rnd[1].double()
+    recon = torch.where(counts > 0, errors / counts.clamp(min=1), torch.full_like(errors, float("nan")))
+    out = {
+        "context_iou": context_iou(lambda b: draw_fn(b).mask, x[:half], x, generator=g).item(),
+        "context_iou_random": expected_random_iou(n, n - int(mask[0].sum())),
+        "rho_intensity": rank_correlation(scores, patch_intensity(x, enc.patch_size)).nanmean().item(),
+        "rho_edges": rank_correlation(scores, patch_edge_energy(x, enc.patch_size)).nanmean().item(),
+        "rho_recon": rank_correlation(scores, recon).nanmean().item(),
+    }
+    if weights_fn is not None:
+        out["ess"] = weight_ess(weights_fn(scores, mask), mask).mean().item()
+    if half >= 2 and step is not None and head is not None and y is not None:
+        randoms = [masking_from_scores(torch.rand(half, n, generator=g).to(x.device), ratio) for _ in range(random_masks)]
+        drawn = tuple(t[:half] for t in masking)
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            x1, x3, y3 = x[:half].float().clone(), x[half:].float().clone(), y[half:].clone()
+            after = [level3_after_step(mae, head, x1, tuple(t.clone() for t in m), None, x3, y3, step, pooling).item()
+                     for m in (drawn, *randoms)]
+        out["level3_gain"] = sum(after[1:]) / len(randoms) - after[0]
+    return out

@@ -65,11 +65,15 @@ class PatchScorer(nn.Module):
         self.temperature, self.input_norm = temperature, input_norm
         self.net = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens (B, L, D) -> probabilities (B, L)."""
+    def logits(self, tokens: Tensor) -> Tensor:
+        """tokens (B, L, D) -> logits (B, L), before the temperature."""
         if self.input_norm == "batch":
             tokens = standardize_over_batch(tokens)
-        return (self.net(tokens).squeeze(-1) / self.temperature).sigmoid()
+        return self.net(tokens).squeeze(-1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens (B, L, D) -> probabilities (B, L)."""
+        return (self.logits(tokens) / self.temperature).sigmoid()
 
 
 def build_masking_net(
