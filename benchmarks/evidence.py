@@ -1,7 +1,7 @@
 """Evidence a reviewer would accept: compute-matched, label-scarce comparisons of training
 from scratch, MAE and MLO-MAE on the real PneumoniaMNIST, with paired bootstrap intervals.
 
-    python benchmarks/evidence.py --data-root ../shared/data        # defaults: 1 h 57 min here (2 cores)
+    python benchmarks/evidence.py --data-root ../shared/data        # defaults: about 4 h here (2 cores)
     python benchmarks/evidence.py --quick                            # 5-minute smoke of every step
 
 Protocol (printed with the table and written to ``<out>/evidence.md``):
@@ -16,7 +16,11 @@ Protocol (printed with the table and written to ``<out>/evidence.md``):
   level-I steps = 58 steps), so the MLO arms run 18 cycles per epoch: 36 level-I steps, as
   MAE. ``mae_equal_wall``: MAE for as many epochs as fit in the ``mlo_mae`` arm's mean wall
   time (the "equal wall time" line; linear probe only). The MLO arms use the training labels
-  in levels II / III.
+  in levels II / III. The masking strategies of ``MAEPretrain`` (docs/masking.md), each
+  ``experiment=mae_<strategy>_small`` with the MAE arm's settings and steps: ``mae_block``
+  (BEiT), ``mae_hpm`` (hard-patch mining), ``mae_attmask`` (AttMask), ``mae_automae``
+  (adversarial); their wall time relative to MAE is their measured cost (the compute table).
+  The MAE family trains without per-epoch mask diagnostics and mask maps.
   Each arm's last checkpoint is passed on (no selection on labels).
 - Downstream, per arm and seed, at label fractions 1 %, 10 %, 100 % (a stratified subset of
   the training labels drawn by the seed, the same subset for every arm of a seed):
@@ -33,6 +37,8 @@ Protocol (printed with the table and written to ``<out>/evidence.md``):
   seeds the bootstrap interval alone is the range of the differences). MLO-MAE's levels II /
   III see all training labels during pretraining, so its 1 % and 10 % rows are marked: they
   compare a method that saw every label with arms that did not.
+- Mask diagnostics (every arm with learned or structured masks), on 128 validation images with
+  the final checkpoint: the trained masking, the same masking untrained, and random masks.
 - Pretraining curves: every arm saves a checkpoint every ``--curve-every`` epochs; those of
   the first seed are probed (100 % labels; validation AUC plotted) against level-I steps and
   wall time, with MAE's validation reconstruction loss (mean over seeds).
@@ -59,8 +65,13 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, BATCH = 4708, 128
 LEVEL1_PER_EPOCH = TRAIN_IMAGES // BATCH  # 36 MAE steps per pass (drop_last)
 P = "stages.pretrain.model."
+# The MAE family runs without the per-epoch mask diagnostics and mask maps (computed afterwards on
+# the final checkpoint instead), so its wall times are those of training and validation alone.
+PLAIN = [f"{P}mask_diagnostics=false", "stages.pretrain.callbacks.mask_maps=null"]
+STRATEGIES = ("block", "hpm", "attmask", "automae")
 ARMS = {
-    "mae": ("mae_small", []),
+    "mae": ("mae_small", PLAIN),
+    **{f"mae_{s}": (f"mae_{s}_small", PLAIN) for s in STRATEGIES},
     "mlo_mae": ("mlo_mae_small", [f"{P}masking_net=mlp"]),
     "mlo_mae_variant": ("mlo_mae_small", [f"{P}masking_net=patch_scorer", f"{P}masking_input_norm=batch",
                                           f"{P}patch_weighting=normalized"]),
@@ -69,7 +80,10 @@ FRACTIONS = (0.01, 0.1, 1.0)
 FINETUNE = {0.01: (100, 10), 0.1: (25, 5), 1.0: (3, 1)}  # (epochs, validate every n epochs): ~100-220 steps
 PROBE_C = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 LABELS = {"scratch": "scratch", "mae": "MAE", "mae_equal_wall": "MAE (MLO-MAE's wall time)",
-          "mlo_mae": "MLO-MAE (report settings)", "mlo_mae_variant": "MLO-MAE variant (diverse)"}
+          "mlo_mae": "MLO-MAE (report settings)", "mlo_mae_variant": "MLO-MAE variant (diverse)",
+          "mae_block": "MAE + block (BEiT)", "mae_hpm": "MAE + HPM", "mae_attmask": "MAE + AttMask",
+          "mae_automae": "MAE + AutoMAE (adversarial)"}
+MASKED_ARMS = ("mlo_mae", "mlo_mae_variant", *(f"mae_{s}" for s in STRATEGIES))  # arms with mask diagnostics
 
 
 # ----- pretraining ------------------------------------------------------------------------
@@ -218,10 +232,12 @@ DIAGNOSTICS = ("context_iou", "rho_intensity", "rho_edges", "rho_recon", "ess", 
 
 
 def mask_diagnostics_of(pre_result: dict, seed: int, arrays) -> dict:
-    """``MLOMAE.mask_diagnostics`` on the first 128 validation images, with the arm's trained
-    MAE and head and three masking networks: the trained one, the same network at its
-    initialisation (``untrained``) and a scorer of uniform random numbers (``random``); the
-    virtual step is the configured level-I lr."""
+    """The module's ``mask_diagnostics`` on the first 128 validation images with the arm's
+    trained MAE (and head or probe) and three maskings: the trained one (``trained``), the same
+    masking at its initialisation (``untrained``: MLO-MAE's masking net, HPM's loss predictor and
+    teacher, AttMask's teacher, AutoMAE's generator; block masks have nothing to train), and
+    random (``random``: a scorer of uniform random numbers for MLO-MAE, MAE's random masks for the
+    strategies); the virtual step is the configured (level-I) lr."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -239,6 +255,17 @@ def mask_diagnostics_of(pre_result: dict, seed: int, arrays) -> dict:
 
     generator = torch.Generator().manual_seed(seed)
     state = torch.load(pre_result["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    if not hasattr(module, "masknet"):  # a masking strategy of MAEPretrain
+        from lightning_modules.components.strategies import build_strategy
+
+        untrained_state = {k: v.clone() for k, v in module.masking.state_dict().items()}
+        module.load_state_dict(state)
+        out = {"trained": module.mask_diagnostics(x, y, step)}
+        module.masking.load_state_dict(untrained_state)
+        out["untrained"] = module.mask_diagnostics(x, y, step)
+        module.masking = build_strategy("random", module.mae)
+        out["random"] = module.mask_diagnostics(x, y, step)
+        return out
     untrained_state = {k: v.clone() for k, v in module.masknet.state_dict().items()}  # as initialised
     module.load_state_dict(state)
     out = {"trained": module.mask_diagnostics(x, y, step)}
@@ -256,11 +283,13 @@ def fmt_g(values: list[float]) -> str:
 
 
 def diagnostics_table(results: dict, args) -> str:
-    lines = ["| arm | diagnostic | trained (mean +- std) | untrained | random scorer | random masks (exact) |",
+    lines = ["| arm | diagnostic | trained (mean +- std) | untrained | random scores / masks | random masks (exact) |",
              "|---|---|---|---|---|---|"]
-    for arm in ("mlo_mae", "mlo_mae_variant"):
+    for arm in MASKED_ARMS:
         runs = [results["diagnostics"][arm, s] for s in args.seeds]
-        for k in DIAGNOSTICS:
+        for k in (*DIAGNOSTICS, "diversity"):
+            if k not in runs[0]["trained"]:
+                continue  # ess: MLO-MAE's patch weights only; diversity: logged by MLO-MAE's mask statistics
             exact = f"{runs[0]['trained']['context_iou_random']:.3f}" if k == "context_iou" else "-"
             cells = [fmt_g([r[which][k] for r in runs]) for which in ("trained", "untrained", "random")]
             lines.append(f"| {LABELS[arm]} | {k} | {' | '.join(cells)} | {exact} |")
@@ -289,7 +318,7 @@ def run(args) -> dict:
         pre["mae_equal_wall", seed] = units.get(
             f"pretrain_mae_equal_wall_seed{seed}", base | {"arm": "mae", "seed": seed, "epochs": equal_wall_epochs},
             lambda stem, s=seed: pretrain("mae_equal_wall", s, equal_wall_epochs, args, out, stem))
-    arms = ["scratch", "mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant"]
+    arms = ["scratch", "mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant", *(f"mae_{s}" for s in STRATEGIES)]
     down: dict[tuple[str, str, float, int], dict] = {}
     curves: dict[tuple[str, int], dict] = {}
 
@@ -313,7 +342,7 @@ def run(args) -> dict:
     diagnostics = {(arm, seed): units.get(f"diagnostics_{arm}_seed{seed}", base | {"arm": arm, "seed": seed,
                                           "pretrain_epochs": pre[arm, seed]["epochs"]},
                                           lambda _stem, a=arm, s=seed: mask_diagnostics_of(pre[a, s], s, arrays))
-                   for arm in ("mlo_mae", "mlo_mae_variant") for seed in args.seeds}
+                   for arm in MASKED_ARMS for seed in args.seeds}
     for f in FRACTIONS:  # the scarcest labels first: an interrupted run has their complete rows
         for seed in args.seeds:
             for arm in arms:
@@ -367,7 +396,7 @@ def compute_table(results: dict, args) -> str:
     pre = results["pre"]
     lines = ["| arm | epochs | level-I steps | pretraining wall s (mean) | wall / MAE |", "|---|---|---|---|---|"]
     mae_wall = statistics.mean(pre["mae", s]["wall_s"] for s in args.seeds)
-    for arm in ("mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant"):
+    for arm in ("mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant", *(f"mae_{s}" for s in STRATEGIES)):
         walls = [pre[arm, s]["wall_s"] for s in args.seeds]
         lines.append(f"| {LABELS[arm]} | {pre[arm, args.seeds[0]]['epochs']} | {pre[arm, args.seeds[0]]['level1_steps']} "
                      f"| {statistics.mean(walls):.0f} | {statistics.mean(walls) / mae_wall:.2f} |")
@@ -409,7 +438,7 @@ def figures(results: dict, args) -> list[Path]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for arm in ("mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant"):
+    for arm in ("mae", "mae_equal_wall", "mlo_mae", "mlo_mae_variant", *(f"mae_{s}" for s in STRATEGIES)):
         per_epoch_steps = pre[arm, args.seeds[0]]["level1_steps"] / pre[arm, args.seeds[0]]["epochs"]
         per_epoch_wall = statistics.mean(pre[arm, s]["wall_s"] / pre[arm, s]["epochs"] for s in args.seeds)
         curve = results["curves"][arm, args.seeds[0]]

@@ -1,7 +1,11 @@
-"""Step cost of MLO-MAE vs plain MAE on the same model and batch, measured side by side.
+"""Step cost of MLO-MAE and of every masking strategy vs plain MAE on the same model and batch,
+measured side by side.
 
 For each arm: warm-up, then the median wall time of repeated steps in this one process.
 - ``mae``: one plain MAE training step (random masks, forward + backward + AdamW).
+- ``mae + <strategy>``: one MAEPretrain step with that ``model.masking`` (``block``, ``hpm``,
+  ``attmask``, ``automae``): drawing the masks (the teachers' full-image passes included), the
+  MAE and the strategy's own loss in one backward, AdamW, the EMA update.
 - ``mlo-ours`` / ``mlo-original``: one MLO-MAE cycle at the cadence (default 2 : 1 : 1)
   with the merged schedule or the original implementation's, reported per cycle and
   amortised per level-I step (cycle / n1), the unit the targets below use.
@@ -28,15 +32,17 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.optim import param_groups
 from lightning_modules.components.patches import random_masking
+from lightning_modules.components.strategies import STRATEGIES, build_strategy
 from lightning_modules.components.vit import ViTEncoder
 from lightning_modules.mlo_mae import MLOMAE
 
 
-def build(args, schedule: str) -> MLOMAE:
+def build_mae(args) -> MaskedAutoencoder:
     torch.manual_seed(0)
     if args.vit_b:
         arch = dict(img_size=32, patch_size=2, embed_dim=768, depth=12, num_heads=12)
@@ -44,8 +50,11 @@ def build(args, schedule: str) -> MLOMAE:
     else:
         arch = dict(img_size=28, patch_size=4, embed_dim=192, depth=6, num_heads=3)
         dec = dict(decoder_dim=128, decoder_depth=2, decoder_heads=4)
-    mae = MaskedAutoencoder(ViTEncoder(in_chans=3, **arch), 0.75, **dec)
-    module = MLOMAE(mae, num_classes=7, task="multi-class", masking_net=args.masking_net,
+    return MaskedAutoencoder(ViTEncoder(in_chans=3, **arch), 0.75, **dec)
+
+
+def build(args, schedule: str) -> MLOMAE:
+    module = MLOMAE(build_mae(args), num_classes=7, task="multi-class", masking_net=args.masking_net,
                     cadence=tuple(args.cadence), hypergradient=schedule).to(args.device)
     module.manual_backward = lambda loss: loss.backward()
     return module
@@ -142,24 +151,46 @@ def main() -> None:
     n1, n2, n3 = args.cadence
 
     def make_mae() -> Callable[[], None]:
-        module = build(args, "ours")
-        opt = torch.optim.AdamW(param_groups(module.mae, 1e-4, 0.05), betas=(0.9, 0.95))
+        mae = build_mae(args).to(dev)
+        opt = torch.optim.AdamW(param_groups(mae, 1e-4, 0.05), betas=(0.9, 0.95))
 
         def mae_step():
             with autocast():
-                masking = random_masking(b, module.mae.encoder.num_patches, 0.75, dev)
-                loss = module.mae(x[0], masking).loss
+                masking = random_masking(b, mae.encoder.num_patches, 0.75, dev)
+                loss = mae(x[0], masking).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
         return mae_step
 
+    def make_strategy(name: str) -> Callable[[], None]:
+        """One step of MAEPretrain's training loop with ``model.masking=name`` (no probe)."""
+        mae = build_mae(args).to(dev)
+        strategy = build_strategy(name, mae).to(dev)
+        strategy.start(mae)
+        opt = torch.optim.AdamW(param_groups(nn.ModuleDict({"mae": mae, "masking": strategy}), 1e-4, 0.05),
+                                betas=(0.9, 0.95))
+
+        def strategy_step():
+            with autocast():
+                draw = strategy.draw(x[0], mae, 1.0)
+                out = mae(x[0], draw.masking)
+                extra, _ = strategy.auxiliary_loss(x[0], mae, draw, out)
+                loss = out.loss if extra is None else out.loss + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            strategy.after_step(mae)
+
+        return strategy_step
+
     def make_mlo(schedule: str) -> Callable[[], None]:
         return mlo_cycle(build(args, schedule), x, y, args.cadence, schedule, autocast)
 
     makers = {"mae step": make_mae, "mlo-original cycle": lambda: make_mlo("original"),
               "mlo-ours cycle": lambda: make_mlo("ours")}
+    makers |= {f"mae + {name} step": (lambda n=name: make_strategy(n)) for name in STRATEGIES if name != "random"}
     arms = {name: make() for name, make in makers.items()}
     times = measure(arms, args.warmup, args.repeats)
     del arms

@@ -1,4 +1,4 @@
-"""Every N epochs: image | masking-probability heatmap | kept (bright) vs masked patches."""
+"""Every N epochs: image | masking-score heatmap | kept (bright) vs masked patches."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from callbacks.images import EpochFigureCallback, save_figure, to_display  # noq
 
 
 class MaskMapCallback(EpochFigureCallback):
-    """Draws the learned masks of fixed validation images for modules with ``mask_maps(images)``
-    returning (probabilities (B, L), mask (B, L) with 1 = masked). PNGs go to
+    """Draws the masks of fixed validation images for modules with ``mask_maps(images)``
+    returning (scores (B, L) in [0, 1], mask (B, L) with 1 = masked), the scores titled by the
+    module's ``mask_score_label`` (default "masking probability"). PNGs go to
     ``<run dir>/mask_maps/epoch_<NNN>.png`` and to W&B when on."""
 
     needs = "mask_maps"
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, images, epoch: int) -> None:
         probs, mask = pl_module.mask_maps(images)
+        label = getattr(pl_module, "mask_score_label", "masking probability")
         side = int(round(probs.shape[1] ** 0.5))
         n = len(images)
         fig, axes = plt.subplots(n, 3, figsize=(3 * 1.8 + 0.8, n * 1.6 + 0.4), squeeze=False, layout="constrained")
@@ -30,8 +32,8 @@ class MaskMapCallback(EpochFigureCallback):
             for ax in axes[i]:
                 ax.set_xticks([])
                 ax.set_yticks([])
-        for ax, title in zip(axes[0], ("image", "masking probability", "kept (white) / masked")):
+        for ax, title in zip(axes[0], ("image", label, "kept (white) / masked")):
             ax.set_title(title, fontsize=8)
-        fig.colorbar(heat, ax=axes[:, 1:].ravel().tolist(), shrink=0.5, label="masking probability")
+        fig.colorbar(heat, ax=axes[:, 1:].ravel().tolist(), shrink=0.5, label=label)
         fig.suptitle(f"epoch {epoch}", fontsize=9)
         save_figure(fig, trainer, "mask_maps", f"epoch_{epoch:03d}", "mask_maps")

@@ -126,6 +126,10 @@ class MAEPretrain(L.LightningModule):
         """The strategy's masks for ``images`` (B, C, H, W)."""
         return self.masking.draw(images, self.mae, self.progress())
 
+    @property
+    def mask_score_label(self) -> str:
+        return self.masking.score_label
+
     @torch.no_grad()
     def mask_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The strategy's scores (B, L) in [0, 1] and its mask (B, L), 1 = masked (``MaskMapCallback``)."""

@@ -14,7 +14,11 @@ from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.patches import num_kept
 from lightning_modules.components.strategies import STRATEGIES, build_strategy
 from lightning_modules.components.strategies.attmask import AttentionMasking, last_block_attention
-from lightning_modules.components.strategies.automae import AdversarialMasking, adversarial_objective, relaxed_top_k
+from lightning_modules.components.strategies.automae import (
+    AdversarialMasking,
+    adversarial_objective,
+    relaxed_top_k,
+)
 from lightning_modules.components.strategies.base import mixed_top_k
 from lightning_modules.components.strategies.block import block_mask
 from lightning_modules.components.strategies.hpm import relative_ranking_loss

@@ -55,6 +55,8 @@ class AttentionMasking(MaskingStrategy):
             0.99 suits runs of a few hundred steps).
     """
 
+    score_label = "teacher's attention (scaled per image)"
+
     def __init__(self, num_patches: int, mask_ratio: float, encoder: nn.Module, random_share: float = 0.5,
                  query: str = "cls", ema_momentum: float = 0.99) -> None:
         super().__init__(num_patches, mask_ratio)

@@ -68,6 +68,8 @@ class AdversarialMasking(MaskingStrategy):
     Masks are sampled (Gumbel noise) in training; in eval mode the top-k of the logits.
     """
 
+    score_label = "masking probability"
+
     def __init__(self, num_patches: int, mask_ratio: float, embed_dim: int, hidden: int = 128, tau: float = 0.5,
                  adversary_weight: float = 1.0, prior_weight: float = 1.0) -> None:
         super().__init__(num_patches, mask_ratio)

@@ -48,6 +48,8 @@ class MaskingStrategy(nn.Module, ABC):
     its parameters are not registered twice.
     """
 
+    score_label = "masking score"  # what ``MaskDraw.scores`` is, for mask maps
+
     def __init__(self, num_patches: int, mask_ratio: float) -> None:
         super().__init__()
         if not 0 < mask_ratio < 1:

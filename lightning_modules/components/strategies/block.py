@@ -71,6 +71,8 @@ class BlockMasking(MaskingStrategy):
         min_aspect: aspect ratios are drawn log-uniformly from [min_aspect, 1 / min_aspect] (BEiT: 0.3).
     """
 
+    score_label = "in a block"
+
     def __init__(self, num_patches: int, mask_ratio: float, min_patches: int | None = None,
                  min_aspect: float = 0.3) -> None:
         super().__init__(num_patches, mask_ratio)

@@ -49,6 +49,8 @@ class HardPatchMining(MaskingStrategy):
         loss_weight: weight of the ranking loss beside the reconstruction loss (HPM: 1).
     """
 
+    score_label = "teacher's predicted loss (scaled per image)"
+
     def __init__(self, num_patches: int, mask_ratio: float, encoder: nn.Module, decoder: nn.Module,
                  predictor_depth: int | None = None, hard_share: float = 0.5, ema_momentum: float = 0.99,
                  loss_weight: float = 1.0) -> None:
