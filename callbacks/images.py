@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 
 
 def fixed_val_images(trainer: L.Trainer, n: int) -> torch.Tensor:
@@ -63,7 +64,8 @@ class EpochFigureCallback(L.Callback, ABC):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            self.draw(trainer, pl_module, images, epoch)
+            with isolate_rng():  # masks drawn for a figure must not move the training's random streams
+                self.draw(trainer, pl_module, images, epoch)
         finally:
             pl_module.train(was_training)
 

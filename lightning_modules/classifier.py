@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import lightning as L
 import numpy as np
 import torch
@@ -13,11 +11,16 @@ from torchmetrics import CatMetric, MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_modules.components.losses import ClassificationLoss
-from lightning_modules.components.optim import param_groups
+from lightning_modules.components.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    check_optimizer,
+    make_optimizer,
+    param_groups,
+)
 from lightning_modules.components.speed import (
     compile_networks,
     compile_options,
-    fused_kwargs,
     to_channels_last,
 )
 from lightning_modules.metrics import (
@@ -28,9 +31,6 @@ from lightning_modules.metrics import (
     log_epoch_metrics,
     probabilities,
 )
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 def gathered_order(n: int, world_size: int) -> np.ndarray:
@@ -87,10 +87,7 @@ class Classifier(L.LightningModule):
         encoder = getattr(net, "encoder", None)
         if (layer_decay is not None or freeze_encoder) and not hasattr(encoder, "blocks"):
             raise ValueError("model.layer_decay / model.freeze_encoder need a ViT net with an encoder")
-        misplaced = sorted({"lr", "weight_decay"} & set(getattr(optimizer, "keywords", {})))
-        if misplaced:
-            raise ValueError(f"model.optimizer.{misplaced[0]} is not read: the rates are model.lr and "
-                             "model.weight_decay (one convention for every model); move the value there")
+        check_optimizer(optimizer)
         if not lr > 0 or weight_decay < 0:
             raise ValueError(f"model.lr={lr} / model.weight_decay={weight_decay} are invalid; allowed: lr > 0, "
                              "weight_decay >= 0")
@@ -245,7 +242,7 @@ class Classifier(L.LightningModule):
         layer_decay = self.hparams.layer_decay
         num_layers = len(self.net.encoder.blocks) if layer_decay is not None else None
         groups = param_groups(self.net, self.hparams.lr, self.hparams.weight_decay, layer_decay, num_layers)
-        optimizer = self.optimizer_factory(params=groups, **fused_kwargs(self.optimizer_factory, groups))
+        optimizer = make_optimizer(self.optimizer_factory, groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

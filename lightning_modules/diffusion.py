@@ -30,8 +30,13 @@ from lightning_modules.components.diffusion import (
     predicted_x0,
 )
 from lightning_modules.components.networks import penultimate_features
-from lightning_modules.components.optim import cosine_with_warmup
-from lightning_modules.components.speed import adamw, compile_networks, compile_options
+from lightning_modules.components.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    check_optimizer,
+    make_optimizer,
+)
+from lightning_modules.components.speed import compile_networks, compile_options
 from lightning_modules.metrics import MULTI_LABEL
 
 DATA_KEY = "medmae_data"  # checkpoint entry: what the model was trained on
@@ -96,7 +101,9 @@ class ClassConditionedDiffusion(L.LightningModule):
         num_classes, img_size, in_chans, task: the data (from the data config).
         unet: kwargs of ``components.diffusion.build_unet`` (block_channels, layers_per_block,
             attention_levels, norm_groups, dropout).
-        lr, weight_decay, warmup_epochs: AdamW, linear warmup then cosine per epoch.
+        lr, weight_decay: the UNet's rates (one parameter group).
+        optimizer: partial taking ``params`` (default: AdamW); scheduler: partial taking
+            ``optimizer``, stepped per epoch (the config: linear warmup then cosine); None = constant lr.
         ema_decay: decay of the weight EMA (used for validation and sampling), reached after a
             warmup (``ema_decay_at``).
         cond_dropout: probability of training a sample unconditionally (classifier-free guidance).
@@ -118,7 +125,8 @@ class ClassConditionedDiffusion(L.LightningModule):
         unet: dict | None = None,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
-        warmup_epochs: int = 0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         ema_decay: float = 0.999,
         cond_dropout: float = 0.1,
         num_train_timesteps: int = 1000,
@@ -138,7 +146,10 @@ class ClassConditionedDiffusion(L.LightningModule):
                              "allowed: cond_dropout in [0, 1), ema_decay in (0, 1)")
         if perceptual_weight > 0 and not perceptual_net:
             raise ValueError("model.perceptual_weight > 0 needs model.perceptual_net (lpips or a classifier ckpt)")
-        self.save_hyperparameters(logger=False)
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        check_optimizer(self.optimizer_factory)
+        self.scheduler_factory = scheduler
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
         self.compile_options = compile_options(compile)
         self._vae = [load_autoencoder(latent_autoencoder)] if latent_autoencoder else []  # frozen, not saved
         channels, size = self.latent_shape()[:2]
@@ -234,9 +245,11 @@ class ClassConditionedDiffusion(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = adamw([{"params": list(self.unet.parameters())}], lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(1, self.trainer.max_epochs or 1)
-        return [opt], [cosine_with_warmup(opt, min(hp.warmup_epochs, total - 1), total)]
+        opt = make_optimizer(self.optimizer_factory, [{"params": list(self.unet.parameters()), "lr": hp.lr,
+                                                       "weight_decay": hp.weight_decay}])
+        if self.scheduler_factory is None:
+            return opt
+        return [opt], [self.scheduler_factory(optimizer=opt)]
 
     # ----- sampling ----------------------------------------------------------------------
     @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torchmetrics import MaxMetric
 
@@ -11,9 +12,16 @@ from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.mae import MaskedAutoencoder, uniformity_loss
 from lightning_modules.components.mask_diagnostics import masking_diagnostics
 from lightning_modules.components.masking import mask_diversity
-from lightning_modules.components.optim import cosine_with_warmup, param_groups
+from lightning_modules.components.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    adamw_for_mae,
+    check_optimizer,
+    make_optimizer,
+    param_groups,
+)
 from lightning_modules.components.patches import masking_from_scores, unpatchify
-from lightning_modules.components.speed import adamw, compile_networks, compile_options
+from lightning_modules.components.speed import compile_networks, compile_options
 from lightning_modules.components.strategies import MaskDraw, build_strategy
 from lightning_modules.components.vit import pool
 from lightning_modules.metrics import (
@@ -53,10 +61,12 @@ class MAEPretrain(L.LightningModule):
         mae: the ``MaskedAutoencoder``.
         num_classes, task: label space of the probe; ``num_classes=0`` disables the probe
             (e.g. pretraining on a union of datasets with different labels).
-        lr, weight_decay, betas: AdamW for encoder + decoder (no decay on biases, norms,
-            tokens, position embeddings).
-        warmup_epochs, min_lr_ratio: linear warmup then cosine, stepped per epoch.
-        probe_lr: AdamW lr of the probe (no weight decay).
+        lr, weight_decay: rates of the encoder + decoder (+ strategy) parameter groups (no decay
+            on biases, norms, tokens, position embeddings).
+        optimizer: partial taking ``params`` (default: AdamW with betas (0.9, 0.95)).
+        scheduler: partial taking ``optimizer``, stepped once per epoch (the configs: linear
+            warmup then cosine, ``cosine_with_warmup``); None = constant lr.
+        probe_lr: lr of the online probe's own AdamW (no weight decay; a monitor, not the method).
         probe_input: ``full`` (an extra no-grad encoder pass on unmasked images, matching
             validation) or ``visible`` (the visible-token features of the MAE pass; free).
         uniformity_weight, uniformity_tau: U-MAE regulariser on mean-pooled latents (0 = off).
@@ -76,9 +86,8 @@ class MAEPretrain(L.LightningModule):
         task: str,
         lr: float = 1.5e-4,
         weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: int = 5,
-        min_lr_ratio: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         probe_lr: float = 1e-3,
         probe_input: str = "full",
         uniformity_weight: float = 0.0,
@@ -94,7 +103,10 @@ class MAEPretrain(L.LightningModule):
         self.masking = build_strategy(masking, mae, **(masking_args or {}))
         if probe_input not in PROBE_INPUTS:
             raise ValueError(f"model.probe_input={probe_input!r} is invalid; allowed: {list(PROBE_INPUTS)}")
-        self.save_hyperparameters(logger=False, ignore=["mae"])
+        self.optimizer_factory = optimizer or adamw_for_mae()
+        check_optimizer(self.optimizer_factory)
+        self.scheduler_factory = scheduler
+        self.save_hyperparameters(logger=False, ignore=["mae", "optimizer", "scheduler"])
         self.automatic_optimization = False
         self.mae = mae
         self.task = task
@@ -118,9 +130,16 @@ class MAEPretrain(L.LightningModule):
         return reconstruct_with(self.mae, images, self.mask_draw(images).masking)
 
     def progress(self) -> float:
-        """Share of training done after this epoch, in (0, 1] (the strategies' schedules)."""
-        total = self.trainer.max_epochs if self._trainer is not None and (self.trainer.max_epochs or 0) > 0 else 0
-        return min(1.0, (self.current_epoch + 1) / total) if total else 1.0
+        """Share of training done, in (0, 1] (the strategies' schedules): after this epoch of
+        ``trainer.max_epochs``, else after this step of ``trainer.max_steps``; 1 without a trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return 1.0
+        if (trainer.max_epochs or 0) > 0:
+            return min(1.0, (self.current_epoch + 1) / trainer.max_epochs)
+        if (trainer.max_steps or 0) > 0:
+            return min(1.0, (self.global_step + 1) / trainer.max_steps)
+        return 1.0
 
     def mask_draw(self, images: torch.Tensor) -> MaskDraw:
         """The strategy's masks for ``images`` (B, C, H, W)."""
@@ -140,13 +159,13 @@ class MAEPretrain(L.LightningModule):
 
     def mask_diagnostics(self, x: torch.Tensor, y: torch.Tensor, step: float | None = None) -> dict[str, float]:
         """``masking_diagnostics`` of this strategy on up to 128 images, plus ``diversity``
-        (``masking.mask_diversity``); the gain uses the online probe on mean-pooled features."""
+        (``masking.mask_diversity``); the gain uses the online probe on mean-pooled features. The
+        global random state is left as it was (the draws must not move training's random streams)."""
         x, y = x[: self.DIAGNOSTIC_IMAGES].clone(), y[: self.DIAGNOSTIC_IMAGES].clone()
-        head = None
-        if self.probe is not None and self.task != MULTI_LABEL:
-            head = self.probe
-        out = masking_diagnostics(self.mae, self.mask_draw, x, y, head=head, pooling="mean", step=step)
-        out["diversity"] = mask_diversity(self.mask_draw(x).mask).item()
+        head = self.probe if self.task != MULTI_LABEL else None
+        with isolate_rng():
+            out = masking_diagnostics(self.mae, self.mask_draw, x, y, head=head, pooling="mean", step=step)
+            out["diversity"] = mask_diversity(self.mask_draw(x).mask).item()
         return out
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -157,7 +176,7 @@ class MAEPretrain(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         x, y = batch[0], batch[1]  # (a third element flags synthetic images)
         opts = self.optimizers()
-        opt_mae, *opt_probe = opts if isinstance(opts, list) else [opts]
+        opts = dict(zip(self._optimizer_roles, opts if isinstance(opts, list) else [opts]))
         draw = self.mask_draw(x)
         out = self.mae(x, draw.masking)
         loss = out.loss
@@ -187,24 +206,30 @@ class MAEPretrain(L.LightningModule):
             probe_loss = self.probe_criterion(self.probe(feats), y)
             total = total + probe_loss
             logs["train/probe_loss"] = probe_loss.detach()
-        for opt in (opt_mae, *opt_probe):
+        for opt in opts.values():
             opt.zero_grad(set_to_none=True)
         self.manual_backward(total)
-        if self.hparams.grad_clip:
-            self.clip_gradients(opt_mae, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
-        for opt in (opt_mae, *opt_probe):
+        if self.hparams.grad_clip:  # the MAE's own norm: a strategy's gradients (own optimiser) never shrink it
+            self.clip_gradients(opts["mae"], gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        for opt in opts.values():
             opt.step()
         self.masking.after_step(self.mae)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(x))
 
     def on_train_epoch_end(self) -> None:
-        self.lr_schedulers().step()
+        scheds = self.lr_schedulers()
+        for sched in scheds if isinstance(scheds, list) else [scheds] if scheds is not None else []:
+            sched.step()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
     def on_train_start(self) -> None:
+        trainer = self.trainer
+        if self.masking.scheduled and not ((trainer.max_epochs or 0) > 0 or (trainer.max_steps or 0) > 0):
+            raise ValueError(f"model.masking={self.hparams.masking} follows a schedule over training: set "
+                             "trainer.max_epochs or trainer.max_steps")
         if self.global_step == 0:  # a resumed run keeps its teachers
             self.masking.start(self.mae)
 
@@ -230,15 +255,20 @@ class MAEPretrain(L.LightningModule):
             log_epoch_metrics(self, self.val_probe, {"val/probe_auc": self.probe_auc_best})
 
     def configure_optimizers(self):
+        """The MAE's optimiser, the strategy's (same kind, rates and schedule; only when it has
+        trainable parts), the probe's; ``_optimizer_roles`` names them in that order."""
         hp = self.hparams
-        groups = param_groups(nn.ModuleDict({"mae": self.mae, "masking": self.masking}), hp.lr, hp.weight_decay)
-        opt = adamw(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = max(1, self.trainer.max_epochs or 1)
-        sched = cosine_with_warmup(opt, min(hp.warmup_epochs, total - 1), total, hp.min_lr_ratio)
-        optimizers = [opt]
+        optimizers = {"mae": make_optimizer(self.optimizer_factory, param_groups(self.mae, hp.lr, hp.weight_decay))}
+        if any(p.requires_grad for p in self.masking.parameters()):
+            optimizers["masking"] = make_optimizer(self.optimizer_factory,
+                                                   param_groups(self.masking, hp.lr, hp.weight_decay))
+        scheduled = list(optimizers.values())
         if self.probe is not None:
-            optimizers.append(adamw([{"params": list(self.probe.parameters())}], lr=hp.probe_lr, weight_decay=0.0))
-        return optimizers, [sched]
+            probe = [{"params": list(self.probe.parameters()), "lr": hp.probe_lr, "weight_decay": 0.0}]
+            optimizers["probe"] = make_optimizer(torch.optim.AdamW, probe)
+        self._optimizer_roles = list(optimizers)
+        schedulers = [] if self.scheduler_factory is None else [self.scheduler_factory(optimizer=o) for o in scheduled]
+        return list(optimizers.values()), schedulers
 
 
 def reconstruction_panels(

@@ -39,9 +39,16 @@ from lightning_modules.components.masking import (
     mask_warnings,
     patch_weights,
 )
-from lightning_modules.components.optim import cosine_with_warmup, param_groups
+from lightning_modules.components.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    adamw_for_mae,
+    check_optimizer,
+    make_optimizer,
+    param_groups,
+)
 from lightning_modules.components.patches import masking_from_scores, random_masking
-from lightning_modules.components.speed import adamw, compile_networks, compile_options
+from lightning_modules.components.speed import compile_networks, compile_options
 from lightning_modules.components.strategies import MaskDraw
 from lightning_modules.components.vit import ClassificationHead, pool
 from lightning_modules.mae import fixed_masking, reconstruct_with
@@ -118,8 +125,10 @@ class MLOMAE(L.LightningModule):
             its mean over each image's masked patches; see ``masking.patch_weights``).
         mask_mode: ``learned``, or ``random`` (plain MAE inside the same module; no level III).
         cadence: level I : II : III steps per cycle, e.g. (2, 1, 1); any integers >= 1.
-        lr, lr_head, lr_mask, weight_decay, betas: AdamW of each level (cosine, per epoch,
-            after ``warmup_epochs`` of linear warmup).
+        lr, lr_head, lr_mask, weight_decay: the rates of level I, II and III.
+        optimizer: partial taking ``params``, one optimiser per level (default: AdamW with betas
+            (0.9, 0.95)); scheduler: partial taking ``optimizer``, one per level, stepped once per
+            epoch (the config: cosine); None = constant rates.
         pooling, head_dropout: the head's input and dropout.
         alpha: finite-difference scale (eps = alpha / ||v||).
         hypergradient: ``ours`` or ``original`` schedule of passes.
@@ -153,8 +162,8 @@ class MLOMAE(L.LightningModule):
         lr_head: float = 1e-3,
         lr_mask: float = 1e-3,
         weight_decay: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: int = 0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         pooling: str = "cls",
         head_dropout: float = 0.1,
         alpha: float = 0.01,
@@ -179,7 +188,10 @@ class MLOMAE(L.LightningModule):
         if alpha <= 0:
             raise ValueError(f"model.alpha={alpha} is invalid; allowed: > 0")
         self.cadence = check_cadence(cadence)
-        self.save_hyperparameters(logger=False, ignore=["mae"])
+        self.optimizer_factory = optimizer or adamw_for_mae()
+        check_optimizer(self.optimizer_factory)
+        self.scheduler_factory = scheduler
+        self.save_hyperparameters(logger=False, ignore=["mae", "optimizer", "scheduler"])
         self.automatic_optimization = False
         self.mae, self.task = mae, task
         enc = mae.encoder
@@ -345,7 +357,7 @@ class MLOMAE(L.LightningModule):
         fill_missing_metric_states(self, checkpoint)  # checkpoints from before the trackers were saved
 
     def on_train_epoch_end(self) -> None:
-        for sched in self.lr_schedulers():
+        for sched in self.lr_schedulers() or []:
             sched.step()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -379,12 +391,8 @@ class MLOMAE(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        betas = tuple(hp.betas)
-        opts = [
-            adamw(param_groups(self.mae, hp.lr, hp.weight_decay), lr=hp.lr, betas=betas),
-            adamw(param_groups(self.head, hp.lr_head, hp.weight_decay), lr=hp.lr_head, betas=betas),
-            adamw(param_groups(self.masknet, hp.lr_mask, hp.weight_decay), lr=hp.lr_mask, betas=betas),
-        ]
-        total = max(1, self.trainer.max_epochs or 1)
-        warmup = min(hp.warmup_epochs, total - 1)
-        return opts, [cosine_with_warmup(o, warmup, total) for o in opts]
+        opts = [make_optimizer(self.optimizer_factory, param_groups(net, lr, hp.weight_decay))
+                for net, lr in ((self.mae, hp.lr), (self.head, hp.lr_head), (self.masknet, hp.lr_mask))]
+        if self.scheduler_factory is None:
+            return opts
+        return opts, [self.scheduler_factory(optimizer=o) for o in opts]

@@ -95,6 +95,12 @@ def test_block_masks_are_far_more_contiguous_than_random_masks_at_the_same_ratio
     rng = np.random.default_rng(1)
     grid, hidden = 14, 75  # BEiT's setting: 75 of 196 patches
     blocks = [_components(block_mask(grid, hidden, 16, 0.3, rng)[0]) for _ in range(50)]
+    # the strategy hides the blocks themselves (not, say, their complement): few hidden components
+    mae = _mae(img=56, patch=4, ratio=75 / 196 - 1e-9)
+    draw = build_strategy("block", mae).draw(_images(20, img=56), mae)
+    assert (draw.mask.sum(1) == 75).all()
+    drawn = [_components(m.reshape(14, 14).bool().numpy()) for m in draw.mask]
+    assert np.mean(drawn) < 4 and torch.equal(draw.scores, draw.mask)
     randoms = []
     for _ in range(50):
         m = np.zeros(grid * grid, dtype=bool)
@@ -153,6 +159,28 @@ def test_hpm_hides_the_teachers_predicted_hardest_patches_on_its_schedule():
     assert logs["train/hpm_rank_loss"] > 0
 
 
+def test_hpm_ranks_the_predictors_output_of_the_hidden_patches_against_their_errors(monkeypatch):
+    mae = _mae()
+    hpm = build_strategy("hpm", mae, loss_weight=2.0)
+    x = _images(3)
+    draw = hpm.draw(x, mae, progress=0.5)
+    out = mae(x, draw.masking)
+    known = torch.randn(3, 49, 1, generator=torch.Generator().manual_seed(4))
+    seen = {}
+
+    def fake_predictor(latent, ids_restore):
+        seen["ids_restore"] = ids_restore
+        return known
+
+    monkeypatch.setattr(hpm.predictor, "forward", fake_predictor)
+    loss, logs = hpm.auxiliary_loss(x, mae, draw, out)
+    assert torch.equal(seen["ids_restore"], draw.masking[2])  # the predictor sees this draw's layout
+    hidden = draw.mask.bool()
+    expected = relative_ranking_loss(known.squeeze(-1)[hidden].view(3, 37), out.errors.detach()[hidden].view(3, 37))
+    assert loss.item() == pytest.approx(2.0 * expected.item(), rel=1e-6)
+    assert logs["train/hpm_rank_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 # ----- AttMask ------------------------------------------------------------------------------
 def test_last_block_attention_equals_timms_attention_probabilities():
     mae = _mae()
@@ -175,11 +203,11 @@ def test_attmask_hides_the_top_attended_patches_of_a_hand_made_attention_map(mon
 
     mae = _mae()
     strategy = AttentionMasking(49, 0.75, mae.encoder, random_share=0.0)
-    attention = torch.zeros(2, 49)
+    attention = torch.rand(2, 49, generator=torch.Generator().manual_seed(5)) * 0.01  # all distinct
     hot = [[0, 1, 2, 7, 8, 9], [40, 41, 47, 48, 33, 34]]
     for i, ids in enumerate(hot):
         attention[i, ids] = torch.linspace(1.0, 0.5, len(ids))
-    attention[:, 20] = 0.01  # lukewarm: hidden only after the hot ones
+    attention[:, 20] = 0.02  # lukewarm: above every cold patch
     monkeypatch.setattr(attmask, "last_block_attention", lambda teacher, images, query: attention)
     draw = strategy.draw(_images(2), mae)
     for i, ids in enumerate(hot):
@@ -190,6 +218,20 @@ def test_attmask_hides_the_top_attended_patches_of_a_hand_made_attention_map(mon
     top = attention.topk(int(hidden * 0.5), 1).indices  # the top 18 always; the other 19 at random
     for _ in range(5):
         assert (torch.gather(shared.draw(_images(2), mae).mask, 1, top) == 1).all()
+
+
+def test_attmask_ranks_by_the_teachers_attention_not_the_students():
+    mae = _mae()
+    strategy = AttentionMasking(49, 0.75, mae.encoder, random_share=0.0)
+    with torch.no_grad():  # the student moves away from the teacher (as after training steps)
+        for p in mae.encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    x = _images(4)
+    teacher_top = last_block_attention(strategy.teacher, x).topk(37, 1).indices
+    student_top = last_block_attention(mae.encoder, x).topk(37, 1).indices
+    hidden = strategy.draw(x, mae).mask
+    assert (torch.gather(hidden, 1, teacher_top) == 1).all()
+    assert not (torch.gather(hidden, 1, student_top) == 1).all()
 
 
 def test_attmask_teacher_is_an_ema_of_the_encoder():
@@ -210,8 +252,6 @@ def test_attmask_teacher_is_an_ema_of_the_encoder():
 def test_adversarial_gradient_raises_the_logits_of_the_patches_with_above_average_error():
     torch.manual_seed(0)
     logits = torch.randn(3, 16, requires_grad=True)
-    mask = torch.zeros(3, 16)
-    mask[:, logits.detach().argsort(1, descending=True)[0, :10]] = 1  # any hidden set
     mask = torch.zeros(3, 16).scatter_(1, logits.detach().topk(10, 1).indices, 1.0)
     errors = torch.rand(3, 16)
     adversarial_objective(errors, relaxed_top_k(logits, mask, 0.5), mask).backward()
@@ -296,3 +336,25 @@ def test_strategy_pretraining_resumes_bit_exactly(name, data_root, tmp_path):
     assert straight["pretrain/val/loss"] == resumed["pretrain/val/loss"]
     for key in ("context_iou", "rho_recon", "diversity"):  # every strategy's diagnostics are logged
         assert math.isfinite(straight[f"pretrain/val/mask_{key}"])
+
+
+def test_diagnostics_and_teachers_leave_training_untouched():
+    from lightning_modules.mae import MAEPretrain
+
+    module = MAEPretrain(_mae(), num_classes=2, task="binary-class", masking="hpm")
+    x, y = _images(8), torch.randint(0, 2, (8,))
+    state = torch.get_rng_state()
+    out = module.mask_diagnostics(x, y, step=0.01)
+    assert torch.equal(torch.get_rng_state(), state)  # the diagnostics' draws left the random stream as it was
+    assert {"context_iou", "rho_recon", "diversity", "level3_gain"} <= set(out)
+    module.train()
+    assert module.masking.predictor.training and not module.masking.teacher_encoder.training
+
+
+def test_a_scheduled_strategy_without_a_training_length_is_refused(data_root, tmp_path):
+    cfg = _strategy_cfg(data_root, tmp_path, "hpm", ["stages.pretrain.trainer.max_epochs=-1",
+                                                      "stages.pretrain.model.scheduler=null",
+                                                      "++stages.pretrain.trainer.max_steps=-1",
+                                                      "++stages.pretrain.trainer.limit_train_batches=1"])
+    with pytest.raises(ValueError, match="trainer.max_epochs or trainer.max_steps"):
+        train(cfg)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
+
+from lightning_modules.components.speed import fused_kwargs
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]  # partial taking ``params`` (groups with lr / weight_decay)
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]  # partial taking ``optimizer``
 
 NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")
 
@@ -55,9 +62,13 @@ def cosine_with_warmup(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` x each
-    group's initial lr at ``total_steps``. Step it once per optimizer step."""
-    if total_steps < 1 or warmup_steps < 0:
-        raise ValueError(f"invalid schedule: warmup_steps={warmup_steps}, total_steps={total_steps}")
+    group's initial lr at ``total_steps``. Step it once per optimizer step (or per epoch, with
+    both counts in epochs). A warmup longer than the run ends one step before its end, so the
+    peak lr is always reached."""
+    if total_steps is None or total_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"invalid schedule: warmup_steps={warmup_steps}, total_steps={total_steps} (a cosine "
+                         "schedule needs a finite trainer.max_epochs)")
+    warmup_steps = min(warmup_steps, total_steps - 1)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -66,3 +77,22 @@ def cosine_with_warmup(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_optimizer(optimizer: OptimizerFactory, key: str = "model.optimizer") -> None:
+    """The rates live beside the optimiser (``model.lr``, ``model.weight_decay``: every parameter
+    group needs them); a partial that sets them itself would be silently overridden."""
+    misplaced = sorted({"lr", "weight_decay"} & set(getattr(optimizer, "keywords", {})))
+    if misplaced:
+        raise ValueError(f"{key}.{misplaced[0]} is not read: the rates are model.lr and model.weight_decay (one "
+                         "convention for every model); move the value there")
+
+
+def make_optimizer(optimizer: OptimizerFactory, groups: list[dict]) -> torch.optim.Optimizer:
+    """``optimizer`` over parameter groups (each with its ``lr`` and ``weight_decay``), fused on CUDA."""
+    return optimizer(params=groups, **fused_kwargs(optimizer, groups))
+
+
+def adamw_for_mae() -> OptimizerFactory:
+    """MAE's optimiser (He et al.): AdamW with betas (0.9, 0.95)."""
+    return partial(torch.optim.AdamW, betas=(0.9, 0.95))

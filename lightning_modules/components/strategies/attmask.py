@@ -56,6 +56,7 @@ class AttentionMasking(MaskingStrategy):
     """
 
     score_label = "teacher's attention (scaled per image)"
+    teachers = ("teacher",)
 
     def __init__(self, num_patches: int, mask_ratio: float, encoder: nn.Module, random_share: float = 0.5,
                  query: str = "cls", ema_momentum: float = 0.99) -> None:

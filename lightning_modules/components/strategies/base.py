@@ -49,6 +49,8 @@ class MaskingStrategy(nn.Module, ABC):
     """
 
     score_label = "masking score"  # what ``MaskDraw.scores`` is, for mask maps
+    teachers: tuple[str, ...] = ()  # names of EMA teacher submodules: always in eval mode
+    scheduled = False  # uses ``progress`` (needs trainer.max_epochs or max_steps)
 
     def __init__(self, num_patches: int, mask_ratio: float) -> None:
         super().__init__()
@@ -59,6 +61,12 @@ class MaskingStrategy(nn.Module, ABC):
     @property
     def num_masked(self) -> int:
         return self.num_patches - num_kept(self.num_patches, self.mask_ratio)
+
+    def train(self, mode: bool = True) -> MaskingStrategy:
+        super().train(mode)
+        for name in self.teachers:  # no dropout / drop path in a teacher, whatever the module's mode
+            getattr(self, name).eval()
+        return self
 
     @abstractmethod
     def draw(self, images: Tensor, mae: nn.Module, progress: float = 1.0) -> MaskDraw:
@@ -79,7 +87,9 @@ def mixed_top_k(scores: Tensor, mask_ratio: float, informed_share: float) -> Mas
     """Hide the ``int(M * informed_share)`` patches of highest ``scores`` (B, L) and ``M`` in all,
     the rest drawn uniformly at random from the other patches (M = hidden patches per image).
 
-    ``informed_share`` 1 = plain top-k of the scores, 0 = random masking. Uses the global RNG.
+    ``informed_share`` 1 = plain top-k of the scores, 0 = random masking. Equal scores (bf16
+    teachers quantise them) are ordered at random, not by ``topk``'s implementation. Uses the
+    global RNG.
     """
     if not 0 <= informed_share <= 1:
         raise ValueError(f"informed share {informed_share} is invalid; allowed: [0, 1]")
@@ -88,7 +98,9 @@ def mixed_top_k(scores: Tensor, mask_ratio: float, informed_share: float) -> Mas
     top = int(hidden * informed_share)
     combined = torch.rand(b, n, device=scores.device)  # in [0, 1): the random part
     if top > 0:
-        ids = scores.topk(top, dim=1).indices
+        s = scores.detach().float()
+        tie_break = torch.rand_like(s) * 1e-6 * s.abs().amax(1, keepdim=True).clamp(min=1e-30)
+        ids = (s + tie_break).topk(top, dim=1).indices
         combined.scatter_(1, ids, 2.0)  # above every random value: always hidden
     return masking_from_scores(combined, mask_ratio)
 
@@ -108,10 +120,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy with gradients off (an EMA teacher)."""
+    """A deep copy with gradients off, in eval mode (an EMA teacher)."""
     import copy
 
-    return copy.deepcopy(module).requires_grad_(False)
+    return copy.deepcopy(module).requires_grad_(False).eval()
 
 
 def check_momentum(momentum: float) -> float:

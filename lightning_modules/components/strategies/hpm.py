@@ -50,6 +50,8 @@ class HardPatchMining(MaskingStrategy):
     """
 
     score_label = "teacher's predicted loss (scaled per image)"
+    teachers = ("teacher_encoder", "teacher_predictor")
+    scheduled = True
 
     def __init__(self, num_patches: int, mask_ratio: float, encoder: nn.Module, decoder: nn.Module,
                  predictor_depth: int | None = None, hard_share: float = 0.5, ema_momentum: float = 0.99,
