@@ -47,6 +47,7 @@ def synthetic_set(diffusion_ckpt, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_diffusion_training_step_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     unet = build_unet(8, 1, 2, block_channels=(8, 16), layers_per_block=1, attention_levels=(False, False),
@@ -67,6 +68,7 @@ def test_a_diffusion_training_step_lowers_the_loss_on_a_fixed_batch():
     assert loss().item() < 0.8 * before
 
 
+@pytest.mark.slow
 def test_sampling_has_the_right_shapes_ranges_and_follows_the_class():
     """Two trivially separable classes (dark / bright 8 x 8 images): a classifier fitted on
     the real images recognises the class of most samples."""

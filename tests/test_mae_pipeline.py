@@ -112,6 +112,7 @@ def _pipeline_overrides(data_root, epochs=1):
     ]
 
 
+@pytest.mark.slow
 def test_pipeline_runs_stages_passes_checkpoint_and_resumes(data_root, tmp_path):
     metrics = train(compose_cfg(_pipeline_overrides(data_root), tmp_path))
     pre, fine = tmp_path / "pretrain", tmp_path / "finetune"

@@ -322,7 +322,7 @@ class _StopAfterFirstEpoch:
         return Stop()
 
 
-@pytest.mark.parametrize("name", ["block", "hpm", "attmask", "automae"])
+@pytest.mark.parametrize("name", ["automae", *(pytest.param(n, marks=pytest.mark.slow) for n in ("block", "hpm", "attmask"))])
 def test_strategy_pretraining_resumes_bit_exactly(name, data_root, tmp_path):
     straight = train(_strategy_cfg(data_root, tmp_path / "straight", name))
     train(_strategy_cfg(data_root, tmp_path / "first", name), callbacks=[_StopAfterFirstEpoch()])

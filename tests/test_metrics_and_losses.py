@@ -146,6 +146,7 @@ def _ddp_metrics_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_binary_metrics_are_synced_across_processes(tmp_path):
     mp.spawn(_ddp_metrics_worker, args=(2, 29541, tmp_path), nprocs=2, join=True)

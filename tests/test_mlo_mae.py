@@ -184,6 +184,7 @@ def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3, on_device=Fal
     return fit_state(module, dm, steps, devices=devices, strategy=strategy)
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_on_device_data_shards_per_rank_like_the_dataloader_path(data_root):
     """data.on_device: one process reproduces the DataLoader path, and 2 gloo ranks with half the
@@ -197,6 +198,7 @@ def test_on_device_data_shards_per_rank_like_the_dataloader_path(data_root):
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_two_process_ddp_trainer_equals_single_process_and_needs_the_allreduce(data_root):
     torch.set_num_threads(1)
@@ -322,6 +324,7 @@ def test_full_size_config_runs_one_forward(tmp_path):
     assert pretrain_data.augment.crop_padding > 0 and pretrain_data.augment.hflip
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_mlo_pipeline_under_ddp_sim(data_root, tmp_path):
     from tests.test_train import _run_cli

@@ -33,6 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 @pytest.mark.parametrize("kind", ["mlo", "classifier"])
 def test_two_nodes_of_one_process_equal_the_single_process_run(kind, data_root, tmp_path):

@@ -74,6 +74,7 @@ def test_on_device_images_move_once_and_training_images_are_augmented(data_root)
     assert not torch.equal(dm.device_images.materialize(index)[0], dm.device_images.materialize(index)[0])
 
 
+@pytest.mark.slow
 def test_training_on_device_reproduces_the_dataloader_run(data_root, tmp_path):
     """No augmentation: the same images in the same order, so the same model and metrics."""
     runs = {}

@@ -1,11 +1,11 @@
 """One optimiser convention: every model's optimiser and schedule are partials from its config
-(``model.optimizer``, ``model.scheduler``), the rates are ``model.lr`` / ``model.weight_decay``."""
+(``model.optimizer``, ``model.scheduler``), the rates are ``model.lr`` / ``model.weight_decay``
+(every experiment's configs: ``test_train.test_one_optimiser_convention_for_every_model``)."""
 
 from __future__ import annotations
 
 import math
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,27 +16,9 @@ from lightning_modules.components.optim import cosine_with_warmup
 from lightning_modules.components.vit import ViTEncoder
 from lightning_modules.mae import MAEPretrain
 from lightning_modules.mlo_mae import MLOMAE
-from pipeline.stages import stage_config, training_stages
-from tests.conftest import REPO, compose_cfg, tiny_overrides
+from pipeline.stages import stage_config
+from tests.conftest import compose_cfg, tiny_overrides
 from tests.test_train import TINY_VIT
-
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-
-
-def _models(cfg) -> list[tuple[str, object]]:
-    """(stage name, model config) of every training stage, or of the single run."""
-    if not cfg.get("stages"):
-        return [("run", cfg.model)]
-    return [(name, stage_config(cfg, cfg.stages[name], Path("/tmp")).model) for name in training_stages(cfg)]
-
-
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_takes_each_models_optimiser_and_schedule_from_config(experiment, data_root, tmp_path):
-    cfg = compose_cfg([f"experiment={experiment}", f"paths.medmnist_root={data_root}"], tmp_path)
-    for stage, model in _models(cfg):
-        assert model.optimizer._partial_ and model.optimizer._target_.startswith("torch.optim."), (experiment, stage)
-        assert "scheduler" in model, (experiment, stage)
-        assert not {"lr", "weight_decay"} & set(model.optimizer), (experiment, stage)  # the rates: model.lr / wd
 
 
 def _mae(seed=0) -> MaskedAutoencoder:

@@ -373,6 +373,7 @@ def test_mhist_without_a_validation_set_tests_the_last_epoch(mhist_like, tmp_pat
     assert set(dm.plan()[0]) == {"train", "test"}
 
 
+@pytest.mark.slow
 def test_evaluate_ensembles_runs_of_one_table_and_refuses_other_test_sets(png_dataset, tmp_path):
     from evaluation import evaluate
 
@@ -475,6 +476,7 @@ def test_label_fraction_and_class_weights_on_a_table(png_dataset, tmp_path):
     assert len(half.sample_ids("train")) == len(half.train_set) < len(full.train_set)
 
 
+@pytest.mark.slow
 def test_ten_seed_multirun_then_aggregate_on_the_mhist_layout(mhist_like, tmp_path):
     import timm
 

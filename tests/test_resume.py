@@ -43,6 +43,7 @@ def _assert_same_run(resumed: Path, straight: Path) -> None:
             assert ma[key] == mb[key] or (math.isnan(ma[key]) and math.isnan(mb[key])), key
 
 
+@pytest.mark.slow  # ~40 s each on 2 cores: 3 training processes
 @pytest.mark.parametrize("variant", [
     # last.ckpt saved at validation end (the default): the resume first finishes the saved
     # epoch, then every epoch is seeded before its iterator (and workers) start

@@ -82,6 +82,7 @@ def test_only_silent_trials_are_failed_and_retried_at_most_max_retry_times(tmp_p
     assert study.trials[3].system_attrs["fixed_params"] == {"x": study.trials[0].params["x"]}
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_journal_study_run_each_trial_exactly_once(data_root, tmp_path):
     """Two sweep.py processes (as on two nodes sharing a folder) on one journal-file study."""
     import subprocess

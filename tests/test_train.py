@@ -56,7 +56,8 @@ def _stage_configs(cfg, tmp_path) -> list:
     return [stage_config(base, stages[n], tmp_path / n) for n in independent]
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.slow) if e.startswith("dermae") else e
+                                        for e in EXPERIMENTS])  # the DerMAE pipelines: 8 stages, ~25 s
 def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
     cfg = compose_cfg(
         [f"experiment={experiment}", "debug=fdr", *tiny_overrides(data_root), *_tiny_model_overrides(experiment)],
@@ -162,6 +163,7 @@ def _run_cli(args: list[str], cwd: Path, timeout: int = 300, **env) -> subproces
     )
 
 
+@pytest.mark.slow
 def test_multirun_seeds_produce_separate_runs(data_root, tmp_path):
     proc = _run_cli(
         ["-m", "experiment=quickstart", "seed=0,1", *tiny_overrides(data_root), "trainer.max_epochs=1"],
@@ -222,6 +224,7 @@ def test_ddp_sim_two_cpu_processes(data_root, tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(data_root, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr"]
@@ -232,8 +235,8 @@ def test_submitit_local_launcher(data_root, tmp_path):
     assert len(jobs) == 2 and (jobs[0].parent.parent / ".submitit").is_dir()
 
 
-@pytest.mark.parametrize("command", ["medmae-train", "medmae-evaluate", "medmae-aggregate", "medmae-sweep",
-                                     "medmae-synthesize", "medmae-export", "medmae-predict"])
+@pytest.mark.parametrize("command", ["medmae-train", *(pytest.param(c, marks=pytest.mark.slow) for c in (
+    "medmae-evaluate", "medmae-aggregate", "medmae-sweep", "medmae-synthesize", "medmae-export", "medmae-predict"))])
 def test_entry_points_answer_help_from_any_folder(command, tmp_path):
     exe = Path(sys.executable).parent / command
     proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -281,13 +284,16 @@ def test_full_size_fast_dev_run_is_fast(experiment, tmp_path, capsys):
 
 
 def test_one_optimiser_convention_for_every_model(tmp_path):
-    """model.lr and model.weight_decay in every experiment (every stage); optimizer.lr is refused."""
+    """model.lr and model.weight_decay, and the optimiser and schedule as partials, in every
+    experiment (every stage); optimizer.lr is refused."""
     for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         cfg = compose_cfg([f"experiment={path.stem}"], tmp_path)
         models = [cfg.stages[n].model for n in training_stages(cfg)] if cfg.get("stages") else [cfg.model]
         for model in models:
             assert "lr" in model and "weight_decay" in model, path.stem
-            assert "lr" not in (model.get("optimizer") or {}), path.stem
+            assert model.optimizer._partial_ and model.optimizer._target_.startswith("torch.optim."), path.stem
+            assert "scheduler" in model, path.stem
+            assert not {"lr", "weight_decay"} & set(model.optimizer), path.stem
     cfg = compose_cfg(["experiment=quickstart", "+model.optimizer.lr=0.1"], tmp_path)
     with pytest.raises(Exception, match="model.optimizer.lr is not read: the rates are model.lr"):
         instantiate(cfg.model)
