@@ -83,6 +83,7 @@ LABELS = {"scratch": "scratch", "mae": "MAE", "mae_equal_wall": "MAE (MLO-MAE's 
           "mlo_mae": "MLO-MAE (report settings)", "mlo_mae_variant": "MLO-MAE variant (diverse)",
           "mae_block": "MAE + block (BEiT)", "mae_hpm": "MAE + HPM", "mae_attmask": "MAE + AttMask",
           "mae_automae": "MAE + AutoMAE (adversarial)"}
+COLORS = {arm: f"C{i}" for i, arm in enumerate(LABELS)}  # one colour per arm in every panel
 MASKED_ARMS = ("mlo_mae", "mlo_mae_variant", *(f"mae_{s}" for s in STRATEGIES))  # arms with mask diagnostics
 
 
@@ -423,7 +424,7 @@ def figures(results: dict, args) -> list[Path]:
             means = np.array([np.mean(v) for v in vals])
             cis = np.array([bootstrap_mean_ci(v) for v in vals])
             ax.errorbar(xs, means, yerr=[means - cis[:, 0], cis[:, 1] - means], marker="o", capsize=3,
-                        label=LABELS[arm], color=f"C{i}")  # one colour per arm in both panels
+                        label=LABELS[arm], color=COLORS[arm])
         ax.set_xticks(range(len(FRACTIONS)), [f"{f:.0%}" for f in FRACTIONS])
         ax.set_xlabel("training labels used")
         ax.set_title({"probe": "linear probe (frozen encoder)", "finetune": "full fine-tuning"}[mode])
@@ -444,20 +445,20 @@ def figures(results: dict, args) -> list[Path]:
         curve = results["curves"][arm, args.seeds[0]]
         epochs = sorted(int(e) for e in curve)
         aucs = [curve[str(e)]["val_auc"] for e in epochs]  # validation, so no one selects on test
-        axes[0].plot([e * per_epoch_steps for e in epochs], aucs, marker="o", label=LABELS[arm])
-        axes[1].plot([e * per_epoch_wall for e in epochs], aucs, marker="o", label=LABELS[arm])
+        axes[0].plot([e * per_epoch_steps for e in epochs], aucs, marker="o", label=LABELS[arm], color=COLORS[arm])
+        axes[1].plot([e * per_epoch_wall for e in epochs], aucs, marker="o", label=LABELS[arm], color=COLORS[arm])
         if arm.startswith("mae"):
             loss = pre[arm, args.seeds[0]]["recon_loss"]
             es = sorted(int(e) for e in loss)
             axes[2].plot([e * per_epoch_steps for e in es],
                          [np.mean([pre[arm, s]["recon_loss"][str(e)] for s in args.seeds]) for e in es],
-                         marker=".", label=LABELS[arm])
+                         marker=".", label=LABELS[arm], color=COLORS[arm])
     axes[0].set_xlabel("level-I (reconstruction) steps")
     axes[1].set_xlabel("pretraining wall time, s (this CPU)")
     for ax in axes[:2]:
         ax.set_ylabel("linear-probe validation AUC (100% labels)")
     axes[2].set_xlabel("level-I steps")
-    axes[2].set_ylabel("MAE validation reconstruction loss")
+    axes[2].set_ylabel("validation reconstruction loss (random masks)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -268,6 +268,7 @@ def test_threshold_tuning_improves_validation_objective_and_refuses_test_data():
         fit_binary_threshold(SplitPredictions(probs[:, :2], labels, "test"))
 
 
+@pytest.mark.slow
 def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path, capsys):
     from evaluation import evaluate
 
@@ -347,6 +348,7 @@ def _write_multilabel_chestmnist(root: Path, seed: int = 0) -> None:
     np.savez(root / "chestmnist.npz", **arrays)
 
 
+@pytest.mark.slow
 def test_evaluate_multi_label_uses_sigmoid_and_writes_per_label_tables(tmp_path):
     from evaluation import evaluate
 

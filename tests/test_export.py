@@ -39,6 +39,7 @@ def _model_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch_and_writes_figures(cnn_ckpt):
     result = ex.export_classifier(cnn_ckpt, "onnx", **FAST)
     folder = cnn_ckpt.parent.parent / "export"  # default: next to the run's checkpoints/
@@ -211,6 +212,7 @@ def test_an_exported_model_alone_predicts_image_files_as_evaluate_does(cnn_ckpt,
     assert predict.main([str(model), str(tmp_path / "nowhere")]) == 1
 
 
+@pytest.mark.slow
 def test_int8_quantization_reports_its_accuracy_change_against_fp32(cnn_ckpt, tmp_path):
 
     from evaluation.evaluate import evaluate

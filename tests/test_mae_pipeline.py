@@ -187,6 +187,7 @@ def test_mixup_training_step(data_root, tmp_path):
     assert "test/acc" in train(cfg)
 
 
+@pytest.mark.slow
 def test_an_mae_checkpoint_copied_alone_fine_tunes_through_init_from(data_root, tmp_path):
     pre = train(compose_cfg([*_pipeline_overrides(data_root), "stages.finetune=null"], tmp_path / "pre"))
     alone = tmp_path / "alone" / "mae.ckpt"  # no run folder, no config.yaml beside it

@@ -278,6 +278,7 @@ def test_bad_trainer_and_data_settings_fail_before_training(data_root, tmp_path,
     assert not (tmp_path / "pretrain" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_leaves_mask_maps_reconstructions_and_metrics(data_root, tmp_path):
     overrides = [o for o in _mlo_overrides(data_root) if o != "debug=fdr"] + [
         "stages.pretrain.trainer.max_epochs=1", "stages.finetune.trainer.max_epochs=1",
@@ -342,6 +343,7 @@ def test_mlo_pipeline_under_ddp_sim(data_root, tmp_path):
     assert (tmp_path / "run" / "finetune" / "predictions" / "test_predictions.npz").is_file()
 
 
+@pytest.mark.slow
 def test_mlo_pretraining_checkpoints_and_resumes(data_root, tmp_path):
     def overrides(epochs):
         return [o for o in _mlo_overrides(data_root) if o != "debug=fdr"] + [

@@ -62,6 +62,7 @@ def test_hub_offline_env_is_respected_without_a_request(monkeypatch):
     assert networks.hub_reachable("timm/resnet18.a1_in1k") is False
 
 
+@pytest.mark.slow
 def test_pretrained_behind_an_unreachable_proxy_fails_within_seconds(tmp_path):
     """Through huggingface_hub's own client: an HTTPS proxy on a closed local port stands for a
     hospital proxy that refuses the hub. Nothing leaves the machine."""

@@ -96,6 +96,7 @@ def test_gpu_trainer_defaults_to_the_on_device_path(tmp_path):
     assert ddp.data.on_device is True
 
 
+@pytest.mark.slow
 def test_mlo_mae_pipeline_runs_on_device_with_augmentation(data_root, tmp_path):
     cfg = compose_cfg(["experiment=mlo_mae_small", "data=dermamnist", "debug=fdr", *tiny_overrides(data_root),
                        "data.batch_size=8", "++stages.finetune.data.batch_size=8", "data.on_device=true",

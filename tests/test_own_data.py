@@ -327,6 +327,7 @@ def test_mhist_protocol_settings():
     assert compose_cfg(["experiment=vit_b16_mhist"], Path("/tmp/unused")).model.net.drop_rate == 0.5
 
 
+@pytest.mark.slow
 def test_mhist_experiments_run_offline_with_a_local_weights_file(mhist_like, tmp_path):
     import timm
 
@@ -351,6 +352,7 @@ def test_mhist_experiments_run_offline_with_a_local_weights_file(mhist_like, tmp
     assert (tmp_path / "vit" / "eval" / "test_per_class.csv").is_file()
 
 
+@pytest.mark.slow
 def test_mhist_without_a_validation_set_tests_the_last_epoch(mhist_like, tmp_path):
     """The report's "no val" rows: the whole train partition trains, nothing is selected, the
     last epoch's weights are tested once."""
@@ -410,6 +412,7 @@ def test_evaluate_ensembles_runs_of_one_table_and_refuses_other_test_sets(png_da
     assert result["summary"]["n"] == len(preds)
 
 
+@pytest.mark.slow
 def test_cli_names_a_missing_table_in_one_message(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "experiment=cnn_derma", "data=image_table",
@@ -702,6 +705,7 @@ def test_the_cache_is_read_as_a_memory_map_row_by_row(png_dataset, tmp_path):
     np.testing.assert_array_equal(pickle.loads(shipped)[3], dm.train_set._lazy[3])
 
 
+@pytest.mark.slow
 def test_lazy_decoding_gives_the_cache_paths_metrics(png_dataset, tmp_path):
     def run(decode: str) -> dict:
         cfg = compose_cfg(["experiment=cnn_derma", "data=image_table", f"data.table={png_dataset}",

@@ -166,6 +166,7 @@ def test_missing_card_or_file_raises_value_error(tmp_path):
         quality_report(tmp_path / "absent.npz", real, real_y, PNEUMONIA, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_inception_features_come_from_the_local_weights_file(tmp_path):
     import torch
     import torch_fidelity.feature_extractor_inceptionv3 as tf_inception

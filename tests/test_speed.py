@@ -144,6 +144,7 @@ def test_gpu_trainer_turns_on_tf32_and_channels_last(tmp_path):
     assert cpu.float32_matmul_precision == "highest" and cpu.model.channels_last is False
 
 
+@pytest.mark.slow
 def test_compiled_classifier_trains_like_the_eager_one(data_root, tmp_path):
     from torch._dynamo.utils import counters
 

@@ -17,6 +17,7 @@ def _trials(sweep_dir) -> list[optuna.trial.FrozenTrial]:
     return study.trials
 
 
+@pytest.mark.slow
 def test_sweep_resumes_from_its_sqlite_file_and_prunes(data_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     common = ["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=4", "data.batch_size=32",
@@ -164,6 +165,7 @@ def test_a_sweep_where_every_trial_diverges_fails_them_and_ends(data_root, tmp_p
     assert "Lower the learning rate" in summary["failed"][0]["reason"]
 
 
+@pytest.mark.slow
 def test_diverging_trials_do_not_end_a_sweep_or_use_its_budget(data_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"

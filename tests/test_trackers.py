@@ -61,6 +61,7 @@ def test_invalid_wandb_mode_is_named(monkeypatch):
         wandb_mode()
 
 
+@pytest.mark.slow
 def test_wandb_resume_continues_the_run_and_logs_the_results_artifact(data_root, tmp_path, monkeypatch):
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
@@ -77,6 +78,7 @@ def test_wandb_resume_continues_the_run_and_logs_the_results_artifact(data_root,
     assert f"results-{run_id}".encode() in logged and b"report.md" in logged
 
 
+@pytest.mark.slow
 def test_tensorboard_and_mlflow_loggers_write_under_the_run(data_root, tmp_path):
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")

@@ -56,8 +56,11 @@ def _stage_configs(cfg, tmp_path) -> list:
     return [stage_config(base, stages[n], tmp_path / n) for n in independent]
 
 
-@pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.slow) if e.startswith("dermae") else e
-                                        for e in EXPERIMENTS])  # the DerMAE pipelines: 8 stages, ~25 s
+FAST_FDR = {"quickstart", "cnn_derma", "vit_small", "mae_small", "mlo_mae_small", "mae_hpm_small", "mae_automae_small"}
+
+
+@pytest.mark.parametrize("experiment", [e if e in FAST_FDR else pytest.param(e, marks=pytest.mark.slow)
+                                        for e in EXPERIMENTS])  # the others (full size, DerMAE): `pytest -m slow`
 def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
     cfg = compose_cfg(
         [f"experiment={experiment}", "debug=fdr", *tiny_overrides(data_root), *_tiny_model_overrides(experiment)],
@@ -116,6 +119,7 @@ def test_class_weighted_focal_loss_and_oversampling_run(data_root, tmp_path):
     assert "test/auc" in train(cfg)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint(data_root, tmp_path):
     first = compose_cfg(["experiment=quickstart", *tiny_overrides(data_root), "trainer.max_epochs=1"], tmp_path / "a")
     train(first)
@@ -183,6 +187,7 @@ def test_multirun_seeds_produce_separate_runs(data_root, tmp_path):
     assert "config\n" in proc.stdout and "── data" in proc.stdout  # the composed config, as a tree
 
 
+@pytest.mark.slow
 def test_missing_dataset_offline_fails_fast_with_one_message(tmp_path):
     start = time.time()
     proc = _run_cli(["experiment=cnn_derma", f"data.root={tmp_path}/empty", "data.download=false"], cwd=tmp_path)
@@ -193,6 +198,7 @@ def test_missing_dataset_offline_fails_fast_with_one_message(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_invalid_config_value_is_one_message_and_its_traceback_is_in_train_log(tmp_path):
     proc = _run_cli(["experiment=quickstart", "data.label_fraction=1.5", f"data.root={tmp_path}",
                      f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
@@ -203,6 +209,7 @@ def test_invalid_config_value_is_one_message_and_its_traceback_is_in_train_log(t
     assert "the run failed" in log and "Traceback" in log and "data.label_fraction=1.5 is invalid" in log
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_sim_two_cpu_processes(data_root, tmp_path):
     proc = _run_cli(
