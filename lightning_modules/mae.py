@@ -50,12 +50,13 @@ def reconstruct_with(mae: MaskedAutoencoder, images: torch.Tensor, masking) -> d
 
 
 class MAEPretrain(L.LightningModule):
-    """Masked-autoencoder pretraining (manual optimisation: MAE optimiser + probe optimiser).
+    """Masked-autoencoder pretraining (manual optimisation: MAE, masking-strategy and probe
+    optimisers).
 
     One backward of ``reconstruction (+ uniformity) + masking strategy's loss + probe loss`` per
-    step; the probe sees detached features, so its gradient never reaches the encoder, and the
-    two optimisers own disjoint parameters (the strategy's trainable parts, e.g. HPM's loss
-    predictor or AutoMAE's generator, are in the MAE optimiser).
+    step; the probe sees detached features, so its gradient never reaches the encoder. The
+    optimisers own disjoint parameters: the strategy's trainable parts (HPM's loss predictor,
+    AutoMAE's generator) have their own, of the MAE's kind, rates and schedule.
 
     Args:
         mae: the ``MaskedAutoencoder``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -309,17 +310,11 @@ def _strategy_cfg(data_root, tmp_path, name: str, extra=()):
                         "++stages.pretrain.trainer.limit_train_batches=3", *extra], tmp_path)
 
 
-class _StopAfterFirstEpoch:
+class _StopAfterFirstEpoch(L.Callback):
     """Stops fit after epoch 0 (its last.ckpt saved), as an interruption would."""
 
-    def __new__(cls):
-        import lightning as L
-
-        class Stop(L.Callback):
-            def on_train_epoch_end(self, trainer, pl_module) -> None:
-                trainer.should_stop = True
-
-        return Stop()
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
 
 
 @pytest.mark.slow  # ~18 s each: three pretraining runs
