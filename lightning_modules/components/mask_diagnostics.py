@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_modules.components.patches import masking_from_scores
 from lightning_modules.components.vit import pool
 
 
@@ -145,8 +146,6 @@ def masking_diagnostics(mae, draw_fn: Callable, x: Tensor, y: Tensor | None = No
     (SGD, ``step``) on the first half with random masks minus with the drawn ones (> 0: the
     drawn masks help that objective), uniform patch weights for both.
     """
-    from lightning_modules.components.patches import masking_from_scores
-
     enc, n, ratio = mae.encoder, mae.encoder.num_patches, mae.mask_ratio
     draw = draw_fn(x)
     masking, scores, mask = draw.masking, draw.scores, draw.mask

@@ -8,6 +8,7 @@ that random MAE masking uses. Shapes: images (B, C, H, W); L patches per image.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -121,8 +122,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy with gradients off, in eval mode (an EMA teacher)."""
-    import copy
-
     return copy.deepcopy(module).requires_grad_(False).eval()
 
 
