@@ -59,15 +59,11 @@ def init_statistics(cfg) -> dict:
     the model built as ``pipeline.run_stage`` builds it (same seed, same order)."""
     import lightning as L
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from lightning_modules.components.masking import mask_statistics
-    from pipeline.stages import stage_config
+    from pipeline.stage_config import compose_stage
 
-    base = cfg.copy()
-    OmegaConf.set_struct(base, False)
-    del base["stages"]
-    stage = stage_config(base, cfg.stages.pretrain, Path(cfg.paths.output_dir))
+    stage = compose_stage(cfg, "pretrain", Path(cfg.paths.output_dir) / "pretrain")
     L.seed_everything(stage.seed)
     dm = instantiate(stage.data, _convert_="all")
     dm.prepare_data()

@@ -31,31 +31,6 @@ def is_global_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
 
 
-def with_every_stage(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``cfg.every_stage`` merged over it: keys that must win over every pipeline
-    stage's own (``debug=fdr`` shrinks the batch sizes of every stage this way). Top-level
-    groups a stage does not have (``synthesis`` in a training stage) are left out."""
-    extra = cfg.get("every_stage")
-    if extra:
-        extra = OmegaConf.create({k: v for k, v in extra.items() if k in cfg})
-    if not extra:
-        return cfg
-    merged = OmegaConf.merge(cfg, extra)
-    merged.every_stage = None
-    for key in _leaf_keys(OmegaConf.to_container(extra)):
-        before, after = OmegaConf.select(cfg, key), OmegaConf.select(merged, key)
-        if before != after:
-            log.info("every_stage sets %s=%s (was %s); change it with ++every_stage.%s=...", key, after, before, key)
-    return merged
-
-
-def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in node.items():
-        keys += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return keys
-
-
 def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate every entry of a group (callbacks, loggers) that has a ``_target_``."""
     if not group:
@@ -112,11 +87,9 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     Writes ``config.yaml`` (resolved) and ``metrics.json`` into ``cfg.paths.output_dir``.
     ``objective`` is the best monitored validation value; ``best_checkpoint`` and
     ``last_checkpoint`` are the saved checkpoint paths (None when none was saved).
-    ``cfg.every_stage`` is merged in first (see ``with_every_stage``); ``extra_callbacks`` join
-    the configured callbacks.
+    ``extra_callbacks`` join the configured callbacks.
     """
     start = time.time()
-    cfg = with_every_stage(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
     output_dir = Path(cfg.paths.output_dir)

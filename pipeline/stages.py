@@ -1,6 +1,6 @@
-"""Multi-stage pipelines (pretrain -> fine-tune -> test): each stage's config, its run
+"""Multi-stage pipelines (pretrain -> fine-tune -> test): the running order, each stage's run
 folder, ``init_from`` checkpoints, ``links`` between stages, ``stage.json`` markers and resume
-from ``last.ckpt``. Stages train by default; ``kind: synthesize`` samples a diffusion model
+from ``last.ckpt``. Each stage's config is composed by Hydra (``pipeline.stage_config``). Stages train by default; ``kind: synthesize`` samples a diffusion model
 into a synthetic training set and ``kind: export`` exports a classifier (DerMAE)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.report import write_pipeline_report
-from pipeline.run import is_global_zero, run_stage, with_every_stage
+from pipeline.run import is_global_zero, run_stage
+from pipeline.stage_config import compose_stage
 
 log = logging.getLogger("train")
-STAGE_KEYS = ("init_from", "links", "kind")  # read by run_pipeline, not part of a stage's config
 KINDS = ("train", "synthesize", "export")
 
 
@@ -54,16 +54,27 @@ def apply_links(scfg: DictConfig, name: str, links: DictConfig | None, done: dic
 
 
 def stage_order(cfg: DictConfig) -> list[str]:
-    """The stages to run, in ``cfg.stage_order`` when given (Hydra puts stages that come from
-    the defaults list before the others), else in the order of ``cfg.stages``; null stages
-    are skipped."""
-    order = list(cfg.get("stage_order") or cfg.stages.keys())
-    unknown = [n for n in order if n not in cfg.stages]
-    left_out = [n for n in cfg.stages if n not in order and cfg.stages[n] is not None]
-    if unknown or left_out:
-        raise ValueError(f"stage_order={order} does not match stages {list(cfg.stages)}: unknown {unknown}, "
-                         f"left out {left_out}")
-    return [n for n in order if cfg.stages[n] is not None]
+    """The stages to run (null ones skipped): each after every stage its ``init_from`` and
+    ``links`` read from, otherwise in the order of ``cfg.stages``."""
+    stages = {n: s for n, s in cfg.stages.items() if s is not None}
+    needs = {n: _reads_from(n, s) for n, s in stages.items()}
+    for name, sources in needs.items():
+        if missing := sorted(sources - set(stages)):
+            raise ValueError(f"stages.{name} reads from stage(s) {missing}, which this pipeline does not run; "
+                             f"run them, or point stages.{name}.init_from / links elsewhere")
+    order: list[str] = []
+    while len(order) < len(stages):
+        ready = [n for n in stages if n not in order and needs[n] <= set(order)]
+        if not ready:
+            raise ValueError(f"stages {[n for n in stages if n not in order]} read from each other in a cycle")
+        order.append(ready[0])
+    return order
+
+
+def _reads_from(name: str, stage: DictConfig) -> set[str]:
+    init = stage.get("init_from") or {}
+    sources = {str(ref).partition(".")[0] for ref in (stage.get("links") or {}).values()}
+    return sources | ({init.stage} if init.get("stage") is not None else set())
 
 
 def training_stages(cfg: DictConfig) -> list[str]:
@@ -85,7 +96,6 @@ def run_step(kind: str, scfg: DictConfig, callbacks: list | None) -> dict:
     """Run one stage of ``kind`` in ``scfg.paths.output_dir``; returns its results."""
     if kind == "train":
         return run_stage(scfg, callbacks)
-    scfg = with_every_stage(scfg)
     L.seed_everything(scfg.seed)
     out = Path(scfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,28 +109,9 @@ def run_step(kind: str, scfg: DictConfig, callbacks: list | None) -> dict:
     return run_export_stage(scfg)
 
 
-def stage_config(base: DictConfig, stage: DictConfig, stage_dir: Path) -> DictConfig:
-    """The config of one pipeline stage: ``base`` with the stage's nodes applied.
-
-    A stage node that has a ``_target_`` (a model, a datamodule) replaces the base node;
-    any other node is merged into it. Everything the stage writes goes to ``stage_dir``.
-    """
-    cfg = base.copy()
-    OmegaConf.set_struct(cfg, False)
-    for key, value in stage.items():
-        if key in STAGE_KEYS:
-            continue
-        replace = not isinstance(value, DictConfig) or "_target_" in value or key not in cfg
-        if replace:
-            cfg[key] = value
-        else:
-            cfg[key] = OmegaConf.merge(cfg[key], value)
-    cfg.paths.output_dir = str(stage_dir)
-    return cfg
-
-
 def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> dict:
-    """Run ``cfg.stages`` in order, each in ``<output_dir>/<stage>/``.
+    """Run ``cfg.stages`` in ``stage_order``, each in ``<output_dir>/<stage>/`` with its config
+from ``compose_stage`` (all composed before the first stage starts).
 
     A stage with ``init_from: {stage: NAME, ckpt: best|last}`` starts its network from that
     stage's checkpoint (``model.net.pretrained_ckpt``), or with ``{ckpt: <file>}`` from a file. A finished stage leaves
@@ -130,12 +121,13 @@ def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> d
     ``last_stage_callbacks`` join the last stage's callbacks.
     """
     output_dir = Path(cfg.paths.output_dir)
-    base = cfg.copy()
-    OmegaConf.set_struct(base, False)
-    del base["stages"]
     done: dict[str, dict] = {}
     metrics: dict = {}
     names = stage_order(cfg)
+    for name in names:  # kinds first, then every stage's config: a bad override fails before any training
+        if (kind := cfg.stages[name].get("kind", "train")) not in KINDS:
+            raise ValueError(f"stages.{name}.kind={kind!r} is invalid; allowed: {list(KINDS)}")
+    configs = {name: compose_stage(cfg, name, output_dir / name) for name in names}
     for name in names:
         stage = cfg.stages[name]
         stage_dir = output_dir / name
@@ -145,9 +137,7 @@ def run_pipeline(cfg: DictConfig, last_stage_callbacks: list | None = None) -> d
             done[name] = json.loads(marker.read_text())
         else:
             kind = stage.get("kind", "train")
-            if kind not in KINDS:
-                raise ValueError(f"stages.{name}.kind={kind!r} is invalid; allowed: {list(KINDS)}")
-            scfg = stage_config(base, stage, stage_dir)
+            scfg = configs[name]
             apply_links(scfg, name, stage.get("links"), done)
             if stage.get("init_from"):
                 scfg.model.net.pretrained_ckpt = init_checkpoint(name, stage.init_from, done)

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
 from pipeline.cli import compose_config, train
+from pipeline.stage_config import compose_stage
 from pipeline.stages import training_stages
 from pipeline.sweep_workers import FINISHED, claim, heartbeat, make_storage
 
@@ -60,11 +61,10 @@ def default_space(cfg: DictConfig) -> dict[str, dict]:
 
 
 def final_monitor(cfg: DictConfig) -> DictConfig:
-    """The monitor whose best value is the objective: the last stage's, else the run's."""
+    """The monitor whose best value is the objective: the last training stage's, else the run's."""
     if cfg.get("stages"):
-        last = cfg.stages[training_stages(cfg)[-1]]
-        if last.get("monitor") is not None:
-            return OmegaConf.merge(cfg.monitor, last.monitor)
+        last = training_stages(cfg)[-1]
+        return compose_stage(cfg, last, Path(cfg.paths.output_dir) / last).monitor
     return cfg.monitor
 
 

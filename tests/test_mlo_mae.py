@@ -302,15 +302,12 @@ def test_random_mask_mode_reproduces_mae_without_level3(data_root, tmp_path):
 
 def test_full_size_config_runs_one_forward(tmp_path):
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from pipeline.stages import stage_config
+    from pipeline.stage_config import compose_stage
 
     cfg = compose_cfg(["experiment=mlo_mae_derma"], tmp_path)
-    base = cfg.copy()
-    OmegaConf.set_struct(base, False)
-    del base["stages"]
-    model = instantiate(stage_config(base, cfg.stages.pretrain, tmp_path).model, _convert_="all")
+    pretrain = compose_stage(cfg, "pretrain", tmp_path)
+    model = instantiate(pretrain.model, _convert_="all")
     assert model.mae.encoder.depth == 12 and model.mae.encoder.num_patches == 256
     assert sum(p.numel() for p in model.masknet.parameters()) > 95e6  # MLO-MAE's ~100M masking MLP
     with torch.no_grad():
@@ -321,7 +318,7 @@ def test_full_size_config_runs_one_forward(tmp_path):
     assert int(out.mask[0].sum()) == 192
     # Fidelity to the official code: normalised-pixel targets, crop + flip at every level.
     assert model.mae.norm_pix_loss is True
-    pretrain_data = stage_config(base, cfg.stages.pretrain, tmp_path).data
+    pretrain_data = pretrain.data
     assert pretrain_data.augment.crop_padding > 0 and pretrain_data.augment.hflip
 
 

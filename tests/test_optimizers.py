@@ -16,7 +16,7 @@ from lightning_modules.components.optim import cosine_with_warmup
 from lightning_modules.components.vit import ViTEncoder
 from lightning_modules.mae import MAEPretrain
 from lightning_modules.mlo_mae import MLOMAE
-from pipeline.stages import stage_config
+from pipeline.stage_config import compose_stage
 from tests.conftest import compose_cfg, tiny_overrides
 from tests.test_train import TINY_VIT
 
@@ -81,6 +81,6 @@ def test_a_configured_optimiser_reaches_the_pretraining_stage(data_root, tmp_pat
                        "stages.pretrain.model.optimizer._target_=torch.optim.SGD",
                        "~stages.pretrain.model.optimizer.betas", "+stages.pretrain.model.optimizer.momentum=0.5",
                        "stages.pretrain.model.scheduler=null"], tmp_path)
-    model = instantiate(stage_config(cfg, cfg.stages.pretrain, tmp_path).model, _convert_="all")
+    model = instantiate(compose_stage(cfg, "pretrain", tmp_path).model, _convert_="all")
     opts = model.configure_optimizers()[0]
     assert isinstance(opts[0], torch.optim.SGD) and opts[0].defaults["momentum"] == 0.5

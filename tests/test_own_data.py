@@ -68,7 +68,7 @@ def _own_overrides(tmp_path: Path) -> list[str]:
     """CPU, CSV, a cache in tmp_path; with debug=fdr the whole val / test split in one batch (the
     tests compare every test prediction). ``hydra.run.dir`` last."""
     return ["trainer=cpu", "logger=csv", "~callbacks.rich_progress_bar", f"data.cache_dir={tmp_path}/cache",
-            "++every_stage.data.eval_batch_size=1024", f"hydra.run.dir={tmp_path}/run"]
+            "data.eval_batch_size=1024", f"hydra.run.dir={tmp_path}/run"]
 
 
 def _read_csv(path: Path) -> list[dict]:

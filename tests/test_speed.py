@@ -166,7 +166,7 @@ def test_inductor_compiled_mae_pipeline_runs(data_root, tmp_path):
     """The real compiler (inductor, C++ on CPU) on the MAE pretrain -> fine-tune pipeline."""
     cfg = compose_cfg(["experiment=mae_small", "debug=fdr", *tiny_overrides(data_root), "data.batch_size=8",
                        "++stages.finetune.data.batch_size=8", "encoder.depth=1", "encoder.embed_dim=32",
-                       "encoder.num_heads=2", "encoder.patch_size=4", "++every_stage.model.compile=true"],
+                       "encoder.num_heads=2", "encoder.patch_size=4", "++model.compile=true"],
                       tmp_path)
     metrics = train(cfg)
     assert 0 <= metrics["test/acc"] <= 1

@@ -41,19 +41,15 @@ def _tiny_model_overrides(name: str) -> list[str]:
 def _stage_configs(cfg, tmp_path) -> list:
     """The config of every stage that trains a model whose construction needs no earlier
     stage's result (a distillation stage's teacher comes from a ``links`` entry)."""
-    from pipeline.stages import stage_config, training_stages
+    from pipeline.stage_config import compose_stage
+    from pipeline.stages import training_stages
 
     stages = cfg.get("stages")
     if not stages:
         return [cfg]
-    from omegaconf import OmegaConf
-
-    base = cfg.copy()
-    OmegaConf.set_struct(base, False)
-    del base["stages"]
     independent = [n for n in training_stages(cfg)
                    if not any(str(k).startswith("model.") for k in (stages[n].get("links") or {}))]
-    return [stage_config(base, stages[n], tmp_path / n) for n in independent]
+    return [compose_stage(cfg, n, tmp_path / n) for n in independent]
 
 
 FAST_FDR = {"quickstart", "cnn_derma", "vit_small", "mae_small", "mlo_mae_small", "mae_hpm_small", "mae_automae_small"}
