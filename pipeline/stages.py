@@ -1,7 +1,8 @@
 """Multi-stage pipelines (pretrain -> fine-tune -> test): the running order, each stage's run
 folder, ``init_from`` checkpoints, ``links`` between stages, ``stage.json`` markers and resume
-from ``last.ckpt``. Each stage's config is composed by Hydra (``pipeline.stage_config``). Stages train by default; ``kind: synthesize`` samples a diffusion model
-into a synthetic training set and ``kind: export`` exports a classifier (DerMAE)."""
+from ``last.ckpt``. Each stage's config is composed by Hydra (``pipeline.stage_config``).
+Stages train by default; ``kind: synthesize`` samples a diffusion model into a synthetic
+training set and ``kind: export`` exports a classifier (DerMAE)."""
 
 from __future__ import annotations
 
