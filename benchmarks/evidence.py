@@ -72,9 +72,9 @@ STRATEGIES = ("block", "hpm", "attmask", "automae")
 ARMS = {
     "mae": ("mae_small", PLAIN),
     **{f"mae_{s}": (f"mae_{s}_small", PLAIN) for s in STRATEGIES},
-    "mlo_mae": ("mlo_mae_small", [f"{P}masking_net=mlp"]),
-    "mlo_mae_variant": ("mlo_mae_small", [f"{P}masking_net=patch_scorer", f"{P}masking_input_norm=batch",
-                                          f"{P}patch_weighting=normalized"]),
+    "mlo_mae": ("mlo_mae_small", [f"{P}masking.net=mlp"]),
+    "mlo_mae_variant": ("mlo_mae_small", [f"{P}masking.net=patch_scorer", f"{P}masking.input_norm=batch",
+                                          f"{P}masking.patch_weighting=normalized"]),
 }
 FRACTIONS = (0.01, 0.1, 1.0)
 FINETUNE = {0.01: (100, 10), 0.1: (25, 5), 1.0: (3, 1)}  # (epochs, validate every n epochs): ~100-220 steps

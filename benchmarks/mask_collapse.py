@@ -31,25 +31,25 @@ from common import real_data_root
 REPO = Path(__file__).resolve().parents[1]
 P = "stages.pretrain.model."
 VARIANTS = {
-    "mlp (paper)": [f"{P}masking_net=mlp"],
-    "mlp, lr_mask 1e-5": [f"{P}masking_net=mlp", f"{P}lr_mask=1e-5"],
-    "mlp, temperature 100": [f"{P}masking_net=mlp", f"{P}masking_temperature=100"],
-    "mlp, token-normalised input": [f"{P}masking_net=mlp", f"{P}masking_input_norm=token"],
-    "mlp, batch-standardised input": [f"{P}masking_net=mlp", f"{P}masking_input_norm=batch"],
-    "mlp, batch-standardised input, normalized weights": [f"{P}masking_net=mlp", f"{P}masking_input_norm=batch",
-                                                         f"{P}patch_weighting=normalized"],
-    "mlp, batch-standardised input, lr_mask 1e-5": [f"{P}masking_net=mlp", f"{P}masking_input_norm=batch",
-                                                   f"{P}lr_mask=1e-5"],
+    "mlp (paper)": [f"{P}masking.net=mlp"],
+    "mlp, lr_mask 1e-5": [f"{P}masking.net=mlp", f"{P}levels.lr_mask=1e-5"],
+    "mlp, temperature 100": [f"{P}masking.net=mlp", f"{P}masking.temperature=100"],
+    "mlp, token-normalised input": [f"{P}masking.net=mlp", f"{P}masking.input_norm=token"],
+    "mlp, batch-standardised input": [f"{P}masking.net=mlp", f"{P}masking.input_norm=batch"],
+    "mlp, batch-standardised input, normalized weights": [f"{P}masking.net=mlp", f"{P}masking.input_norm=batch",
+                                                         f"{P}masking.patch_weighting=normalized"],
+    "mlp, batch-standardised input, lr_mask 1e-5": [f"{P}masking.net=mlp", f"{P}masking.input_norm=batch",
+                                                   f"{P}levels.lr_mask=1e-5"],
     "mlp, batch-standardised input, normalized weights, lr_mask 1e-5": [
-        f"{P}masking_net=mlp", f"{P}masking_input_norm=batch", f"{P}patch_weighting=normalized", f"{P}lr_mask=1e-5"],
-    "mlp, normalized weights": [f"{P}masking_net=mlp", f"{P}patch_weighting=normalized"],
-    "mlp, normalized weights, lr_mask 1e-5": [f"{P}masking_net=mlp", f"{P}patch_weighting=normalized",
-                                             f"{P}lr_mask=1e-5"],
-    "mlp, official input (gradient into the encoder)": [f"{P}masking_net=mlp", f"{P}masking_input_grad=true"],
-    "patch_scorer": [f"{P}masking_net=patch_scorer"],
-    "patch_scorer, normalized weights": [f"{P}masking_net=patch_scorer", f"{P}patch_weighting=normalized"],
+        f"{P}masking.net=mlp", f"{P}masking.input_norm=batch", f"{P}masking.patch_weighting=normalized", f"{P}levels.lr_mask=1e-5"],
+    "mlp, normalized weights": [f"{P}masking.net=mlp", f"{P}masking.patch_weighting=normalized"],
+    "mlp, normalized weights, lr_mask 1e-5": [f"{P}masking.net=mlp", f"{P}masking.patch_weighting=normalized",
+                                             f"{P}levels.lr_mask=1e-5"],
+    "mlp, official input (gradient into the encoder)": [f"{P}masking.net=mlp", f"{P}masking.input_grad=true"],
+    "patch_scorer": [f"{P}masking.net=patch_scorer"],
+    "patch_scorer, normalized weights": [f"{P}masking.net=patch_scorer", f"{P}masking.patch_weighting=normalized"],
     "patch_scorer, batch-standardised input, normalized weights": [
-        f"{P}masking_net=patch_scorer", f"{P}masking_input_norm=batch", f"{P}patch_weighting=normalized"],
+        f"{P}masking.net=patch_scorer", f"{P}masking.input_norm=batch", f"{P}masking.patch_weighting=normalized"],
 }
 STATS = ("diversity", "mean_prob", "saturated", "level1_scale", "entropy")
 

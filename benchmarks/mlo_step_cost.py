@@ -54,8 +54,8 @@ def build_mae(args) -> MaskedAutoencoder:
 
 
 def build(args, schedule: str) -> MLOMAE:
-    module = MLOMAE(build_mae(args), num_classes=7, task="multi-class", masking_net=args.masking_net,
-                    cadence=tuple(args.cadence), hypergradient=schedule).to(args.device)
+    module = MLOMAE(build_mae(args), num_classes=7, task="multi-class", masking={"net": args.masking_net},
+                    levels={"cadence": tuple(args.cadence)}, hypergradient={"schedule": schedule}).to(args.device)
     module.manual_backward = lambda loss: loss.backward()
     return module
 
@@ -65,9 +65,9 @@ def mlo_cycle(module: MLOMAE, x: list, y: list, cadence, schedule: str, autocast
     """One MLO-MAE cycle (level I n1 times, II n2 times, III n3 times) on fixed batches, with
     the module's three AdamW optimisers (``optimizer`` builds each from parameter groups)."""
     n1, n2, n3 = cadence
-    hp = module.hparams
+    hp, levels = module.hparams, module.levels
     opts = [optimizer(param_groups(m, lr, hp.weight_decay), lr=lr, betas=(0.9, 0.95))
-            for m, lr in ((module.mae, hp.lr), (module.head, hp.lr_head), (module.masknet, hp.lr_mask))]
+            for m, lr in ((module.mae, hp.lr), (module.head, levels.lr_head), (module.masknet, levels.lr_mask))]
 
     def cycle():
         with autocast():

@@ -5,7 +5,7 @@ Protocol (CPU-sized; the small ViT of ``encoder=vit_small``: depth 6, width 192,
 at 28 px):
 - Pretraining, identical epochs for every pretrained arm, on the official training split:
   ``mae``: ``experiment=mae_small``'s pretrain stage (random masks, labels unused);
-  ``mlo_mae``: ``experiment=mlo_mae_small`` with ``masking_net=mlp`` and everything else
+  ``mlo_mae``: ``experiment=mlo_mae_small`` with ``masking.net=mlp`` and everything else
   as in the "MLO-MAE on DermaMNIST" report (2025) (probability weighting, official
   hypergradient, lr_mask 1e-3);
   ``mlo_mae_variant``: ``mlo_mae_small`` with the recommended variant in ``VARIANT`` (see
@@ -38,9 +38,9 @@ P = "stages.pretrain.model."
 ARMS = {
     "scratch": None,
     "mae": ("mae_small", []),
-    "mlo_mae": ("mlo_mae_small", [f"{P}masking_net=mlp"]),
-    "mlo_mae_variant": ("mlo_mae_small", [f"{P}masking_net=patch_scorer", f"{P}masking_input_norm=batch",
-                                          f"{P}patch_weighting=normalized"]),
+    "mlo_mae": ("mlo_mae_small", [f"{P}masking.net=mlp"]),
+    "mlo_mae_variant": ("mlo_mae_small", [f"{P}masking.net=patch_scorer", f"{P}masking.input_norm=batch",
+                                          f"{P}masking.patch_weighting=normalized"]),
 }
 VARIANT = "patch_scorer, batch-standardised input, normalized weights (as experiment=mlo_mae_derma_diverse)"
 

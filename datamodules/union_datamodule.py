@@ -32,8 +32,11 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
     Args:
         flags: MedMNIST flags to pool, e.g. ``[pathmnist, bloodmnist]``.
         in_chans: 1 or 3.
+        root, download: where the members' ``.npz`` files are (None: ``$MEDMNIST_ROOT`` or
+            ``~/.medmnist``) and whether a missing one is downloaded, as ``data.root`` /
+            ``data.download`` of a single dataset.
         member: extra ``MedMNISTDataModule`` kwargs shared by all members
-            (``root``, ``download``, ``normalization``, ``label_fraction``...).
+            (``normalization``, ``label_fraction``...).
         num_classes, task: fixed to 0 / None (no labels); present for config interpolation.
     """
 
@@ -47,6 +50,8 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         split_seed: int = 0,
+        root: str | None = None,
+        download: bool = True,
         member: dict | None = None,
         num_classes: int = 0,
         task: str | None = None,
@@ -61,7 +66,7 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
         self.members = [
             MedMNISTDataModule(flag=f, size=size, img_size=img_size, as_rgb=in_chans == 3, batch_size=batch_size,
                                eval_batch_size=eval_batch_size, num_workers=num_workers, split_seed=split_seed,
-                               **(member or {}))
+                               root=root, download=download, **(member or {}))
             for f in flags
         ]
         rgb_members = [m.flag for m in self.members if int(m.info["n_channels"]) == 3]

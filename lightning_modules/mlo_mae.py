@@ -24,8 +24,6 @@ from torch import Tensor
 from torchmetrics import MaxMetric
 
 from lightning_modules.components.hypergradient import (
-    SCALINGS,
-    SCHEDULES,
     LevelBatches,
     forward_is_exact,
     mlo_hypergradient,
@@ -33,7 +31,6 @@ from lightning_modules.components.hypergradient import (
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.mask_diagnostics import masking_diagnostics
 from lightning_modules.components.masking import (
-    PATCH_WEIGHTINGS,
     build_masking_net,
     mask_statistics,
     mask_warnings,
@@ -58,8 +55,13 @@ from lightning_modules.metrics import (
     fill_missing_metric_states,
     log_epoch_metrics,
 )
+from lightning_modules.mlo_options import (
+    HypergradientOptions,
+    LevelOptions,
+    MaskingOptions,
+    options,
+)
 
-MASK_MODES = ("learned", "random")
 log = logging.getLogger(__name__)
 
 
@@ -102,45 +104,30 @@ def check_precision(precision) -> None:
                          f"loss scaling would divide them); allowed: {list(PRECISIONS)}")
 
 
-def check_cadence(cadence) -> tuple[int, int, int]:
-    c = list(cadence)
-    if len(c) != 3 or any(int(v) != v or v < 1 for v in c):
-        raise ValueError(f"model.cadence={c} is invalid; allowed: three integers >= 1 (level I : II : III)")
-    return int(c[0]), int(c[1]), int(c[2])
-
-
 class MLOMAE(L.LightningModule):
     """MLO-MAE pretraining with three optimisers.
 
     Args:
         mae: the ``MaskedAutoencoder`` (its ``mask_ratio`` must lie in (0, 1)).
         num_classes, task: label space of the level-II/III head (single-label tasks).
-        masking_net: ``mlp`` (MLO-MAE's) or ``patch_scorer`` (light); ``masking_hidden``;
-            ``masking_temperature`` divides the logits; ``masking_input_norm`` (``none``,
-            ``token``, ``batch``) normalises the masking net's input (see ``masking.py``);
-            ``masking_input_grad``: MLO-MAE's official code's input, the encoder's patch embedding
-            with its gradient (level I and the hypergradient see the path through the
-            probabilities into the encoder); default: detached.
-        patch_weighting: ``probability`` (MLO-MAE's: w = p) or ``normalized`` (p divided by
-            its mean over each image's masked patches; see ``masking.patch_weights``).
-        mask_mode: ``learned``, or ``random`` (plain MAE inside the same module; no level III).
-        cadence: level I : II : III steps per cycle, e.g. (2, 1, 1); any integers >= 1.
-        lr, lr_head, lr_mask, weight_decay: the rates of level I, II and III.
+        masking: the masking network and the use of its probabilities (``MaskingOptions``:
+            net, hidden, temperature, input_norm, input_grad, patch_weighting, mode).
+        levels: the cycle and the levels above the autoencoder (``LevelOptions``: cadence,
+            lr_head, lr_mask, pooling, head_dropout).
+        hypergradient: level III's finite-difference hypergradient (``HypergradientOptions``:
+            schedule, scaling, alpha, reduce).
+        lr, weight_decay: level I's rate (levels II / III: ``levels.lr_head`` / ``levels.lr_mask``)
+            and every level's weight decay.
         optimizer: partial taking ``params``, one optimiser per level (default: AdamW with betas
             (0.9, 0.95)); scheduler: partial taking ``optimizer``, one per level, stepped once per
             epoch (the config: cosine); None = constant rates.
-        pooling, head_dropout: the head's input and dropout.
-        alpha: finite-difference scale (eps = alpha / ||v||).
-        hypergradient: ``ours`` or ``original`` schedule of passes.
-        hypergradient_scaling: ``official`` (unit weights, MLO-MAE's official code) or ``unrolled``
-            (paths scaled by the level-I lr xi and xi * the level-II lr eta).
         grad_clip: max gradient norm of the level-I optimiser (None = off).
-        reduce_hypergradients: all-reduce every ``autograd.grad`` result under DDP (only a
-            test switches it off, to show that ranks then drift apart).
         compile: ``torch.compile`` the encoder, decoder, head and masking net (true or a dict
             of its options); the finite-difference passes still run eagerly in exact fp32.
         mask_diagnostics: log ``mask_diagnostics`` (``val/mask_*``) on the first validation
             batch of every epoch (a few MAE passes on up to 128 images).
+
+    The three groups take a mapping (the config) or an instance; each is checked when built.
     """
 
     check_precision = staticmethod(check_precision)  # train.py calls it before building the Trainer
@@ -150,27 +137,14 @@ class MLOMAE(L.LightningModule):
         mae: MaskedAutoencoder,
         num_classes: int,
         task: str,
-        masking_net: str = "mlp",
-        masking_hidden: int | None = None,
-        masking_temperature: float = 1.0,
-        masking_input_norm: str = "none",
-        masking_input_grad: bool = False,
-        patch_weighting: str = "probability",
-        mask_mode: str = "learned",
-        cadence: tuple[int, int, int] = (2, 1, 1),
+        masking: MaskingOptions | dict | None = None,
+        levels: LevelOptions | dict | None = None,
+        hypergradient: HypergradientOptions | dict | None = None,
         lr: float = 1e-3,
-        lr_head: float = 1e-3,
-        lr_mask: float = 1e-3,
         weight_decay: float = 1e-3,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        pooling: str = "cls",
-        head_dropout: float = 0.1,
-        alpha: float = 0.01,
-        hypergradient: str = "ours",
-        hypergradient_scaling: str = "official",
         grad_clip: float | None = None,
-        reduce_hypergradients: bool = True,
         compile: bool | dict = False,
         mask_diagnostics: bool = True,
     ) -> None:
@@ -178,16 +152,11 @@ class MLOMAE(L.LightningModule):
         self.compile_options = compile_options(compile)
         if not 0 < mae.mask_ratio < 1:
             raise ValueError(f"mask_ratio={mae.mask_ratio} is invalid; MLO-MAE needs (0, 1)")
-        for name, value, allowed in (("mask_mode", mask_mode, MASK_MODES), ("hypergradient", hypergradient, SCHEDULES),
-                                     ("hypergradient_scaling", hypergradient_scaling, SCALINGS),
-                                     ("patch_weighting", patch_weighting, PATCH_WEIGHTINGS)):
-            if value not in allowed:
-                raise ValueError(f"model.{name}={value!r} is invalid; allowed: {list(allowed)}")
+        self.masking = options(MaskingOptions, "masking", masking)
+        self.levels = options(LevelOptions, "levels", levels)
+        self.hypergradient = options(HypergradientOptions, "hypergradient", hypergradient)
         if task == MULTI_LABEL:
             raise ValueError("MLO-MAE supports single-label tasks (its level-II/III loss is cross-entropy)")
-        if alpha <= 0:
-            raise ValueError(f"model.alpha={alpha} is invalid; allowed: > 0")
-        self.cadence = check_cadence(cadence)
         self.optimizer_factory = optimizer or adamw_for_mae()
         check_optimizer(self.optimizer_factory)
         self.scheduler_factory = scheduler
@@ -195,9 +164,9 @@ class MLOMAE(L.LightningModule):
         self.automatic_optimization = False
         self.mae, self.task = mae, task
         enc = mae.encoder
-        self.head = ClassificationHead(enc.embed_dim, num_classes, head_dropout)
-        self.masknet = build_masking_net(masking_net, enc.num_patches, enc.embed_dim, masking_hidden,
-                                         masking_temperature, masking_input_norm)
+        self.head = ClassificationHead(enc.embed_dim, num_classes, self.levels.head_dropout)
+        m = self.masking
+        self.masknet = build_masking_net(m.net, enc.num_patches, enc.embed_dim, m.hidden, m.temperature, m.input_norm)
         self.val_metrics = classification_metrics(num_classes, task, "val/")
         self.val_auc_best = MaxMetric()
         self.val_auc_best.persistent(True)  # kept across a resume
@@ -213,7 +182,7 @@ class MLOMAE(L.LightningModule):
         """
         with torch.autocast(images.device.type, enabled=False):
             tokens = self.mae.encoder.embed(images.float()).detach()
-            if self.hparams.mask_mode == "random":
+            if self.masking.mode == "random":
                 n = self.mae.encoder.num_patches
                 return random_masking(len(images), n, self.mae.mask_ratio, images.device), None, tokens
             with torch.no_grad():
@@ -222,12 +191,12 @@ class MLOMAE(L.LightningModule):
 
     def weights(self, probs: Tensor | None, mask: Tensor) -> Tensor | None:
         """Patch weights of the level-I loss (None for random masks: plain MAE)."""
-        return None if probs is None else patch_weights(probs, mask, self.hparams.patch_weighting)
+        return None if probs is None else patch_weights(probs, mask, self.masking.patch_weighting)
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
         """Reconstruction panels (see ``MAEPretrain.reconstruct``) with this module's masks."""
-        if self.hparams.mask_mode == "random":
+        if self.masking.mode == "random":
             masking = fixed_masking(self.mae, len(images), seed, images.device)
         else:
             masking = self.masks(images)[0]
@@ -258,16 +227,16 @@ class MLOMAE(L.LightningModule):
         the learned masks, on the same images (> 0: the learned masks help the level-III objective).
         """
         x, y = x[: self.DIAGNOSTIC_IMAGES].clone(), y[: self.DIAGNOSTIC_IMAGES].clone()
-        return masking_diagnostics(self.mae, self.mask_draw, x, y, head=self.head, pooling=self.hparams.pooling,
+        return masking_diagnostics(self.mae, self.mask_draw, x, y, head=self.head, pooling=self.levels.pooling,
                                    step=step, weights_fn=self.weights, random_masks=self.RANDOM_MASKS)
 
     # ----- one cycle ---------------------------------------------------------------------
     def _reduce(self, tensors: list[Tensor]) -> list[Tensor]:
-        return allreduce_mean(tensors) if self.hparams.reduce_hypergradients else tensors
+        return allreduce_mean(tensors) if self.hypergradient.reduce else tensors
 
     def level1(self, x: Tensor, opt) -> tuple[Tensor, tuple]:
         """One encoder + decoder step; returns the loss and (x, tokens, masking, probs, weights)."""
-        if self.hparams.masking_input_grad and self.hparams.mask_mode == "learned":
+        if self.masking.input_grad and self.masking.mode == "learned":
             # the official input: the weights carry gradient into the encoder's patch embedding
             # (not into phi, whose parameters are read detached); one masking-net forward
             frozen = {n: p.detach() for n, p in self.masknet.named_parameters()}
@@ -294,9 +263,9 @@ class MLOMAE(L.LightningModule):
         exact fp32 (see ``forward_is_exact``), the pooled features with their graph, for the
         ``ours`` head edge; otherwise None (the head edge then re-runs the encoder in fp32)."""
         keep = keep_graph and forward_is_exact(self.mae.encoder, x.device.type)
-        feats = pool(self.mae.encoder(x), self.hparams.pooling)
+        feats = pool(self.mae.encoder(x), self.levels.pooling)
         loss = F.cross_entropy(self.head(feats).float(), y)
-        raise_if_not_finite(loss, "the level-II loss", "lower model.lr_head")
+        raise_if_not_finite(loss, "the level-II loss", "lower model.levels.lr_head")
         params = list(self.head.parameters())
         grads = self._reduce(list(torch.autograd.grad(loss, params, retain_graph=keep)))
         opt.zero_grad(set_to_none=True)
@@ -308,15 +277,16 @@ class MLOMAE(L.LightningModule):
     def level3(self, level1_data: tuple, x3: Tensor, y3: Tensor, x2: Tensor, y2: Tensor, feats2, opt, opts) -> dict:
         """One masking-net step by the hypergradient; returns its ``info`` (loss, path norms)."""
         x1, tokens1, masking1, _, _ = level1_data
-        hp = self.hparams
+        hyper, masking = self.hypergradient, self.masking
         info: dict = {}
         grads = mlo_hypergradient(
             self.mae, self.head, self.masknet, LevelBatches(x1, tokens1, masking1, x2, y2, x3, y3),
-            scaling=hp.hypergradient_scaling, xi=opts[0].param_groups[0]["lr"], eta=opts[1].param_groups[0]["lr"],
-            alpha=hp.alpha, pooling=hp.pooling, schedule=hp.hypergradient, weighting=hp.patch_weighting,
-            input_grad=hp.masking_input_grad, reduce=self._reduce, feats2=feats2, info=info,
+            scaling=hyper.scaling, xi=opts[0].param_groups[0]["lr"], eta=opts[1].param_groups[0]["lr"],
+            alpha=hyper.alpha, pooling=self.levels.pooling, schedule=hyper.schedule, weighting=masking.patch_weighting,
+            input_grad=masking.input_grad, reduce=self._reduce, feats2=feats2, info=info,
         )
-        raise_if_not_finite(info["level3_loss"], "the level-III loss", "lower model.lr_mask or model.lr_head")
+        raise_if_not_finite(info["level3_loss"], "the level-III loss",
+                            "lower model.levels.lr_mask or model.levels.lr_head")
         opt.zero_grad(set_to_none=True)
         for p, g in zip((p for p in self.masknet.parameters() if p.requires_grad), grads):
             p.grad = g
@@ -325,13 +295,13 @@ class MLOMAE(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opts = self.optimizers()
-        n1, n2, n3 = self.cadence
-        learned = self.hparams.mask_mode == "learned"
+        n1, n2, n3 = self.levels.cadence
+        learned = self.masking.mode == "learned"
         for x in batch["level1"][0].chunk(n1):
             loss1, level1_data = self.level1(x, opts[0])
         x2s, y2s = batch["level2"][0].chunk(n2), batch["level2"][1].chunk(n2)
         for i, (x2, y2) in enumerate(zip(x2s, y2s)):
-            keep = learned and i == n2 - 1 and self.hparams.hypergradient == "ours"
+            keep = learned and i == n2 - 1 and self.hypergradient.schedule == "ours"
             loss2, feats2 = self.level2(x2, y2, opts[1], keep_graph=keep)
         log = {"on_step": False, "on_epoch": True}
         if learned:
@@ -365,7 +335,7 @@ class MLOMAE(L.LightningModule):
         masking, probs, _ = self.masks(x)
         out = self.mae(x, masking, patch_weights=self.weights(probs, masking[1]))
         self.log("val/loss", out.loss, sync_dist=True, batch_size=len(x))
-        logits = self.head(pool(self.mae.encoder(x), self.hparams.pooling))
+        logits = self.head(pool(self.mae.encoder(x), self.levels.pooling))
         self.val_metrics.update(logits.float().softmax(-1), y)
         if batch_idx == 0 and probs is not None:  # the first validation batch: the same images every epoch
             mask = masking[1]
@@ -390,9 +360,9 @@ class MLOMAE(L.LightningModule):
                 log.warning("MLO-MAE epoch %d: %s", self.current_epoch, warning)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opts = [make_optimizer(self.optimizer_factory, param_groups(net, lr, hp.weight_decay))
-                for net, lr in ((self.mae, hp.lr), (self.head, hp.lr_head), (self.masknet, hp.lr_mask))]
+        rates = ((self.mae, self.hparams.lr), (self.head, self.levels.lr_head), (self.masknet, self.levels.lr_mask))
+        opts = [make_optimizer(self.optimizer_factory, param_groups(net, lr, self.hparams.weight_decay))
+                for net, lr in rates]
         if self.scheduler_factory is None:
             return opts
         return opts, [self.scheduler_factory(optimizer=o) for o in opts]

@@ -107,13 +107,22 @@ def compose_stage(cfg: DictConfig, name: str, output_dir: str | Path) -> DictCon
 
 def _warn_overridden(name: str, keys: dict, common: list[str], scfg: DictConfig) -> None:
     """Say when a command-line value replaces one the stage sets itself (``data.label_fraction=0.01``
-    also reaches a pretraining stage that sets 1.0)."""
-    stage_keys = OmegaConf.create(keys)
+    also reaches a pretraining stage that sets 1.0). Values are compared as written (unresolved)."""
+    final = OmegaConf.to_container(scfg)
     for override in OverridesParser.create().parse_overrides(common):
         if override.is_delete() or override.key_or_group.startswith("hydra") or "/" in override.key_or_group:
             continue
         key = override.key_or_group
-        own = OmegaConf.select(stage_keys, key, default=None, throw_on_missing=False)
-        if own is not None and not OmegaConf.is_config(own) and own != OmegaConf.select(scfg, key):
+        own, now = _lookup(keys, key), _lookup(final, key)
+        if own is not None and not isinstance(own, (dict, list)) and own != now:
             log.warning("stage %r sets %s=%s; the command line's %s=%s replaces it (to set one stage only: "
-                        "stages.%s.%s=...)", name, key, own, key, OmegaConf.select(scfg, key), name, key)
+                        "stages.%s.%s=...)", name, key, own, key, now, name, key)
+
+
+def _lookup(node, dotted: str):
+    """``node[a][b]`` for ``a.b`` in a plain container, or None."""
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node

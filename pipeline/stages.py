@@ -22,14 +22,20 @@ log = logging.getLogger("train")
 KINDS = ("train", "synthesize", "export")
 
 
+def init_stage(name: str, init: DictConfig) -> str | None:
+    """The stage ``stages.<name>.init_from`` starts from (None: a checkpoint file, or no stage)."""
+    ckpt, source = str(init.get("ckpt", "best")), init.get("stage")
+    if ckpt not in ("best", "last") and source is not None:
+        raise ValueError(f"stages.{name}.init_from names both stage {source!r} and the file {ckpt!r}; "
+                         "set stage=null to start from the file")
+    return source
+
+
 def init_checkpoint(name: str, init: DictConfig, done: dict[str, dict]) -> str:
     """The checkpoint ``stages.<name>.init_from`` names: ``{stage: S, ckpt: best|last}`` (a stage
     that ran before) or ``{ckpt: <file>}`` (any checkpoint, e.g. one copied or downloaded alone)."""
-    ckpt, source = str(init.get("ckpt", "best")), init.get("stage")
+    ckpt, source = str(init.get("ckpt", "best")), init_stage(name, init)
     if ckpt not in ("best", "last"):
-        if source is not None:
-            raise ValueError(f"stages.{name}.init_from names both stage {source!r} and the file {ckpt!r}; "
-                             "set stage=null to start from the file")
         if not Path(ckpt).is_file():
             raise FileNotFoundError(f"stages.{name}.init_from.ckpt={ckpt}: no such checkpoint file")
         return ckpt
@@ -73,9 +79,9 @@ def stage_order(cfg: DictConfig) -> list[str]:
 
 
 def _reads_from(name: str, stage: DictConfig) -> set[str]:
-    init = stage.get("init_from") or {}
     sources = {str(ref).partition(".")[0] for ref in (stage.get("links") or {}).values()}
-    return sources | ({init.stage} if init.get("stage") is not None else set())
+    source = init_stage(name, stage.init_from) if stage.get("init_from") else None
+    return sources | ({source} if source is not None else set())
 
 
 def training_stages(cfg: DictConfig) -> list[str]:

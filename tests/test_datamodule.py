@@ -128,7 +128,7 @@ def test_union_pools_sets_drops_labels_and_harmonises_channels(data_root):
     from datamodules.union_datamodule import MedMNISTUnionDataModule
 
     dm = MedMNISTUnionDataModule(["dermamnist", "pneumoniamnist"], in_chans=3,
-                                 member={"root": str(data_root), "download": False})
+                                 root=str(data_root), download=False)
     dm.setup("fit")
     assert len(dm.train_set) == 210 + 120 and len(dm.val_set) == 70 + 40
     x, y = dm.train_set[len(dm.train_set) - 1]  # a pneumonia (grayscale) image

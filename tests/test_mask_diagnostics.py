@@ -142,7 +142,7 @@ def test_level3_after_step_equals_a_copied_model_stepped_by_sgd_and_restores_wei
 
 
 def test_module_diagnostics_have_their_random_baselines_beside_them():
-    module = tiny_module(masking_input_norm="batch")
+    module = tiny_module(masking={"input_norm": "batch"})
     x = _images(32)
     y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(1))
     out = module.mask_diagnostics(x, y)

@@ -11,21 +11,20 @@ import torch.multiprocessing as mp
 
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.vit import ViTEncoder
-from lightning_modules.mlo_mae import MLOMAE, check_cadence
+from lightning_modules.mlo_mae import MLOMAE
 from pipeline.cli import train
 from tests.conftest import compose_cfg, tiny_overrides
 from tests.test_train import TINY_VIT
 
 
-def tiny_module(seed=0, **kw) -> MLOMAE:
+def tiny_module(seed=0, masking=None, levels=None, hypergradient=None, lr=0.5) -> MLOMAE:
+    """A tiny MLO-MAE; ``masking`` / ``levels`` / ``hypergradient`` entries replace the defaults here."""
     torch.manual_seed(seed)
     enc = ViTEncoder(img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=2, num_heads=2)
     mae = MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2)
-    kw.setdefault("head_dropout", 0.0)
-    kw.setdefault("cadence", (1, 1, 1))
-    for name, lr in (("lr", 0.5), ("lr_head", 0.5), ("lr_mask", 5.0)):
-        kw.setdefault(name, lr)
-    module = MLOMAE(mae, num_classes=3, task="multi-class", masking_net="mlp", masking_hidden=8, **kw)
+    module = MLOMAE(mae, num_classes=3, task="multi-class", masking={"net": "mlp", "hidden": 8, **(masking or {})},
+                    levels={"cadence": (1, 1, 1), "lr_head": 0.5, "lr_mask": 5.0, "head_dropout": 0.0, **(levels or {})},
+                    hypergradient=hypergradient, lr=lr)
     module.manual_backward = lambda loss: loss.backward()  # no Trainer in these unit tests
     return module
 
@@ -48,11 +47,10 @@ def changed(before, module):
 def _optimizers(module):
     # Plain SGD: its update is linear in the gradient, so schedules and precisions can be
     # compared through the updates (see ``SGDMLOMAE``).
-    hp = module.hparams
     return [
-        torch.optim.SGD(module.mae.parameters(), lr=hp.lr),
-        torch.optim.SGD(module.head.parameters(), lr=hp.lr_head),
-        torch.optim.SGD(module.masknet.parameters(), lr=hp.lr_mask),
+        torch.optim.SGD(module.mae.parameters(), lr=module.hparams.lr),
+        torch.optim.SGD(module.head.parameters(), lr=module.levels.lr_head),
+        torch.optim.SGD(module.masknet.parameters(), lr=module.levels.lr_mask),
     ], None
 
 
@@ -89,7 +87,7 @@ def test_level3_step_moves_the_masking_network_against_the_exact_hypergradient()
     module.mae.train(), module.head.train()
     before = [p.detach().clone() for p in module.masknet.parameters()]
     module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
-    step = [(b - p.detach()) / module.hparams.lr_mask for b, p in zip(before, module.masknet.parameters())]
+    step = [(b - p.detach()) / module.levels.lr_mask for b, p in zip(before, module.masknet.parameters())]
     flat = torch.cat([s.flatten() for s in step])
     ref = torch.cat([e.flatten() for e in exact])
     assert ref.norm() > 0
@@ -109,7 +107,7 @@ def test_training_step_hands_the_hypergradient_the_last_level1_chunk_and_updated
         return real(mae, head, masknet, batches, **kw)
 
     monkeypatch.setattr(mlo, "mlo_hypergradient", spy)
-    module = tiny_module(cadence=(2, 1, 1))
+    module = tiny_module(levels={"cadence": (2, 1, 1)})
     before = snapshot(module)
     batch = mlo_batch((2, 1, 1))
     after = _step(module, batch)
@@ -140,9 +138,8 @@ class SGDMLOMAE(MLOMAE):
     exactly-zero gradients such as the attention key bias's up to lr)."""
 
     def configure_optimizers(self):
-        hp = self.hparams
         return [torch.optim.SGD(m.parameters(), lr=lr) for m, lr in
-                ((self.mae, hp.lr), (self.head, hp.lr_head), (self.masknet, hp.lr_mask))]
+                ((self.mae, self.hparams.lr), (self.head, self.levels.lr_head), (self.masknet, self.levels.lr_mask))]
 
     def on_train_epoch_end(self) -> None:  # no schedulers
         pass
@@ -155,8 +152,9 @@ def mlo_setup(data_root, batch_size, reduce=True, on_device=False):
     torch.manual_seed(0)
     enc = ViTEncoder(img_size=28, patch_size=7, in_chans=3, embed_dim=16, depth=1, num_heads=2)
     module = SGDMLOMAE(MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2),
-                       num_classes=7, task="multi-class", masking_net="mlp", masking_hidden=8, head_dropout=0.0,
-                       cadence=(2, 1, 1), lr=0.1, lr_head=0.1, lr_mask=10.0, reduce_hypergradients=reduce)
+                       num_classes=7, task="multi-class", masking={"net": "mlp", "hidden": 8},
+                       levels={"head_dropout": 0.0, "cadence": (2, 1, 1), "lr_head": 0.1, "lr_mask": 10.0},
+                       hypergradient={"reduce": reduce}, lr=0.1)
     dm = MedMNISTDataModule(flag="dermamnist", root=data_root, download=False, batch_size=batch_size,
                             mlo={"level3_fraction": 0.2, "cadence": [2, 1, 1]}, on_device=on_device)
     return module, dm
@@ -244,9 +242,13 @@ def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"cadence": (2, 0, 1)}, r"model.cadence=\[2, 0, 1\] is invalid"),
-     ({"mask_mode": "sampled"}, "model.mask_mode='sampled'"),
-     ({"hypergradient": "fast"}, "model.hypergradient='fast'")],
+    [({"levels": {"cadence": (2, 0, 1)}}, r"model.levels.cadence=\[2, 0, 1\] is invalid"),
+     ({"masking": {"mode": "sampled"}}, r"model.masking.mode='sampled' is invalid; allowed: \['learned', 'random'\]"),
+     ({"masking": {"net": "patch_scorer", "input_norm": "token"}}, "model.masking.input_norm='token' is invalid"),
+     ({"masking": {"temperature": 0}}, r"model.masking.temperature=0 is invalid; allowed: > 0"),
+     ({"hypergradient": {"schedule": "fast"}}, "model.hypergradient.schedule='fast'"),
+     ({"hypergradient": {"alpha": -1}}, "model.hypergradient.alpha=-1 is invalid"),
+     ({"levels": {"lr_heads": 1}}, r"model.levels has no option \['lr_heads'\]; allowed: \['cadence', 'lr_head'")],
 )
 def test_invalid_module_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -257,7 +259,8 @@ def test_mask_ratio_must_be_strictly_inside_zero_one():
     enc = ViTEncoder(img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=1, num_heads=2)
     with pytest.raises(ValueError, match=r"mask_ratio=0.0 is invalid; MLO-MAE needs \(0, 1\)"):
         MLOMAE(MaskedAutoencoder(enc, 0.0), num_classes=3, task="multi-class")
-    assert check_cadence([2, 1, 1]) == (2, 1, 1)
+    assert MLOMAE(MaskedAutoencoder(enc, 0.5), num_classes=3, task="multi-class",
+                  levels={"cadence": [2.0, 1, 1]}).levels.cadence == (2, 1, 1)
 
 
 def _mlo_overrides(data_root, *extra):
@@ -296,7 +299,7 @@ def test_pipeline_leaves_mask_maps_reconstructions_and_metrics(data_root, tmp_pa
 
 
 def test_random_mask_mode_reproduces_mae_without_level3(data_root, tmp_path):
-    metrics = train(compose_cfg(_mlo_overrides(data_root, "stages.pretrain.model.mask_mode=random"), tmp_path))
+    metrics = train(compose_cfg(_mlo_overrides(data_root, "stages.pretrain.model.masking.mode=random"), tmp_path))
     assert "pretrain/train/level3_loss" not in metrics and "test/acc" in metrics
 
 
@@ -383,7 +386,7 @@ def _flat(state, prefix):
 @pytest.mark.parametrize("scaling", ["official", "unrolled"])
 def test_training_step_runs_any_cadence_and_schedules_agree(cadence, scaling):
     init = _flat(snapshot(tiny_module()), "masknet")
-    after = {s: _step(tiny_module(cadence=cadence, hypergradient=s, hypergradient_scaling=scaling), mlo_batch(cadence))
+    after = {s: _step(tiny_module(levels={"cadence": cadence}, hypergradient={"schedule": s, "scaling": scaling}), mlo_batch(cadence))
              for s in ("ours", "original")}
     for k in after["ours"]:
         if not k.startswith("masknet"):  # levels I and II do not depend on the schedule
@@ -401,7 +404,7 @@ def test_bf16_mixed_ours_matches_fp32_original():
     (x1, _), (x2, y2), (x3, y3) = batch["level1"], batch["level2"], batch["level3"]
     updates = {}
     for schedule, precision in (("ours", torch.bfloat16), ("original", None)):
-        module = tiny_module(hypergradient=schedule, lr_head=1e-4)
+        module = tiny_module(hypergradient={"schedule": schedule}, levels={"lr_head": 1e-4})
         opts, _ = _optimizers(module)
         _, level1_data = module.level1(x1, opts[0])
         before = _flat(snapshot(module), "masknet")
@@ -472,9 +475,9 @@ def test_masking_net_options_and_batch_standardisation():
     net = build_masking_net("mlp", 4, 3, hidden=5, temperature=2.0)
     logits = net.net(tokens)
     torch.testing.assert_close(net(tokens), (logits / 2).sigmoid())
-    with pytest.raises(ValueError, match="masking_input_norm='token' is invalid for masking_net='patch_scorer'"):
+    with pytest.raises(ValueError, match="masking.input_norm='token' is invalid for masking.net='patch_scorer'"):
         build_masking_net("patch_scorer", 4, 3, input_norm="token")
-    with pytest.raises(ValueError, match="masking_temperature=0 is invalid"):
+    with pytest.raises(ValueError, match="masking.temperature=0 is invalid"):
         build_masking_net("mlp", 4, 3, temperature=0)
 
 
@@ -482,7 +485,7 @@ def test_official_masking_input_sends_level1_gradient_into_the_patch_embedding()
     x = torch.randn(4, 1, 8, 8)
     states = []
     for input_grad in (False, True):
-        module = tiny_module(masking_input_grad=input_grad)
+        module = tiny_module(masking={"input_grad": input_grad})
         opts, _ = _optimizers(module)
         _, (_, _, _, _, weights) = module.level1(x, opts[0])
         assert not weights.requires_grad  # nothing kept alive past the step

@@ -37,13 +37,13 @@ def test_mae_and_each_mlo_level_build_the_configured_optimiser_and_schedule():
     assert {g["lr"] for g in opts[0].param_groups} == {0.1} and {g["weight_decay"] for g in opts[0].param_groups} == {0.01, 0.0}
     assert isinstance(opts[1], torch.optim.AdamW)  # the online probe keeps its own (a monitor, not the method)
     assert len(scheds) == 1 and isinstance(scheds[0], torch.optim.lr_scheduler.StepLR) and scheds[0].optimizer is opts[0]
-    mlo = MLOMAE(_mae(), num_classes=2, task="binary-class", lr=0.1, lr_head=0.2, lr_mask=0.3, optimizer=sgd,
-                 scheduler=step, masking_net="patch_scorer")
+    mlo = MLOMAE(_mae(), num_classes=2, task="binary-class", lr=0.1, levels={"lr_head": 0.2, "lr_mask": 0.3},
+                 optimizer=sgd, scheduler=step, masking={"net": "patch_scorer"})
     opts, scheds = mlo.configure_optimizers()
     assert [type(o) for o in opts] == [torch.optim.SGD] * 3
     assert [o.param_groups[0]["lr"] for o in opts] == [0.1, 0.2, 0.3]
     assert [s.optimizer for s in scheds] == opts
-    no_schedule = MLOMAE(_mae(), num_classes=2, task="binary-class", masking_net="patch_scorer")
+    no_schedule = MLOMAE(_mae(), num_classes=2, task="binary-class", masking={"net": "patch_scorer"})
     assert isinstance(no_schedule.configure_optimizers(), list)  # constant rates: the optimisers only
 
 

@@ -37,7 +37,7 @@ def steps(args) -> list[tuple[str, list[str], int]]:
                f"++stages.pretrain.trainer.max_time=00:00:{'00:20' if q else '02:00'}",
                "stages.pretrain.trainer.max_epochs=1000"]
     if q:  # the CPU smoke: the small ViT, a few batches
-        mlo_run += ["encoder=vit_small", "stages.pretrain.model.masking_net=patch_scorer",
+        mlo_run += ["encoder=vit_small", "stages.pretrain.model.masking.net=patch_scorer",
                     "++stages.pretrain.trainer.limit_train_batches=2", "++stages.pretrain.trainer.limit_val_batches=1",
                     "++stages.pretrain.data.batch_size=8", "data.eval_batch_size=16"]
     return [

@@ -81,11 +81,11 @@ def build_masking_net(
     input_norm: str = "none",
 ) -> nn.Module:
     if kind not in MASKING_NETS:
-        raise ValueError(f"model.masking_net={kind!r} is invalid; allowed: {list(MASKING_NETS)}")
+        raise ValueError(f"model.masking.net={kind!r} is invalid; allowed: {list(MASKING_NETS)}")
     if temperature <= 0:
-        raise ValueError(f"model.masking_temperature={temperature} is invalid; allowed: > 0")
+        raise ValueError(f"model.masking.temperature={temperature} is invalid; allowed: > 0")
     if input_norm not in INPUT_NORMS[kind]:
-        raise ValueError(f"model.masking_input_norm={input_norm!r} is invalid for masking_net={kind!r}; "
+        raise ValueError(f"model.masking.input_norm={input_norm!r} is invalid for masking.net={kind!r}; "
                          f"allowed: {list(INPUT_NORMS[kind])}")
     if kind == "mlp":
         return MLPMaskingNet(num_patches, embed_dim, hidden or 512, temperature, input_norm)
@@ -105,7 +105,7 @@ def patch_weights(probs: Tensor, mask: Tensor, weighting: str) -> Tensor:
     if weighting == "normalized":
         mean = (probs * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
         return probs / mean.clamp(min=1e-12)
-    raise ValueError(f"model.patch_weighting={weighting!r} is invalid; allowed: {list(PATCH_WEIGHTINGS)}")
+    raise ValueError(f"model.masking.patch_weighting={weighting!r} is invalid; allowed: {list(PATCH_WEIGHTINGS)}")
 
 
 def mask_statistics(probs: Tensor, mask: Tensor, weights: Tensor, saturation: float = 0.01) -> dict[str, Tensor]:
