@@ -66,6 +66,7 @@ def test_unknown_format_is_a_value_error(cnn_ckpt, tmp_path):
     assert _model_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_compare_reports_both_models(cnn_ckpt, vit_ckpt, tmp_path, capsys):
     """The ViT student/teacher case: our ViT exports with a dynamic batch axis too."""
     argv = [str(vit_ckpt), "--compare", str(cnn_ckpt), "--out", str(tmp_path), "--parity-images", "32",

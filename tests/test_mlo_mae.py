@@ -231,6 +231,7 @@ def _nonfinite_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
     mp.spawn(_nonfinite_worker, args=(2, 29535, tmp_path), nprocs=2, join=True)
@@ -298,6 +299,7 @@ def test_pipeline_leaves_mask_maps_reconstructions_and_metrics(data_root, tmp_pa
     assert "test/auc" in metrics
 
 
+@pytest.mark.slow
 def test_random_mask_mode_reproduces_mae_without_level3(data_root, tmp_path):
     metrics = train(compose_cfg(_mlo_overrides(data_root, "stages.pretrain.model.masking.mode=random"), tmp_path))
     assert "pretrain/train/level3_loss" not in metrics and "test/acc" in metrics

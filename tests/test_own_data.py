@@ -435,7 +435,8 @@ def test_folder_errors_name_the_problem(tmp_path):
 
 
 @pytest.mark.parametrize(("experiment", "arch"), [("resnet18_mhist", "resnet18"),
-                                                   ("vit_b16_mhist", "vit_base_patch16_224")])
+                                                   pytest.param("vit_b16_mhist", "vit_base_patch16_224",
+                                                                marks=pytest.mark.slow)])
 def test_mhist_full_size_configs_instantiate_from_local_weights(experiment, arch, mhist_like, tmp_path):
     import timm
     from hydra.utils import instantiate
@@ -451,7 +452,7 @@ def test_mhist_full_size_configs_instantiate_from_local_weights(experiment, arch
     assert instantiate(cfg.data).num_classes == cfg.model.num_classes == 2
 
 
-@pytest.mark.parametrize("experiment", ["mae_derma", "mlo_mae_derma"])
+@pytest.mark.parametrize("experiment", ["mae_derma", pytest.param("mlo_mae_derma", marks=pytest.mark.slow)])
 def test_mae_and_mlo_mae_pipelines_run_on_an_image_table(experiment, png_dataset, tmp_path):
     from tests.test_train import TINY_VIT
 

@@ -41,6 +41,7 @@ def test_sweep_resumes_from_its_sqlite_file_and_prunes(data_root, tmp_path):
     assert study.best_trial.number in (0, 1) and (sweep_dir / "best.json").is_file()
 
 
+@pytest.mark.slow
 def test_resumed_sweep_draws_new_values_and_retries_the_trial_of_a_killed_worker(data_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",

@@ -52,7 +52,9 @@ def _stage_configs(cfg, tmp_path) -> list:
     return [compose_stage(cfg, n, tmp_path / n) for n in independent]
 
 
-FAST_FDR = {"quickstart", "cnn_derma", "vit_small", "mae_small", "mlo_mae_small", "mae_hpm_small", "mae_automae_small"}
+FAST_FDR = {"quickstart", "cnn_derma", "vit_small", "mae_small", "mlo_mae_small"}
+# full-size configs whose siblings stay in the default run (mae_derma, mlo_mae_derma): `pytest -m slow`
+SLOW_BUILD = {"dermae_derma", "mlo_mae_derma_diverse", *(f"mae_{s}_derma" for s in ("block", "hpm", "attmask", "automae"))}
 
 
 @pytest.mark.parametrize("experiment", [e if e in FAST_FDR else pytest.param(e, marks=pytest.mark.slow)
@@ -71,7 +73,8 @@ def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
     np.testing.assert_allclose(preds["probs"].sum(1), 1, rtol=1e-5)
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW_BUILD else e
+                                        for e in EXPERIMENTS])
 def test_experiment_full_config_instantiates(experiment, tmp_path):
     """The real-size configs compose and build (data is not loaded)."""
     cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
@@ -81,7 +84,7 @@ def test_experiment_full_config_instantiates(experiment, tmp_path):
         assert instantiate(scfg.data).num_classes == scfg.model.num_classes
 
 
-@pytest.mark.parametrize("dataset", ["pneumoniamnist", "dermamnist"])
+@pytest.mark.parametrize("dataset", ["pneumoniamnist", pytest.param("dermamnist", marks=pytest.mark.slow)])
 def test_experiments_work_with_any_dataset(dataset, data_root, tmp_path):
     cfg = compose_cfg(["experiment=resnet18_derma", f"data={dataset}", "debug=fdr", *tiny_overrides(data_root)], tmp_path)
     metrics = train(cfg)
