@@ -127,7 +127,7 @@ def step_arms(name: str, args, dev: str, autocast) -> dict[str, tuple[Callable[[
         def make():
             torch.manual_seed(0)
             mae = MaskedAutoencoder(ViTEncoder(in_chans=3, **arch), 0.75, **dec)
-            module = MLOMAE(mae, num_classes=CLASSES, task="multi-class", hypergradient=schedule,
+            module = MLOMAE(mae, num_classes=CLASSES, task="multi-class", hypergradient={"schedule": schedule},
                             compile=args.compile).to(dev)
             module.configure_model()
             module.manual_backward = lambda loss: loss.backward()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -96,8 +97,11 @@ def options(kind: type, group: str, value: Any):
     is one error listing the known ones."""
     if isinstance(value, kind):
         return value
-    value = dict(value or {})
     known = [f.name for f in fields(kind)]
+    if value is not None and not isinstance(value, Mapping):
+        raise ValueError(f"model.{group}={value!r} is invalid: model.{group} is a group of options {known}; "
+                         f"set one of them, e.g. model.{group}.{known[0]}=...")
+    value = dict(value or {})
     if unknown := sorted(set(value) - set(known)):
         raise ValueError(f"model.{group} has no option {unknown}; allowed: {known}")
     return kind(**value)

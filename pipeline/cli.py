@@ -62,7 +62,7 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictC
 
 def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     """One training run, or a pipeline when the config declares ``stages``. ``callbacks`` join
-    the configured ones (of the last stage of a pipeline: e.g. a sweep's pruning callback)."""
+    the configured ones (of the last training stage of a pipeline: e.g. a sweep's pruning callback)."""
     from pipeline.run import run_stage
     from pipeline.stages import run_pipeline
 

@@ -37,8 +37,9 @@ PIPELINE_KEYS = ("init_from", "links", "kind")  # read by the pipeline, not part
 STAGE_SLOT = "stage"  # the defaults-list slot of conf/train.yaml that holds a stage's own keys
 
 
-def composed_with(cfg: DictConfig) -> tuple[list[str], dict]:
-    """The command-line overrides and the group choices ``cfg`` was composed with."""
+def composed_with(cfg: DictConfig) -> tuple[str, list[str], dict]:
+    """The primary config's name, the command-line overrides (with ``hydra.searchpath``, which
+    finds configs outside ``conf/``) and the group choices ``cfg`` was composed with."""
     if "hydra" in cfg:
         hydra_cfg = cfg.hydra
     elif HydraConfig.initialized():
@@ -46,7 +47,9 @@ def composed_with(cfg: DictConfig) -> tuple[list[str], dict]:
     else:
         raise ValueError("a pipeline's stages are composed by Hydra: compose its config with train.py "
                          "or pipeline.cli.compose_config, not by hand")
-    return list(hydra_cfg.overrides.task), OmegaConf.to_container(hydra_cfg.runtime.choices)
+    searchpath = [o for o in hydra_cfg.overrides.hydra if o.lstrip("+").startswith("hydra.searchpath")]
+    return (hydra_cfg.job.config_name or "train", [*searchpath, *hydra_cfg.overrides.task],
+            OmegaConf.to_container(hydra_cfg.runtime.choices))
 
 
 def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -79,22 +82,27 @@ def stage_choices(choices: dict, name: str) -> list[str]:
     return overrides
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():  # inside train.py's @hydra.main
-        return compose("train", overrides=overrides)
+        return compose(config_name, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose(config_name, overrides=overrides)
 
 
 def compose_stage(cfg: DictConfig, name: str, output_dir: str | Path) -> DictConfig:
     """The config of pipeline stage ``name`` of ``cfg`` (see the module docstring), writing to
     ``output_dir``. Raises ValueError naming the stage when an override does not fit it."""
-    overrides, choices = composed_with(cfg)
+    config_name, overrides, choices = composed_with(cfg)
     common, own = split_overrides(overrides, list(cfg.stages))
+    pinned = stage_choices(choices, name)
+    if cfg.stages[name].get("kind", "train") == "train" and not any(p.startswith("model=") for p in pinned):
+        raise ValueError(f"stages.{name} trains but chooses no model (an experiment's training stages each "
+                         f"name one: /model@stages.{name}.model: <model> in its defaults); is {name!r} a typo?")
     keys = {k: v for k, v in OmegaConf.to_container(cfg.stages[name]).items() if k not in PIPELINE_KEYS}
     ConfigStore.instance().store(group=STAGE_SLOT, name=name, node=keys, package="_global_")
+    _warn_unreached_groups(name, pinned, common)
     try:
-        scfg = _compose([*common, *stage_choices(choices, name), f"{STAGE_SLOT}={name}", *own[name]])
+        scfg = _compose(config_name, [*common, *pinned, f"{STAGE_SLOT}={name}", *own[name]])
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"stage {name!r}: {err}\nAn override for one stage only names it: "
                          f"stages.{name}.<key>=<value>") from err
@@ -103,6 +111,17 @@ def compose_stage(cfg: DictConfig, name: str, output_dir: str | Path) -> DictCon
     stage_cfg.pop("stages", None)
     stage_cfg.paths.output_dir = str(output_dir)
     return stage_cfg
+
+
+def _warn_unreached_groups(name: str, pinned: list[str], common: list[str]) -> None:
+    """Say when a command-line group choice (``callbacks=none``) does not reach a stage that
+    chooses that group itself."""
+    own = {p.partition("=")[0]: p.partition("=")[2] for p in pinned}
+    for override in OverridesParser.create().parse_overrides(common):
+        group = override.key_or_group
+        if override.package is None and group in own and not override.is_delete():
+            log.warning("stage %r chooses %s=%s itself; the command line's %s does not reach it (for that stage: "
+                        "%s@stages.%s.%s=...)", name, group, own[group], override.input_line, group, name, group)
 
 
 def _warn_overridden(name: str, keys: dict, common: list[str], scfg: DictConfig) -> None:

@@ -125,7 +125,7 @@ from ``compose_stage`` (all composed before the first stage starts).
     ``stage.json`` and is skipped when the pipeline is run again in the same directory
     (``hydra.run.dir=<run dir>``); an interrupted stage resumes from its ``last.ckpt``.
     Returns the last stage's metrics plus every stage's under ``<stage>/<key>``.
-    ``last_stage_callbacks`` join the last stage's callbacks.
+    ``last_stage_callbacks`` join the callbacks of the last stage that trains.
     """
     output_dir = Path(cfg.paths.output_dir)
     done: dict[str, dict] = {}
@@ -135,6 +135,7 @@ from ``compose_stage`` (all composed before the first stage starts).
         if (kind := cfg.stages[name].get("kind", "train")) not in KINDS:
             raise ValueError(f"stages.{name}.kind={kind!r} is invalid; allowed: {list(KINDS)}")
     configs = {name: compose_stage(cfg, name, output_dir / name) for name in names}
+    last_training = (training_stages(cfg) or [None])[-1]  # a sweep's pruning callback watches its validation metric
     for name in names:
         stage = cfg.stages[name]
         stage_dir = output_dir / name
@@ -155,7 +156,7 @@ from ``compose_stage`` (all composed before the first stage starts).
             if kind != "train" and not is_global_zero():  # one process samples / exports; DDP ranks wait
                 done[name] = wait_for_marker(marker, name)
             else:
-                done[name] = run_step(kind, scfg, last_stage_callbacks if name == names[-1] else None)
+                done[name] = run_step(kind, scfg, last_stage_callbacks if name == last_training else None)
                 if is_global_zero():
                     marker.write_text(json.dumps(done[name], indent=2, sort_keys=True))
         metrics.update({f"{name}/{k}": v for k, v in done[name].items()})

@@ -249,6 +249,8 @@ def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
      ({"masking": {"temperature": 0}}, r"model.masking.temperature=0 is invalid; allowed: > 0"),
      ({"hypergradient": {"schedule": "fast"}}, "model.hypergradient.schedule='fast'"),
      ({"hypergradient": {"alpha": -1}}, "model.hypergradient.alpha=-1 is invalid"),
+     ({"hypergradient": "original"}, r"model.hypergradient='original' is invalid: model.hypergradient is a group of "
+                                     r"options \['schedule', 'scaling', 'alpha', 'reduce'\]"),
      ({"levels": {"lr_heads": 1}}, r"model.levels has no option \['lr_heads'\]; allowed: \['cadence', 'lr_head'")],
 )
 def test_invalid_module_config(kwargs, match):

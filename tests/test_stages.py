@@ -24,6 +24,8 @@ def test_each_layer_wins_in_order_stage_experiment_debug_command_line_stage_over
     plain = _stages(["experiment=mae_derma"], tmp_path)
     assert (plain["pretrain"].data.batch_size, plain["finetune"].data.batch_size) == (128, 64)  # the stages' own
     assert plain["pretrain"].data.img_size == plain["finetune"].data.img_size == 32  # the experiment's, shared
+    dermae = _stages(["experiment=dermae_derma"], tmp_path)  # sets data.img_size 32, its first stages 28
+    assert [dermae[n].data.img_size for n in ("diffusion", "baseline", "pretrain", "finetune")] == [28, 28, 32, 32]
 
     debug = _stages(["experiment=mae_derma", "debug=fdr"], tmp_path)
     assert {s.data.batch_size for s in debug.values()} == {4}  # debug wins over the stages' keys
@@ -38,6 +40,7 @@ def test_stage_keys_group_choices_and_callbacks(tmp_path):
     stages = _stages(["experiment=mae_derma", "model=resnet18", "trainer=cpu"], tmp_path)
     pre, fine = stages["pretrain"], stages["finetune"]
     assert pre.model._target_.endswith("MAEPretrain")  # a stage's own group choice wins over model=...
+    assert not {"net", "loss", "channels_last"} & set(pre.model)  # resnet18's / the run's model keys: replaced
     assert fine.model._target_.endswith("Classifier") and fine.model.net._target_.endswith("vit_network")
     assert pre.trainer.accelerator == fine.trainer.accelerator == "cpu"  # trainer=cpu reaches every stage
     assert pre.trainer.max_epochs == 200 and fine.trainer.max_epochs == 100  # ...under each stage's own keys
@@ -51,6 +54,7 @@ def test_stage_keys_group_choices_and_callbacks(tmp_path):
 
     other = _stages(["experiment=mae_derma", "model@stages.finetune.model=resnet18"], tmp_path)
     assert other["finetune"].model.net.name == "resnet18" and other["pretrain"].model._target_.endswith("MAEPretrain")
+    assert "pooling" not in other["finetune"].model.net  # vit's network keys do not leak into resnet18's
 
 
 def test_one_stage_overrides_set_add_and_delete_for_that_stage_only(tmp_path):
@@ -67,15 +71,14 @@ def test_split_overrides_routes_by_stage_and_keeps_pipeline_keys():
     common, own = split_overrides(
         ["seed=1", "debug=fdr", "++stages.pretrain.data.batch_size=32", "+stages.pretrain.trainer.max_time=1",
          "~stages.finetune.model.optimizer.betas", "stages.finetune.init_from.ckpt=last", "stages.pretrain=null",
-         "stages.finetune.data.batch_size=8"], ["pretrain", "finetune"])
-    assert common == ["seed=1", "debug=fdr"]
+         "stages.finetune.data.batch_size=8", "model@stages.finetune.model=resnet18",
+         "stages.finetune.data.root='/a b/c=d'", "++stages.other.x=1"], ["pretrain", "finetune"])
+    assert common == ["seed=1", "debug=fdr", "model@stages.finetune.model=resnet18"]  # choices travel as choices
     assert own == {"pretrain": ["++data.batch_size=32", "++trainer.max_time=1"],
-                   "finetune": ["~model.optimizer.betas", "data.batch_size=8"]}
+                   "finetune": ["~model.optimizer.betas", "data.batch_size=8", "data.root='/a b/c=d'"]}
 
 
 def test_a_command_line_value_that_fits_no_stage_names_the_stage(tmp_path):
-    cfg = compose_cfg(["experiment=mae_derma", "++model.mask_ratio=0.5"], tmp_path)
-    assert compose_stage(cfg, "pretrain", tmp_path).model.mask_ratio == 0.5
     cfg = compose_cfg(["experiment=mae_derma", "model.loss.label_smoothing=0.1"], tmp_path)  # a classifier key
     assert compose_stage(cfg, "finetune", tmp_path).model.loss.label_smoothing == 0.1
     with pytest.raises(ValueError, match=r"stage 'pretrain'.*model.loss(.|\n)*stages\.pretrain\.<key>=<value>"):
@@ -89,6 +92,20 @@ def test_a_command_line_value_over_a_stage_value_is_announced(tmp_path, caplog):
     assert pre.data.label_fraction == 0.1
     assert "stage 'pretrain' sets data.label_fraction=1.0" in caplog.text
     assert "stages.pretrain.data.label_fraction=" in caplog.text
+    cfg = compose_cfg(["experiment=mae_small", "model=resnet18"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="train"):
+        compose_stage(cfg, "pretrain", tmp_path)
+    assert "stage 'pretrain' chooses model=mae itself; the command line's model=resnet18 does not reach it" in caplog.text
+    # A stage's callbacks list is its whole set: callbacks=none reaches the stages that have none of their own.
+    cfg = compose_cfg(["experiment=mae_small", "callbacks=none"], tmp_path)
+    pre, fine = compose_stage(cfg, "pretrain", tmp_path), compose_stage(cfg, "finetune", tmp_path)
+    assert "model_checkpoint" in pre.callbacks and "mask_maps" in pre.callbacks and not any(fine.callbacks.values())
+
+
+def test_a_stage_that_trains_without_a_model_is_refused(tmp_path):
+    cfg = compose_cfg(["experiment=mae_small", "++stages.pretrian.model.lr=0.1"], tmp_path)  # a typo
+    with pytest.raises(ValueError, match="stages.pretrian trains but chooses no model"):
+        compose_stage(cfg, "pretrian", tmp_path)
 
 
 def test_stages_run_after_the_stages_they_read_from(tmp_path):
@@ -106,7 +123,7 @@ def _ran_with_debug_settings(run_dir) -> None:
         cfg = yaml.safe_load((run_dir / stage / "config.yaml").read_text())
         assert cfg["trainer"]["fast_dev_run"] is True and cfg["trainer"]["accelerator"] == "cpu", stage
         assert cfg["data"]["batch_size"] == cfg["data"]["eval_batch_size"] == 4, stage
-        assert cfg["task_name"] == "debug" and "every_stage" not in cfg, stage
+        assert cfg["task_name"] == "debug", stage
     assert (run_dir / "finetune" / "predictions" / "test_predictions.npz").is_file()
 
 
@@ -122,3 +139,13 @@ def test_debug_reaches_every_stage_of_full_size_mae_derma(data_root, tmp_path):
     """The same at full size (ViT-B, patch 2, 32 px): about a minute on a 2-core CPU."""
     train(compose_cfg(["experiment=mae_derma", "debug=fdr", "trainer=cpu", *tiny_overrides(data_root)], tmp_path))
     _ran_with_debug_settings(tmp_path)
+
+
+def test_an_experiment_outside_conf_reaches_its_stages_through_the_searchpath(tmp_path):
+    from pipeline.cli import CONF_DIR
+
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    text = (CONF_DIR / "experiment" / "mae_small.yaml").read_text().replace("task_name: mae_small", "task_name: mine")
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(text)
+    cfg = compose_cfg([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=mine"], tmp_path)
+    assert compose_stage(cfg, "pretrain", tmp_path / "pretrain").task_name == "mine"

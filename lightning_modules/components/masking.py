@@ -162,5 +162,5 @@ def mask_warnings(stats: dict[str, float], min_diversity: float = 0.05, max_satu
     if stats.get("level1_scale", 1.0) < min_level1_scale:
         out.append(f"the patch weighting has switched level I off: mean weight over masked patches "
                    f"{stats['level1_scale']:.3g} < {min_level1_scale} (plain MAE = 1); consider "
-                   "model.patch_weighting=normalized")
+                   "model.masking.patch_weighting=normalized")
     return out
