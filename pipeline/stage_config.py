@@ -73,12 +73,15 @@ def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], 
 
 
 def stage_choices(choices: dict, name: str) -> list[str]:
-    """The stage's group choices as overrides: ``model@stages.<name>.model: mae`` -> ``model=mae``."""
+    """The stage's group choices as overrides: ``model@stages.<name>.model: mae`` -> ``model=mae``.
+    Choices nested in them (``autoencoder@stages.<name>.model.mae``) come again from the chosen
+    config's own defaults. Hydra records no choice for a list (``[default, reconstructions]``):
+    such a stage's callbacks arrive as its keys, its whole set."""
     overrides = []
     for key, value in choices.items():
         group, _, package = key.partition("@")
         if package == f"stages.{name}.{group}" and value is not None:
-            overrides.append(f"{group}=[{','.join(value)}]" if isinstance(value, list) else f"{group}={value}")
+            overrides.append(f"{group}={value}")
     return overrides
 
 
@@ -114,7 +117,7 @@ def compose_stage(cfg: DictConfig, name: str, output_dir: str | Path) -> DictCon
 
 
 def _warn_unreached_groups(name: str, pinned: list[str], common: list[str]) -> None:
-    """Say when a command-line group choice (``callbacks=none``) does not reach a stage that
+    """Say when a command-line group choice (``model=resnet18``) does not reach a stage that
     chooses that group itself."""
     own = {p.partition("=")[0]: p.partition("=")[2] for p in pinned}
     for override in OverridesParser.create().parse_overrides(common):
