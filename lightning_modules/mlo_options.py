@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from lightning_modules.components.hypergradient import SCALINGS, SCHEDULES
-from lightning_modules.components.masking import INPUT_NORMS, MASKING_NETS, PATCH_WEIGHTINGS
+from lightning_modules.components.masking import PATCH_WEIGHTINGS
 
 MASK_MODES = ("learned", "random")
 
@@ -38,13 +38,9 @@ class MaskingOptions:
     patch_weighting: str = "probability"
     mode: str = "learned"
 
-    def __post_init__(self) -> None:
-        _one_of("masking", "net", self.net, MASKING_NETS)
-        _one_of("masking", "input_norm", self.input_norm, INPUT_NORMS[self.net])
+    def __post_init__(self) -> None:  # net, hidden, temperature, input_norm: checked by build_masking_net
         _one_of("masking", "patch_weighting", self.patch_weighting, PATCH_WEIGHTINGS)
         _one_of("masking", "mode", self.mode, MASK_MODES)
-        if not self.temperature > 0:
-            raise ValueError(f"model.masking.temperature={self.temperature} is invalid; allowed: > 0")
 
 
 @dataclass(frozen=True)

@@ -103,38 +103,32 @@ def compose_stage(cfg: DictConfig, name: str, output_dir: str | Path) -> DictCon
                          f"name one: /model@stages.{name}.model: <model> in its defaults); is {name!r} a typo?")
     keys = {k: v for k, v in OmegaConf.to_container(cfg.stages[name]).items() if k not in PIPELINE_KEYS}
     ConfigStore.instance().store(group=STAGE_SLOT, name=name, node=keys, package="_global_")
-    _warn_unreached_groups(name, pinned, common)
     try:
         scfg = _compose(config_name, [*common, *pinned, f"{STAGE_SLOT}={name}", *own[name]])
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"stage {name!r}: {err}\nAn override for one stage only names it: "
                          f"stages.{name}.<key>=<value>") from err
-    _warn_overridden(name, keys, common, scfg)
-    stage_cfg = OmegaConf.create(OmegaConf.to_container(scfg))  # unlocked: links and init_from set keys later
+    final = OmegaConf.to_container(scfg)
+    _announce(name, pinned, keys, common, final)
+    stage_cfg = OmegaConf.create(final)  # unlocked: links and init_from set keys later
     stage_cfg.pop("stages", None)
     stage_cfg.paths.output_dir = str(output_dir)
     return stage_cfg
 
 
-def _warn_unreached_groups(name: str, pinned: list[str], common: list[str]) -> None:
-    """Say when a command-line group choice (``model=resnet18``) does not reach a stage that
-    chooses that group itself."""
-    own = {p.partition("=")[0]: p.partition("=")[2] for p in pinned}
+def _announce(name: str, pinned: list[str], keys: dict, common: list[str], final: dict) -> None:
+    """Log what the command line (``common``) does not do as a reader may expect: a group choice
+    (``model=resnet18``) that does not reach a stage choosing that group itself, and a value that
+    replaces one the stage sets itself (``data.label_fraction=0.01`` also reaches a pretraining
+    stage that sets 1.0; values compared as written, unresolved)."""
+    chosen = dict(p.split("=", 1) for p in pinned)
     for override in OverridesParser.create().parse_overrides(common):
-        group = override.key_or_group
-        if override.package is None and group in own and not override.is_delete():
-            log.warning("stage %r chooses %s=%s itself; the command line's %s does not reach it (for that stage: "
-                        "%s@stages.%s.%s=...)", name, group, own[group], override.input_line, group, name, group)
-
-
-def _warn_overridden(name: str, keys: dict, common: list[str], scfg: DictConfig) -> None:
-    """Say when a command-line value replaces one the stage sets itself (``data.label_fraction=0.01``
-    also reaches a pretraining stage that sets 1.0). Values are compared as written (unresolved)."""
-    final = OmegaConf.to_container(scfg)
-    for override in OverridesParser.create().parse_overrides(common):
-        if override.is_delete() or override.key_or_group.startswith("hydra") or "/" in override.key_or_group:
-            continue
         key = override.key_or_group
+        if override.is_delete() or key.startswith("hydra") or "/" in key:
+            continue
+        if override.package is None and key in chosen:
+            log.warning("stage %r chooses %s=%s itself; the command line's %s does not reach it (for that stage: "
+                        "%s@stages.%s.%s=...)", name, key, chosen[key], override.input_line, key, name, key)
         own, now = _lookup(keys, key), _lookup(final, key)
         if own is not None and not isinstance(own, (dict, list)) and own != now:
             log.warning("stage %r sets %s=%s; the command line's %s=%s replaces it (to set one stage only: "
