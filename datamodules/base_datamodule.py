@@ -118,12 +118,16 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     def _check_mlo(mlo: dict | None) -> dict | None:
         if not mlo:
             return None
+        unknown = set(mlo) - {"level3_fraction", "cadence", "label_fraction"}
+        require(not unknown, "mlo", dict(mlo), "the keys level3_fraction, cadence, label_fraction")
         fraction = mlo.get("level3_fraction", 0.2)
         cadence = list(mlo.get("cadence", [2, 1, 1]))
+        labelled = mlo.get("label_fraction", 1.0)
         require(0 < fraction < 1, "mlo.level3_fraction", fraction, "(0, 1)")
         require(len(cadence) == 3 and all(int(c) == c and c >= 1 for c in cadence),
                 "mlo.cadence", cadence, "three integers >= 1 (level I : II : III)")
-        return {"level3_fraction": fraction, "cadence": [int(c) for c in cadence]}
+        require(0 < labelled <= 1, "mlo.label_fraction", labelled, "(0, 1]")
+        return {"level3_fraction": fraction, "cadence": [int(c) for c in cadence], "label_fraction": labelled}
 
     def check_task(self) -> None:
         """Cross-checks that need the task (call at the end of a subclass ``__init__``)."""
@@ -217,6 +221,9 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             self.device_images = DeviceImages(sets, transforms)
         if self.mlo is not None:  # levels II and III: real images only (level I sees the synthetic ones too)
             real = np.flatnonzero(~synthetic) if synthetic is not None else np.arange(len(self.train_labels))
+            if self.mlo["label_fraction"] < 1:  # the labelled subset a downstream run at that fraction uses
+                real = real[label_fraction_subset(self.train_labels[real], self.mlo["label_fraction"],
+                                                  self.split_seed + 1)]
             level2, level3 = stratified_split(
                 self.train_labels[real], self.mlo["level3_fraction"], self.split_seed + 2, "data.mlo.level3_fraction"
             )

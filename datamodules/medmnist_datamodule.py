@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data_identity import synthetic_class_names
 from datamodules.base_datamodule import ClassificationDataModule, require
+from datamodules.data_source import npz_identity, synthetic_marker
 from datamodules.medmnist_files import (
     MedMNISTArrays,
     check_size,
@@ -17,7 +19,7 @@ from datamodules.medmnist_files import (
     resolve_root,
 )
 from datamodules.splits import stratified_split
-from datamodules.synthetic import write_synthetic_medmnist
+from datamodules.synthetic import generator_settings, write_synthetic_medmnist
 
 SPLIT_MODES = ("official", "stratified")
 
@@ -46,6 +48,10 @@ class MedMNISTDataModule(ClassificationDataModule):
             loader then yields ``{"level1": ..., "level2": ..., "level3": ...}`` per step, with
             level I on the whole training set and levels II / III on a stratified, seeded
             split of it; batch sizes are ``batch_size`` times the cadence (one cycle a step).
+            ``label_fraction`` (default 1) < 1: levels II / III read only that stratified
+            fraction of the training labels, the subset a run with ``data.label_fraction`` of
+            the same value and ``split_seed`` uses, while level I reads every training image
+            (MLO-MAE compared fairly at a label fraction).
         on_device: keep the uint8 images on the training device and augment whole batches
             there (``on_device.py``); the loaders then yield indices and ignore num_workers.
         synthetic_train: a synthetic set (``synthesize.py``: ``.npz`` + JSON card) whose images
@@ -54,7 +60,10 @@ class MedMNISTDataModule(ClassificationDataModule):
         synthetic_max_ratio: at most this share of each class's training images is synthetic
             (a seeded subset of the set's images of that class); None = all of them.
         synthetic: if set, write a synthetic file of these ``make_synthetic_arrays`` kwargs
-            at the expected path when it is absent (tests and offline demos).
+            at the expected path when it is absent (tests and offline demos). The data are
+            synthetic when this is set or when the file carries the generator's marker
+            (``generator``): the class names are then marked as synthetic and
+            ``source_identity`` says "not real data".
         num_classes, in_chans, task: optional cross-checks of values the configs interpolate.
     """
 
@@ -101,6 +110,8 @@ class MedMNISTDataModule(ClassificationDataModule):
         self.as_rgb = as_rgb
         self.split, self.val_fraction = split, val_fraction
         self.synthetic = dict(synthetic) if synthetic else None
+        self._generator: tuple[dict | None] | None = None  # (settings or None,) once the file exists
+        self._source: dict | None = None
         self.check_task()
         self.check_declared(flag, num_classes=num_classes, in_chans=in_chans, task=task)
 
@@ -115,7 +126,30 @@ class MedMNISTDataModule(ClassificationDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return [self.info["label"][str(i)] for i in range(self.num_classes)]
+        """MedMNIST's label names, or for synthetic data ``synthetic class i (like '<name>')``."""
+        names = [self.info["label"][str(i)] for i in range(self.num_classes)]
+        return synthetic_class_names(names) if self.generator is not None else names
+
+    @property
+    def generator(self) -> dict | None:
+        """The synthetic generator's settings when the data are synthetic (the file's marker, else
+        ``data.synthetic``, the config that writes the file); None for real data."""
+        if self._generator is not None:
+            return self._generator[0]
+        exists = self.path.is_file()
+        settings = synthetic_marker(self.path) if exists else None
+        if settings is None and self.synthetic is not None:
+            settings = generator_settings(size=self.size, **self.synthetic)
+        if exists:  # the file decides from now on
+            self._generator = (settings,)
+        return settings
+
+    def source_identity(self) -> dict:
+        """The file this datamodule reads (``core.data_identity``: flag, size, path, sha256; the
+        generator's settings and "not real data" for synthetic data). Needs the file."""
+        if self._source is None:
+            self._source = npz_identity(self.flag, self.size, self.path, self.generator)
+        return self._source
 
     def sample_source(self) -> str:
         return f"MedMNIST {self.flag}"

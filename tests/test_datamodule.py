@@ -67,6 +67,25 @@ def test_stratified_resplit_and_label_fraction_are_seeded(data_root):
     assert len(a.test_set) == 70  # test untouched
 
 
+def test_mlo_levels_two_and_three_read_only_the_label_fractions_subset(data_root):
+    """data.mlo.label_fraction: level I keeps every training image; levels II / III split exactly
+    the labelled subset that a downstream run with data.label_fraction (same split_seed) trains on."""
+    mlo = {"level3_fraction": 0.25, "cadence": [2, 1, 1]}
+    fair = _dm(data_root, flag="dermamnist", split_seed=5, mlo={**mlo, "label_fraction": 0.5})
+    downstream = _dm(data_root, flag="dermamnist", split_seed=5, label_fraction=0.5)
+    everything = _dm(data_root, flag="dermamnist", split_seed=5, mlo=mlo)
+    assert len(fair.train_set) == len(everything.train_set) == 210  # level I: every image
+    levels = np.sort(np.r_[fair.level_indices["level2"], fair.level_indices["level3"]])
+    assert len(np.intersect1d(fair.level_indices["level2"], fair.level_indices["level3"])) == 0
+    np.testing.assert_array_equal(fair.train_set.images[levels].numpy(), downstream.train_set.images.numpy())
+    assert len(levels) == len(downstream.train_set) < len(everything.level_indices["level2"]) + len(
+        everything.level_indices["level3"])
+    with pytest.raises(ValueError, match=r"data\.mlo\.label_fraction=0"):
+        _dm(data_root, flag="dermamnist", mlo={**mlo, "label_fraction": 0})
+    with pytest.raises(ValueError, match=r"data\.mlo=.*level3_fraction, cadence, label_fraction"):
+        _dm(data_root, flag="dermamnist", mlo={**mlo, "labelfraction": 0.1})
+
+
 def test_class_weights_match_sklearn_balanced_formula(data_root):
     from sklearn.utils.class_weight import compute_class_weight
 
