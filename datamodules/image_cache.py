@@ -25,12 +25,15 @@ from PIL import Image, UnidentifiedImageError
 
 from core.io import atomic_path
 from datamodules.dicom import read_dicom
+from datamodules.dicom_frames import split_frame
 from datamodules.image_records import rows_error
 from datamodules.intensity import IntensityConfig, auto_depth, declared_bits, map_intensity
 
 AUTO = IntensityConfig()  # the default mapping
 RESIZE_MODES = ("shorter_side_crop", "pad", "stretch")
-CACHE_VERSION = 4  # bump when decoding changes: 2 intensity, 3 dataset bit depth, 4 aspect-preserving resize
+# bump when decoding changes: 2 intensity, 3 dataset bit depth, 4 aspect-preserving resize,
+# 5 DICOM by the standard (VOI on modality values, LINEAR windows, VOI range to 0..255), frames
+CACHE_VERSION = 5
 STALE_PARTIAL_S = 24 * 3600.0  # an unfinished cache file this old was left by a killed process
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL modes of more than 8 bits per sample
 
@@ -38,11 +41,11 @@ log = logging.getLogger(__name__)
 
 
 def file_stats(root: Path, paths: Sequence[str], rows: Sequence[str], source: str) -> list[tuple[int, int]]:
-    """(size in bytes, mtime in ns) per file; one error naming every missing file."""
+    """(size in bytes, mtime in ns) per file (a frame item: its file's); one error naming every missing file."""
     stats, missing = [], []
     for p, row in zip(paths, rows):
         try:
-            st = (root / p).stat()
+            st = split_frame(root / p)[0].stat()
             stats.append((st.st_size, st.st_mtime_ns))
         except OSError:
             missing.append(row)
@@ -104,21 +107,26 @@ def load_image(path: Path, channels: int, intensity: IntensityConfig = AUTO,
     Values are mapped to 8 bits by ``intensity`` first (16-bit and 32-bit images read as
     grayscale), then converted to the channel count. ``auto`` takes the bit depth the file
     declares, else ``fallback_bits`` (``decode_all``: the dataset's), else the file's own
-    maximum. ``.dcm`` files go through ``dicom.read_dicom`` (modality LUT, the file's window,
-    MONOCHROME1 inverted). Raises OSError / ValueError on unreadable or truncated files.
+    maximum. ``.dcm`` files go through ``dicom.read_dicom`` (modality LUT, VOI, presentation;
+    ``<file>.dcm#frame=<k>`` reads one frame of a multi-frame file). ``intensity.windows`` give
+    one channel per window. Raises OSError / ValueError on unreadable or truncated files.
     """
     mode = "L" if channels == 1 else "RGB"
-    if path.suffix.lower() == ".dcm":
-        return Image.fromarray(read_dicom(path, intensity)).convert(mode), None
+    file, frame = split_frame(path)
+    if file.suffix.lower() == ".dcm":
+        return Image.fromarray(read_dicom(file, intensity, frame)).convert(mode), None
     with Image.open(path) as im:
         im.load()  # decodes fully: truncated files fail here
+        if intensity.windows and im.mode not in (*DEEP_MODES, "L"):
+            raise ValueError(f"data.intensity.windows window grayscale values; this image is {im.mode}: convert "
+                             "the images to grayscale or drop data.intensity.windows")
         if im.mode in DEEP_MODES:
             values = np.asarray(im)
             values = values.astype(values.dtype.newbyteorder("="))  # big-endian 16-bit as native
             pixels, bits = map_intensity(values, intensity, declared_bits(path, im) or fallback_bits)
             im = Image.fromarray(pixels)
         elif intensity.mode != "auto":
-            pixels, bits = map_intensity(np.asarray(im.convert(mode)), intensity)
+            pixels, bits = map_intensity(np.asarray(im if intensity.windows else im.convert(mode)), intensity)
             im = Image.fromarray(pixels)
         else:
             bits = 8

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from core.io import atomic_path
 from core.tasks import BINARY, MULTI_CLASS, MULTI_LABEL
 from datamodules.base_datamodule import ClassificationDataModule, require
+from datamodules.dicom_frames import DICOM_FRAMES, expand_frames, frame_counts
 from datamodules.image_cache import RESIZE_MODES, cached_images, dataset_depth, file_stats
 from datamodules.image_records import (
     ImageRecords,
@@ -56,7 +57,10 @@ class ImageDataModule(ClassificationDataModule):
     Args:
         channels: 1 (grayscale) or 3 (RGB); every image is converted.
         intensity: how pixel values become 8 bits (``IntensityConfig``: mode auto, minmax,
-            percentile, window or fixed); 12/16-bit files keep their grey levels under auto.
+            percentile, window or fixed); 12/16-bit files keep their grey levels under auto;
+            ``windows`` (window mode): one channel per window, so ``channels`` must equal their count.
+        dicom_frames: multi-frame DICOM files as ``all`` their frames (one item each, the file
+            their group), or only the ``first`` / ``middle`` frame (``dicom_frames``).
         img_size: images become img_size x img_size px when decoded (bicubic; see ``resize``).
         resize: ``shorter_side_crop`` (shorter side to img_size, centre crop: timm's eval
             transform), ``pad`` (longer side to img_size, black borders) or ``stretch``.
@@ -82,6 +86,7 @@ class ImageDataModule(ClassificationDataModule):
         fractions: dict | None = None,
         channels: int = 3,
         intensity: dict | None = None,
+        dicom_frames: str = "all",
         resize: str = "shorter_side_crop",
         img_size: int = 224,
         decode: str = "cache",
@@ -108,6 +113,8 @@ class ImageDataModule(ClassificationDataModule):
                          batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train,
                          shuffle_seed, synthetic_max_ratio)
         require(channels in (1, 3), "channels", channels, "1 or 3")
+        require(dicom_frames in DICOM_FRAMES, "dicom_frames", dicom_frames, str(list(DICOM_FRAMES)))
+        records = expand_frames(records, frame_counts(records.root, records.paths), dicom_frames)
         require(set(exclude_from) <= set(SPLITS), "exclude_from", list(exclude_from), str(list(SPLITS)))
         named = [*stratify_columns, *(exclude or {})]
         unknown = [c for c in named if c not in records.columns]
@@ -120,6 +127,10 @@ class ImageDataModule(ClassificationDataModule):
         self.fractions = check_fractions(fractions)
         self.channels = channels
         self.intensity = IntensityConfig(**(intensity or {}))
+        windows = len(self.intensity.windows or ())
+        require(not windows or windows == channels, "channels", channels,
+                f"{windows}: data.intensity.windows lists {windows} window(s), one channel each")
+        self.dicom_frames = dicom_frames
         require(resize in RESIZE_MODES, "resize", resize, str(list(RESIZE_MODES)))
         self.resize = resize
         require(decode in DECODE_MODES, "decode", decode, str(list(DECODE_MODES)))

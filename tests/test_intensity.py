@@ -74,8 +74,10 @@ def test_each_mode_against_a_hand_computation():
     v = np.array([[100, 200, 300], [400, 500, 1100]], np.uint16)
     minmax, _ = map_intensity(v, IntensityConfig(mode="minmax"))
     np.testing.assert_array_equal(minmax, [[0, 26, 51], [77, 102, 255]])  # (v - 100) * 255 / 1000
-    window, _ = map_intensity(v, IntensityConfig(mode="window", center=300, width=400))
-    np.testing.assert_array_equal(window, [[0, 64, 128], [191, 255, 255]])  # [100, 500] -> [0, 255]
+    exact, _ = map_intensity(v, IntensityConfig(mode="window", center=300, width=400, function="linear_exact"))
+    np.testing.assert_array_equal(exact, [[0, 64, 128], [191, 255, 255]])  # [100, 500] -> [0, 255]
+    window, _ = map_intensity(v, IntensityConfig(mode="window", center=300, width=400))  # linear, DICOM's default:
+    np.testing.assert_array_equal(window, [[0, 64, 128], [192, 255, 255]])  # ((v - 299.5) / 399 + 0.5) * 255
     fixed, _ = map_intensity(v, IntensityConfig(mode="fixed", min=0, max=1000))
     np.testing.assert_array_equal(fixed, [[26, 51, 77], [102, 128, 255]])
     ramp = np.arange(101, dtype=np.float32)  # percentiles of 0..100 are the values themselves
@@ -91,10 +93,45 @@ def test_float_and_signed_images_need_an_explicit_mode(tmp_path):
     Image.fromarray(values).save(tmp_path / "ct.tif")
     with pytest.raises(ValueError, match="no bit depth .* minmax, percentile, window or fixed"):
         decode_image(tmp_path / "ct.tif", 64, 1)
-    out, _ = decode_image(tmp_path / "ct.tif", 64, 1, IntensityConfig(mode="window", center=40, width=400))
+    exact = IntensityConfig(mode="window", center=40, width=400, function="linear_exact")
+    out, _ = decode_image(tmp_path / "ct.tif", 64, 1, exact)
     np.testing.assert_array_equal(out, _hand(values, -160, 240))
     with pytest.raises(ValueError, match="signed pixel values"):
         map_intensity(np.array([[-5, 10]], np.int32), IntensityConfig())
+
+
+@pytest.mark.parametrize("function", ["linear", "linear_exact", "sigmoid"])
+def test_windows_of_other_images_match_pydicoms_windowing(function, tmp_path):
+    """A window on a TIFF / PNG is the DICOM formula: our ``window_fraction`` against pydicom's
+    ``apply_windowing`` (its output range [y_min, y_max] mapped to 0..255 by the same rule).
+    The two compute in a different order: at most 1 grey level apart (rounding at .5)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.pixels import apply_windowing
+
+    values = np.linspace(-1000, 3000, 64 * 64).reshape(64, 64)
+    ds = pydicom.Dataset()
+    ds.PhotometricInterpretation, ds.BitsStored, ds.PixelRepresentation = "MONOCHROME2", 16, 1
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 40.0, 400.0, function.upper()
+    y_min, y_max = -(2**15), 2**15 - 1  # PS3.3 C.11.2.1.2: the signed 16-bit output range, by hand
+    reference = _hand(apply_windowing(values, ds), y_min, y_max)
+    ours, _ = map_intensity(values, IntensityConfig(mode="window", center=40, width=400, function=function))
+    assert np.abs(ours - reference).max() <= 1 and (ours == reference).mean() > 0.99
+    assert len(np.unique(ours)) > 200  # the window spans the grey levels
+
+
+def test_several_windows_of_a_16_bit_image_become_channels(tmp_path):
+    hu = np.linspace(-1024, 3000, 64 * 64).reshape(64, 64)
+    Image.fromarray((hu + 1024).astype(np.uint16)).save(tmp_path / "ct.png")  # HU + 1024, as CT PNG exports
+    windows = [{"center": 1064, "width": 80}, {"center": 1104, "width": 200}, {"center": 1624, "width": 2800}]
+    cfg = IntensityConfig(mode="window", windows=windows)
+    out, _ = decode_image(tmp_path / "ct.png", 64, 3, cfg)
+    assert out.shape == (64, 64, 3)
+    for c, w in enumerate(windows):
+        single = IntensityConfig(mode="window", center=w["center"], width=w["width"])
+        np.testing.assert_array_equal(out[..., c], decode_image(tmp_path / "ct.png", 64, 1, single)[0])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="data.intensity.windows window grayscale values; this image is RGB"):
+        decode_image(tmp_path / "rgb.png", 8, 3, cfg)
 
 
 def test_modes_apply_to_8_bit_rgb_images_too(tmp_path):
