@@ -11,10 +11,20 @@ import lightning as L
 from core.config import CHECKPOINT_KEY
 
 
+def source_identity(datamodule: Any) -> dict | None:
+    """The datamodule's ``source_identity()`` (``core.data_identity``: the file and its sha256,
+    the table / folder and its fingerprint, or the synthetic generator), None without one."""
+    source = getattr(datamodule, "source_identity", None)
+    return source() if callable(source) else None
+
+
 def data_identity(datamodule: Any) -> dict:
     """What a model's inputs and outputs mean: classes, task, channels, size, normalisation
-    (the attributes the datamodule has; an empty dict without one)."""
+    (the attributes the datamodule has; an empty dict without one), and under ``source`` the data
+    it was trained on (``source_identity``)."""
     identity = {}
+    if (source := source_identity(datamodule)) is not None:
+        identity["source"] = source
     for key in ("class_names", "task", "num_classes", "in_chans", "img_size", "normalization"):
         try:
             value = getattr(datamodule, key)

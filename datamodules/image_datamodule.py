@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from core.io import atomic_path
 from core.tasks import BINARY, MULTI_CLASS, MULTI_LABEL
 from datamodules.base_datamodule import ClassificationDataModule, require
+from datamodules.data_source import records_identity
 from datamodules.dicom_frames import DICOM_FRAMES, expand_frames, frame_counts
 from datamodules.image_cache import RESIZE_MODES, cached_images, dataset_depth, file_stats
 from datamodules.image_records import (
@@ -149,6 +150,8 @@ class ImageDataModule(ClassificationDataModule):
         self.split_of: np.ndarray | None = None  # (N,) final split per row, "" when excluded
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
         self._depth: tuple[int | None] | None = None
+        self.source_location = ("folder", records.root)  # (kind, path) of source_identity; tables set theirs
+        self._source: dict | None = None
 
     # ----- metadata ---------------------------------------------------------------------
     @property
@@ -165,6 +168,13 @@ class ImageDataModule(ClassificationDataModule):
 
     def sample_source(self) -> str:
         return str(self.records.root.resolve())
+
+    def source_identity(self) -> dict:
+        """The table (or folder), its row count and the fingerprint of its listing
+        (``core.data_identity``; computed once: a stat of every image file)."""
+        if self._source is None:
+            self._source = records_identity(*self.source_location, self.records)
+        return self._source
 
     def sample_ids(self, split: str) -> list[str] | None:
         """Image paths (relative to the image root) of ``split``, in table order."""
@@ -334,6 +344,7 @@ class ImageTableDataModule(ImageDataModule):
                                 group_column, extra, path_template, label_columns, multi_label, label_separator)
         super().__init__(records, stratify_columns, exclude, **kwargs,
                          declared={"num_classes": num_classes, "in_chans": in_chans, "task": task})
+        self.source_location = ("table", table)
 
 
 class ImageFolderDataModule(ImageDataModule):

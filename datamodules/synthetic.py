@@ -3,10 +3,16 @@
 Each class has its own smooth pattern (a bright blob at a class-specific position and
 a class-specific tint) plus pixel noise, so a small network can learn it but not
 trivially. Class proportions default to DermaMNIST's training distribution.
+
+A written file carries one extra entry, ``synthetic_generator``: the generator's settings as
+JSON. Whatever config later reads the file (``data=synthetic``, or ``data=dermamnist
+data.root=<its folder>``), the run then names its data as synthetic (``datamodules.data_source``).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 from pathlib import Path
 
@@ -73,10 +79,25 @@ def make_synthetic_arrays(
     return arrays
 
 
+SYNTHETIC_KEY = "synthetic_generator"  # the marker entry of a written file
+
+
+def generator_settings(**kwargs) -> dict:
+    """Every argument of ``make_synthetic_arrays`` (defaults filled in) as JSON-ready values."""
+    bound = inspect.signature(make_synthetic_arrays).bind(**kwargs)
+    bound.apply_defaults()
+    settings = dict(bound.arguments)
+    if settings["proportions"] is not None:
+        settings["proportions"] = [float(v) for v in np.asarray(settings["proportions"], dtype=float)]
+    return {"generator": "datamodules.synthetic.make_synthetic_arrays", **settings}
+
+
 def write_synthetic_medmnist(path: str | os.PathLike, **kwargs) -> Path:
-    """Write ``make_synthetic_arrays(**kwargs)`` to ``path`` atomically; returns the path."""
+    """Write ``make_synthetic_arrays(**kwargs)`` to ``path`` atomically, with the generator's
+    settings as the ``synthetic_generator`` entry (a JSON string); returns the path."""
     path = Path(path)
     arrays = make_synthetic_arrays(**kwargs)
+    marker = np.asarray(json.dumps(generator_settings(**kwargs)))  # a 0-d string: no pickle to read it
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
+        np.savez_compressed(f, **arrays, **{SYNTHETIC_KEY: marker})
     return path

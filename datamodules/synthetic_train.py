@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.file_hash import file_sha256
+
 CARD_FORMAT = "medmae-synthetic-v1"
 IDENTITY_KEYS = ("data_source", "num_classes", "image_size", "channels", "train_fingerprint")
 
@@ -30,14 +32,6 @@ def train_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
         h.update(np.ascontiguousarray(chunk).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).reshape(-1).tobytes())
     return h.hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class MissingSyntheticFile(FileNotFoundError, ValueError):

@@ -82,6 +82,12 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
         for m in self.members:
             m.prepare_data()
 
+    def source_identity(self) -> dict:
+        """The members' identities (``core.data_identity``); synthetic when any member is."""
+        members = [m.source_identity() for m in self.members]
+        return {"kind": "union", "synthetic": any(m["synthetic"] for m in members), "members": members,
+                "fingerprint": "+".join(m["fingerprint"] for m in members)}
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

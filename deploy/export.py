@@ -14,7 +14,9 @@ leaves no model file. Then batch-1 CPU latency is measured (median of ``--latenc
 timed calls after warm-up, one thread) for the exported model and PyTorch eager;
 ``--compare CKPT`` measures a second checkpoint (e.g. the teacher) the same way in a
 temporary folder. Writes ``export.json`` and ``export.md`` next to the model (default:
-``<run dir>/export/model.onnx`` or ``model.pt``).
+``<run dir>/export/model.onnx`` or ``model.pt``); both name the data the model was trained on
+(the checkpoint's data identity: file and sha256, table and fingerprint, or "synthetic, not
+real data").
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import torch
 from torch import nn
 
 from core.artifacts import resolve_checkpoint
-from core.config import CheckpointError, run_config
+from core.config import CheckpointError, run_config, stored_identity
+from core.data_identity import describe
 from core.io import atomic_path, atomic_write_text
 from deploy.preprocessing import METADATA_KEY, dumps, preprocessing_of
 from deploy.quantize import (
@@ -95,6 +98,12 @@ def load_network(ckpt: Path, n_images: int) -> tuple[nn.Module, torch.Tensor, di
     images = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)]).float()
     net = model.net.float().cpu().eval().to(memory_format=torch.contiguous_format)
     return net, images, preprocessing_of(datamodule)
+
+
+def trained_on(ckpt: Path) -> dict | None:
+    """The identity of the data ``ckpt`` was trained on (``core.data_identity``, stored in the
+    checkpoint by ``callbacks.run_config``); None for a checkpoint saved before runs named their data."""
+    return ((stored_identity(ckpt) or {}).get("data") or {}).get("source")
 
 
 def example_input(images: torch.Tensor) -> torch.Tensor:
@@ -231,6 +240,7 @@ def export_checkpoint(ckpt: Path, fmt: str, path: Path, parity_images: int, late
         "size_mb": size / 1e6, "ckpt_size_mb": Path(ckpt).stat().st_size / 1e6,
         "latency_ms": latency, "latency_ms_eager": eager,
         "parity_max_abs": diff, "parity_images": len(images), "preprocessing": record,
+        "data": trained_on(ckpt),
     }
 
 
@@ -254,6 +264,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {m['format']} | {m['params']:,} | {m['size_mb']:.3f} | {m['latency_ms']:.3f} "
                          f"| {m['latency_ms_eager']:.3f} | {m['parity_max_abs']:.2e} |")
     text = "\n".join(lines) + f"\n\nProtocol: {result['protocol']}\n"
+    text += "".join(f"\n{role.capitalize()} model trained on: {describe(result[role].get('data'))}\n"
+                    for role in ("export", "compare") if result.get(role))
     q = result.get("int8")
     if q:
         text += ("\n| int8 (ONNX Runtime static QDQ) | size MB | latency ms (median) | test acc fp32 | test acc int8 | "
@@ -319,9 +331,9 @@ def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Pa
 
 def flat_figures(result: dict) -> dict:
     """``export/<key>`` and ``compare/<key>`` for every figure of ``export_classifier``'s result
-    (the preprocessing record stays in export.json)."""
+    (the preprocessing record and the training data's identity stay in export.json)."""
     return {f"{role}/{k}": v for role in ("export", "compare") for k, v in (result.get(role) or {}).items()
-            if k != "preprocessing"}
+            if k not in ("preprocessing", "data")}
 
 
 def run_export_stage(cfg) -> dict:

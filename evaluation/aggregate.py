@@ -9,7 +9,15 @@
 Runs are grouped by their command-line overrides (``.hydra/overrides.yaml``) except the
 seed keys, so ``-m seed=0,1,2 data.label_fraction=0.1,1.0`` gives one row per fraction.
 Runs without ``metrics.json`` (or without a metric) are listed and left out; a metric that
-no run logged is an error that lists the metrics that exist.
+no run logged is an error that lists the metrics that exist. A metric a run logged as NaN
+(undefined, e.g. AUC on a test split where no class has both positives and negatives) is
+neither 0 nor silently dropped: the mean is over the runs where it is defined, and the table
+says how many of the group's runs that is (``<metric>_defined_runs`` in the CSV).
+
+Runs are pooled only when they were made on the same data (``data_identity`` in
+``metrics.json``: the same MedMNIST file, table or synthetic generator; see
+``core.data_identity``): a group that mixes data is an error naming its runs, unless
+``--allow-mixed-data``. The ``data`` column names each row's data.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from core.data_identity import check_same_data, data_key
+from core.data_identity import label as data_label
 
 SEED_KEYS = ("seed", "data.split_seed")
 DEFAULT_METRICS = ("test/acc", "test/auc", "test/bal_acc", "test/f1_macro")
@@ -57,9 +68,11 @@ def run_group(run: Path) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
-def collect(runs: list[Path], metrics: list[str]) -> tuple[dict, list[str]]:
-    """{group: {metric: [values]}} and warnings about runs that lack metrics."""
+def collect(runs: list[Path], metrics: list[str]) -> tuple[dict, list[str], dict]:
+    """{group: {metric: [values]}} (a NaN value kept: the metric is undefined in that run),
+    warnings about runs that lack metrics or have undefined ones, and {group: {run: data identity}}."""
     groups: dict = {}
+    identities: dict = {}
     warnings, seen = [], set()
     for run in runs:
         path = run / "metrics.json"
@@ -71,50 +84,99 @@ def collect(runs: list[Path], metrics: list[str]) -> tuple[dict, list[str]]:
         missing = [m for m in metrics if not isinstance(values.get(m), (int, float))]
         if missing:
             warnings.append(f"{run}: lacks {missing}; left out of those columns")
+        undefined = [m for m in metrics if m not in missing and not math.isfinite(values[m])]
+        if undefined:
+            warnings.append(f"{run}: {undefined} undefined (NaN); counted as undefined runs, not as 0")
         group = groups.setdefault(run_group(run), {m: [] for m in metrics})
+        identities.setdefault(run_group(run), {})[str(run)] = values.get("data_identity")
         for m in metrics:
-            if m not in missing and math.isfinite(values[m]):
+            if m not in missing:
                 group[m].append(float(values[m]))
     unknown = [m for m in metrics if m not in seen]
     if unknown and seen:
         raise SystemExit(f"error: no run logged {unknown}. Metrics that exist: {sorted(seen)}")
     if not groups:
         raise SystemExit("error: no run with metrics.json found; " + "; ".join(warnings or ["no run folders"]))
-    return groups, warnings
+    return groups, warnings, identities
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def check_groups_data(identities: dict, allow_mixed: bool) -> list[str]:
+    """Refuse (SystemExit naming the runs) a group whose runs were made on different data, unless
+    ``allow_mixed``; warnings for runs that recorded no data identity (not compared) and, when
+    allowed, for the mixed groups."""
+    warnings = []
+    for group_runs in identities.values():
+        unknown = [run for run, identity in group_runs.items() if data_key(identity) is None]
+        if unknown and len(unknown) < len(group_runs):
+            warnings.append(f"{', '.join(unknown)}: no data identity recorded (older run); not compared with the "
+                            "others of its group")
+        try:
+            check_same_data(group_runs)
+        except ValueError as err:
+            if not allow_mixed:
+                raise SystemExit(f"error: {err}\nAggregate them separately, or pass --allow-mixed-data to pool "
+                                 "them anyway (the data column then says MIXED)") from err
+            warnings.append(f"pooled although {err}")
+    return warnings
 
 
-def table_rows(groups: dict, metrics: list[str]) -> tuple[list[str], list[list]]:
+def group_data(group_runs: dict) -> str:
+    """The data column of a group: its data's short name, ``MIXED: a | b`` when allowed to mix."""
+    names = list(dict.fromkeys(data_label(i) for i in group_runs.values() if data_key(i) is not None))
+    return names[0] if len(names) == 1 else "MIXED: " + " | ".join(names) if names else "-"
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int, int]:
+    """(mean, std, runs where defined, runs) over the finite values; NaN mean when none is."""
+    defined = [v for v in values if math.isfinite(v)]
+    if not defined:
+        return math.nan, math.nan, 0, len(values)
+    std = statistics.stdev(defined) if len(defined) > 1 else 0.0
+    return statistics.mean(defined), std, len(defined), len(values)
+
+
+def table_rows(groups: dict, metrics: list[str], identities: dict | None = None) -> tuple[list[str], list[list]]:
+    """Header and rows (one per group): override keys, ``data`` (when any run recorded its data),
+    ``n`` and a ``mean_std`` tuple per metric."""
     keys = sorted({k for g in groups for k, _ in g})
-    header = [*keys, "n", *metrics]
+    identities = identities or {}
+    with_data = any(data_key(i) is not None for runs in identities.values() for i in runs.values())
+    header = [*keys, *(["data"] if with_data else []), "n", *metrics]
     rows = []
     for group, values in sorted(groups.items()):
         d = dict(group)
         n = max(len(v) for v in values.values())
-        rows.append([*[d.get(k, "") for k in keys], n, *[mean_std(values[m]) for m in metrics]])
+        data = [group_data(identities.get(group, {}))] if with_data else []
+        rows.append([*[d.get(k, "") for k in keys], *data, n, *[mean_std(values[m]) for m in metrics]])
     return header, rows
+
+
+def _cell(c) -> str:
+    if not isinstance(c, tuple):
+        return str(c)
+    mean, std, defined, n = c
+    if defined == 0:
+        return f"undefined (0 of {n} runs)"
+    text = f"{mean:.4f} +- {std:.4f}"
+    return text if defined == n else f"{text} (defined in {defined} of {n} runs)"
 
 
 def to_markdown(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [f"{c[0]:.4f} +- {c[1]:.4f}" if isinstance(c, tuple) else str(c) for c in row]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     return "\n".join(lines)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """``<metric>_mean``, ``_std`` and ``_defined_runs`` (runs where it is not NaN) per metric."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         n_keys = header.index("n") + 1
-        writer.writerow([*header[:n_keys], *[f"{m}_{s}" for m in header[n_keys:] for s in ("mean", "std")]])
+        writer.writerow([*header[:n_keys], *[f"{m}_{s}" for m in header[n_keys:]
+                                             for s in ("mean", "std", "defined_runs")]])
         for row in rows:
-            writer.writerow([*row[:n_keys], *[v for c in row[n_keys:] for v in c]])
+            writer.writerow([*row[:n_keys], *[v for c in row[n_keys:] for v in c[:3]]])
 
 
 def plot(groups: dict, x_key: str, metric: str, path: Path) -> None:
@@ -154,12 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for aggregate.md/.csv (default: first path)")
     parser.add_argument("--plot-x", default=None, help="swept key for the x axis, e.g. data.label_fraction")
     parser.add_argument("--plot-metric", default="test/auc")
+    parser.add_argument("--allow-mixed-data", action="store_true",
+                        help="pool runs made on different data (another file, real with synthetic) into one row")
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
-    groups, warnings = collect(runs, args.metrics)
+    groups, warnings, identities = collect(runs, args.metrics)
+    warnings += check_groups_data(identities, args.allow_mixed_data)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    header, rows = table_rows(groups, args.metrics)
+    header, rows = table_rows(groups, args.metrics, identities)
     out = args.out or args.paths[0]
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(header, rows)

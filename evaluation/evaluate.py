@@ -11,8 +11,10 @@ Each checkpoint is rebuilt from the ``config.yaml`` its run saved (the folder ab
 Predictions go through ``evaluation.predict.predict_probs`` (the model's ``predict_step``:
 softmax, or per-label sigmoid for multi-label tasks); device, precision, batch size and
 workers default to the first run's config.
-Writes ``predictions/``, ``eval/`` and ``report.md`` into ``--out`` (default:
-``<first run>/evaluate_<split>``).
+Writes ``predictions/``, ``eval/``, ``metrics.json`` (with the evaluated data's identity,
+``data_identity``) and ``report.md`` into ``--out`` (default: ``<first run>/evaluate_<split>``).
+AUROC / AP of a class with no positive or no negative in the split are NaN and left out of the
+means (``evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def evaluate(ckpts: list[Path], split: str = "test", out: Path | None = None, ro
     names = {"balanced_acc": "bal_acc"}
     metrics = {f"{split}/{names.get(k, k)}": v for k, v in summary.items() if k != "n"}
     metrics["test_checkpoint"] = ", ".join(str(c) for c in ckpts)
+    metrics["data_identity"] = datamodule.source_identity()  # the evaluated data (core.data_identity)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if split == "test":
         write_run_report(out, cfg, metrics, title=f"evaluation of {len(ckpts)} checkpoint(s) on {split}")

@@ -3,8 +3,12 @@
 Inputs everywhere: ``probs`` (N, K) probabilities (softmax; per-label sigmoid for
 multi-label tasks), ``labels`` (N,) ints or (N, K) 0/1 for multi-label. Outputs are numpy
 / Python numbers. ACC and AUC follow ``medmnist.Evaluator`` exactly (its own functions are
-called). Binary tasks (class 1 positive) also get positive-class metrics, see
-``binary_metrics``. A ratio with a zero denominator is 0, as in scikit-learn.
+called) on splits where every class is defined. Binary tasks (class 1 positive) also get
+positive-class metrics, see ``binary_metrics``. A ratio with a zero denominator is 0, as in
+scikit-learn. AUROC and average precision of a class with no positive or no negative sample
+in the split are undefined (``core.undefined_classes``): NaN in the tables, left out of the
+macro and weighted means and of the summary's AUC (a mean over the defined classes, their
+count in ``auc_defined_labels``), and named in a warning; never counted as 0.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from medmnist.evaluator import getACC, getAUC
 from torchmetrics.functional import classification as tmf
 
 from core.tasks import BINARY, MULTI_LABEL
+from core.undefined_classes import defined_classes, mean_over_defined, warn_undefined
 
 TABLE_COLUMNS = ("class", "support", "accuracy", "precision", "recall", "specificity", "f1", "auroc", "ap")
 
@@ -32,22 +37,31 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
 
 
+def _weighted_over_defined(values: np.ndarray, support: np.ndarray) -> float:
+    """Support-weighted mean of the finite values (NaN when none is, or their support is 0)."""
+    finite = np.isfinite(values)
+    weight = support[finite].sum()
+    return float((values[finite] * support[finite]).sum() / weight) if weight > 0 else float("nan")
+
+
 def _rows(names: list[str], support: np.ndarray, cols: dict[str, np.ndarray]) -> list[dict]:
-    """One row per class / label, then ``macro avg`` (unweighted) and ``weighted avg`` (by support)."""
+    """One row per class / label, then ``macro avg`` (unweighted) and ``weighted avg`` (by
+    support), both over the classes where the value is defined (not NaN)."""
     rows = [{"class": name, "support": int(support[i]), **{c: float(v[i]) for c, v in cols.items()}}
             for i, name in enumerate(names)]
-    weights = support / max(support.sum(), 1)
     total = int(support.sum())
-    rows.append({"class": "macro avg", "support": total, **{c: float(v.mean()) for c, v in cols.items()}})
-    rows.append({"class": "weighted avg", "support": total, **{c: float((v * weights).sum()) for c, v in cols.items()}})
+    rows.append({"class": "macro avg", "support": total, **{c: mean_over_defined(v) for c, v in cols.items()}})
+    rows.append({"class": "weighted avg", "support": total,
+                 **{c: _weighted_over_defined(np.asarray(v, float), support) for c, v in cols.items()}})
     return rows
 
 
-def per_class_table(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> list[dict]:
+def per_class_table(probs: np.ndarray, labels: np.ndarray, class_names: list[str], split: str = "test") -> list[dict]:
     """Single-label tasks: one row per class (support, accuracy = recall, precision, recall,
     specificity, F1 of the argmax decision; one-vs-rest AUROC and average precision), then
     ``macro avg`` and ``weighted avg``. A class that is never predicted has precision 0 (and
-    F1 0); a class absent from ``labels`` has AUROC and AP 0."""
+    F1 0); a class absent from ``labels`` (or the only one present) has AUROC and AP NaN, named
+    in a warning about ``split``."""
     k = len(class_names)
     p, y = _t(probs).double(), _t(labels).long()  # fp64: tiny probabilities keep their order
     kw = {"num_classes": k, "average": None, "zero_division": 0}
@@ -58,14 +72,15 @@ def per_class_table(probs: np.ndarray, labels: np.ndarray, class_names: list[str
         "recall": recall,
         "specificity": tmf.multiclass_specificity(p, y, num_classes=k, average=None).numpy(),
         "f1": tmf.multiclass_f1_score(p, y, **kw).numpy(),
-        **_ranking(p, y, k, multi_label=False),
+        **_ranking(p, torch.nn.functional.one_hot(y, k), class_names, split),
     }
     return _rows(class_names, np.bincount(np.asarray(labels).reshape(-1), minlength=k), cols)
 
 
-def per_label_table(probs: np.ndarray, labels: np.ndarray, label_names: list[str]) -> list[dict]:
+def per_label_table(probs: np.ndarray, labels: np.ndarray, label_names: list[str], split: str = "test") -> list[dict]:
     """Multi-label tasks: one row per label (support = positives; accuracy, precision, recall,
-    specificity and F1 of ``probs > 0.5``; AUROC and average precision), then the averages."""
+    specificity and F1 of ``probs > 0.5``; AUROC and average precision, NaN for a label with no
+    positive or no negative, named in a warning about ``split``), then the averages."""
     k = len(label_names)
     p, y = _t(probs).double(), _t(labels).long()  # fp64: tiny probabilities keep their order
     kw = {"num_labels": k, "average": None, "zero_division": 0}
@@ -75,21 +90,22 @@ def per_label_table(probs: np.ndarray, labels: np.ndarray, label_names: list[str
         "recall": tmf.multilabel_recall(p, y, **kw).numpy(),
         "specificity": tmf.multilabel_specificity(p, y, num_labels=k, average=None).numpy(),
         "f1": tmf.multilabel_f1_score(p, y, **kw).numpy(),
-        **_ranking(p, y, k, multi_label=True),
+        **_ranking(p, y, label_names, split),
     }
     return _rows(label_names, np.asarray(labels).sum(axis=0).astype(int), cols)
 
 
-def _ranking(p: torch.Tensor, y: torch.Tensor, k: int, multi_label: bool) -> dict[str, np.ndarray]:
-    """One-vs-rest AUROC and average precision per class / label; 0 where a class has no
-    positive (or no negative) sample, where both are undefined."""
-    onehot = y if multi_label else torch.nn.functional.one_hot(y, k)
-    auroc, ap = np.zeros(k), np.zeros(k)
-    for c in range(k):
-        pos = int(onehot[:, c].sum())
-        if 0 < pos < len(onehot):
-            auroc[c] = float(tmf.binary_auroc(p[:, c], onehot[:, c]))
-            ap[c] = float(tmf.binary_average_precision(p[:, c], onehot[:, c]))
+def _ranking(p: torch.Tensor, onehot: torch.Tensor, names: list[str], split: str) -> dict[str, np.ndarray]:
+    """One-vs-rest AUROC and average precision per class / label of ``p`` (N, K) against
+    ``onehot`` (N, K) 0/1; NaN where a class has no positive or no negative sample (undefined),
+    with a warning naming those classes."""
+    positives = onehot.sum(0).numpy()
+    k = len(positives)
+    auroc, ap = np.full(k, np.nan), np.full(k, np.nan)
+    for c in np.flatnonzero(defined_classes(positives, len(onehot))):
+        auroc[c] = float(tmf.binary_auroc(p[:, c], onehot[:, c]))
+        ap[c] = float(tmf.binary_average_precision(p[:, c], onehot[:, c]))
+    warn_undefined(split, names, positives, len(onehot))
     return {"auroc": auroc, "ap": ap}
 
 
@@ -117,9 +133,10 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
     """Area under the precision-recall curve as scikit-learn's ``average_precision_score``
     (torchmetrics' exact, tie-aware ``binary_average_precision``); ``positive`` (N,) bools,
-    ``scores`` (N,). 0.0 when there is no positive (as scikit-learn)."""
-    if not np.any(positive):
-        return 0.0
+    ``scores`` (N,). NaN when there is no positive or no negative (undefined, see
+    ``core.undefined_classes``; scikit-learn would give 0 without a positive)."""
+    if not defined_classes([int(np.sum(positive))], len(positive))[0]:
+        return float("nan")
     return float(tmf.binary_average_precision(_t(scores).float(), _t(positive).long()))
 
 
@@ -141,19 +158,37 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
     }
 
 
-def summary_metrics(probs: np.ndarray, labels: np.ndarray, task: str) -> dict[str, float]:
-    """ACC and AUC as medmnist.Evaluator defines them, balanced accuracy, macro F1, ECE; for
-    binary tasks also the positive-class ``binary_metrics`` (ACC and AUC then already are the
-    positive-class accuracy and AUROC). Multi-label: ACC, AUC, macro F1 over labels."""
+def summary_auc(probs: np.ndarray, labels: np.ndarray, task: str, table: list[dict]) -> tuple[float, int]:
+    """(AUC, number of defined classes): medmnist.Evaluator's AUC (``getAUC``) when every class
+    (label) of the split is defined, else the mean of ``table``'s per-class AUROCs over the
+    defined ones (the same definition restricted to them; NaN when none is)."""
+    auroc = np.array([row["auroc"] for row in table[:-2]], dtype=float)
+    n_defined = int(np.isfinite(auroc).sum())
+    if n_defined == len(auroc):
+        return float(getAUC(labels, probs, task)), n_defined
+    return mean_over_defined(auroc), n_defined
+
+
+def summary_metrics(probs: np.ndarray, labels: np.ndarray, task: str, class_names: list[str] | None = None,
+                    split: str = "test") -> dict[str, float]:
+    """ACC and AUC as medmnist.Evaluator defines them (AUC over the defined classes, their count
+    in ``auc_defined_labels``), balanced accuracy, macro F1, ECE; for binary tasks also the
+    positive-class ``binary_metrics`` (ACC and AUC then already are the positive-class accuracy
+    and AUROC). Multi-label: ACC, AUC, macro F1 over labels. ``class_names`` name undefined
+    classes in the warning (default: their indices)."""
+    names = list(class_names) if class_names is not None else [str(i) for i in range(probs.shape[1])]
     if task == MULTI_LABEL:
-        table = per_label_table(probs, labels, [str(i) for i in range(probs.shape[1])])
-        return {"acc": float(getACC(labels, probs, task)), "auc": float(getAUC(labels, probs, task)),
+        table = per_label_table(probs, labels, names, split)
+        auc, n_defined = summary_auc(probs, labels, task, table)
+        return {"acc": float(getACC(labels, probs, task)), "auc": auc, "auc_defined_labels": n_defined,
                 "f1_macro": table[-2]["f1"], "n": int(len(labels))}
-    table = per_class_table(probs, labels, [str(i) for i in range(probs.shape[1])])
+    table = per_class_table(probs, labels, names, split)
     present = [row["recall"] for row in table[:-2] if row["support"] > 0]
+    auc, n_defined = summary_auc(probs, labels, task, table)
     summary = {
         "acc": float(getACC(labels, probs, task)),
-        "auc": float(getAUC(labels, probs, task)),
+        "auc": auc,
+        "auc_defined_labels": n_defined,
         "balanced_acc": float(np.mean(present)),  # mean recall over classes present (as sklearn)
         "f1_macro": table[-2]["f1"],
         "ece": expected_calibration_error(probs, labels),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from core.data_identity import SYNTHETIC_BANNER
+from evaluation.data_report import banner_lines, data_rows, undefined_note
 from lightning_modules.components.masking import mask_warnings
 
 QUICK = (("test/acc", "ACC"), ("test/auc", "AUC"), ("test/bal_acc", "balanced acc"), ("test/f1_macro", "macro F1"))
@@ -21,7 +23,10 @@ BINARY_QUICK = (("precision", "precision"), ("recall", "recall"), ("specificity"
 
 
 def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    """4 decimals; an undefined value (NaN) as ``NaN``, never as a number."""
+    if isinstance(value, float):
+        return "NaN" if value != value else f"{value:.4f}"
+    return str(value)
 
 
 def _latest_png(folder: Path) -> Path | None:
@@ -29,36 +34,14 @@ def _latest_png(folder: Path) -> Path | None:
     return pngs[-1] if pngs else None
 
 
-def data_rows(data: DictConfig) -> list[tuple[str, str]]:
-    """Dataset and split rows of the protocol, for MedMNIST and own (table / folder) data."""
-    if "flag" in data or "flags" in data:
-        split = data.get("split", "official")
-        if split == "stratified":
-            split += f" (val fraction {data.get('val_fraction')})"
-        return [("dataset", f"{data.get('flag', data.get('flags'))}, {data.get('size')} px -> "
-                            f"{data.get('img_size')} px"), ("split", split)]
-    source = data.get("table") or data.get("root")
-    fractions = data.get("fractions") or {}
-    parts = [f"predefined by column {data.split_column!r}" if data.get("split_column") else
-             "predefined folders, if any" if data.get("root") else "none predefined",
-             "missing splits carved with train/val/test = "
-             + "/".join(str(fractions.get(k)) for k in ("train", "val", "test")),
-             "stratified on label" + "".join(f" x {c!r}" for c in data.get("stratify_columns") or [])]
-    if data.get("group_column"):
-        parts.append(f"grouped by {data.group_column!r}")
-    if data.get("exclude"):
-        parts.append(f"excluded from {list(data.get('exclude_from'))}: {dict(data.exclude)}")
-    return [("dataset", f"{source}, {data.get('channels')} channel(s) at {data.get('img_size')} px"),
-            ("split", "; ".join(parts) + " (row by row in splits.csv)")]
-
-
 def protocol_rows(cfg: DictConfig, metrics: dict) -> list[tuple[str, str]]:
-    """What a reader needs to reproduce the numbers."""
+    """What a reader needs to reproduce the numbers (the data rows name the source: ``metrics``'
+    ``data_identity``, see ``evaluation.data_report``)."""
     data, trainer, model = cfg.data, cfg.trainer, cfg.model
     loss = model.get("loss") or {}
     rows = [
         ("experiment", f"{cfg.get('task_name')} ({model.get('_target_', '').rsplit('.', 1)[-1]})"),
-        *data_rows(data),
+        *data_rows(data, metrics.get("data_identity")),
         ("label fraction", str(data.get("label_fraction", 1.0))),
         ("sampler", f"{data.get('sampler', 'none')} (epoch length {data.get('epoch_length', 'original')})"),
         ("loss", f"{loss.get('name', '-')}, class weighted {loss.get('class_weighted', False)}, "
@@ -110,8 +93,9 @@ def mask_section(metrics: dict) -> list[str]:
 
 
 def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str | None = None) -> Path:
-    """Write ``run_dir/report.md`` from ``metrics`` and the files the run left."""
-    lines = [f"# {title or cfg.get('task_name', 'run')}", ""]
+    """Write ``run_dir/report.md`` from ``metrics`` and the files the run left; a run on
+    synthetic data says so on the line after the title, before any number."""
+    lines = [f"# {title or cfg.get('task_name', 'run')}", "", *banner_lines(cfg.data, metrics.get("data_identity"))]
     quick = [(label, metrics[key]) for key, label in QUICK if isinstance(metrics.get(key), float)]
     summary_path = run_dir / "eval" / "test_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -145,6 +129,7 @@ def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str |
         lines += ["## Per-class test metrics", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         lines += ["| " + " | ".join(_fmt(float(c)) if i > 1 else c for i, c in enumerate(r)) + " |" for r in rows[1:]]
         lines.append("")
+        lines += undefined_note(rows)
     lines += mask_section(metrics)
     figures = sorted((run_dir / "eval").glob("test_*.png")) if (run_dir / "eval").is_dir() else []
     curves = write_learning_curves(run_dir, cfg.monitor.metric)
@@ -187,13 +172,17 @@ def write_learning_curves(run_dir: Path, monitor: str) -> Path | None:
 
 
 def write_pipeline_report(run_dir: Path, stages: list[str], title: str) -> Path:
-    """Root ``report.md`` of a pipeline: every stage's report, image links re-rooted."""
+    """Root ``report.md`` of a pipeline: every stage's report, image links re-rooted; the
+    synthetic-data banner of any stage also on the line after the pipeline's title."""
     lines = [f"# {title} (pipeline: {' -> '.join(stages)})", ""]
-    for name in stages:
-        stage_report = run_dir / name / "report.md"
-        if not stage_report.is_file():
-            continue
-        body = stage_report.read_text().splitlines()[1:]  # drop the stage's title
+    reports = [(name, run_dir / name / "report.md") for name in stages]
+    reports = [(name, path.read_text().splitlines()) for name, path in reports if path.is_file()]
+    synthetic = [name for name, body in reports if any(line.startswith(f"> {SYNTHETIC_BANNER}") for line in body[1:4])]
+    if synthetic:
+        lines += [f"> {SYNTHETIC_BANNER} in stage(s) {', '.join(synthetic)} (each stage's protocol names its "
+                  "data source). Nothing here is a result on real images.", ""]
+    for name, body in reports:
+        body = body[1:]  # drop the stage's title
         body = [line.replace("](", f"]({name}/") if line.startswith("![") else line for line in body]
         lines += [f"# Stage: {name}", *[("#" + line) if line.startswith("## ") else line for line in body], ""]
     path = run_dir / "report.md"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.metrics import per_class_table
+from evaluation.metrics import confusion_matrix
 
 BINARY_OBJECTIVES = ("f1", "youden", "sensitivity")
 MULTICLASS_OBJECTIVES = ("macro_f1", "balanced_acc")
@@ -70,10 +70,13 @@ def offset_predict(probs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def _multiclass_score(labels: np.ndarray, pred: np.ndarray, k: int, objective: str) -> float:
-    onehot = np.eye(k)[pred]  # per_class_table takes probabilities; one-hot of the decision
-    table = per_class_table(onehot, labels, [str(i) for i in range(k)])
-    present = [r["recall"] for r in table[:-2] if r["support"] > 0]
-    return float(np.mean(present)) if objective == "balanced_acc" else table[-2]["f1"]
+    """Balanced accuracy (mean recall over the classes present) or macro F1 (F1 = 2 TP / (support +
+    predicted), 0 where both are 0, as ``per_class_table``) of the decision ``pred`` (N,)."""
+    cm = confusion_matrix(labels, pred, k)
+    tp, support, predicted = np.diag(cm).astype(float), cm.sum(1), cm.sum(0)
+    if objective == "balanced_acc":
+        return float(np.mean(tp[support > 0] / support[support > 0]))
+    return float(np.mean(np.divide(2 * tp, support + predicted, out=np.zeros(k), where=support + predicted > 0)))
 
 
 def fit_class_offsets(

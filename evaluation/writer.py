@@ -29,15 +29,17 @@ def write_evaluation(
     Single-label: confusion matrix (CSV and PNG), per-class accuracy, ROC and precision-recall
     curves (one-vs-rest; binary tasks: the positive class with its operating point),
     confidence box plots and the reliability diagram. Multi-label: per-label table and
-    bars, precision-recall curves per label. Returns ``{"summary", "table", "figures"}``.
+    bars, precision-recall curves per label. AUROC / AP of a class undefined in the split (no
+    positive or no negative) are NaN in the table and left out of the means
+    (``evaluation.metrics``). Returns ``{"summary", "table", "figures"}``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summary_metrics(probs, labels, task)
+    summary = summary_metrics(probs, labels, task, class_names, split)
     if task == MULTI_LABEL:
-        table = per_label_table(probs, labels, class_names)
+        table = per_label_table(probs, labels, class_names, split)
         figures = {"per_label": figs.per_label_figure(table), "pr_curves": figs.pr_curves_figure(labels, probs, class_names)}
     else:
-        table = per_class_table(probs, labels, class_names)
+        table = per_class_table(probs, labels, class_names, split)
         cm = confusion_matrix(labels, probs.argmax(1), len(class_names))
         np.savetxt(out_dir / f"{split}_confusion_matrix.csv", cm, fmt="%d", delimiter=",",
                    header=",".join(class_names), comments="")

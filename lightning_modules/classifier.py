@@ -29,6 +29,7 @@ from lightning_modules.metrics import (
     classwise_metrics,
     fill_missing_metric_states,
     log_epoch_metrics,
+    name_classes,
     probabilities,
 )
 
@@ -136,6 +137,8 @@ class Classifier(L.LightningModule):
             names = list(getattr(dm, "class_names", None) or [str(i) for i in range(k)])
             self.val_classwise = classwise_metrics(k, task, "val/", names)
             self.test_classwise = classwise_metrics(k, task, "test/", names)
+            for metrics in (self.train_metrics, self.val_metrics, self.test_metrics):
+                name_classes(metrics, names)  # undefined classes are named in warnings
             self.val_confusion = None if task == MULTI_LABEL else MulticlassConfusionMatrix(k)
 
     def _shared_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,7 +3,10 @@
 All metrics take probabilities (softmax for single-label tasks, sigmoid for multi-label):
 - ``acc``: argmax accuracy (binary tasks use two logits, so this equals thresholding the
   positive-class probability at 0.5 as medmnist does); multi-label: mean per-label accuracy.
-- ``auc``: unweighted mean of one-vs-rest AUROCs (per-label for multi-label).
+- ``auc``: unweighted mean of one-vs-rest AUROCs (per-label for multi-label) over the classes
+  defined in the split (a positive and a negative sample; ``core.undefined_classes``): an
+  undefined class is left out with a warning naming it, never counted as 0; NaN when none is
+  defined. ``auc_defined_labels``: how many classes (labels) that mean is over.
 - ``bal_acc``: balanced accuracy = macro recall (single-label tasks only).
 - ``f1_macro``, ``f1_weighted``.
 
@@ -18,36 +21,124 @@ positive-class accuracy / AUROC (the AUROC of class 0 on ``1 - p`` equals that o
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics import MaxMetric, Metric, MetricCollection
 from torchmetrics.classification import (
-    BinaryAveragePrecision,
     BinaryF1Score,
     BinaryPrecision,
     BinaryRecall,
     BinarySpecificity,
     MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassAveragePrecision,
     MulticlassCalibrationError,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
     MulticlassSpecificity,
     MultilabelAccuracy,
-    MultilabelAUROC,
-    MultilabelAveragePrecision,
     MultilabelF1Score,
     MultilabelPrecision,
     MultilabelRecall,
     MultilabelSpecificity,
 )
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.wrappers import ClasswiseWrapper
 from torchmetrics.wrappers.transformations import MetricInputTransformer
 
 from core.tasks import BINARY, MULTI_LABEL
+from core.undefined_classes import defined_classes, warn_undefined
+
+RANKING = {"auroc": binary_auroc, "ap": binary_average_precision}  # one-vs-rest, exact (no thresholds)
+
+
+def _one_hot(target: torch.Tensor, num_classes: int, multi_label: bool) -> torch.Tensor:
+    """(B, K) 0/1 long targets of (B,) class indices, or of (B, K) multi-label targets."""
+    target = target.long()
+    return target if multi_label else torch.nn.functional.one_hot(target, num_classes)
+
+
+class DefinedRanking(Metric):
+    """One-vs-rest AUROC or average precision per class (label), NaN where the class is
+    undefined in the epoch's targets (no positive or no negative, counted over every process).
+
+    Takes probabilities (B, K) and targets (B,) class indices ((B, K) 0/1 for multi-label); keeps
+    every prediction of the epoch (``cat`` states, gathered across processes by torchmetrics before
+    ``compute``, so the definedness and the values come from the synced epoch). ``compute``:
+    ``average="macro"`` the mean over the defined classes (NaN when none is), ``None`` the (K,)
+    values, an int ``c`` class c's value (a binary task's positive class). An undefined class is
+    named in an ``UndefinedClassWarning`` (``names``; set them with ``name_classes``).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, kind: str, num_classes: int, multi_label: bool, average: str | int | None = "macro",
+                 split: str = "", names: Sequence[str] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if kind not in RANKING:
+            raise ValueError(f"kind={kind!r} is invalid; allowed: {sorted(RANKING)}")
+        if not (average in ("macro", None) or (isinstance(average, int) and 0 <= average < num_classes)):
+            raise ValueError(f"average={average!r} is invalid; allowed: 'macro', None or a class index < {num_classes}")
+        self.kind, self.num_classes, self.multi_label, self.average = kind, num_classes, multi_label, average
+        self.split = split
+        self.names = [str(n) for n in names] if names is not None else [f"class {i}" for i in range(num_classes)]
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.preds.append(preds.detach().float())
+        self.target.append(_one_hot(target, self.num_classes, self.multi_label))
+
+    def compute(self) -> torch.Tensor:
+        preds, target = dim_zero_cat(self.preds), dim_zero_cat(self.target)
+        positives = target.sum(0).cpu().numpy()
+        defined = defined_classes(positives, len(target))
+        values = torch.full((self.num_classes,), float("nan"), device=preds.device)
+        for c in np.flatnonzero(defined):
+            values[c] = RANKING[self.kind](preds[:, c], target[:, c])
+        warn_undefined(self.split, self.names, positives, len(target))
+        if self.average is None:
+            return values
+        if isinstance(self.average, int):
+            return values[self.average]
+        if not defined.any():
+            return torch.tensor(float("nan"), device=values.device)
+        return values[torch.from_numpy(defined).to(values.device)].mean()
+
+
+class DefinedClasses(Metric):
+    """How many classes (labels) are defined for AUROC / AP in the epoch's targets (a positive
+    and a negative sample, counted over every process): the count the macro means are over."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, num_classes: int, multi_label: bool, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.multi_label = num_classes, multi_label
+        self.add_state("positives", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.positives += _one_hot(target, self.num_classes, self.multi_label).sum(0)
+        self.total += len(target)
+
+    def compute(self) -> torch.Tensor:
+        defined = (self.positives > 0) & (self.positives < self.total)
+        return defined.sum().float()
+
+
+def name_classes(metrics: MetricCollection, names: Sequence[str]) -> None:
+    """Give every ``DefinedRanking`` of ``metrics`` the class names its warnings use."""
+    for metric in metrics.modules():
+        if isinstance(metric, DefinedRanking):
+            metric.names = [str(n) for n in names]
 
 
 class PositiveClass(MetricInputTransformer):
@@ -70,24 +161,29 @@ class PositiveClass(MetricInputTransformer):
         return pred[:, 1].clamp(0, 1)
 
 
-def binary_metrics() -> dict[str, PositiveClass]:
+def binary_metrics(split: str = "") -> dict[str, Metric]:
     """The positive-class metrics of binary tasks, keyed without prefix."""
     return {
         "precision": PositiveClass(BinaryPrecision(threshold=0.5)),
         "recall": PositiveClass(BinaryRecall(threshold=0.5)),
         "specificity": PositiveClass(BinarySpecificity(threshold=0.5)),
         "f1": PositiveClass(BinaryF1Score(threshold=0.5)),
-        "auprc": PositiveClass(BinaryAveragePrecision(thresholds=None)),
+        # NaN when the split has no positive or no negative (core.undefined_classes)
+        "auprc": DefinedRanking("ap", 2, multi_label=False, average=1, split=split),
     }
 
 
-def classification_metrics(num_classes: int, task: str, prefix: str) -> MetricCollection:
+def classification_metrics(num_classes: int, task: str, prefix: str,
+                           class_names: Sequence[str] | None = None) -> MetricCollection:
     """A MetricCollection whose keys are ``{prefix}acc``, ``{prefix}auc``, ... (see the module
-    docstring); it takes probabilities (B, K) and targets (B,) ((B, K) for multi-label)."""
-    if task == MULTI_LABEL:
+    docstring); it takes probabilities (B, K) and targets (B,) ((B, K) for multi-label).
+    ``class_names`` name the undefined classes in warnings (also later: ``name_classes``)."""
+    multi_label, split = task == MULTI_LABEL, prefix.rstrip("/_")
+    ranking = {"auc": DefinedRanking("auroc", num_classes, multi_label, "macro", split, class_names),
+               "auc_defined_labels": DefinedClasses(num_classes, multi_label)}
+    if multi_label:
         metrics = {
             "acc": MultilabelAccuracy(num_labels=num_classes, average="macro"),
-            "auc": MultilabelAUROC(num_labels=num_classes, average="macro"),
             "f1_macro": MultilabelF1Score(num_labels=num_classes, average="macro"),
             "f1_weighted": MultilabelF1Score(num_labels=num_classes, average="weighted"),
         }
@@ -95,15 +191,14 @@ def classification_metrics(num_classes: int, task: str, prefix: str) -> MetricCo
         metrics = {
             "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
             "bal_acc": MulticlassRecall(num_classes=num_classes, average="macro"),
-            "auc": MulticlassAUROC(num_classes=num_classes, average="macro"),
             "f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro"),
             "f1_weighted": MulticlassF1Score(num_classes=num_classes, average="weighted"),
         }
         if task == BINARY:
             if num_classes != 2:
                 raise ValueError(f"task={task!r} needs num_classes=2 (two softmax outputs), got {num_classes}")
-            metrics.update(binary_metrics())
-    return MetricCollection(metrics, prefix=prefix)
+            metrics.update(binary_metrics(split))
+    return MetricCollection({**metrics, **ranking}, prefix=prefix)
 
 
 def metric_name(class_name: str) -> str:
@@ -118,22 +213,26 @@ def classwise_metrics(num_classes: int, task: str, prefix: str, class_names: lis
     0.5 per label for multi-label), one-vs-rest AUROC and average precision (``ap``); and
     ``{prefix}ap_macro`` (unweighted mean AP, the macro AUPRC) and, for single-label tasks,
     ``{prefix}ece`` (expected calibration error of the top-class confidence, 15 equal bins).
-    Takes what ``classification_metrics`` takes. AUROC / AP keep every prediction of the epoch.
+    AUROC and AP of a class undefined in the split (no positive or no negative) are NaN and left
+    out of ``ap_macro`` (``DefinedRanking``). Takes what ``classification_metrics`` takes. AUROC / AP
+    keep every prediction of the epoch.
     """
     labels = [metric_name(n) for n in class_names]
     if len(set(labels)) != len(labels):
         labels = [f"{i}_{n}" for i, n in enumerate(labels)]
-    if task == MULTI_LABEL:
+    multi_label, split = task == MULTI_LABEL, prefix.rstrip("/_")
+    ranking = {k: DefinedRanking(k, num_classes, multi_label, None, split, class_names) for k in ("auroc", "ap")}
+    summary = {"ap_macro": DefinedRanking("ap", num_classes, multi_label, "macro", split, class_names)}
+    if multi_label:
         kinds = {"precision": MultilabelPrecision, "recall": MultilabelRecall, "specificity": MultilabelSpecificity,
-                 "f1": MultilabelF1Score, "auroc": MultilabelAUROC, "ap": MultilabelAveragePrecision}
+                 "f1": MultilabelF1Score}
         made = {k: cls(num_labels=num_classes, average=None) for k, cls in kinds.items()}
-        summary = {"ap_macro": MultilabelAveragePrecision(num_labels=num_classes, average="macro")}
     else:
         kinds = {"precision": MulticlassPrecision, "recall": MulticlassRecall, "specificity": MulticlassSpecificity,
-                 "f1": MulticlassF1Score, "auroc": MulticlassAUROC, "ap": MulticlassAveragePrecision}
+                 "f1": MulticlassF1Score}
         made = {k: cls(num_classes=num_classes, average=None) for k, cls in kinds.items()}
-        summary = {"ap_macro": MulticlassAveragePrecision(num_classes=num_classes, average="macro"),
-                   "ece": MulticlassCalibrationError(num_classes=num_classes, n_bins=15, norm="l1")}
+        summary["ece"] = MulticlassCalibrationError(num_classes=num_classes, n_bins=15, norm="l1")
+    made.update(ranking)
     wrapped = {k: ClasswiseWrapper(m, labels=labels, prefix=f"{k}/") for k, m in made.items()}
     return MetricCollection({**wrapped, **summary}, prefix=prefix, compute_groups=False)
 
@@ -166,6 +265,8 @@ def log_epoch_metrics(module: L.LightningModule, metrics: MetricCollection, best
     if module._trainer is not None and module.trainer.sanity_checking:
         return values
     for key, tracker in bests.items():
+        if torch.isnan(values[key]):  # undefined this epoch (e.g. no class defined for AUROC): no best
+            continue
         tracker.update(values[key])
         module.log(f"{key}_best", tracker.compute(), prog_bar=True)
     return values

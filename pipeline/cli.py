@@ -82,12 +82,30 @@ def dataset_error_in(err: BaseException):
 SUMMARY_METRICS = ("acc", "auc", "bal_acc", "f1_macro")
 
 
+def data_summary(cfg: DictConfig, metrics: dict) -> list[str]:
+    """The console lines naming the data: a warning line first for synthetic data (of any stage),
+    then the source of each (stage's) data identity."""
+    from core.data_identity import SYNTHETIC_NOTE, describe, is_synthetic
+
+    identities = {k.removesuffix("data_identity").rstrip("/"): v for k, v in metrics.items()
+                  if k.endswith("data_identity") and v}
+    if "" in identities:  # a pipeline repeats its last stage's identity without a prefix
+        identities = {"": identities[""]} if len(identities) == 1 else {k: v for k, v in identities.items() if k}
+    synthetic = [k or "run" for k, v in identities.items() if is_synthetic(v)]
+    if not synthetic and ((cfg.get("data") or {}).get("synthetic")):
+        synthetic = ["run"]
+    lines = [f"SYNTHETIC DATA ({SYNTHETIC_NOTE}): the numbers below were measured on the synthetic generator's "
+             f"images{'' if synthetic == ['run'] else ' in ' + ', '.join(synthetic)}"] if synthetic else []
+    return lines + [f"data{f' ({k})' if k else ''}: {describe(v)}" for k, v in identities.items()]
+
+
 def run_summary(cfg: DictConfig, metrics: dict) -> str:
-    """The last console lines of a run: its folder, the tested checkpoint, the monitor's best
-    value, the headline test metrics and the report (the per-class tables are in report.md)."""
+    """The last console lines of a run: a synthetic-data warning first (when so), its data, its
+    folder, the tested checkpoint, the monitor's best value, the headline test metrics and the
+    report (the per-class tables are in report.md)."""
     out = Path(cfg.paths.output_dir)
     monitor = cfg.get("monitor") or {}
-    lines = [f"run folder: {out}"]
+    lines = [*data_summary(cfg, metrics), f"run folder: {out}"]
     ckpt = metrics.get("test_checkpoint") or metrics.get("best_checkpoint")
     if ckpt:
         lines.append(f"checkpoint: {ckpt}")

@@ -1,5 +1,5 @@
-"""Loggers: a CSV logger that keeps ``metrics.csv`` across a resume, and the W&B mode, run id
-and results artifact."""
+"""Loggers: a CSV logger that keeps ``metrics.csv`` across a resume, the W&B mode, run id
+and results artifact, and the data tags of W&B and MLflow runs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from core.data_identity import identity_tags
 from core.io import file_lock
 
 
@@ -96,6 +97,26 @@ def log_run_artifact(loggers: list, output_dir: Path) -> None:
             if f.is_file():
                 artifact.add_file(str(f), name=f.relative_to(output_dir).as_posix())
         run.log_artifact(artifact)
+
+
+def log_data_identity(loggers: list, identity: dict | None) -> None:
+    """Tag the run with its data (``core.data_identity.identity_tags``): MLflow tags, and W&B
+    tags ``data.kind:<kind>``, ``data.fingerprint:<hash>`` and ``synthetic-data`` for synthetic
+    data (the identity itself is in the run config as ``data_identity``). Rank zero only."""
+    if identity is None:
+        return
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    tags = identity_tags(identity)
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            run = lg.experiment
+            extra = [f"{k}:{tags[k]}" for k in ("data.kind", "data.fingerprint")]
+            extra += ["synthetic-data"] if tags["data.synthetic"] == "true" else []
+            run.tags = tuple(dict.fromkeys([*(run.tags or ()), *extra]))
+        elif isinstance(lg, MLFlowLogger):
+            for key, value in tags.items():
+                lg.experiment.set_tag(lg.run_id, key, value)
 
 
 def prepare_stores(logger_cfg) -> None:

@@ -17,12 +17,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.run_config import StoreRunConfig
+from callbacks.monitor_check import MonitorDefined
+from callbacks.run_config import StoreRunConfig, source_identity
 from callbacks.seeding import EpochSeeding
 from core.io import atomic_write_text
 from evaluation.report import write_run_report
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
-from pipeline.loggers import log_run_artifact, prepare_stores, wandb_run_id
+from pipeline.loggers import log_data_identity, log_run_artifact, prepare_stores, wandb_run_id
 
 log = logging.getLogger("train")
 
@@ -86,7 +87,8 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
 
     Writes ``config.yaml`` (resolved) and ``metrics.json`` into ``cfg.paths.output_dir``.
     ``objective`` is the best monitored validation value; ``best_checkpoint`` and
-    ``last_checkpoint`` are the saved checkpoint paths (None when none was saved).
+    ``last_checkpoint`` are the saved checkpoint paths (None when none was saved);
+    ``data_identity`` names the data (``core.data_identity``; None on other DDP ranks).
     ``extra_callbacks`` join the configured callbacks.
     """
     start = time.time()
@@ -95,14 +97,18 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    identity = None
     if is_global_zero():  # fail within seconds on missing data, before building the model; other
         datamodule.prepare_data()  # DDP ranks wait for Lightning's prepare_data (local rank 0) instead
+        identity = source_identity(datamodule)  # the file's sha256 / the table's fingerprint, once
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
     if hasattr(model, "check_precision"):
         model.check_precision(cfg.trainer.get("precision"))
     if not model.automatic_optimization:
         check_manual_optimization_trainer(cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("accumulate_grad_batches", 1))
     callbacks = [*instantiate_group(cfg.get("callbacks")), EpochSeeding(cfg.seed), *(extra_callbacks or [])]
+    if (cfg.get("monitor") or {}).get("metric"):
+        callbacks.append(MonitorDefined(cfg.monitor.metric))  # a NaN monitor stops the run, named
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     # Resuming in this folder continues the same W&B run; a W&B sweep agent assigns its own id.
     if wandb_cfg is not None and wandb_cfg.get("id") is None and not os.environ.get("WANDB_RUN_ID"):
@@ -117,9 +123,10 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    hparams = {**resolved, "git_commit": (commit := git_commit())}
+    hparams = {**resolved, "git_commit": (commit := git_commit()), "data_identity": identity}
     for lg in loggers:
         lg.log_hyperparams(hparams)
+    log_data_identity(loggers, identity)
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -141,6 +148,7 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
             metrics["test_checkpoint"] = ckpt_path
         metrics["wall_time_s"] = time.time() - start
         metrics["git_commit"] = commit
+        metrics["data_identity"] = identity
         if trainer.is_global_zero:
             atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
             write_run_report(output_dir, cfg, metrics)

@@ -35,11 +35,12 @@ def test_mean_and_std_per_group_and_missing_runs_reported(multirun, capsys):
     out, err = capsys.readouterr()
     assert "5: no metrics.json" in err
     rows = (multirun / "aggregate.csv").read_text().splitlines()
-    assert rows[0] == "data.label_fraction,experiment,n,test/auc_mean,test/auc_std,test/acc_mean,test/acc_std"
+    assert rows[0] == ("data.label_fraction,experiment,n,test/auc_mean,test/auc_std,test/auc_defined_runs,"
+                       "test/acc_mean,test/acc_std,test/acc_defined_runs")
     first = rows[1].split(",")
     assert first[:3] == ["0.1", "quickstart", "3"]
     assert float(first[3]) == pytest.approx(statistics.mean([0.70, 0.74, 0.78]))
-    assert float(first[4]) == pytest.approx(statistics.stdev([0.70, 0.74, 0.78]))
+    assert float(first[4]) == pytest.approx(statistics.stdev([0.70, 0.74, 0.78])) and first[5] == "3"
     second = rows[2].split(",")
     assert second[2] == "2" and float(second[3]) == pytest.approx(0.91)
     assert float(second[4]) == pytest.approx(statistics.stdev([0.90, 0.92]))

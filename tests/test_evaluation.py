@@ -108,7 +108,8 @@ def test_binary_metrics_edge_cases_follow_sklearn():
     positive = np.array([1, 0, 1, 1, 0, 0], bool)
     assert average_precision(positive, scores) == pytest.approx(average_precision_score(positive, scores))
     assert average_precision(positive, scores) == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3 + 1 / 3 * 3 / 5)
-    assert average_precision(np.zeros(6, bool), scores) == 0.0  # no positive: 0, as scikit-learn
+    assert np.isnan(average_precision(np.zeros(6, bool), scores))  # no positive: undefined (sklearn says 0)
+    assert np.isnan(average_precision(np.ones(6, bool), scores))  # no negative: undefined as well
     nothing_predicted = binary_metrics(np.stack([1 - scores / 2, scores / 2], 1), positive.astype(int))
     assert nothing_predicted["precision"] == 0 and nothing_predicted["recall"] == 0 and nothing_predicted["f1"] == 0
     assert nothing_predicted["specificity"] == 1
@@ -164,8 +165,8 @@ def test_per_class_ranking_metrics_and_per_label_table_match_sklearn():
         if positive.any():
             assert row["auroc"] == pytest.approx(roc_auc_score(positive, probs[:, i]), abs=1e-6)
             assert row["ap"] == pytest.approx(average_precision_score(positive, probs[:, i]), abs=1e-6)
-        else:
-            assert row["auroc"] == row["ap"] == 0.0
+        else:  # undefined: NaN, never 0
+            assert np.isnan(row["auroc"]) and np.isnan(row["ap"])
     rng = np.random.default_rng(5)
     y = (rng.random((80, 4)) < [0.1, 0.3, 0.5, 0.7]).astype(int)
     p = np.clip(0.6 * y + 0.4 * rng.random((80, 4)), 0, 1)
@@ -227,7 +228,7 @@ def test_report_md_holds_the_numbers_figures_and_protocol(data_root, tmp_path):
                                  "data.label_fraction=0.5", "data.sampler=sqrt"], tmp_path))
     report = (tmp_path / "report.md").read_text()
     assert f"{metrics['test/auc']:.4f}" in report and f"{metrics['test/acc']:.4f}" in report
-    assert "| melanocytic nevi |" in report  # per-class rows carry the class names
+    assert "| synthetic class 5 (like 'melanocytic nevi') |" in report  # per-class rows carry the (marked) names
     for line in report.splitlines():
         if line.startswith("!["):
             assert (tmp_path / line.split("](")[1].rstrip(")")).is_file()
@@ -292,9 +293,10 @@ def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path
 
     preds = np.load(tmp_path / "run" / "predictions" / "test_predictions.npz")
     probs, labels = preds["probs"], preds["labels"]
-    assert metrics["test/auroc/melanoma"] == pytest.approx(roc_auc_score(labels == 4, probs[:, 4]), abs=1e-5)
-    assert metrics["test/ap/melanoma"] == pytest.approx(average_precision_score(labels == 4, probs[:, 4]), abs=1e-5)
-    assert 0 <= metrics["val/ece"] <= 1 and "val/recall/basal_cell_carcinoma" in metrics
+    melanoma = "synthetic_class_4_like_melanoma"  # the fixture's data are synthetic: marked class names
+    assert metrics[f"test/auroc/{melanoma}"] == pytest.approx(roc_auc_score(labels == 4, probs[:, 4]), abs=1e-5)
+    assert metrics[f"test/ap/{melanoma}"] == pytest.approx(average_precision_score(labels == 4, probs[:, 4]), abs=1e-5)
+    assert 0 <= metrics["val/ece"] <= 1 and "val/recall/synthetic_class_1_like_basal_cel" in metrics
     history = json.loads((tmp_path / "run" / "eval" / "val_confusion_matrices.json").read_text())
     assert list(history) == ["0"] and np.asarray(history["0"]).sum() == 70  # every validation image
 

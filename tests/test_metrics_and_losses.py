@@ -92,7 +92,7 @@ def test_binary_positive_class_metrics_match_sklearn_over_batches():
     ref = _sklearn_binary(p, t)
     for key, value in ref.items():
         assert out[key] == pytest.approx(value, abs=1e-6), key
-    assert set(out) == {"acc", "bal_acc", "auc", "f1_macro", "f1_weighted", *BINARY_KEYS}
+    assert set(out) == {"acc", "bal_acc", "auc", "auc_defined_labels", "f1_macro", "f1_weighted", *BINARY_KEYS}
     # positive-class values are not the macro / class-0 ones on these predictions
     pred = (p[:, 1] > 0.5).astype(int)
     assert abs(out["f1"] - f1_score(t, pred, average="macro")) > 0.05
@@ -108,8 +108,9 @@ def test_binary_metrics_reset_forward_and_compute_groups():
     m.update(probs[:100], y[:100])
     m.update(probs[100:200], y[100:200])
     groups = [set(g) for g in m.compute_groups.values()]
-    for key in BINARY_KEYS:  # stateless wrappers: each in its own group, so each is updated
+    for key in BINARY_KEYS - {"auprc"}:  # stateless wrappers: each in its own group, so each is updated
         assert {key} in groups
+    assert {"auc", "auprc"} in groups  # both rank the same stored (probabilities, one-hot targets)
     m.compute()
     m.reset()
     batch = m(probs[200:], y[200:])  # forward: the value of this batch, and accumulates it
@@ -129,7 +130,8 @@ def test_binary_metrics_reset_forward_and_compute_groups():
                                      (14, "multi-label, binary-class")])
 def test_non_binary_collections_have_no_binary_keys(k, task):
     keys = set(classification_metrics(k, task, "val/").keys())
-    base = {"acc", "auc", "f1_macro", "f1_weighted"} | ({"bal_acc"} if "multi-label" not in task else set())
+    base = {"acc", "auc", "auc_defined_labels", "f1_macro", "f1_weighted"} | (
+        {"bal_acc"} if "multi-label" not in task else set())
     assert keys == {f"val/{b}" for b in base}
 
 
@@ -154,7 +156,7 @@ def test_binary_metrics_are_synced_across_processes(tmp_path):
     ref = _sklearn_binary(probs.double().numpy(), y.numpy())
     for rank in (0, 1):
         values = torch.load(tmp_path / f"rank{rank}.pt")
-        for key in BINARY_KEYS:
+        for key in (*BINARY_KEYS, "auc"):  # auc / auprc: from the gathered predictions of both ranks
             assert values[key] == pytest.approx(ref[key], abs=1e-6), (rank, key)
 
 

@@ -76,6 +76,7 @@ def test_wandb_resume_continues_the_run_and_logs_the_results_artifact(data_root,
     assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline)  # one W&B run, resumed
     logged = b"".join(p.read_bytes() for p in offline[-1].glob("*.wandb"))
     assert f"results-{run_id}".encode() in logged and b"report.md" in logged
+    assert b"synthetic-data" in logged and b"data.kind:synthetic" in logged  # the fixture's data, tagged
 
 
 @pytest.mark.slow
@@ -95,6 +96,8 @@ def test_tensorboard_and_mlflow_loggers_write_under_the_run(data_root, tmp_path)
     (logged,) = client.search_runs([experiment.experiment_id])
     assert 0 <= logged.data.metrics["val/auc"] <= 1 and "train/loss_epoch" in logged.data.metrics
     assert logged.data.params["model/lr"] == "0.003"
+    assert logged.data.tags["data.synthetic"] == "true" and logged.data.tags["data.kind"] == "synthetic"
+    assert logged.data.params["data_identity/kind"] == "synthetic"  # the run config names the data too
 
 
 def test_many_composes_every_tracker(tmp_path):
