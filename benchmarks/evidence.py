@@ -38,7 +38,10 @@ Protocol (printed with the table and written to ``<out>/evidence.md``):
   III see all training labels during pretraining, so its 1 % and 10 % rows are marked: they
   compare a method that saw every label with arms that did not.
 - Mask diagnostics (every arm with learned or structured masks), on 128 validation images with
-  the final checkpoint: the trained masking, the same masking untrained, and random masks.
+  the final checkpoint (``evaluation.mask_evidence``): the trained masking, the same masking
+  untrained, and the nulls (its draws on shuffled images, the training images' mean-intensity
+  map, a centre bias, a fixed random map, random masks); reconstruction difficulty by the same
+  seed's MAE arm for every arm; mean and Student-t interval over seeds, trained minus each.
 - Pretraining curves: every arm saves a checkpoint every ``--curve-every`` epochs; those of
   the first seed are probed (100 % labels; validation AUC plotted) against level-I steps and
   wall time, with MAE's validation reconstruction loss (mean over seeds).
@@ -229,72 +232,35 @@ def finetune(arm: str, ckpt: str | None, seed: int, fraction: float, args, out: 
 
 
 # ----- mask diagnostics -------------------------------------------------------------------
-DIAGNOSTICS = ("context_iou", "rho_intensity", "rho_edges", "rho_recon", "ess", "level3_gain")
+DIAGNOSTIC_IMAGES = 128
 
 
-def mask_diagnostics_of(pre_result: dict, seed: int, arrays) -> dict:
-    """The module's ``mask_diagnostics`` on the first 128 validation images with the arm's
-    trained MAE (and head or probe) and three maskings: the trained one (``trained``), the same
-    masking at its initialisation (``untrained``: MLO-MAE's masking net, HPM's loss predictor and
-    teacher, AttMask's teacher, AutoMAE's generator; block masks have nothing to train), and
-    random (``random``: a scorer of uniform random numbers for MLO-MAE, MAE's random masks for the
-    strategies); the virtual step is the configured (level-I) lr."""
+def mask_diagnostics_of(pre_result: dict, seed: int, arrays, reference_ckpt: str) -> dict:
+    """``evaluation.mask_evidence.mask_evidence_of_checkpoint`` on the first 128 validation images:
+    the arm's trained masking, the same masking at its initialisation under ``seed`` (MLO-MAE's
+    masking net, HPM's loss predictor and teacher, AttMask's teacher, AutoMAE's generator; block
+    masks have nothing to train), and the nulls (its draws on shuffled images, the training
+    images' mean-intensity map, a centre bias, a fixed random map, random masks); reconstruction
+    difficulty by ``reference_ckpt`` (the same seed's plain MAE) for every arm."""
     import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(pre_result["ckpt"]).parents[1] / "config.yaml")
-    torch.manual_seed(seed)
-    module = instantiate(cfg.model, _convert_="all").eval()
-    x, y = (torch.as_tensor(a[:128]) for a in arrays["val"])
-    y = y.long()
-    step = float(cfg.model.lr)
+    from evaluation.mask_evidence import mask_evidence_of_checkpoint
 
-    class RandomScores(torch.nn.Module):
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return torch.rand(tokens.shape[:2], generator=generator)
-
-    generator = torch.Generator().manual_seed(seed)
-    state = torch.load(pre_result["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
-    if not hasattr(module, "masknet"):  # a masking strategy of MAEPretrain
-        from lightning_modules.components.strategies import build_strategy
-
-        untrained_state = {k: v.clone() for k, v in module.masking.state_dict().items()}
-        module.load_state_dict(state)
-        out = {"trained": module.mask_diagnostics(x, y, step)}
-        module.masking.load_state_dict(untrained_state)
-        out["untrained"] = module.mask_diagnostics(x, y, step)
-        module.masking = build_strategy("random", module.mae)
-        out["random"] = module.mask_diagnostics(x, y, step)
-        return out
-    untrained_state = {k: v.clone() for k, v in module.masknet.state_dict().items()}  # as initialised
-    module.load_state_dict(state)
-    out = {"trained": module.mask_diagnostics(x, y, step)}
-    module.masknet.load_state_dict(untrained_state)  # the trained MAE and head, the initial masking net
-    out["untrained"] = module.mask_diagnostics(x, y, step)
-    module.masknet = RandomScores()
-    out["random"] = module.mask_diagnostics(x, y, step)
-    return out
-
-
-def fmt_g(values: list[float]) -> str:
-    """``mean +- std`` with 3 significant digits (the level-III gains are ~1e-4)."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3g} +- {sd:.2g}"
+    x = torch.as_tensor(arrays["val"][0][:DIAGNOSTIC_IMAGES])
+    return mask_evidence_of_checkpoint(pre_result["ckpt"], x, torch.as_tensor(arrays["train"][0]),
+                                       reference_ckpt=reference_ckpt, seed=seed)
 
 
 def diagnostics_table(results: dict, args) -> str:
-    lines = ["| arm | diagnostic | trained (mean +- std) | untrained | random scores / masks | random masks (exact) |",
-             "|---|---|---|---|---|---|"]
+    """Per arm: ``evaluation.mask_evidence.evidence_table`` of the seeds' diagnostics."""
+    from evaluation.mask_evidence import evidence_table, seed_intervals
+
+    lines = []
     for arm in MASKED_ARMS:
-        runs = [results["diagnostics"][arm, s] for s in args.seeds]
-        for k in (*DIAGNOSTICS, "diversity"):
-            if k not in runs[0]["trained"]:
-                continue  # ess: MLO-MAE's patch weights only; diversity: logged by MLO-MAE's mask statistics
-            exact = f"{runs[0]['trained']['context_iou_random']:.3f}" if k == "context_iou" else "-"
-            cells = [fmt_g([r[which][k] for r in runs]) for which in ("trained", "untrained", "random")]
-            lines.append(f"| {LABELS[arm]} | {k} | {' | '.join(cells)} | {exact} |")
-    return "\n".join(lines)
+        intervals = seed_intervals([results["diagnostics"][arm, s] for s in args.seeds])
+        rows = evidence_table(intervals, label=LABELS[arm])
+        lines += rows[:-2] if not lines else rows[2:-2]  # one header for every arm
+    return "\n".join([*lines, "", rows[-1]])
 
 
 # ----- the run ----------------------------------------------------------------------------
@@ -340,10 +306,10 @@ def run(args) -> dict:
                 curves[arm, seed] = units.get(f"curve_{arm}_seed{seed}", key, lambda _stem, a=arm, s=seed: {
                     "probe": {str(e): linear_probe(encoder_features(p, s, arrays), arrays, 1.0, s)
                               for e, p in pre[a, s]["curve"].items()}})["probe"]
-    diagnostics = {(arm, seed): units.get(f"diagnostics_{arm}_seed{seed}", base | {"arm": arm, "seed": seed,
-                                          "pretrain_epochs": pre[arm, seed]["epochs"]},
-                                          lambda _stem, a=arm, s=seed: mask_diagnostics_of(pre[a, s], s, arrays))
-                   for arm in MASKED_ARMS for seed in args.seeds}
+    diagnostics = {(arm, seed): units.get(f"diagnostics_{arm}_seed{seed}", base | {
+        "arm": arm, "seed": seed, "pretrain_epochs": pre[arm, seed]["epochs"], "diagnostics": "nulls+reference"},
+        lambda _stem, a=arm, s=seed: mask_diagnostics_of(pre[a, s], s, arrays, pre["mae", s]["ckpt"]))
+        for arm in MASKED_ARMS for seed in args.seeds}
     for f in FRACTIONS:  # the scarcest labels first: an interrupted run has their complete rows
         for seed in args.seeds:
             for arm in arms:
@@ -503,10 +469,11 @@ def main() -> None:
         "Test AUC / balanced accuracy (mean +- std over seeds) and paired differences (mean [95% bootstrap "
         "interval over seeds] and (paired t-interval)); 'supported' only where both exclude 0:",
         table(results, args),
-        "Mask diagnostics on 128 validation images (see MLOMAE.mask_diagnostics; context_iou: kept-set IoU "
-        "across batch contexts; rho_*: rank correlation of masking probabilities with patch intensity, edge "
-        "energy, random-mask reconstruction error; ess: level-I weights' effective sample size / masked patches; "
-        "level3_gain: level-III loss after a virtual level-I step with random minus learned masks):",
+        "Mask diagnostics on 128 validation images, trained vs untrained vs nulls (docs/masking.md, "
+        "'Diagnostics'; rho_<feature>: per-image rank correlation of the scores, _mask: of the drawn masks, "
+        "_within: within patch positions, 0 for any masker that ignores the image; recon: reconstruction error "
+        "of the same seed's MAE under random masks; context_iou: batch contexts, batch-standardised masking only; "
+        "ess: level-I weights' effective sample size / masked patches):",
         diagnostics_table(results, args)])
     pngs = figures(results, args)
     atomic_write_text(args.out / "evidence.md", text + "\n")

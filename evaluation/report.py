@@ -79,16 +79,17 @@ def mask_section(metrics: dict) -> list[str]:
              if k.startswith("val/mask_") and isinstance(v, float)}
     if "diversity" not in stats:
         return []
-    lines = ["## Masking network (fixed validation batch, last epoch)", "",
-             "| statistic | value | random masks | what it measures |", "|---|---|---|---|"]
+    lines = ["## Masking (fixed validation batch, last epoch)", "",
+             "| statistic | value | null / reference | what it measures |", "|---|---|---|---|"]
     for key, value in stats.items():
-        if key == "context_iou_random":
+        if key == "context_iou_random" or key.startswith("rho_"):
             continue
         meaning, baseline = MASK_ROWS.get(key, ("", "-"))
         if baseline in stats:
-            baseline = f"{stats[baseline]:.3f}"
+            baseline = f"{stats[baseline]:.3f} (if the batch decided every mask)"
         lines.append(f"| {key} | {value:.4g} | {baseline} | {meaning} |")
-    lines += ["", *(f"> **Warning:** {w}" + "\n" for w in mask_warnings(stats))]
+    lines += ["", *mask_correlation_table(stats)]
+    lines += [*(f"> **Warning:** {w}" + "\n" for w in mask_warnings(stats))]
     return lines
 
 

@@ -10,7 +10,7 @@ from torchmetrics import MaxMetric
 
 from lightning_modules.components.losses import ClassificationLoss
 from lightning_modules.components.mae import MaskedAutoencoder, uniformity_loss
-from lightning_modules.components.mask_diagnostics import masking_diagnostics
+from lightning_modules.components.mask_diagnostics import DiagnosedMasker, masking_diagnostics
 from lightning_modules.components.masking import mask_diversity
 from lightning_modules.components.optim import (
     OptimizerFactory,
@@ -158,14 +158,19 @@ class MAEPretrain(L.LightningModule):
 
     DIAGNOSTIC_IMAGES = 128
 
-    def mask_diagnostics(self, x: torch.Tensor, y: torch.Tensor, step: float | None = None) -> dict[str, float]:
-        """``masking_diagnostics`` of this strategy on up to 128 images, plus ``diversity``
-        (``masking.mask_diversity``); the gain uses the online probe on mean-pooled features. The
-        global random state is left as it was (the draws must not move training's random streams)."""
-        x, y = x[: self.DIAGNOSTIC_IMAGES].clone(), y[: self.DIAGNOSTIC_IMAGES].clone()
-        head = self.probe if self.task != MULTI_LABEL else None
+    def masker(self) -> DiagnosedMasker:
+        """This strategy for the diagnostics (its modules are the learned part; every strategy
+        masks each image on its own)."""
+        return DiagnosedMasker(self.mae, self.mask_draw, self.masking)
+
+    def mask_diagnostics(self, x: torch.Tensor, reference=None) -> dict[str, float]:
+        """``masking_diagnostics`` of this strategy on up to 128 images x (B, C, H, W), B >= 2
+        (difficulty by ``reference`` or this module's own MAE: ``rho_recon_own*``), plus
+        ``diversity`` (``masking.mask_diversity``). The global random state is left as it was
+        (the draws must not move training's random streams)."""
+        x = x[: self.DIAGNOSTIC_IMAGES].clone()
         with isolate_rng():
-            out = masking_diagnostics(self.mae, self.mask_draw, x, y, head=head, pooling="mean", step=step)
+            out = masking_diagnostics(self.masker(), x, reference)
             out["diversity"] = mask_diversity(self.mask_draw(x).mask).item()
         return out
 
@@ -243,9 +248,8 @@ class MAEPretrain(L.LightningModule):
         # The same masks every epoch, so val/loss is comparable across epochs.
         out = self.mae(x, fixed_masking(self.mae, len(x), batch_idx, x.device))
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=len(x))
-        if batch_idx == 0 and self.hparams.mask_diagnostics and self.task != MULTI_LABEL:
-            step = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
-            diagnostics = self.mask_diagnostics(x, y.long().reshape(-1), step)
+        if batch_idx == 0 and self.hparams.mask_diagnostics and len(x) >= 2:
+            diagnostics = self.mask_diagnostics(x)
             self.log_dict({f"val/mask_{k}": float(v) for k, v in diagnostics.items()}, sync_dist=True, batch_size=1)
         if self.probe is not None:
             probs = probabilities(self.probe(self.features(x)).float(), self.task)

@@ -29,7 +29,7 @@ from lightning_modules.components.hypergradient import (
     mlo_hypergradient,
 )
 from lightning_modules.components.mae import MaskedAutoencoder
-from lightning_modules.components.mask_diagnostics import masking_diagnostics
+from lightning_modules.components.mask_diagnostics import DiagnosedMasker, masking_diagnostics
 from lightning_modules.components.masking import (
     build_masking_net,
     mask_statistics,
@@ -219,16 +219,22 @@ class MLOMAE(L.LightningModule):
         masking, probs, _ = self.masks(images)
         return MaskDraw(masking, torch.full_like(masking[1], self.mae.mask_ratio) if probs is None else probs)
 
-    def mask_diagnostics(self, x: Tensor, y: Tensor, step: float | None = None) -> dict[str, float]:
-        """What learned masks have and random ones cannot (``mask_diagnostics.masking_diagnostics``),
-        on up to ``DIAGNOSTIC_IMAGES`` images (x (B, C, H, W), y (B,)); learned masks only.
-        ess: the level-I weights' effective sample size / masked patches; level3_gain: level-III
-        loss after one virtual level-I step (SGD, the level-I lr) with random masks minus with
-        the learned masks, on the same images (> 0: the learned masks help the level-III objective).
-        """
-        x, y = x[: self.DIAGNOSTIC_IMAGES].clone(), y[: self.DIAGNOSTIC_IMAGES].clone()
-        return masking_diagnostics(self.mae, self.mask_draw, x, y, head=self.head, pooling=self.levels.pooling,
-                                   step=step, weights_fn=self.weights, random_masks=self.RANDOM_MASKS)
+    def masker(self) -> DiagnosedMasker:
+        """This module's masking for the diagnostics: the masking net is the learned part; with
+        ``model.masking.input_norm=batch`` an image's mask depends on its batch."""
+        learned = self.masking.mode == "learned"
+        return DiagnosedMasker(self.mae, self.mask_draw, self.masknet if learned else None,
+                               self.weights if learned else None, learned and self.masking.input_norm == "batch")
+
+    def mask_diagnostics(self, x: Tensor, reference=None) -> dict[str, float]:
+        """``mask_diagnostics.masking_diagnostics`` of the learned masks on up to
+        ``DIAGNOSTIC_IMAGES`` images x (B, C, H, W), B >= 2: correlations with patch content on
+        the scores and the drawn masks, raw, on shuffled images and within patch positions;
+        reconstruction difficulty by ``reference`` (an MAE) or this module's own MAE
+        (``rho_recon_own*``); ess: the level-I weights' effective sample size / masked patches;
+        context_iou for a batch-dependent masking net."""
+        x = x[: self.DIAGNOSTIC_IMAGES].clone()
+        return masking_diagnostics(self.masker(), x, reference, random_masks=self.RANDOM_MASKS)
 
     # ----- one cycle ---------------------------------------------------------------------
     def _reduce(self, tensors: list[Tensor]) -> list[Tensor]:
@@ -346,9 +352,8 @@ class MLOMAE(L.LightningModule):
             stats = mask_statistics(probs, mask, self.weights(probs, mask))
             self._val_mask_stats = {k: v.item() for k, v in stats.items()}
             self.log_dict({f"val/mask_{k}": v for k, v in stats.items()}, sync_dist=True, batch_size=1)
-            if self.hparams.mask_diagnostics:
-                step = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
-                diagnostics = self.mask_diagnostics(x, y, step)
+            if self.hparams.mask_diagnostics and len(x) >= 2:
+                diagnostics = self.mask_diagnostics(x)
                 self._val_mask_stats.update(diagnostics)
                 self.log_dict({f"val/mask_{k}": float(v) for k, v in diagnostics.items()}, sync_dist=True,
                               batch_size=1)

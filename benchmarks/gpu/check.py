@@ -80,8 +80,8 @@ def mlo_run_figures(run_dir: Path) -> list[str]:
         with open(log, newline="") as f:
             rows += list(csv.DictReader(f))
     epochs = {int(r["epoch"]) for r in rows if r.get("epoch")}
-    keep = ("val/auc", "val/acc", "val/mask_diversity", "val/mask_context_iou", "val/mask_rho_recon",
-            "val/mask_level3_gain")
+    keep = ("val/auc", "val/acc", "val/mask_diversity", "val/mask_context_iou", "val/mask_rho_intensity",
+            "val/mask_rho_intensity_shuffled", "val/mask_rho_intensity_within", "val/mask_rho_recon_own_within")
     return ["| figure | value |", "|---|---|",
             f"| wall time (pretraining stage) | {m.get('wall_time_s', float('nan')):.0f} s |",
             f"| epochs reached | {len(epochs)} |",

@@ -149,8 +149,9 @@ def mask_diversity(mask: Tensor) -> Tensor:
 
 
 def mask_warnings(stats: dict[str, float], min_diversity: float = 0.05, max_saturated: float = 0.9,
-                  min_level1_scale: float = 0.1) -> list[str]:
-    """Readable warnings for a degenerate masking network, from ``mask_statistics`` values."""
+                  min_level1_scale: float = 0.1, min_rho: float = 0.1) -> list[str]:
+    """Readable warnings for a degenerate masking network, from ``mask_statistics`` values and
+    the diagnostics (``mask_diagnostics.masking_diagnostics``)."""
     out = []
     if stats.get("diversity", 1.0) < min_diversity:
         out.append(f"all images share (nearly) one mask: mask diversity {stats['diversity']:.3f} < {min_diversity} "
@@ -163,4 +164,20 @@ def mask_warnings(stats: dict[str, float], min_diversity: float = 0.05, max_satu
         out.append(f"the patch weighting has switched level I off: mean weight over masked patches "
                    f"{stats['level1_scale']:.3g} < {min_level1_scale} (plain MAE = 1); consider "
                    "model.masking.patch_weighting=normalized")
+    return out + position_only_warnings(stats, min_rho)
+
+
+def position_only_warnings(stats: dict[str, float], min_rho: float = 0.1) -> list[str]:
+    """A raw content correlation ``rho_<f>`` of at least ``min_rho`` that the same masks reach on
+    other images (``rho_<f>_shuffled`` of the same sign and at least half its size) is mostly the
+    masker's position preference, not the image: say so, with the within-position value."""
+    out = []
+    for key, raw in stats.items():
+        shuffled = stats.get(f"{key}_shuffled")
+        if not key.startswith("rho_") or key.endswith(("_shuffled", "_within")) or shuffled is None:
+            continue
+        if abs(raw) >= min_rho and raw * shuffled > 0 and abs(shuffled) >= abs(raw) / 2:
+            within = stats.get(f"{key}_within", float("nan"))
+            out.append(f"{key} {raw:+.2f} is mostly position: the same masks paired with other images give "
+                       f"{shuffled:+.2f}; the part that follows the image is {key}_within {within:+.2f}")
     return out
