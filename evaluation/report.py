@@ -57,24 +57,61 @@ def protocol_rows(cfg: DictConfig, metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
-MASK_ROWS = {  # statistic: (what it measures, its value for random masks)
-    "diversity": ("pairwise mask difference / that of random masks (0 = one mask for all)", "1"),
-    "context_iou": ("kept-set IoU of an image across 4 batch contexts", "context_iou_random"),
-    "rho_intensity": ("rank corr. of masking probability with patch intensity", "0"),
-    "rho_edges": ("rank corr. with patch edge energy", "0"),
-    "rho_recon": ("rank corr. with the patch's reconstruction error under random masks", "0"),
+MASK_ROWS = {  # statistic: (what it measures, its null or reference value)
+    "diversity": ("pairwise mask difference / that of random masks (0 = one mask for all)", "1 (random masks)"),
+    "context_iou": ("kept-set IoU of an image across 4 batch contexts, the masker's own randomness held fixed "
+                    "(1 = the batch never moves its mask)", "context_iou_random"),
     "ess": ("level-I weights' effective sample size / masked patches", "1 (uniform weights)"),
-    "level3_gain": ("level-III loss after a virtual level-I step: random minus learned masks", "0"),
     "level1_scale": ("mean level-I weight over masked patches (0 = level I switched off)", "1"),
+    "mean_prob": ("mean masking probability", "mask ratio"),
+    "change": ("share of patches whose mask changed since the last epoch", "-"),
     "entropy": ("mean binary entropy of the probabilities, nats (max ln 2 = 0.693)", "-"),
     "saturated": ("share of probabilities within 0.01 of 0 or 1", "-"),
 }
+MASK_FEATURES = {
+    "intensity": "patch intensity",
+    "edges": "edge energy inside the patch",
+    "recon": "reconstruction error of the reference MAE under random masks",
+    "recon_own": "reconstruction error of this run's own MAE under random masks (partly built in: that MAE "
+                 "learned the patches its masker hides)",
+}
+MASK_COLUMNS = (("", "scores"), ("_shuffled", "scores, other images"), ("_within", "scores within positions"),
+                ("_mask", "drawn masks"), ("_mask_shuffled", "masks, other images"),
+                ("_mask_within", "masks within positions"))
+
+
+def _feature_of(key: str) -> str:
+    """``rho_<feature>[_mask][_within|_shuffled]`` -> the feature."""
+    name = key.removeprefix("rho_")
+    for suffix in ("_shuffled", "_within", "_mask"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def mask_correlation_table(stats: dict[str, float]) -> list[str]:
+    """The ``rho_*`` diagnostics: one row per patch feature, raw correlations beside their
+    shuffled-images null and the within-position ones (null 0)."""
+    features = list(dict.fromkeys(_feature_of(k) for k in stats if k.startswith("rho_")))
+    if not features:
+        return []
+    lines = ["| patch feature | " + " | ".join(label for _, label in MASK_COLUMNS) + " |",
+             "|---|" + "---|" * len(MASK_COLUMNS)]
+    for f in features:
+        cells = [f"{stats[key]:+.3f}" if (key := f"rho_{f}{suffix}") in stats else "-" for suffix, _ in MASK_COLUMNS]
+        lines.append(f"| {MASK_FEATURES.get(f, f)} | " + " | ".join(cells) + " |")
+    return lines + ["", "Per-image Spearman correlation across patches of the masking scores (higher = hidden first) "
+                    "or of the drawn masks (1 = hidden) with the feature, mean over the batch: it mixes position "
+                    "and image. *Other images*: the same draws paired with another image's content, what the "
+                    "masker's position preferences alone give (a masker that ignores the image scores the same "
+                    "there). *Within positions*: ranks centred on their patch position's mean over the batch "
+                    "before correlating, 0 for any masker that ignores the image, about 0 for random masks: "
+                    "only this part says the masks follow the image.", ""]
 
 
 def mask_section(metrics: dict) -> list[str]:
-    """MLO-MAE's masking network at the end of the stage: each statistic beside its value for
-    random masks (a diagnostic is evidence of learning only where it differs from that), and
-    the warnings."""
+    """The masking at the end of the stage (fixed validation batch): each statistic beside its
+    null or reference value, the content correlations beside their nulls (a diagnostic is
+    evidence of learning only where it differs from them), and the warnings."""
     stats = {k.removeprefix("val/mask_"): v for k, v in metrics.items()
              if k.startswith("val/mask_") and isinstance(v, float)}
     if "diversity" not in stats:
