@@ -19,7 +19,9 @@ Protocol (printed with the table and written to ``<out>/evidence.md``):
   in levels II / III. The masking strategies of ``MAEPretrain`` (docs/masking.md), each
   ``experiment=mae_<strategy>_small`` with the MAE arm's settings and steps: ``mae_block``
   (BEiT), ``mae_hpm`` (hard-patch mining), ``mae_attmask`` (AttMask), ``mae_automae``
-  (adversarial); their wall time relative to MAE is their measured cost (the compute table).
+  (AutoMAE; its ``source`` stage first pretrains, with the same epochs, batches and limit, the
+  MAE whose attention it reads: not counted in its steps or wall time), ``mae_adversarial``
+  (ADIOS-style); their wall time relative to MAE is their measured cost (the compute table).
   The MAE family trains without per-epoch mask diagnostics and mask maps.
   Each arm's last checkpoint is passed on (no selection on labels).
 - Downstream, per arm and seed, at label fractions 1 %, 10 %, 100 % (a stratified subset of
@@ -71,7 +73,7 @@ P = "stages.pretrain.model."
 # The MAE family runs without the per-epoch mask diagnostics and mask maps (computed afterwards on
 # the final checkpoint instead), so its wall times are those of training and validation alone.
 PLAIN = [f"{P}mask_diagnostics=false", "stages.pretrain.callbacks.mask_maps=null"]
-STRATEGIES = ("block", "hpm", "attmask", "automae")
+STRATEGIES = ("block", "hpm", "attmask", "automae", "adversarial")
 ARMS = {
     "mae": ("mae_small", PLAIN),
     **{f"mae_{s}": (f"mae_{s}_small", PLAIN) for s in STRATEGIES},
@@ -85,7 +87,7 @@ PROBE_C = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 LABELS = {"scratch": "scratch", "mae": "MAE", "mae_equal_wall": "MAE (MLO-MAE's wall time)",
           "mlo_mae": "MLO-MAE (report settings)", "mlo_mae_variant": "MLO-MAE variant (diverse)",
           "mae_block": "MAE + block (BEiT)", "mae_hpm": "MAE + HPM", "mae_attmask": "MAE + AttMask",
-          "mae_automae": "MAE + AutoMAE (adversarial)"}
+          "mae_automae": "MAE + AutoMAE", "mae_adversarial": "MAE + adversarial (ADIOS-style)"}
 COLORS = {arm: f"C{i}" for i, arm in enumerate(LABELS)}  # one colour per arm in every panel
 MASKED_ARMS = ("mlo_mae", "mlo_mae_variant", *(f"mae_{s}" for s in STRATEGIES))  # arms with mask diagnostics
 
@@ -112,11 +114,13 @@ def pretrain(arm: str, seed: int, epochs: int, args, out: Path, stem: str) -> di
 
     experiment, extra = ARMS["mae" if arm == "mae_equal_wall" else arm]
     run_dir = out / "runs" / stem
-    overrides = [f"experiment={experiment}", *common(args.data_root, seed), "stages.finetune=null",
-                 f"stages.pretrain.trainer.max_epochs={epochs}", f"++stages.pretrain.data.batch_size={BATCH}", *extra]
+    stages = ["source", "pretrain"] if arm == "mae_automae" else ["pretrain"]  # AutoMAE pretrains its source first
+    overrides = [f"experiment={experiment}", *common(args.data_root, seed), "stages.finetune=null", *extra]
+    overrides += [o for st in stages for o in (f"stages.{st}.trainer.max_epochs={epochs}",
+                                               f"++stages.{st}.data.batch_size={BATCH}")]
     limit = level1_steps_per_epoch(arm, args) // 2 if experiment == "mlo_mae_small" else args.limit
     if limit:
-        overrides.append(f"++stages.pretrain.trainer.limit_train_batches={limit}")
+        overrides += [f"++stages.{st}.trainer.limit_train_batches={limit}" for st in stages]
     curve_dir = run_dir / "curve"
     m = train(compose_config(overrides, run_dir), callbacks=[CurveCheckpoints()])
     metrics_csv = next((run_dir / "pretrain").rglob("metrics.csv"), None)

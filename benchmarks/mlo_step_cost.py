@@ -4,8 +4,10 @@ measured side by side.
 For each arm: warm-up, then the median wall time of repeated steps in this one process.
 - ``mae``: one plain MAE training step (random masks, forward + backward + AdamW).
 - ``mae + <strategy>``: one MAEPretrain step with that ``model.masking`` (``block``, ``hpm``,
-  ``attmask``, ``automae``): drawing the masks (the teachers' full-image passes included), the
-  MAE and the strategy's own loss in one backward, AdamW, the EMA update.
+  ``attmask``, ``automae``, ``adversarial``) at its published defaults: drawing the masks (the
+  teachers' and AutoMAE's source's full-image passes included), AutoMAE's discriminator step, the
+  MAE and the strategy's own loss in one backward, AdamW, the EMA update. AutoMAE's source is a
+  checkpoint of the arm's own initial encoder (its cost does not depend on the weights).
 - ``mlo-ours`` / ``mlo-original``: one MLO-MAE cycle at the cadence (default 2 : 1 : 1)
   with the merged schedule or the original implementation's, reported per cycle and
   amortised per level-I step (cycle / n1), the unit the targets below use.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -167,15 +170,30 @@ def main() -> None:
     def make_strategy(name: str) -> Callable[[], None]:
         """One step of MAEPretrain's training loop with ``model.masking=name`` (no probe)."""
         mae = build_mae(args).to(dev)
-        strategy = build_strategy(name, mae).to(dev)
+        options = {}
+        if name == "automae":
+            options["source"] = f"{tempfile.mkdtemp()}/source.ckpt"
+            torch.save({"state_dict": {f"mae.encoder.{k}": v for k, v in mae.encoder.state_dict().items()}},
+                       options["source"])
+        strategy = build_strategy(name, mae, **options).to(dev)
         strategy.start(mae)
-        opt = torch.optim.AdamW(param_groups(nn.ModuleDict({"mae": mae, "masking": strategy}), 1e-4, 0.05),
+        critics = nn.ModuleList(getattr(strategy, c) for c in strategy.critics)
+        own = nn.ModuleDict({n: m for n, m in strategy.named_children() if n not in strategy.critics})
+        opt = torch.optim.AdamW(param_groups(nn.ModuleDict({"mae": mae, "masking": own}), 1e-4, 0.05),
                                 betas=(0.9, 0.95))
+        critic_opt = torch.optim.AdamW(critics.parameters(), 1e-4, betas=(0.9, 0.95), weight_decay=0.0) \
+            if strategy.critics else None
 
         def strategy_step():
             with autocast():
                 draw = strategy.draw(x[0], mae, 1.0)
-                out = mae(x[0], draw.masking)
+                critic, _ = strategy.critic_loss(x[0], mae, draw)
+            if critic is not None:
+                critic_opt.zero_grad(set_to_none=True)
+                critic.backward()
+                critic_opt.step()
+            with autocast():
+                out = mae(x[0], draw.masking, token_scale=draw.token_scale)
                 extra, _ = strategy.auxiliary_loss(x[0], mae, draw, out)
                 loss = out.loss if extra is None else out.loss + extra
             opt.zero_grad(set_to_none=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -22,7 +24,13 @@ from lightning_modules.components.optim import (
 )
 from lightning_modules.components.patches import masking_from_scores, unpatchify
 from lightning_modules.components.speed import compile_networks, compile_options
-from lightning_modules.components.strategies import MaskDraw, build_strategy
+from lightning_modules.components.strategies import (
+    MaskDraw,
+    StrategyOptions,
+    TrainingClock,
+    build_strategy,
+    masking_options,
+)
 from lightning_modules.components.vit import pool
 from lightning_modules.metrics import (
     MULTI_LABEL,
@@ -50,13 +58,15 @@ def reconstruct_with(mae: MaskedAutoencoder, images: torch.Tensor, masking) -> d
 
 
 class MAEPretrain(L.LightningModule):
-    """Masked-autoencoder pretraining (manual optimisation: MAE, masking-strategy and probe
-    optimisers).
+    """Masked-autoencoder pretraining (manual optimisation: MAE, masking-strategy, critic and
+    probe optimisers).
 
     One backward of ``reconstruction (+ uniformity) + masking strategy's loss + probe loss`` per
     step; the probe sees detached features, so its gradient never reaches the encoder. The
     optimisers own disjoint parameters: the strategy's trainable parts (HPM's loss predictor,
-    AutoMAE's generator) have their own, of the MAE's kind, rates and schedule.
+    AutoMAE's and the adversary's generators) have their own, of the MAE's kind, rates and
+    schedule; a strategy's critic (AutoMAE's discriminator) is stepped before the MAE step by
+    its own loss and optimiser (the MAE's kind and schedule, no weight decay).
 
     Args:
         mae: the ``MaskedAutoencoder``.
@@ -73,11 +83,12 @@ class MAEPretrain(L.LightningModule):
         uniformity_weight, uniformity_tau: U-MAE regulariser on mean-pooled latents (0 = off).
         grad_clip: max gradient norm of the MAE optimiser (None = off).
         compile: ``torch.compile`` the encoder and decoder (true or a dict of its options).
-        masking: where to mask (``components/strategies``): ``random`` (MAE), ``block`` (BEiT),
-            ``hpm`` (hard-patch mining), ``attmask`` (attention-guided), ``automae`` (adversarial).
-        masking_args: the strategy's options (see its class).
-        mask_diagnostics: log ``val/mask_*`` (``masking_diagnostics``, with the probe as the
-            downstream head) on the first validation batch of every epoch.
+        masking: where to mask, the group ``model.masking`` (``components/strategies``): a name
+            (``random`` (MAE), ``block`` (BEiT), ``hpm`` (hard-patch mining), ``attmask``
+            (AttMask), ``automae`` (AutoMAE), ``adversarial`` (ADIOS-style)) with its published
+            defaults, or a mapping with ``name`` and options (``masking_options``).
+        mask_diagnostics: log ``val/mask_*`` (``masking_diagnostics``: content correlations of the
+            scores and drawn masks with their nulls) on the first validation batch of every epoch.
     """
 
     def __init__(
@@ -95,19 +106,20 @@ class MAEPretrain(L.LightningModule):
         uniformity_tau: float = 0.1,
         grad_clip: float | None = None,
         compile: bool | dict = False,
-        masking: str = "random",
-        masking_args: dict | None = None,
+        masking: str | dict | StrategyOptions = "random",
         mask_diagnostics: bool = True,
     ) -> None:
         super().__init__()
         self.compile_options = compile_options(compile)
-        self.masking = build_strategy(masking, mae, **(masking_args or {}))
+        self.masking_options = masking_options(masking)
+        self.masking = build_strategy(self.masking_options, mae)
         if probe_input not in PROBE_INPUTS:
             raise ValueError(f"model.probe_input={probe_input!r} is invalid; allowed: {list(PROBE_INPUTS)}")
         self.optimizer_factory = optimizer or adamw_for_mae()
         check_optimizer(self.optimizer_factory)
         self.scheduler_factory = scheduler
-        self.save_hyperparameters(logger=False, ignore=["mae", "optimizer", "scheduler"])
+        self.save_hyperparameters(logger=False, ignore=["mae", "optimizer", "scheduler", "masking"])
+        self.hparams["masking"] = self.masking_options.as_config()  # plain values: checkpoints load weights_only
         self.automatic_optimization = False
         self.mae = mae
         self.task = task
@@ -126,7 +138,7 @@ class MAEPretrain(L.LightningModule):
         """Images (B, C, H, W) -> masked input, reconstruction and reconstruction with the
         visible patches pasted back, each (B, C, H, W); random masking: the same masks for the
         same seed; other strategies: their own masks."""
-        if self.hparams.masking == "random":
+        if self.masking_options.name == "random":
             return reconstruct_with(self.mae, images, fixed_masking(self.mae, len(images), seed, images.device))
         return reconstruct_with(self.mae, images, self.mask_draw(images).masking)
 
@@ -141,6 +153,21 @@ class MAEPretrain(L.LightningModule):
         if (trainer.max_steps or 0) > 0:
             return min(1.0, (self.global_step + 1) / trainer.max_steps)
         return 1.0
+
+    def clock(self) -> TrainingClock:
+        """The current batch's place in training (the strategies' schedules): epoch, batch index over
+        all epochs and batches in the run (``trainer.max_epochs`` x batches per epoch, else
+        ``trainer.max_steps`` over the optimisers stepped per batch, each counting as one step)."""
+        trainer = self._trainer
+        if trainer is None:
+            return TrainingClock()
+        total = None
+        if (trainer.max_epochs or 0) > 0 and math.isfinite(trainer.num_training_batches):
+            total = trainer.max_epochs * int(trainer.num_training_batches)
+        elif (trainer.max_steps or 0) > 0:
+            total = math.ceil(trainer.max_steps / max(1, len(trainer.optimizers)))
+        step = max(0, trainer.fit_loop.epoch_loop.total_batch_idx)
+        return TrainingClock(self.current_epoch, step, total, self.progress())
 
     def mask_draw(self, images: torch.Tensor) -> MaskDraw:
         """The strategy's masks for ``images`` (B, C, H, W)."""
@@ -183,10 +210,12 @@ class MAEPretrain(L.LightningModule):
         x, y = batch[0], batch[1]  # (a third element flags synthetic images)
         opts = self.optimizers()
         opts = dict(zip(self._optimizer_roles, opts if isinstance(opts, list) else [opts]))
-        draw = self.mask_draw(x)
-        out = self.mae(x, draw.masking)
+        clock = self.clock()
+        draw = self.masking.draw(x, self.mae, clock.progress)
+        logs = self.critic_step(x, draw, opts.pop("critic", None))
+        out = self.mae(x, draw.masking, token_scale=draw.token_scale)
         loss = out.loss
-        logs = {"train/recon_loss": out.loss.detach()}
+        logs["train/recon_loss"] = out.loss.detach()
         extra, extra_logs = self.masking.auxiliary_loss(x, self.mae, draw, out)
         if self.hparams.uniformity_weight > 0:
             unif = uniformity_loss(pool(out.latent, "mean"), self.hparams.uniformity_tau)
@@ -199,7 +228,7 @@ class MAEPretrain(L.LightningModule):
         total = loss
         if extra is not None:
             if not torch.isfinite(extra):
-                raise FloatingPointError(f"the {self.hparams.masking} masking loss is {extra.item()} at epoch "
+                raise FloatingPointError(f"the {self.masking_options.name} masking loss is {extra.item()} at epoch "
                                          f"{self.current_epoch}; lower model.lr or the strategy's loss weight")
             total = total + extra
             logs |= extra_logs
@@ -219,9 +248,23 @@ class MAEPretrain(L.LightningModule):
             self.clip_gradients(opts["mae"], gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         for opt in opts.values():
             opt.step()
-        self.masking.after_step(self.mae)
+        self.masking.after_step(self.mae, clock)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=len(x))
+
+    def critic_step(self, x: torch.Tensor, draw: MaskDraw, opt) -> dict[str, torch.Tensor]:
+        """One step of the strategy's critic (AutoMAE's discriminator) on its own loss and
+        optimiser ``opt``, before the MAE step; its logs (none without a critic)."""
+        loss, logs = self.masking.critic_loss(x, self.mae, draw)
+        if loss is None:
+            return {}
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the {self.masking_options.name} critic loss is {loss.item()} at epoch "
+                                     f"{self.current_epoch}; lower model.lr")
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        return dict(logs)
 
     def on_train_epoch_end(self) -> None:
         scheds = self.lr_schedulers()
@@ -234,7 +277,7 @@ class MAEPretrain(L.LightningModule):
     def on_train_start(self) -> None:
         trainer = self.trainer
         if self.masking.scheduled and not ((trainer.max_epochs or 0) > 0 or (trainer.max_steps or 0) > 0):
-            raise ValueError(f"model.masking={self.hparams.masking} follows a schedule over training: set "
+            raise ValueError(f"model.masking={self.masking_options.name} follows a schedule over training: set "
                              "trainer.max_epochs or trainer.max_steps")
         if self.global_step == 0:  # a resumed run keeps its teachers
             self.masking.start(self.mae)
@@ -261,12 +304,18 @@ class MAEPretrain(L.LightningModule):
 
     def configure_optimizers(self):
         """The MAE's optimiser, the strategy's (same kind, rates and schedule; only when it has
-        trainable parts), the probe's; ``_optimizer_roles`` names them in that order."""
+        trainable parts), its critic's (same kind and schedule, no weight decay; only with a
+        critic), the probe's; ``_optimizer_roles`` names them in that order."""
         hp = self.hparams
         optimizers = {"mae": make_optimizer(self.optimizer_factory, param_groups(self.mae, hp.lr, hp.weight_decay))}
-        if any(p.requires_grad for p in self.masking.parameters()):
-            optimizers["masking"] = make_optimizer(self.optimizer_factory,
-                                                   param_groups(self.masking, hp.lr, hp.weight_decay))
+        critics = set(self.masking.critics)
+        own = nn.ModuleDict({n: m for n, m in self.masking.named_children() if n not in critics})
+        if any(p.requires_grad for p in own.parameters()):
+            optimizers["masking"] = make_optimizer(self.optimizer_factory, param_groups(own, hp.lr, hp.weight_decay))
+        if critics:
+            params = [p for n in sorted(critics) for p in getattr(self.masking, n).parameters()]
+            optimizers["critic"] = make_optimizer(self.optimizer_factory,
+                                                  [{"params": params, "lr": hp.lr, "weight_decay": 0.0}])
         scheduled = list(optimizers.values())
         if self.probe is not None:
             probe = [{"params": list(self.probe.parameters()), "lr": hp.probe_lr, "weight_decay": 0.0}]

@@ -54,7 +54,8 @@ def _stage_configs(cfg, tmp_path) -> list:
 
 FAST_FDR = {"quickstart", "cnn_derma", "vit_small", "mae_small", "mlo_mae_small"}
 # full-size configs whose siblings stay in the default run (mae_derma, mlo_mae_derma): `pytest -m slow`
-SLOW_BUILD = {"dermae_derma", "mlo_mae_derma_diverse", *(f"mae_{s}_derma" for s in ("block", "hpm", "attmask", "automae"))}
+SLOW_BUILD = {"dermae_derma", "mlo_mae_derma_diverse",
+              *(f"mae_{s}_derma" for s in ("block", "hpm", "attmask", "automae", "adversarial"))}
 
 
 @pytest.mark.parametrize("experiment", [e if e in FAST_FDR else pytest.param(e, marks=pytest.mark.slow)

@@ -50,14 +50,20 @@ class MAEDecoder(nn.Module):
         self.apply(init_vit_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent (B, 1 + K, De) with CLS first, ids_restore (B, L) -> predictions (B, L, P)."""
+    def embed_tokens(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """The blocks' input (B, 1 + L, Dd): latent (B, 1 + K, De) embedded, mask tokens for the
+        hidden patches, image order, position embedding ([CLS] first, without one). HPM's loss
+        predictor reads the same input."""
         x = self.embed(latent)
         b, n_vis = x.shape[0], x.shape[1] - 1
         masks = self.mask_token.expand(b, ids_restore.shape[1] - n_vis, -1)
         patches = torch.cat([x[:, 1:], masks], dim=1)  # visible first, then mask tokens
         patches = gather_tokens(patches, ids_restore) + self.pos_embed  # back to image order
-        x = torch.cat([x[:, :1], patches], dim=1)
+        return torch.cat([x[:, :1], patches], dim=1)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent (B, 1 + K, De) with CLS first, ids_restore (B, L) -> predictions (B, L, P)."""
+        x = self.embed_tokens(latent, ids_restore)
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, 1:]
@@ -157,12 +163,19 @@ class MaskedAutoencoder(nn.Module):
         images: torch.Tensor,
         masking: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         patch_weights: torch.Tensor | None = None,
+        token_scale: torch.Tensor | None = None,
     ) -> MAEOutput:
-        """images (B, C, H, W); ``masking`` = (ids_keep, mask, ids_restore), random when None."""
+        """images (B, C, H, W); ``masking`` = (ids_keep, mask, ids_restore), random when None;
+        ``token_scale`` (B, L): factors on the embedded patch tokens (a masking strategy's
+        straight-through gradient path, value 1; ``strategies.MaskDraw``)."""
         if masking is None:
             masking = random_masking(images.shape[0], self.encoder.num_patches, self.mask_ratio, images.device)
         ids_keep, mask, ids_restore = masking
-        latent = self.encoder(images, ids_keep)
+        if token_scale is None:
+            latent = self.encoder(images, ids_keep)
+        else:
+            tokens = self.encoder.embed(images) * token_scale.unsqueeze(-1)
+            latent = self.encoder.encode_tokens(gather_tokens(tokens, ids_keep))
         pred = self.decoder(latent, ids_restore)
         target = patchify(images, self.encoder.patch_size)
         errors = patch_errors(pred, target, self.norm_pix_loss)

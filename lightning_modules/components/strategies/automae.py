@@ -1,94 +1,210 @@
-"""Adversarial masking (AutoMAE; Chen et al., "Improving Masked Autoencoders by Learning Where to
-Mask", 2023; in the spirit of ADIOS, Shi et al., ICML 2022): a mask generator is trained to
-raise the MAE's reconstruction loss, while the MAE learns to lower it.
+"""AutoMAE (Chen et al., "Improving Masked Autoencoders by Learning Where to Mask", 2023): a mask
+generator on a frozen pretrained MAE's attention, trained with the reconstruction loss through a
+straight-through estimator and against a discriminator of masks (LSGAN).
 
-The generator (``masking.PatchScorer`` on the MAE's detached patch + position embeddings, as
-MLO-MAE's masking input) gives each patch a logit; Gumbel noise is added and the top-k hidden
-(Gumbel top-k: sampling without replacement in proportion to the softmax of the logits). Its
-gradient comes through a relaxation of that top-k, sigmoid((perturbed score - threshold) / tau)
-with the threshold midway between the last hidden and the first visible score: the generator
-maximises the relaxed mean of the standardised per-patch reconstruction errors over the hidden
-patches (errors detached, so the MAE's own gradient is untouched). The centring makes the
-objective a redistribution (lifting every logit gains nothing); the prior keeps the ratio and the
-spread: each image's mean masking probability sigmoid(logit) and each position's mean over the
-batch stay near the mask ratio (a squared penalty), so the generator neither saturates nor
-collapses onto a few fixed positions.
+Per step, as the AutoMAE code does (``random_masking(..., mask, mask_factor)`` and its training
+loop; docs/masking.md lists where our reading is uncertain):
+
+- The source, a frozen MAE encoder from a checkpoint of the same run family
+  (``model.masking.source``: a file or ``wandb:ENTITY/PROJECT/NAME:VERSION``), gives its last
+  block's [CLS] attention per head, (B, heads, g, g).
+- The generator (two 3x3 convolutions over the heads, log-softmax over the L patches) gives
+  log-probabilities; a Gumbel-softmax sample ``p`` (tau 1) picks its top K = visible-count
+  patches; those get ``mask_factor`` added to uniform noise (straight-through: the value is the
+  hard top-K, the gradient that of ``p``), and the L - K highest noise values are hidden.
+- The noise also multiplies the visible tokens by 1 with its gradient (``MaskDraw.token_scale``),
+  so the reconstruction loss reaches the generator, which descends it.
+- A discriminator (spectral-norm convolutions) learns, in a step of its own before each MAE step,
+  to tell random rectangles (value 0.5 plus U(0, 0.1) noise, softmax over the patches) from fresh
+  generator samples (LSGAN: real -> 1, fake -> 0); the generator is pushed towards D = 1
+  (weight ``adversary_weight``).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
 
-from lightning_modules.components.masking import PatchScorer
-from lightning_modules.components.patches import masking_from_scores
-from lightning_modules.components.strategies.base import MaskDraw, MaskingStrategy
-
-
-def gumbel_noise(shape: torch.Size, device) -> Tensor:
-    """Standard Gumbel samples, -log(-log U)."""
-    u = torch.rand(shape, device=device).clamp(1e-9, 1 - 1e-9)
-    return -torch.log(-torch.log(u))
-
-
-def relaxed_top_k(perturbed: Tensor, mask: Tensor, tau: float) -> Tensor:
-    """Soft membership (B, L) of the hidden set: sigmoid((score - threshold) / tau), the threshold
-    (detached) midway between each image's lowest hidden and highest visible score."""
-    hidden = mask.bool()
-    low_hidden = perturbed.detach().masked_fill(~hidden, float("inf")).amin(1, keepdim=True)
-    high_visible = perturbed.detach().masked_fill(hidden, float("-inf")).amax(1, keepdim=True)
-    return ((perturbed - (low_hidden + high_visible) / 2) / tau).sigmoid()
+from core.artifacts import resolve_checkpoint
+from core.config import CheckpointError
+from lightning_modules.components.checkpoints import CheckpointMismatchError, load_encoder
+from lightning_modules.components.patches import masking_from_scores, num_kept
+from lightning_modules.components.strategies.attention import last_block_attention_maps
+from lightning_modules.components.strategies.base import (
+    MaskDraw,
+    Masking,
+    MaskingStrategy,
+    StrategyOptions,
+    frozen_copy,
+    frozen_parameters,
+    normalise_rows,
+    option_error,
+)
 
 
-def adversarial_objective(errors: Tensor, soft: Tensor, mask: Tensor) -> Tensor:
-    """The generator's loss (to minimise): minus the relaxed mean over each image's hidden patches
-    of its per-patch errors (B, L), standardised over those patches (detached)."""
-    hidden = mask.bool()
-    e = errors.detach().double()
-    count = hidden.sum(1, keepdim=True).clamp(min=1)
-    mean = (e * hidden).sum(1, keepdim=True) / count
-    std = (((e - mean) ** 2 * hidden).sum(1, keepdim=True) / count).sqrt()
-    z = ((e - mean) / (std + 1e-8) * hidden).to(soft.dtype)
-    return -(z * soft).sum(1).div(count.squeeze(1).to(soft.dtype)).mean()
+@dataclass(frozen=True)
+class AutoMAEOptions(StrategyOptions):
+    """``model.masking=automae``.
 
-
-def ratio_prior(probs: Tensor, mask_ratio: float) -> Tensor:
-    """Squared deviation from the mask ratio of each image's mean probability and of each
-    position's mean over the batch, (B, L) -> scalar."""
-    return ((probs.mean(1) - mask_ratio) ** 2).mean() + ((probs.mean(0) - mask_ratio) ** 2).mean()
-
-
-class AdversarialMasking(MaskingStrategy):
-    """Args:
-        num_patches, mask_ratio: the MAE's.
-        embed_dim: the encoder's width (the generator's input).
-        hidden: the generator's hidden width.
-        tau: temperature of the relaxed top-k.
-        adversary_weight, prior_weight: weights of the generator's two terms.
-    Masks are sampled (Gumbel noise) in training; in eval mode the top-k of the logits.
+    source: the pretrained MAE whose last-block attention the generator reads: a checkpoint file
+        or a W&B model artifact ``wandb:ENTITY/PROJECT/NAME:VERSION`` (required;
+        ``experiment=mae_automae_small`` pretrains one in its ``source`` stage).
+    mask_factor: what the generator's top patches add to the uniform noise (AutoMAE: 0.5).
+    adversary_weight: weight of the generator's LSGAN term (AutoMAE's ``loss_g_factor``: 0.2).
+    tau: Gumbel-softmax temperature (AutoMAE: 1).
+    rect_area: the discriminator's real masks: rectangles of [low, high] x L patches (10 / 64 and
+        40 / 64 of the grid, the 8 x 8 values of a public AutoMAE port).
     """
 
-    score_label = "masking probability"
+    name = "automae"
+    source: str | None = None
+    mask_factor: float = 0.5
+    adversary_weight: float = 0.2
+    tau: float = 1.0
+    rect_area: tuple[float, float] = (10 / 64, 40 / 64)
 
-    def __init__(self, num_patches: int, mask_ratio: float, embed_dim: int, hidden: int = 128, tau: float = 0.5,
-                 adversary_weight: float = 1.0, prior_weight: float = 1.0) -> None:
-        super().__init__(num_patches, mask_ratio)
-        if tau <= 0:
-            raise ValueError(f"model.masking_args.tau={tau} is invalid; allowed: > 0")
-        self.tau, self.adversary_weight, self.prior_weight = tau, adversary_weight, prior_weight
-        self.generator = PatchScorer(embed_dim, hidden)
+    def __post_init__(self) -> None:
+        if self.source is None or not str(self.source).strip():
+            raise option_error("source", self.source, "a checkpoint of a pretrained MAE of the same encoder (a .ckpt "
+                               "file or wandb:ENTITY/PROJECT/NAME:VERSION); experiment=mae_automae_small pretrains one "
+                               "in its source stage")
+        if self.mask_factor < 0:
+            raise option_error("mask_factor", self.mask_factor, ">= 0")
+        if self.adversary_weight < 0:
+            raise option_error("adversary_weight", self.adversary_weight, ">= 0")
+        if not self.tau > 0:
+            raise option_error("tau", self.tau, "> 0")
+        area = tuple(float(v) for v in self.rect_area)
+        if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
+            raise option_error("rect_area", self.rect_area, "[low, high] shares of the grid, 0 < low <= high <= 1")
+        object.__setattr__(self, "rect_area", area)
+
+
+class AttentionScorer(nn.Module):
+    """AutoMAE's mask generator head: per-head attention (B, heads, L) on a g x g grid ->
+    log-probabilities (B, L) over the patches (Conv 3x3 heads -> heads / 2, ReLU, Conv 3x3 -> 1)."""
+
+    def __init__(self, heads: int, grid: int) -> None:
+        super().__init__()
+        mid = max(1, heads // 2)
+        self.grid = grid
+        self.net = nn.Sequential(nn.Conv2d(heads, mid, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(mid, 1, 3, padding=1), nn.Flatten())
+
+    def forward(self, attention: Tensor) -> Tensor:
+        b, h, _ = attention.shape
+        return self.net(attention.reshape(b, h, self.grid, self.grid)).log_softmax(-1)
+
+
+class MaskDiscriminator(nn.Module):
+    """AutoMAE's discriminator of masks: (B, L) patch distributions on a g x g grid -> scores
+    (B, S), spectral-norm convolutions (1 -> 16, stride 1; 16 -> 32, stride 2; 32 -> 1, no
+    padding, or padding 1 where the grid is too small for it), LeakyReLU 0.2, no sigmoid."""
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+        after_stride = (grid - 1) // 2 + 1
+        self.net = nn.Sequential(
+            spectral_norm(nn.Conv2d(1, 16, 3, stride=1, padding=1, bias=False)), nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)), nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(32, 1, 3, padding=0 if after_stride >= 3 else 1, bias=False)), nn.Flatten(),
+        )
+
+    def forward(self, masks: Tensor) -> Tensor:
+        return self.net(masks.reshape(len(masks), 1, self.grid, self.grid))
+
+
+def biased_masking(prob: Tensor, uniform: Tensor, mask_ratio: float, mask_factor: float) -> tuple[Masking, Tensor]:
+    """AutoMAE's masks from generator probabilities ``prob`` (B, L) and uniform noise (B, L).
+
+    The K = round(L * (1 - mask_ratio)) patches of highest ``prob`` (a straight-through hard
+    top-K: its value, the gradient of ``prob``) add ``mask_factor`` to the noise; the K lowest
+    noise values are kept, the rest hidden. Returns the masking and the noise with its gradient.
+    """
+    keep = num_kept(prob.shape[1], mask_ratio)
+    hard = torch.zeros_like(prob).scatter_(1, prob.detach().topk(keep, dim=1).indices, 1.0)
+    noise = uniform + (hard - prob.detach() + prob) * mask_factor
+    return masking_from_scores(noise.detach(), mask_ratio), noise
+
+
+def rectangle_masks(count: int, grid: int, area: tuple[float, float], rng: np.random.Generator) -> Tensor:
+    """The discriminator's real masks (count, L): a rectangle of value 0.5 (area a ~ U{low L ..
+    high L}, width l ~ U{2 .. g - 2}, height min(g, ceil(a / l)), a random position) plus
+    U(0, 0.1) noise, softmax over the patches."""
+    n = grid * grid
+    low, high = max(1, round(area[0] * n)), max(1, round(area[1] * n))
+    values = rng.uniform(0.0, 0.1, size=(count, grid, grid))
+    for m in values:
+        a = int(rng.integers(low, high + 1))
+        width = int(rng.integers(2, grid - 1))
+        height = min(grid, math.ceil(a / width))
+        x, y = int(rng.integers(0, grid - width + 1)), int(rng.integers(0, grid - height + 1))
+        m[y:y + height, x:x + width] += 0.5
+    return torch.from_numpy(values.reshape(count, n)).float().softmax(-1)
+
+
+def lsgan(scores: Tensor, real: bool) -> Tensor:
+    """LSGAN's loss: mean squared distance of the discriminator's scores to 1 (real) or 0 (fake)."""
+    return F.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
+
+
+class AutoMAEMasking(MaskingStrategy):
+    """AutoMAE for the MAE ``mae`` (options: ``AutoMAEOptions``): the frozen ``source`` (loaded
+    when built), the generator ``scorer`` (trained with the MAE), the ``discriminator`` (its own
+    step). In eval mode the generator's probabilities are used without Gumbel noise."""
+
+    score_label = "generator's probability (scaled per image)"
+    teachers = ("source",)
+    critics = ("discriminator",)
+
+    def __init__(self, mae: nn.Module, options: AutoMAEOptions) -> None:
+        super().__init__(mae.encoder.num_patches, mae.mask_ratio)
+        self.options = options
+        self.grid = int(round(self.num_patches**0.5))
+        if self.grid**2 != self.num_patches or self.grid < 4:
+            raise ValueError(f"AutoMAE needs a square patch grid of at least 4 x 4, got {self.num_patches} patches")
+        self.source = frozen_copy(mae.encoder)
+        try:
+            load_encoder(self.source, resolve_checkpoint(options.source))
+        except (FileNotFoundError, CheckpointError, CheckpointMismatchError) as err:
+            raise ValueError(f"model.masking.source={options.source!r}: {err}") from err
+        self.scorer = AttentionScorer(mae.encoder.blocks[-1].attn.num_heads, self.grid)
+        self.discriminator = MaskDiscriminator(self.grid)
+
+    def attention(self, images: Tensor) -> Tensor:
+        """The source's last-block [CLS] attention per head, (B, heads, L)."""
+        return last_block_attention_maps(self.source, images)[:, :, 0, 1:].float()
+
+    def sample(self, attention: Tensor) -> Tensor:
+        """Generator probabilities (B, L): a Gumbel-softmax sample in training, else softmax."""
+        logp = self.scorer(attention)
+        return F.gumbel_softmax(logp, tau=self.options.tau) if self.training else logp.exp()
 
     def draw(self, images: Tensor, mae: nn.Module, progress: float = 1.0) -> MaskDraw:
         with torch.autocast(images.device.type, enabled=False):
-            tokens = mae.encoder.embed(images.float()).detach()
-            logits = self.generator.logits(tokens)
-        perturbed = logits + gumbel_noise(logits.shape, logits.device) if self.training else logits
-        masking = masking_from_scores(perturbed.detach(), self.mask_ratio)
-        return MaskDraw(masking, logits.detach().sigmoid(), {"logits": logits, "perturbed": perturbed})
+            attention = self.attention(images.float())
+            prob = self.sample(attention)
+            uniform = torch.rand(prob.shape, device=prob.device)
+            masking, noise = biased_masking(prob, uniform, self.mask_ratio, self.options.mask_factor)
+        scale = (noise - noise.detach()) + 1 if self.training else None  # exactly 1: the straight-through path
+        return MaskDraw(masking, normalise_rows(prob.detach()), {"attention": attention, "prob": prob}, scale)
 
     def auxiliary_loss(self, images: Tensor, mae: nn.Module, draw: MaskDraw, out) -> tuple[Tensor, dict]:
-        soft = relaxed_top_k(draw.extra["perturbed"], draw.mask, self.tau)
-        adversary = adversarial_objective(out.errors, soft, draw.mask)
-        prior = ratio_prior(draw.extra["logits"].sigmoid(), self.mask_ratio)
-        loss = self.adversary_weight * adversary + self.prior_weight * prior
-        return loss, {"train/adversary": adversary.detach(), "train/mask_prior": prior.detach()}
+        with frozen_parameters(self.discriminator):
+            adversary = lsgan(self.discriminator(draw.extra["prob"]), real=True)
+        return self.options.adversary_weight * adversary, {"train/automae_generator": adversary.detach()}
+
+    def critic_loss(self, images: Tensor, mae: nn.Module, draw: MaskDraw) -> tuple[Tensor, dict]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))  # reproducible and resumable
+        real = rectangle_masks(len(images), self.grid, self.options.rect_area, rng).to(images.device)
+        with torch.no_grad():
+            fake = self.sample(draw.extra["attention"])  # a fresh sample, as AutoMAE's discriminator step
+        loss = lsgan(self.discriminator(real), real=True) + lsgan(self.discriminator(fake), real=False)
+        return loss, {"train/automae_discriminator": loss.detach()}

@@ -9,8 +9,12 @@ that random MAE masking uses. Shapes: images (B, C, H, W); L patches per image.
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,29 +33,105 @@ class MaskDraw:
         masking probability, the predicted loss, the attention, or random noise for random
         masking. Mask maps draw it; the content diagnostics correlate it with the images.
     extra: tensors the strategy's ``auxiliary_loss`` needs again (with their graph).
+    token_scale: None, or (B, L) factors (value 1) by which the MAE multiplies its embedded
+        patch tokens: a strategy's straight-through path from the reconstruction loss into its
+        mask generator (AutoMAE).
     """
 
     masking: Masking
     scores: Tensor
     extra: dict[str, Tensor] = field(default_factory=dict)
+    token_scale: Tensor | None = None
 
     @property
     def mask(self) -> Tensor:
         return self.masking[1]
 
 
+@dataclass(frozen=True)
+class TrainingClock:
+    """Where training stands, for the strategies' schedules.
+
+    epoch: 0-based; step: 0-based index of the current batch, counted over all epochs;
+    total_steps: batches in the whole run (None: unknown); progress: share of training done
+    after this epoch (or step), in (0, 1].
+    """
+
+    epoch: int = 0
+    step: int = 0
+    total_steps: int | None = None
+    progress: float = 1.0
+
+    def step_share(self) -> float:
+        """step / total_steps in [0, 1] (per-iteration schedules); needs ``total_steps``."""
+        if not self.total_steps:
+            raise ValueError("a per-step schedule needs the run's length: set trainer.max_epochs or trainer.max_steps")
+        return min(self.step / self.total_steps, 1.0)
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """A strategy's options, the group ``model.masking`` (``name`` plus these fields); each
+    subclass is a frozen dataclass checked when built, its errors naming ``model.masking.<key>``."""
+
+    name: ClassVar[str] = ""
+
+    def as_config(self) -> dict[str, Any]:
+        """``{"name": ..., option: value}`` with tuples as lists (a plain config / hparams value)."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}}
+
+
+def option_error(key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"model.masking.{key}={value!r} is invalid; allowed: {allowed}")
+
+
+def check_range(key: str, value: float, low: float, high: float, closed_high: bool = True) -> float:
+    """``value`` as a float in [low, high] (or [low, high)), else an error naming ``model.masking.<key>``."""
+    ok = low <= value <= high if closed_high else low <= value < high
+    if not ok:
+        raise option_error(key, value, f"[{low}, {high}{']' if closed_high else ')'}")
+    return float(value)
+
+
+def momentum_pair(key: str, value: float | Sequence[float]) -> tuple[float, float]:
+    """A teacher momentum option: one number (constant) or [start, end] (a schedule), start in
+    [0, 1) and end in [0, 1] -> (start, end)."""
+    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    if len(pair) != 2:
+        raise option_error(key, value, "a number in [0, 1) (constant) or [start, end] (a schedule)")
+    return check_range(key, pair[0], 0.0, 1.0, closed_high=False), check_range(key, pair[1], 0.0, 1.0)
+
+
+def linear_momentum(momentum: tuple[float, float], epoch: int, ramp_epochs: int) -> float:
+    """HPM's teacher momentum: ``start + min(epoch, ramp) / ramp * (end - start)`` (its code:
+    0.999 -> 0.9999 over the first 100 epochs, set at the start of each epoch)."""
+    start, end = momentum
+    return start + min(epoch, ramp_epochs) / ramp_epochs * (end - start)
+
+
+def cosine_momentum(momentum: tuple[float, float], share: float) -> float:
+    """DINO's / iBOT's per-iteration teacher momentum: ``end + (start - end) * (1 + cos(pi * share)) / 2``
+    at ``share`` = iteration / iterations of the run (AttMask: 0.996 -> 1)."""
+    start, end = momentum
+    return end + (start - end) * (1 + math.cos(math.pi * share)) / 2
+
+
 class MaskingStrategy(nn.Module, ABC):
     """Base class: ``draw`` masks; optionally an ``auxiliary_loss`` added to the MAE's loss (one
-    backward, one optimiser over the MAE and the strategy's trainable parameters) and an
-    ``after_step`` (e.g. an EMA teacher's update) after each optimiser step.
+    backward, one optimiser over the MAE and one over the strategy's trainable parameters), a
+    ``critic_loss`` trained before that step with an optimiser of its own (AutoMAE's
+    discriminator, the modules named in ``critics``), and an ``after_step`` (e.g. an EMA teacher's
+    update) after each optimiser step.
 
     Strategies keep their own modules only: the MAE is passed to every call, never stored, so
     its parameters are not registered twice.
     """
 
     score_label = "masking score"  # what ``MaskDraw.scores`` is, for mask maps
-    teachers: tuple[str, ...] = ()  # names of EMA teacher submodules: always in eval mode
-    scheduled = False  # uses ``progress`` (needs trainer.max_epochs or max_steps)
+    teachers: tuple[str, ...] = ()  # names of frozen teacher submodules: always in eval mode
+    critics: tuple[str, ...] = ()  # names of submodules trained by ``critic_loss`` alone
+    scheduled = False  # follows a schedule over training (needs trainer.max_epochs or max_steps)
 
     def __init__(self, num_patches: int, mask_ratio: float) -> None:
         super().__init__()
@@ -77,11 +157,15 @@ class MaskingStrategy(nn.Module, ABC):
         """Extra loss of this strategy given the MAE's output ``out`` (an ``MAEOutput``) and scalar logs."""
         return None, {}
 
+    def critic_loss(self, images: Tensor, mae: nn.Module, draw: MaskDraw) -> tuple[Tensor | None, dict]:
+        """The loss of the ``critics`` (their gradient only), stepped before the main step, and scalar logs."""
+        return None, {}
+
     def start(self, mae: nn.Module) -> None:
         """Called once before the first training step (teachers start as copies of the MAE)."""
 
-    def after_step(self, mae: nn.Module) -> None:
-        """Called after each optimiser step."""
+    def after_step(self, mae: nn.Module, clock: TrainingClock | None = None) -> None:
+        """Called after each optimiser step, with the step's place in training (None: the start)."""
 
 
 def mixed_top_k(scores: Tensor, mask_ratio: float, informed_share: float) -> Masking:
@@ -99,11 +183,27 @@ def mixed_top_k(scores: Tensor, mask_ratio: float, informed_share: float) -> Mas
     top = int(hidden * informed_share)
     combined = torch.rand(b, n, device=scores.device)  # in [0, 1): the random part
     if top > 0:
-        s = scores.detach().float()
-        tie_break = torch.rand_like(s) * 1e-6 * s.abs().amax(1, keepdim=True).clamp(min=1e-30)
-        ids = (s + tie_break).topk(top, dim=1).indices
-        combined.scatter_(1, ids, 2.0)  # above every random value: always hidden
+        combined.scatter_(1, ranked(scores)[:, :top], 2.0)  # above every random value: always hidden
     return masking_from_scores(combined, mask_ratio)
+
+
+def ranked(scores: Tensor, descending: bool = True) -> Tensor:
+    """Patch ids (B, L) of each row of ``scores`` from the highest score (``descending``) or the
+    lowest; equal scores (bf16 teachers quantise them) in random order. Uses the global RNG."""
+    s = scores.detach().float()
+    tie_break = torch.rand_like(s) * 1e-6 * s.abs().amax(1, keepdim=True).clamp(min=1e-30)
+    return torch.argsort(s + tie_break, dim=1, descending=descending)
+
+
+def masking_from_hidden(hidden: Tensor) -> Masking:
+    """``masking_from_scores``'s (ids_keep, mask, ids_restore) for a boolean (B, L) hidden set
+    with the same count in every row (the encoder batches the visible tokens)."""
+    counts = hidden.sum(1)
+    if len(counts) and (counts != counts[0]).any():
+        raise ValueError(f"every image must hide as many patches; got counts {counts.tolist()}")
+    keep = hidden.shape[1] - int(counts[0]) if len(counts) else 0
+    ids_shuffle = torch.argsort(hidden.float(), dim=1, stable=True)  # visible first
+    return ids_shuffle[:, :keep], hidden.float(), torch.argsort(ids_shuffle, dim=1)
 
 
 def normalise_rows(values: Tensor) -> Tensor:
@@ -125,7 +225,14 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).requires_grad_(False).eval()
 
 
-def check_momentum(momentum: float) -> float:
-    if not 0 <= momentum < 1:
-        raise ValueError(f"model.masking_args.ema_momentum={momentum} is invalid; allowed: [0, 1)")
-    return float(momentum)
+@contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[None]:
+    """Gradients off for ``module``'s parameters inside the block (a critic used by a generator's
+    loss: the gradient reaches the generator through the critic's input, never the critic)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)

@@ -10,13 +10,19 @@ needs the same number of visible patches in every image of a batch).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lightning_modules.components.patches import masking_from_scores
-from lightning_modules.components.strategies.base import MaskDraw, MaskingStrategy
+from lightning_modules.components.strategies.base import (
+    MaskDraw,
+    MaskingStrategy,
+    StrategyOptions,
+    option_error,
+)
 
 Rect = tuple[int, int, int, int]  # top, left, height, width in patches
 
@@ -62,29 +68,41 @@ def block_mask(grid: int, num_masked: int, min_patches: int, min_aspect: float, 
     return mask, rects
 
 
-class BlockMasking(MaskingStrategy):
-    """Block-wise masks at the MAE's ratio.
+@dataclass(frozen=True)
+class BlockOptions(StrategyOptions):
+    """``model.masking=block``.
 
-    Args:
-        min_patches: smallest block area in patches (BEiT: 16 of a 14 x 14 grid; default: that
-            share of this grid, at least 1).
-        min_aspect: aspect ratios are drawn log-uniformly from [min_aspect, 1 / min_aspect] (BEiT: 0.3).
+    min_patches: smallest block area in patches (BEiT: 16 of a 14 x 14 grid; None: that share of
+        this grid, at least 1).
+    min_aspect: aspect ratios are drawn log-uniformly from [min_aspect, 1 / min_aspect] (BEiT: 0.3).
     """
+
+    name = "block"
+    min_patches: int | None = None
+    min_aspect: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.min_patches is not None and not (int(self.min_patches) == self.min_patches >= 1):
+            raise option_error("min_patches", self.min_patches, "an integer >= 1, or null (BEiT's share of the grid)")
+        if not 0 < self.min_aspect <= 1:
+            raise option_error("min_aspect", self.min_aspect, "(0, 1]")
+
+
+class BlockMasking(MaskingStrategy):
+    """Block-wise masks at the MAE's ratio (options: ``BlockOptions``)."""
 
     score_label = "in a block"
 
-    def __init__(self, num_patches: int, mask_ratio: float, min_patches: int | None = None,
-                 min_aspect: float = 0.3) -> None:
-        super().__init__(num_patches, mask_ratio)
+    def __init__(self, mae: nn.Module, options: BlockOptions | None = None) -> None:
+        super().__init__(mae.encoder.num_patches, mae.mask_ratio)
+        self.options = options = options or BlockOptions()
+        num_patches = self.num_patches
         self.grid = int(round(num_patches**0.5))
         if self.grid**2 != num_patches:
             raise ValueError(f"block masking needs a square patch grid, got {num_patches} patches")
-        if not 0 < min_aspect <= 1:
-            raise ValueError(f"model.masking_args.min_aspect={min_aspect} is invalid; allowed: (0, 1]")
-        self.min_patches = max(1, round(16 * num_patches / 196)) if min_patches is None else int(min_patches)
-        if self.min_patches < 1:
-            raise ValueError(f"model.masking_args.min_patches={min_patches} is invalid; allowed: >= 1")
-        self.min_aspect = min_aspect
+        default = max(1, round(16 * num_patches / 196))
+        self.min_patches = default if options.min_patches is None else int(options.min_patches)
+        self.min_aspect = options.min_aspect
 
     def draw(self, images: Tensor, mae: nn.Module, progress: float = 1.0) -> MaskDraw:
         # numpy for the per-block loop, seeded from the global torch RNG: reproducible and resumable
