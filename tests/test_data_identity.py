@@ -122,3 +122,13 @@ def test_file_hash_is_read_once_per_file_version(tmp_path, monkeypatch):
     assert file_hash.file_sha256(path) == hashlib.sha256(b"abc").hexdigest() and len(reads) == 1
     path.write_bytes(b"abcd")  # another size: another version
     assert file_hash.file_sha256(path) == hashlib.sha256(b"abcd").hexdigest() and len(reads) == 2
+
+
+def test_a_pipeline_report_says_synthetic_first_when_a_stage_was(quickstart, tmp_path):
+    from evaluation.report import write_pipeline_report
+
+    for stage, report in (("real", "# real\n\n## Test results\n"), ("synthetic", (quickstart[2] / "report.md").read_text())):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "report.md").write_text(report)
+    lines = write_pipeline_report(tmp_path, ["real", "synthetic"], "demo").read_text().splitlines()
+    assert lines[2].startswith("> **Synthetic data, not real data.**") and "in stage(s) synthetic (" in lines[2]

@@ -122,6 +122,9 @@ def test_pipeline_runs_stages_passes_checkpoint_and_resumes(data_root, tmp_path)
     root_report = (tmp_path / "report.md").read_text()
     assert "# Stage: pretrain" in root_report and "](pretrain/reconstructions/epoch_000.png)" in root_report
     assert f"{metrics['test/auc']:.4f}" in root_report
+    assert root_report.splitlines()[2].startswith(  # the fixture's data are synthetic: said before any number
+        "> **Synthetic data, not real data.** Every number, table and figure below was measured on images made by "
+        "the synthetic generator in stage(s) pretrain, finetune")
     pre_info = json.loads((pre / "stage.json").read_text())
     fine_cfg = (fine / "config.yaml").read_text()
     assert f"pretrained_ckpt: {pre_info['best_checkpoint']}" in fine_cfg
