@@ -12,6 +12,7 @@ import numpy as np
 
 from core.data_identity import SYNTHETIC_NOTE
 from core.file_hash import file_sha256
+from datamodules.dicom_frames import split_frame
 from datamodules.image_records import ImageRecords
 from datamodules.synthetic import SYNTHETIC_KEY
 
@@ -40,14 +41,15 @@ def npz_identity(flag: str, size: int, path: Path, generator: dict | None) -> di
 
 
 def records_fingerprint(records: ImageRecords) -> str:
-    """SHA-256 of the listing: each row's image path, label, predefined split, group and file
-    size in bytes (-1 for a missing file), in table order; the pixels are not read."""
+    """SHA-256 of the listing: each row's image path (a frame of a multi-frame DICOM as
+    ``<path>#frame=<k>``), label, predefined split, group and file size in bytes (-1 for a
+    missing file), in table order; the pixels are not read."""
     h = hashlib.sha256()
     splits = records.splits if records.splits is not None else [""] * len(records)
     groups = records.groups if records.groups is not None else [""] * len(records)
     for i, rel in enumerate(records.paths):
         try:
-            size = (records.root / rel).stat().st_size
+            size = split_frame(records.root / rel)[0].stat().st_size
         except OSError:
             size = -1
         h.update(json.dumps([rel, records.label_text(i), str(splits[i]), str(groups[i]), size]).encode() + b"\n")

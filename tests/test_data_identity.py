@@ -132,3 +132,25 @@ def test_a_pipeline_report_says_synthetic_first_when_a_stage_was(quickstart, tmp
         (tmp_path / stage / "report.md").write_text(report)
     lines = write_pipeline_report(tmp_path, ["real", "synthetic"], "demo").read_text().splitlines()
     assert lines[2].startswith("> **Synthetic data, not real data.**") and "in stage(s) synthetic (" in lines[2]
+
+
+def test_a_table_is_named_by_path_row_count_and_a_listing_fingerprint(tmp_path):
+    from core.data_identity import describe
+    from datamodules.data_source import records_identity
+    from datamodules.image_records import ImageRecords
+
+    for name, content in (("a.png", b"1" * 10), ("b.dcm", b"2" * 20)):
+        (tmp_path / name).write_bytes(content)
+
+    def records(labels=(0, 1)):
+        return ImageRecords(source="t.csv", root=tmp_path, paths=["a.png", "b.dcm#frame=1"], labels=np.array(labels),
+                            classes=["benign", "malignant"], rows=["line 2", "line 3"])
+
+    first = records_identity("table", tmp_path / "t.csv", records())
+    listing = "".join(json.dumps(row) + "\n" for row in (["a.png", "benign", "", "", 10], ["b.dcm#frame=1", "malignant", "", "", 20]))
+    assert first["fingerprint"] == hashlib.sha256(listing.encode()).hexdigest()  # the frame's file is sized
+    assert first["rows"] == 2 and first["kind"] == "table" and first["synthetic"] is False
+    assert describe(first) == f"table {tmp_path / 't.csv'}, 2 rows (fingerprint {first['fingerprint'][:16]})"
+    assert records_identity("table", tmp_path / "t.csv", records((1, 0)))["fingerprint"] != first["fingerprint"]
+    (tmp_path / "a.png").write_bytes(b"1" * 11)  # another file content size: another fingerprint
+    assert records_identity("table", tmp_path / "t.csv", records())["fingerprint"] != first["fingerprint"]
