@@ -458,6 +458,21 @@ def test_automae_real_masks_are_random_rectangles_softmaxed_over_the_grid():
         assert 2 <= w <= 6 and any(h == min(8, math.ceil(a / w)) for a in range(10, 41))
 
 
+def test_automae_experiment_pretrains_its_source_first_or_takes_a_given_checkpoint(tmp_path):
+    from pipeline.stage_config import compose_stage
+    from pipeline.stages import stage_order
+
+    cfg = compose_cfg(["experiment=mae_automae_small"], tmp_path / "a")
+    assert stage_order(cfg) == ["source", "pretrain", "finetune"]
+    assert dict(cfg.stages.pretrain.links) == {"model.masking.source": "source.last_checkpoint"}
+    assert compose_stage(cfg, "source", tmp_path / "s").model.masking == {"name": "random"}  # a plain MAE
+    given = compose_cfg(["experiment=mae_automae_small", "stages.source=null", "~stages.pretrain.links",
+                         "stages.pretrain.model.masking.source=wandb:me/medmae/model-mae:v0"], tmp_path / "b")
+    assert stage_order(given) == ["pretrain", "finetune"]
+    masking = compose_stage(given, "pretrain", tmp_path / "p").model.masking
+    assert masking.name == "automae" and masking.source == "wandb:me/medmae/model-mae:v0"
+
+
 # ----- adversarial (ADIOS-style) ------------------------------------------------------------
 def test_adversarial_gradient_raises_the_logits_of_the_patches_with_above_average_error():
     torch.manual_seed(0)

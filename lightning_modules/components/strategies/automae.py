@@ -197,14 +197,15 @@ class AutoMAEMasking(MaskingStrategy):
         return MaskDraw(masking, normalise_rows(prob.detach()), {"attention": attention, "prob": prob}, scale)
 
     def auxiliary_loss(self, images: Tensor, mae: nn.Module, draw: MaskDraw, out) -> tuple[Tensor, dict]:
-        with frozen_parameters(self.discriminator):
+        with frozen_parameters(self.discriminator), torch.autocast(images.device.type, enabled=False):
             adversary = lsgan(self.discriminator(draw.extra["prob"]), real=True)
         return self.options.adversary_weight * adversary, {"train/automae_generator": adversary.detach()}
 
     def critic_loss(self, images: Tensor, mae: nn.Module, draw: MaskDraw) -> tuple[Tensor, dict]:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))  # reproducible and resumable
         real = rectangle_masks(len(images), self.grid, self.options.rect_area, rng).to(images.device)
-        with torch.no_grad():
-            fake = self.sample(draw.extra["attention"])  # a fresh sample, as AutoMAE's discriminator step
-        loss = lsgan(self.discriminator(real), real=True) + lsgan(self.discriminator(fake), real=False)
+        with torch.autocast(images.device.type, enabled=False):  # the discriminator runs in fp32
+            with torch.no_grad():
+                fake = self.sample(draw.extra["attention"])  # a fresh sample, as AutoMAE's discriminator step
+            loss = lsgan(self.discriminator(real), real=True) + lsgan(self.discriminator(fake), real=False)
         return loss, {"train/automae_discriminator": loss.detach()}
