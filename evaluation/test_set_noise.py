@@ -9,7 +9,8 @@ test sets (images drawn from the same population) of
 
 which ``statistics.seeds_images_test`` combines with the seed-to-seed spread. Binary AUC uses
 DeLong's structural components (``delong.py``, exact for the U-statistic); every other metric
-(multi-class macro AUC, accuracy, balanced accuracy) a paired bootstrap of the images,
+(multi-class macro AUC over the classes present in the test split, accuracy, balanced
+accuracy) a paired bootstrap of the images,
 stratified by class (the same resample for every seed and arm, so the shared image noise is
 kept and the arms stay paired).
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.undefined_classes import warn_undefined
 from evaluation.delong import placements
 
 RANKING_METRICS = ("auc",)
@@ -71,7 +73,11 @@ def weighted_metric(metric: str, output: np.ndarray, labels: np.ndarray, weights
         return np.mean(recalls, axis=0)
     if output.ndim == 1:  # binary: positive-class scores
         return weighted_binary_auc(output, labels == 1, weights)
-    return np.mean([weighted_binary_auc(output[:, c], labels == c, weights) for c in classes], axis=0)
+    k = output.shape[1]
+    warn_undefined("test", [f"class {c}" for c in range(k)], np.bincount(labels, minlength=k), len(labels))
+    per_class = np.stack([weighted_binary_auc(output[:, c], labels == c, weights) for c in range(k)])
+    defined = np.isfinite(per_class).any(axis=1)  # a class absent from the split: out of the macro mean
+    return per_class[defined].mean(axis=0) if defined.any() else np.full(len(weights), np.nan)
 
 
 def metric_value(metric: str, output: np.ndarray, labels: np.ndarray) -> float:

@@ -1,0 +1,245 @@
+"""The units of a comparison and how each one runs.
+
+- ``pretrain`` (arm, seed[, fraction]): the arm's pretraining experiment (its pretraining stage
+  for a pipeline) at the comparison's step budget; its last checkpoint is passed on (no
+  selection on labels). An arm that reads labels runs once per fraction, its levels II / III on
+  that fraction's labels (``data.mlo.label_fraction``).
+- ``probe`` (arm, seed, fraction): logistic regression on the frozen encoder's features.
+- ``finetune`` (arm, seed, fraction): the downstream experiment from the pretrained weights,
+  the checkpoint with the best validation metric predicts validation and test once.
+
+Every unit gets the comparison's data overrides, ``seed`` and ``data.split_seed`` = the seed
+(the same splits and label subsets for every arm of a seed) and returns a small JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from evaluation.linear_probe import downstream_outputs, fit_probe
+from evaluation.predict import predict_probs
+from lightning_modules.components.networks import penultimate_features
+from pipeline.cli import compose_config, train
+from pipeline.compare_spec import Arm, ComparisonSpec
+from pipeline.run import run_stage
+from pipeline.stage_config import compose_stage
+
+log = logging.getLogger("compare")
+QUICK_IMAGES = 300  # per split, for the probes of a quick comparison
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str  # pretrain | probe | finetune
+    arm: str
+    seed: int
+    fraction: float | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.arm}-s{self.seed}" + ("" if self.fraction is None else f"-f{self.fraction:g}")
+
+    def pretraining(self, spec: ComparisonSpec) -> Unit | None:
+        """The pretraining unit a downstream unit reads (None: scratch, or a pretraining unit)."""
+        arm = spec.arms[self.arm]
+        if self.kind == "pretrain" or not arm.pretrains:
+            return None
+        return Unit("pretrain", self.arm, self.seed, self.fraction if arm.uses_labels else None)
+
+
+def plan_units(spec: ComparisonSpec) -> list[Unit]:
+    """Every unit of ``spec``: the pretrainings, then the downstream units."""
+    units = []
+    for arm in spec.arms.values():
+        if arm.pretrains:
+            fractions = spec.fractions if arm.uses_labels else (None,)
+            units += [Unit("pretrain", arm.name, s, f) for s in spec.seeds for f in fractions]
+    return units + [Unit(mode, arm, s, f) for mode in spec.modes for f in spec.fractions for arm in spec.arms
+                    for s in spec.seeds]
+
+
+def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
+    """Everything a unit's result depends on (its cache key); the device is not part of it."""
+    arm = spec.arms[unit.arm]
+    settings = {"unit": unit.id, "data": list(spec.data), "overrides": list(spec.overrides), "quick": spec.quick,
+                "seed": unit.seed, "fraction": unit.fraction}
+    if unit.kind == "pretrain" or arm.pretrains:
+        settings["arm"] = {**asdict(arm), "overrides": list(arm.overrides)}
+        settings["budget"] = asdict(spec.budget)
+    if unit.kind != "pretrain":
+        down = spec.downstream
+        settings["downstream"] = {"experiment": down.experiment, "overrides": list(down.overrides)}
+        if unit.kind == "probe":
+            settings["downstream"]["probe_c"] = list(down.probe_c)
+        else:
+            settings["downstream"]["finetune"] = list(down.finetune[unit.fraction])
+    return settings
+
+
+def common_overrides(spec: ComparisonSpec, seed: int) -> list[str]:
+    return [*spec.data, f"trainer={spec.trainer}", *spec.overrides, f"seed={seed}", f"data.split_seed={seed}",
+            "logger=csv", "print_config=false", "~callbacks.rich_progress_bar", "++trainer.enable_progress_bar=false",
+            "++trainer.enable_model_summary=false"]
+
+
+class CountBatches(L.Callback):
+    """Counts the training batches that ran (an MLO-MAE batch is one cycle)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        self.count += 1
+
+
+def pretraining_config(spec: ComparisonSpec, unit: Unit, run_dir: Path) -> DictConfig:
+    """The arm's pretraining config for ``unit`` (its stage, for a pipeline experiment)."""
+    arm = spec.arms[unit.arm]
+    cfg = compose_config([f"experiment={arm.experiment}", *common_overrides(spec, unit.seed), *arm.overrides], run_dir)
+    if cfg.get("stages"):
+        if arm.stage not in cfg.stages:
+            raise ValueError(f"compare.arms.{arm.name}.stage={arm.stage!r}: experiment {arm.experiment!r} has the "
+                             f"stages {list(cfg.stages)}")
+        cfg = compose_stage(cfg, arm.stage, run_dir)
+    if arm.uses_labels:
+        if not cfg.data.get("mlo"):
+            raise ValueError(f"compare.arms.{arm.name}.uses_labels=true, but its pretraining reads no labels "
+                             "(no data.mlo): set uses_labels=false")
+        cfg.data.mlo.label_fraction = unit.fraction
+    return cfg
+
+
+def budget_of(spec: ComparisonSpec, arm: Arm, batches_per_epoch: int, per_batch: int) -> tuple[int, int | None]:
+    """(epochs, training batches per epoch or None for all) of ``arm``'s pretraining."""
+    if spec.quick:
+        return 1, min(2, batches_per_epoch)
+    if arm.epochs is not None:
+        return arm.epochs, None
+    batches, rest = divmod(spec.budget.level1_steps, spec.budget.epochs * per_batch)
+    if rest or not 1 <= batches <= batches_per_epoch:
+        raise ValueError(
+            f"compare.budget: {spec.budget.level1_steps} level-I steps in {spec.budget.epochs} epochs is "
+            f"{spec.budget.level1_steps / (spec.budget.epochs * per_batch):g} batches of {per_batch} level-I step(s) "
+            f"per epoch for arm {arm.name!r}, which has {batches_per_epoch} per epoch; choose a whole number of at "
+            f"most {batches_per_epoch}")
+    return spec.budget.epochs, None if batches == batches_per_epoch else batches
+
+
+def identity_of(dm) -> dict | None:
+    """The datamodule's source identity (``core.data_identity``), or None."""
+    return dm.source_identity() if hasattr(dm, "source_identity") else None
+
+
+def train_batches_per_epoch(cfg: DictConfig) -> tuple[int, dict | None]:
+    """(training batches of one epoch of ``cfg``'s datamodule (MLO-MAE: cycles of its level
+    loaders), its data identity)."""
+    from lightning.pytorch.utilities import CombinedLoader
+
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    if isinstance(loader, CombinedLoader):
+        iter(loader)  # its length is known once its iterator (the mode's cycling) exists
+    return len(loader), identity_of(dm)
+
+
+def run_pretrain(spec: ComparisonSpec, unit: Unit, run_dir: Path) -> dict:
+    cfg = pretraining_config(spec, unit, run_dir)
+    arm = spec.arms[unit.arm]
+    per_batch = int(cfg.data.mlo.cadence[0]) if cfg.data.get("mlo") else 1
+    batches_per_epoch, identity = train_batches_per_epoch(cfg)
+    epochs, batches = budget_of(spec, arm, batches_per_epoch, per_batch)
+    cfg.trainer.max_epochs = epochs
+    if batches is not None:
+        cfg.trainer.limit_train_batches = batches
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # an interrupted unit resumes
+        cfg.ckpt_path = str(last)
+    counter = CountBatches()
+    metrics = run_stage(cfg, [counter])
+    expected = epochs * (batches or batches_per_epoch)
+    if counter.count != expected and not last.is_file():
+        raise RuntimeError(f"unit {unit.id} ran {counter.count} training batches, the budget says {expected}")
+    return {"ckpt": metrics["last_checkpoint"], "wall_s": metrics["wall_time_s"], "epochs": epochs,
+            "batches_per_epoch": batches or batches_per_epoch, "level1_steps": expected * per_batch,
+            "val_loss": metrics.get("val/loss"), "data_identity": identity}
+
+
+def downstream_config(spec: ComparisonSpec, unit: Unit, run_dir: Path, extra: list[str]) -> DictConfig:
+    down = spec.downstream
+    return compose_config([f"experiment={down.experiment}", *common_overrides(spec, unit.seed), *down.overrides,
+                           f"data.label_fraction={unit.fraction}", *extra], run_dir)
+
+
+def _split_arrays(dataset, limit: int | None) -> tuple[torch.Tensor, np.ndarray]:
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    return torch.stack([torch.as_tensor(x) for x, *_ in items]), np.asarray([int(y) for _, y, *_ in items])
+
+
+@torch.no_grad()
+def run_probe(spec: ComparisonSpec, unit: Unit, ckpt: str | None, run_dir: Path) -> dict:
+    start = time.time()
+    cfg = downstream_config(spec, unit, run_dir, ["data.augment=null"])  # features of unaugmented images
+    if ckpt:
+        cfg.model.net.pretrained_ckpt = ckpt
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup()
+    torch.manual_seed(unit.seed)  # the scratch arm's random encoder
+    net = instantiate(cfg.model, _convert_="all").net.eval()
+    encode = penultimate_features(net)
+    limit = QUICK_IMAGES if spec.quick else None
+    features, labels = {}, {}
+    for split in ("train", "val", "test"):
+        x, labels[split] = _split_arrays(getattr(dm, f"{split}_set"), limit)
+        features[split] = torch.cat([encode(x[i:i + spec.downstream.batch_size])
+                                     for i in range(0, len(x), spec.downstream.batch_size)]).numpy()
+    c, probs = fit_probe(features, labels, spec.downstream.probe_c)
+    out = downstream_outputs(probs["val"], labels["val"], probs["test"], labels["test"])
+    return {**out, "C": c, "n_labels": int(len(labels["train"])), "wall_s": time.time() - start,
+            "test_labels": labels["test"].tolist(), "data_identity": identity_of(dm)}
+
+
+def run_finetune(spec: ComparisonSpec, unit: Unit, ckpt: str | None, run_dir: Path) -> dict:
+    epochs, every = (1, 1) if spec.quick else spec.downstream.finetune[unit.fraction]
+    extra = [f"trainer.max_epochs={epochs}", f"trainer.check_val_every_n_epoch={every}", "test=false",
+             "~callbacks.evaluation"]
+    if spec.quick:
+        extra += ["++trainer.limit_train_batches=2", "++trainer.limit_val_batches=2"]
+    cfg = downstream_config(spec, unit, run_dir, extra)
+    if ckpt:
+        cfg.model.net.pretrained_ckpt = ckpt
+    metrics = train(cfg)
+    model = instantiate(cfg.model, _convert_="all")
+    state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup()
+    val = predict_probs(model, dm.val_set, spec.downstream.batch_size)
+    test = predict_probs(model, dm.test_set, spec.downstream.batch_size)
+    out = downstream_outputs(*val, *test)
+    return {**out, "wall_s": metrics["wall_time_s"], "epochs": epochs, "test_labels": test[1].tolist(),
+            "data_identity": identity_of(dm)}
+
+
+def run_unit(spec: ComparisonSpec, unit: Unit, run_dir: Path, ckpt: str | None = None) -> dict:
+    """Run ``unit`` in ``run_dir`` (``ckpt``: the pretrained checkpoint of a downstream unit)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if unit.kind == "pretrain":
+        return run_pretrain(spec, unit, run_dir)
+    if unit.kind == "probe":
+        return run_probe(spec, unit, ckpt, run_dir)
+    return run_finetune(spec, unit, ckpt, run_dir)
+

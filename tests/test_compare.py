@@ -1,0 +1,174 @@
+"""The comparison engine (pipeline/compare*.py, evaluation/comparison_report.py): declarations,
+pre-registration, a quick comparison on an image folder, and the report rebuilt from its files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from datamodules.export import export_npz
+from datamodules.synthetic import write_synthetic_medmnist
+from pipeline.compare import run_comparison
+from pipeline.compare_registry import RegistrationError
+from pipeline.compare_spec import build_spec
+from pipeline.compare_units import Unit, plan_units
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2", "data.num_workers=0"]
+
+
+def declaration(folder: Path, arms: dict, seeds=(0, 1), **extra) -> dict:
+    """A quick comparison on ``folder`` (an image folder with a predefined split)."""
+    return {
+        "name": "folder_quick", "description": "test", "quick": True, "seeds": list(seeds), "fractions": [0.5],
+        "modes": ["probe"], "metrics": ["auc", "bal_acc"], "trainer": "cpu", "overrides": TINY,
+        "data": ["data=image_folder", f"data.root={folder}", "data.channels=1", "data.img_size=28"],
+        "budget": {"level1_steps": 4, "epochs": 2}, "arms": arms, "references": ["scratch"],
+        "downstream": {"experiment": "vit_small", "probe_c": [0.1, 1.0]},
+        "primary": {"arm": "mae", "versus": "scratch", "mode": "probe", "fraction": 0.5, "metric": "auc",
+                    "direction": "greater", "alpha": 0.05, "effect": 0.02},
+        "secondaries": [{"arm": "mae", "versus": "scratch", "mode": "probe", "fraction": 0.5, "metric": "bal_acc",
+                         "direction": "greater"}], **extra}
+
+
+PLAIN = ["++stages.pretrain.data.batch_size=8", "stages.pretrain.model.mask_diagnostics=false",
+         "stages.pretrain.callbacks.mask_maps=null"]
+MAE = {"label": "MAE", "experiment": "mae_small", "overrides": PLAIN}
+MLO = {"label": "MLO-MAE", "experiment": "mlo_mae_small", "uses_labels": True, "overrides": PLAIN}
+
+
+def cfg_of(decl: dict, out: Path, **extra):
+    return OmegaConf.create({"action": "run", "unit": None, **extra,
+                             "compare": {**decl, "out_dir": str(out), "run_dir": str(out / "runs"), "n_boot": 200}})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Own images (not MedMNIST): 2 classes of PNGs in train / val / test folders."""
+    out = tmp_path_factory.mktemp("folder")
+    npz = write_synthetic_medmnist(out / "src.npz", num_classes=2, channels=1, proportions=[0.4, 0.6], n_train=48,
+                                   n_val=24, n_test=40, seed=4)
+    export_npz(npz, out, class_names=["benign", "malignant"])
+    return out / "images"
+
+
+def test_a_declaration_names_its_bad_key():
+    good = declaration(Path("/x"), {"scratch": None, "mae": MAE})
+    build_spec(good)
+    for bad, message in (
+        ({**good, "seeds": [0]}, r"compare\.seeds=\[0\] is invalid"),
+        ({**good, "arms": {"scratch": None, "mae": {**MAE, "experment": "x"}}}, r"compare\.arms\.mae has unknown"),
+        ({**good, "primary": {**good["primary"], "arm": "mlo"}}, r"compare\.primary\.arm='mlo'"),
+        ({**good, "primary": {**good["primary"], "fraction": 0.1}}, r"compare\.primary\.fraction=0\.1"),
+        ({**good, "metrics": ["f1"]}, r"compare\.metrics=\['f1'\]"),
+        ({**good, "modes": ["probe", "finetune"]}, r"compare\.downstream\.finetune"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            build_spec(bad)
+
+
+def test_units_of_a_label_reading_arm_run_once_per_fraction():
+    spec = build_spec(declaration(Path("/x"), {"scratch": None, "mae": MAE, "mlo": MLO}, fractions=[0.1, 0.5]))
+    ids = [u.id for u in plan_units(spec)]
+    assert ids[:2] == ["pretrain-mae-s0", "pretrain-mae-s1"]
+    assert "pretrain-mlo-s0-f0.1" in ids and "pretrain-mlo-s1-f0.5" in ids and "pretrain-mlo-s0" not in ids
+    assert Unit("probe", "mlo", 1, 0.5).pretraining(spec) == Unit("pretrain", "mlo", 1, 0.5)
+    assert Unit("probe", "mae", 1, 0.5).pretraining(spec) == Unit("pretrain", "mae", 1, None)
+    assert Unit("probe", "scratch", 1, 0.5).pretraining(spec) is None
+
+
+def test_quick_comparison_on_an_image_folder_registers_runs_reports_and_rebuilds_alike(folder, tmp_path):
+    out = tmp_path / "cmp"
+    decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE})
+    report = run_comparison(cfg_of(decl, out))
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["plan"]["primary"]["arm"] == "mae" and len(plan["sha256"]) == 64
+    units = sorted(p.stem for p in (out / "units").glob("*.json"))
+    assert units == ["pretrain-mae-s0", "pretrain-mae-s1", "probe-mae-s0-f0.5", "probe-mae-s1-f0.5",
+                     "probe-scratch-s0-f0.5", "probe-scratch-s1-f0.5"]
+    pre = json.loads((out / "units" / "pretrain-mae-s0.json").read_text())
+    assert pre["level1_steps"] == 2 and pre["epochs"] == 1 and Path(pre["ckpt"]).is_file()  # quick: 2 batches
+    probe = json.loads((out / "units" / "probe-mae-s0-f0.5.json").read_text())
+    assert probe["data_identity"]["kind"] == "folder" and len(probe["test"]["scores"]) == 40
+    text = report.read_text()
+    assert "QUICK MODE" in text and plan["sha256"] in text and "## Confirmatory: the primary endpoint" in text
+    assert "95% paired t over 2 seeds" in text and "t over 2 seeds + test-image variance" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["primary"]["verdict"] in ("supported", "not separable at this budget")
+    # a second run computes nothing and writes the same report
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")}
+    run_comparison(cfg_of(decl, out))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.json")} == before
+    # a fresh process rebuilds the report from plan.json and the unit JSONs alone
+    (out / "report.md").rename(out / "first.md")
+    (out / "summary.json").rename(out / "first.json")
+    subprocess.run([sys.executable, "-m", "pipeline.compare", "action=report", f"compare.out_dir={out}"],
+                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    assert (out / "report.md").read_text() == (out / "first.md").read_text()
+    assert (out / "summary.json").read_text() == (out / "first.json").read_text()
+    # a unit made on other data is not pooled with the rest
+    unit = out / "units" / "probe-scratch-s1-f0.5.json"
+    result = json.loads(unit.read_text())
+    result["data_identity"]["fingerprint"] = "0" * 64
+    unit.write_text(json.dumps(result))
+    with pytest.raises(ValueError, match=r"different data and cannot be pooled(.|\n)*probe', 'scratch', 0.5, 1"):
+        run_comparison(cfg_of(decl, out, action="report"))
+
+
+def test_a_registered_primary_cannot_change_once_results_exist(folder, tmp_path):
+    out = tmp_path / "cmp"
+    decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE})
+    run_comparison(cfg_of(decl, out, action="plan"))  # registered, nothing run: changes are free
+    moved = {**decl, "primary": {**decl["primary"], "direction": "two-sided"}}
+    run_comparison(cfg_of(moved, out, action="plan"))
+    assert json.loads((out / "plan.json").read_text())["plan"]["primary"]["direction"] == "two-sided"
+    run_comparison(cfg_of(moved, out))
+    with pytest.raises(RegistrationError, match=r"differs in \['primary'\] and unit results exist"):
+        run_comparison(cfg_of(decl, out))
+    allowed = cfg_of(decl, out)
+    allowed.compare.allow_exploratory = True
+    report = run_comparison(allowed)
+    assert "EXPLORATORY: the registered plan was changed after results existed (primary)" in report.read_text()
+    record = json.loads((out / "plan.json").read_text())
+    assert record["exploratory"] and record["amendments"][0]["changed"] == ["primary"]
+
+
+@pytest.mark.slow
+def test_three_arms_three_seeds_quick_on_an_image_folder(folder, tmp_path):
+    """The done-when run: scratch, MAE and MLO-MAE (levels II / III on the fraction's labels) x 3 seeds."""
+    out = tmp_path / "cmp"
+    decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE, "mlo": MLO}, seeds=(0, 1, 2))
+    report = run_comparison(cfg_of(decl, out)).read_text()
+    assert len(list((out / "units").glob("*.json"))) == 6 + 9
+    mlo = json.loads((out / "units" / "pretrain-mlo-s2-f0.5.json").read_text())
+    assert mlo["level1_steps"] == 4  # quick: 2 cycles of 2 level-I steps
+    assert "MLO-MAE" in report and "3 seeds" in report
+    subprocess.run([sys.executable, "compare.py", "action=report", f"compare.out_dir={out}"], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    assert (out / "report.md").read_text() == report
+
+
+def test_comparison_configs_compose_and_declare_valid_plans():
+    """Every conf/compare/*.yaml composes with conf/compare.yaml and builds a checked spec."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline.cli import CONF_DIR
+    from pipeline.compare import comparison_spec
+
+    names = sorted(p.stem for p in (CONF_DIR / "compare").glob("*.yaml"))
+    assert {"confirmatory_pneumonia", "pilot_pneumonia"} <= set(names)
+    for name in names:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("compare", overrides=[f"compare={name}"])
+        spec = comparison_spec(cfg)
+        assert spec.name == name and spec.primary.arm in spec.arms
+    raw = yaml.safe_load((CONF_DIR / "compare" / "confirmatory_pneumonia.yaml").read_text())
+    assert raw["primary"]["effect"] > 0 and len(raw["seeds"]) >= 5
