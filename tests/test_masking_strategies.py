@@ -29,13 +29,10 @@ from lightning_modules.components.strategies.adversarial import (
 )
 from lightning_modules.components.strategies.attention import last_block_attention
 from lightning_modules.components.strategies.attmask import AttentionMasking, AttMaskOptions
-from lightning_modules.components.strategies.base import (
-    cosine_momentum,
-    linear_momentum,
-    mixed_top_k,
-)
+from lightning_modules.components.strategies.base import mixed_top_k
 from lightning_modules.components.strategies.block import block_mask
 from lightning_modules.components.strategies.hpm import relative_ranking_loss
+from lightning_modules.components.strategies.schedules import cosine_momentum, linear_momentum
 from lightning_modules.components.vit import ViTEncoder
 from pipeline.cli import CONF_DIR, train
 from tests.conftest import compose_cfg, tiny_overrides

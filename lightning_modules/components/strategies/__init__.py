@@ -18,15 +18,12 @@ from lightning_modules.components.strategies.adversarial import (
 )
 from lightning_modules.components.strategies.attmask import AttentionMasking, AttMaskOptions
 from lightning_modules.components.strategies.automae import AutoMAEMasking, AutoMAEOptions
-from lightning_modules.components.strategies.base import (
-    MaskDraw,
-    MaskingStrategy,
-    StrategyOptions,
-    TrainingClock,
-)
+from lightning_modules.components.strategies.base import MaskDraw, MaskingStrategy
 from lightning_modules.components.strategies.block import BlockMasking, BlockOptions
 from lightning_modules.components.strategies.hpm import HardPatchMining, HPMOptions
+from lightning_modules.components.strategies.options import StrategyOptions
 from lightning_modules.components.strategies.random import RandomMasking, RandomOptions
+from lightning_modules.components.strategies.schedules import TrainingClock
 
 OPTIONS: dict[str, type[StrategyOptions]] = {o.name: o for o in (RandomOptions, BlockOptions, HPMOptions, AttMaskOptions,
                                                                   AutoMAEOptions, AdversarialOptions)}

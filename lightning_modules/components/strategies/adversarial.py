@@ -25,12 +25,8 @@ from torch import Tensor, nn
 
 from lightning_modules.components.masking import PatchScorer
 from lightning_modules.components.patches import masking_from_scores
-from lightning_modules.components.strategies.base import (
-    MaskDraw,
-    MaskingStrategy,
-    StrategyOptions,
-    option_error,
-)
+from lightning_modules.components.strategies.base import MaskDraw, MaskingStrategy
+from lightning_modules.components.strategies.options import StrategyOptions, option_error
 
 
 def gumbel_noise(shape: torch.Size, device) -> Tensor:

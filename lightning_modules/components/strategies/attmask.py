@@ -23,18 +23,19 @@ from lightning_modules.components.strategies.attention import QUERIES, last_bloc
 from lightning_modules.components.strategies.base import (
     MaskDraw,
     MaskingStrategy,
-    StrategyOptions,
-    TrainingClock,
-    check_range,
-    cosine_momentum,
     ema_update,
     frozen_copy,
     masking_from_hidden,
-    momentum_pair,
     normalise_rows,
-    option_error,
     ranked,
 )
+from lightning_modules.components.strategies.options import (
+    StrategyOptions,
+    check_range,
+    momentum_pair,
+    option_error,
+)
+from lightning_modules.components.strategies.schedules import TrainingClock, cosine_momentum
 
 VARIANTS = ("high", "hints", "low")
 

@@ -40,12 +40,11 @@ from lightning_modules.components.strategies.base import (
     MaskDraw,
     Masking,
     MaskingStrategy,
-    StrategyOptions,
     frozen_copy,
     frozen_parameters,
     normalise_rows,
-    option_error,
 )
+from lightning_modules.components.strategies.options import StrategyOptions, option_error
 
 
 @dataclass(frozen=True)

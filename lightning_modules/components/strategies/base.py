@@ -1,25 +1,26 @@
 """The interface every masking strategy implements, and the pieces they share.
 
-A strategy decides which patches an MAE hides. Every strategy hides exactly
-``L - num_kept(L, mask_ratio)`` patches of every image (the encoder batches the visible tokens,
-so each image of a batch must keep the same number) through ``masking_from_scores``, the top-k
-that random MAE masking uses. Shapes: images (B, C, H, W); L patches per image.
+A strategy decides which patches an MAE hides. Every image of a batch hides the same number
+(the encoder batches the visible tokens): ``L - num_kept(L, mask_ratio)`` through
+``masking_from_scores``, the top-k that random MAE masking uses, or another count the method
+prescribes for the whole batch (AttMask's ratio range and hints) through ``masking_from_hidden``.
+Here too: the teachers' EMA helpers (their schedules: ``schedules.py``; options:
+``options.py``). Shapes: images (B, C, H, W); L patches per image.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from lightning_modules.components.patches import masking_from_scores, num_kept
+from lightning_modules.components.strategies.schedules import TrainingClock
 
 Masking = tuple[Tensor, Tensor, Tensor]  # ids_keep (B, K), mask (B, L) with 1 = masked, ids_restore (B, L)
 
@@ -46,75 +47,6 @@ class MaskDraw:
     @property
     def mask(self) -> Tensor:
         return self.masking[1]
-
-
-@dataclass(frozen=True)
-class TrainingClock:
-    """Where training stands, for the strategies' schedules.
-
-    epoch: 0-based; step: 0-based index of the current batch, counted over all epochs;
-    total_steps: batches in the whole run (None: unknown); progress: share of training done
-    after this epoch (or step), in (0, 1].
-    """
-
-    epoch: int = 0
-    step: int = 0
-    total_steps: int | None = None
-    progress: float = 1.0
-
-    def step_share(self) -> float:
-        """step / total_steps in [0, 1] (per-iteration schedules); needs ``total_steps``."""
-        if not self.total_steps:
-            raise ValueError("a per-step schedule needs the run's length: set trainer.max_epochs or trainer.max_steps")
-        return min(self.step / self.total_steps, 1.0)
-
-
-@dataclass(frozen=True)
-class StrategyOptions:
-    """A strategy's options, the group ``model.masking`` (``name`` plus these fields); each
-    subclass is a frozen dataclass checked when built, its errors naming ``model.masking.<key>``."""
-
-    name: ClassVar[str] = ""
-
-    def as_config(self) -> dict[str, Any]:
-        """``{"name": ..., option: value}`` with tuples as lists (a plain config / hparams value)."""
-        plain = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}}
-
-
-def option_error(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"model.masking.{key}={value!r} is invalid; allowed: {allowed}")
-
-
-def check_range(key: str, value: float, low: float, high: float, closed_high: bool = True) -> float:
-    """``value`` as a float in [low, high] (or [low, high)), else an error naming ``model.masking.<key>``."""
-    ok = low <= value <= high if closed_high else low <= value < high
-    if not ok:
-        raise option_error(key, value, f"[{low}, {high}{']' if closed_high else ')'}")
-    return float(value)
-
-
-def momentum_pair(key: str, value: float | Sequence[float]) -> tuple[float, float]:
-    """A teacher momentum option: one number (constant) or [start, end] (a schedule), start in
-    [0, 1) and end in [0, 1] -> (start, end)."""
-    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(pair) != 2:
-        raise option_error(key, value, "a number in [0, 1) (constant) or [start, end] (a schedule)")
-    return check_range(key, pair[0], 0.0, 1.0, closed_high=False), check_range(key, pair[1], 0.0, 1.0)
-
-
-def linear_momentum(momentum: tuple[float, float], epoch: int, ramp_epochs: int) -> float:
-    """HPM's teacher momentum: ``start + min(epoch, ramp) / ramp * (end - start)`` (its code:
-    0.999 -> 0.9999 over the first 100 epochs, set at the start of each epoch)."""
-    start, end = momentum
-    return start + min(epoch, ramp_epochs) / ramp_epochs * (end - start)
-
-
-def cosine_momentum(momentum: tuple[float, float], share: float) -> float:
-    """DINO's / iBOT's per-iteration teacher momentum: ``end + (start - end) * (1 + cos(pi * share)) / 2``
-    at ``share`` = iteration / iterations of the run (AttMask: 0.996 -> 1)."""
-    start, end = momentum
-    return end + (start - end) * (1 + math.cos(math.pi * share)) / 2
 
 
 class MaskingStrategy(nn.Module, ABC):

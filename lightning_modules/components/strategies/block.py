@@ -17,12 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.components.patches import masking_from_scores
-from lightning_modules.components.strategies.base import (
-    MaskDraw,
-    MaskingStrategy,
-    StrategyOptions,
-    option_error,
-)
+from lightning_modules.components.strategies.base import MaskDraw, MaskingStrategy
+from lightning_modules.components.strategies.options import StrategyOptions, option_error
 
 Rect = tuple[int, int, int, int]  # top, left, height, width in patches
 

@@ -24,17 +24,18 @@ from torch import Tensor, nn
 from lightning_modules.components.strategies.base import (
     MaskDraw,
     MaskingStrategy,
-    StrategyOptions,
-    TrainingClock,
-    check_range,
     ema_update,
     frozen_copy,
-    linear_momentum,
     mixed_top_k,
-    momentum_pair,
     normalise_rows,
+)
+from lightning_modules.components.strategies.options import (
+    StrategyOptions,
+    check_range,
+    momentum_pair,
     option_error,
 )
+from lightning_modules.components.strategies.schedules import TrainingClock, linear_momentum
 from lightning_modules.components.vit import init_vit_weights
 
 PREDICTORS = ("shared", "separate")

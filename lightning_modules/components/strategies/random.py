@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.components.patches import masking_from_scores
-from lightning_modules.components.strategies.base import MaskDraw, MaskingStrategy, StrategyOptions
+from lightning_modules.components.strategies.base import MaskDraw, MaskingStrategy
+from lightning_modules.components.strategies.options import StrategyOptions
 
 
 @dataclass(frozen=True)
