@@ -232,12 +232,18 @@ def comparison_markdown(data: ComparisonData, registration: dict) -> tuple[str, 
               f"Plan sha256 `{registration['sha256']}`, registered {registration['registered_at']} at commit "
               f"`{registration.get('code_commit') or '?'}` (`plan.json`). Data: {registration.get('data', '-')} "
               f"(`{' '.join(plan['data'])}`); {len(data.labels)} test images; seeds {plan['seeds']}.", ""]
-    rows, primary_result = endpoint_rows(data, [primary], holm=False)
-    lines += ["## Confirmatory: the primary endpoint", "",
-              "\"supported\" needs the paired t over seeds and the seeds × test-images test (the test set's own "
-              "noise counted) both to reject at α in the registered direction.", "", *ENDPOINT_HEADER, *rows, ""]
-    summary = {"name": plan["name"], "plan_sha256": registration["sha256"], "exploratory": registration["exploratory"],
-               "quick": plan.get("quick", False), "primary": primary_result[0]}
+    summary = {"name": plan["name"], "plan_sha256": registration["sha256"],
+               "exploratory": registration["exploratory"] or primary is None, "quick": plan.get("quick", False)}
+    if primary is None:
+        lines += ["> **Exploratory comparison: no primary endpoint was registered, so nothing below is a "
+                  "confirmatory finding.**", ""]
+    else:
+        rows, primary_result = endpoint_rows(data, [primary], holm=False)
+        lines += ["## Confirmatory: the primary endpoint", "",
+                  "\"supported\" needs the paired t over seeds and the seeds × test-images test (the test set's "
+                  "own noise counted) both to reject at α in the registered direction.", "", *ENDPOINT_HEADER,
+                  *rows, ""]
+        summary["primary"] = primary_result[0]
     if secondaries:
         rows, results = endpoint_rows(data, secondaries, holm=True)
         lines += ["## Key secondaries (registered; Holm over the secondaries)", "", *ENDPOINT_HEADER, *rows, ""]
@@ -246,7 +252,9 @@ def comparison_markdown(data: ComparisonData, registration: dict) -> tuple[str, 
               "## Exploratory: every arm against each reference", "",
               "Two-sided, 95 %; Holm and Benjamini-Hochberg adjust the seeds × test-images p over this whole "
               "table. Exploratory: a small p here is a lead for a new registered comparison, not a finding.", "",
-              *exploratory_rows(data), "", "## Sample size for the primary", "", *planner_lines(data, primary), ""]
+              *exploratory_rows(data), ""]
+    if primary is not None:
+        lines += ["## Sample size for the primary", "", *planner_lines(data, primary), ""]
     return "\n".join(lines), summary
 
 
@@ -258,7 +266,7 @@ def interval_figure(data: ComparisonData, path, metric: str | None = None) -> No
     import matplotlib.pyplot as plt
 
     plan = data.plan
-    metric = metric or plan["primary"]["metric"]
+    metric = metric or (plan["primary"] or {}).get("metric") or plan["metrics"][0]
     arms, fractions = list(plan["arms"]), plan["fractions"]
     fig, axes = plt.subplots(1, len(plan["modes"]), figsize=(5.5 * len(plan["modes"]), 4), squeeze=False)
     for ax, mode in zip(axes[0], plan["modes"]):

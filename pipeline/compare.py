@@ -50,8 +50,10 @@ class UnitStore:
         path = self.path(unit)
         if not path.is_file():
             return None
+        from pipeline.compare_units import same_settings
+
         result = json.loads(path.read_text())
-        return result if result.get("settings") == settings else None
+        return result if same_settings(result.get("settings", {}), settings) else None
 
     def put(self, unit, settings: dict, result: dict) -> None:
         from core.io import atomic_write_text

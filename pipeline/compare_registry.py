@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.io import atomic_write_text
-from pipeline.compare_spec import ComparisonSpec
+from pipeline.compare_spec import ComparisonSpec, build_spec
 
 log = logging.getLogger("compare")
 
@@ -43,7 +43,7 @@ class Registration:
 def plan_of(spec: ComparisonSpec) -> dict:
     """The registered content of ``spec`` as plain JSON values (fractions keyed as strings)."""
     plan = asdict(spec)
-    plan["arms"] = {name: {**arm, "overrides": list(arm["overrides"])} for name, arm in plan["arms"].items()}
+    plan["arms"] = {name: arm.lean() for name, arm in spec.arms.items()}
     down = plan["downstream"]
     down["finetune"] = {f"{f:g}": list(v) for f, v in down["finetune"].items()}
     down["probe_c"], down["overrides"] = list(down["probe_c"]), list(down["overrides"])
@@ -63,6 +63,8 @@ def register(out: Path, spec: ComparisonSpec, has_results: bool, code_commit: st
     """The registration of ``spec`` in ``out`` (written when new; see the module docstring)."""
     plan, path = plan_of(spec), out / "plan.json"
     record = json.loads(path.read_text()) if path.is_file() else None
+    if record is not None:  # compared in today's canonical form (a plan written by older code)
+        record["plan"] = plan_of(build_spec(record["plan"]))
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if record is None or (not has_results and record["plan"] != plan):
         if record is not None:

@@ -12,7 +12,7 @@ arm's wall time), one primary endpoint and its key secondaries.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evaluation.statistics import ALTERNATIVES
@@ -43,7 +43,10 @@ class Arm:
     experiment (None for a one-stage experiment). ``uses_labels``: the pretraining reads training
     labels (MLO-MAE's levels II / III): it then runs once per label fraction with
     ``data.mlo.label_fraction`` set, so it sees only that fraction's labels. ``epochs``: explicit
-    pretraining epochs (full passes) instead of the comparison's step budget."""
+    pretraining epochs (full passes) instead of the comparison's step budget.
+    ``downstream_experiment`` / ``downstream_overrides``: this arm's own downstream recipe (e.g. a
+    supervised baseline: another network, oversampling, a synthetic training set), in place of /
+    added to the comparison's."""
 
     name: str
     label: str
@@ -52,10 +55,18 @@ class Arm:
     overrides: tuple[str, ...] = ()
     uses_labels: bool = False
     epochs: int | None = None
+    downstream_experiment: str | None = None
+    downstream_overrides: tuple[str, ...] = ()
 
     @property
     def pretrains(self) -> bool:
         return self.experiment is not None
+
+    def lean(self) -> dict:
+        """The fields that differ from an empty arm's (a new field with a falsy default leaves
+        registered plans and cached units as they were)."""
+        raw = {**asdict(self), "overrides": list(self.overrides), "downstream_overrides": list(self.downstream_overrides)}
+        return {k: v for k, v in raw.items() if v not in (None, False, [], ())}
 
 
 @dataclass(frozen=True)
@@ -120,7 +131,7 @@ class ComparisonSpec:
     arms: Mapping[str, Arm]
     budget: Budget
     downstream: Downstream
-    primary: Endpoint
+    primary: Endpoint | None  # None: an exploratory comparison (no confirmatory verdict)
     secondaries: tuple[Endpoint, ...]
     references: tuple[str, ...]
     quick: bool = False
@@ -138,8 +149,13 @@ class ComparisonSpec:
         _require(self.n_boot >= 100, "n_boot", self.n_boot, "an integer >= 100")
         for ref in self.references:
             _require(ref in self.arms, "references", list(self.references), f"arm names {sorted(self.arms)}")
-        for i, end in enumerate((self.primary, *self.secondaries)):
-            self._check_endpoint("primary" if i == 0 else f"secondaries[{i - 1}]", end)
+        if self.primary is None and self.secondaries:
+            raise ValueError("compare.secondaries need a compare.primary: key secondaries belong to a registered "
+                             "primary; an exploratory comparison (primary: null) compares every arm with the references")
+        if self.primary is not None:
+            self._check_endpoint("primary", self.primary)
+        for i, end in enumerate(self.secondaries):
+            self._check_endpoint(f"secondaries[{i}]", end)
         if "finetune" in self.modes:
             missing = [f for f in self.fractions if f not in self.downstream.finetune]
             _require(not missing, "downstream.finetune", dict(self.downstream.finetune),
@@ -160,7 +176,8 @@ class ComparisonSpec:
         _require(end.effect is None or end.effect > 0, f"{key}.effect", end.effect, "null or > 0")
 
 
-ARM_KEYS = {"name", "label", "experiment", "stage", "overrides", "uses_labels", "epochs"}
+ARM_KEYS = {"name", "label", "experiment", "stage", "overrides", "uses_labels", "epochs", "downstream_experiment",
+            "downstream_overrides"}
 ENDPOINT_KEYS = {"arm", "versus", "mode", "fraction", "metric", "direction", "alpha", "margin", "effect"}
 TOP_KEYS = {"name", "description", "data", "overrides", "trainer", "seeds", "fractions", "modes", "metrics", "arms", "budget",
             "downstream", "primary", "secondaries", "references", "quick", "out_dir", "run_dir", "allow_exploratory",
@@ -183,13 +200,18 @@ def _arm(name: str, raw: Mapping | None) -> Arm:
     _require(epochs is None or int(epochs) >= 1, f"arms.{name}.epochs", epochs, "null or an integer >= 1")
     return Arm(name=name, label=str(raw.get("label", name)), experiment=raw.get("experiment"),
                stage=raw.get("stage", "pretrain"), overrides=tuple(raw.get("overrides") or ()),
-               uses_labels=bool(raw.get("uses_labels", False)), epochs=None if epochs is None else int(epochs))
+               uses_labels=bool(raw.get("uses_labels", False)), epochs=None if epochs is None else int(epochs),
+               downstream_experiment=raw.get("downstream_experiment"),
+               downstream_overrides=tuple(raw.get("downstream_overrides") or ()))
 
 
 def build_spec(raw: Mapping) -> ComparisonSpec:
     """The checked ``ComparisonSpec`` of a plain ``compare`` mapping (the composed config)."""
     _known("", raw, TOP_KEYS)
-    for key in ("name", "data", "seeds", "fractions", "modes", "arms", "budget", "downstream", "primary"):
+    if "primary" not in raw:
+        raise ValueError("compare.primary is missing: declare the primary endpoint, or primary: null for an "
+                         "exploratory comparison")
+    for key in ("name", "data", "seeds", "fractions", "modes", "arms", "budget", "downstream"):
         if raw.get(key) is None:
             raise ValueError(f"compare.{key} is missing; a comparison declares it (see conf/compare/)")
     down = dict(raw["downstream"])
@@ -209,7 +231,7 @@ def build_spec(raw: Mapping) -> ComparisonSpec:
         fractions=tuple(float(f) for f in raw["fractions"]), modes=tuple(raw["modes"]),
         metrics=tuple(raw.get("metrics") or ("auc",)), arms=arms,
         budget=Budget(int(budget.get("level1_steps", 0)), int(budget.get("epochs", 0))), downstream=downstream,
-        primary=_endpoint("primary", raw["primary"]),
+        primary=None if raw["primary"] is None else _endpoint("primary", raw["primary"]),
         secondaries=tuple(_endpoint(f"secondaries[{i}]", s) for i, s in enumerate(raw.get("secondaries") or ())),
         references=tuple(raw.get("references") or ()), quick=bool(raw.get("quick", False)),
         n_boot=int(raw.get("n_boot", 2000)))

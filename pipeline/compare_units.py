@@ -72,8 +72,9 @@ def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
     arm = spec.arms[unit.arm]
     settings = {"unit": unit.id, "data": list(spec.data), "overrides": list(spec.overrides), "quick": spec.quick,
                 "seed": unit.seed, "fraction": unit.fraction}
+    if unit.kind == "pretrain" or arm.pretrains or arm.downstream_experiment or arm.downstream_overrides:
+        settings["arm"] = arm.lean()
     if unit.kind == "pretrain" or arm.pretrains:
-        settings["arm"] = {**asdict(arm), "overrides": list(arm.overrides)}
         settings["budget"] = asdict(spec.budget)
     if unit.kind != "pretrain":
         down = spec.downstream
@@ -83,6 +84,13 @@ def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
         else:
             settings["downstream"]["finetune"] = list(down.finetune[unit.fraction])
     return settings
+
+
+def same_settings(stored: dict, settings: dict) -> bool:
+    """Whether a stored unit's settings are ``settings`` (its arm compared in the lean form)."""
+    if "arm" in stored:
+        stored = {**stored, "arm": {k: v for k, v in stored["arm"].items() if v not in (None, False, [], ())}}
+    return stored == settings
 
 
 def common_overrides(spec: ComparisonSpec, seed: int) -> list[str]:
@@ -176,8 +184,10 @@ def run_pretrain(spec: ComparisonSpec, unit: Unit, run_dir: Path) -> dict:
 
 
 def downstream_config(spec: ComparisonSpec, unit: Unit, run_dir: Path, extra: list[str]) -> DictConfig:
-    down = spec.downstream
-    return compose_config([f"experiment={down.experiment}", *common_overrides(spec, unit.seed), *down.overrides,
+    """The downstream experiment of ``unit``'s arm (its own, else the comparison's) at its fraction."""
+    down, arm = spec.downstream, spec.arms[unit.arm]
+    return compose_config([f"experiment={arm.downstream_experiment or down.experiment}",
+                           *common_overrides(spec, unit.seed), *down.overrides, *arm.downstream_overrides,
                            f"data.label_fraction={unit.fraction}", *extra], run_dir)
 
 

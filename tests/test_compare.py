@@ -169,6 +169,6 @@ def test_comparison_configs_compose_and_declare_valid_plans():
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("compare", overrides=[f"compare={name}"])
         spec = comparison_spec(cfg)
-        assert spec.name == name and spec.primary.arm in spec.arms
+        assert spec.name == name and (spec.primary is None or spec.primary.arm in spec.arms)
     raw = yaml.safe_load((CONF_DIR / "compare" / "confirmatory_pneumonia.yaml").read_text())
     assert raw["primary"]["effect"] > 0 and len(raw["seeds"]) >= 5
