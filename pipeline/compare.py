@@ -10,6 +10,7 @@ from the unit results alone (``evaluation.comparison_report``).
   ``compare.run_dir``): an interrupted comparison resumes where it stopped, on this machine or
   another (a pretraining whose checkpoint is missing here runs again when a downstream unit still
   needs it).
+- ``action=units``: the same without the report (e.g. on a GPU machine; rebuild it elsewhere).
 - ``action=report``: rebuild ``report.md``, ``summary.json`` and the figure from ``plan.json``
   and the unit JSONs alone (no data, no training).
 - ``action=plan``: register and print the plan and its hash, run nothing.
@@ -32,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.cli import CONF_DIR, register_resolvers
 
 log = logging.getLogger("compare")
-ACTIONS = ("run", "report", "plan", "unit")
+ACTIONS = ("run", "units", "report", "plan", "unit")
 IN_PROCESS_LAUNCHERS = ("basic", None)
 
 
@@ -174,7 +175,7 @@ def run_comparison(cfg: DictConfig, launcher: str | None = None, overrides: list
     """``cfg.action`` on the comparison ``cfg.compare`` (see the module docstring); returns the
     report's path (None for ``plan`` / ``unit``)."""
     from pipeline.compare_registry import register
-    from pipeline.compare_units import Unit, plan_units
+    from pipeline.compare_units import plan_units
 
     action = cfg.get("action", "run")
     if action not in ACTIONS:
@@ -207,8 +208,7 @@ def run_comparison(cfg: DictConfig, launcher: str | None = None, overrides: list
     missing = [u.id for u in pending_phases(spec, store)[1]]
     if missing:
         raise RuntimeError(f"{len(missing)} unit(s) produced no result: {missing[:8]}; see their logs in {run_root}")
-    assert all(isinstance(u, Unit) for u in plan_units(spec))
-    return write_report(out)
+    return write_report(out) if action == "run" else None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="compare")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -54,10 +55,20 @@ def steps(args) -> list[tuple[str, list[str], int]]:
     ]
 
 
-def run_step(name: str, cmd: list[str], limit: float) -> dict:
+def compare_step(args) -> tuple[str, list[str], int]:
+    """The comparison ``--compare NAME`` (conf/compare/NAME.yaml) on this device: its units only
+    (the report, which needs statsmodels, is rebuilt from the unit JSONs anywhere with
+    ``python compare.py action=report compare.out_dir=...``); resumes what a previous call did."""
+    trainer = "gpu" if args.device.startswith("cuda") else "cpu"
+    return (f"comparison {args.compare}", [sys.executable, "compare.py", f"compare={args.compare}", "action=units",
+                                           f"compare.trainer={trainer}", f"compare.out_dir={args.out}/{args.compare}",
+                                           f"compare.run_dir={args.out}/{args.compare}/runs"], int(args.budget))
+
+
+def run_step(name: str, cmd: list[str], limit: float, env: dict | None = None) -> dict:
     start = time.time()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit, env=env)
         rc, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as err:
         rc = "timeout"
@@ -118,6 +129,8 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all steps together")
+    parser.add_argument("--compare", default=None, metavar="NAME",
+                        help="run only the comparison conf/compare/NAME.yaml's units (e.g. gpu_pneumonia), resumable")
     args = parser.parse_args()
     args.data_root, args.out = args.data_root.resolve(), args.out.resolve()
     if not (args.data_root / "pneumoniamnist.npz").is_file():
@@ -126,13 +139,14 @@ def main() -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     start, results = time.time(), []
-    for name, cmd, limit in steps(args):
+    env = {**os.environ, "MEDMNIST_ROOT": str(args.data_root)}  # the comparisons' data root
+    for name, cmd, limit in ([compare_step(args)] if args.compare else steps(args)):
         left = args.budget - (time.time() - start)
         if left < 10:
             results.append({"name": name, "command": " ".join(cmd), "rc": "skipped (budget spent)", "wall_s": 0.0,
                             "output_tail": ""})
             continue
-        results.append(run_step(name, cmd, min(limit, left)))
+        results.append(run_step(name, cmd, min(limit, left), env))
         if name.startswith("mlo_mae_derma"):
             results[-1]["figures"] = mlo_run_figures(args.out / "mlo_mae_derma_run")
     report = {"info": device_info(args.device), "quick": args.quick, "total_s": round(time.time() - start, 1),
