@@ -66,9 +66,10 @@ class Paired:
 class ComparisonData:
     """Access to the results of one comparison (see the module docstring for the keys)."""
 
-    def __init__(self, plan: dict, pretrain: dict, downstream: dict, labels: np.ndarray, n_boot: int = 2000):
+    def __init__(self, plan: dict, pretrain: dict, downstream: dict, labels: np.ndarray, n_boot: int = 2000,
+                 diagnose: dict | None = None):
         self.plan, self.pretrain, self.downstream, self.labels = plan, pretrain, downstream, labels
-        self.n_boot = n_boot
+        self.n_boot, self.diagnose = n_boot, diagnose or {}
 
     def complete_seeds(self, mode: str, arms: list[str], fraction: float) -> list[int]:
         return [s for s in self.plan["seeds"] if all((mode, a, fraction, s) in self.downstream for a in arms)]
@@ -184,6 +185,26 @@ def exploratory_rows(data: ComparisonData) -> list[str]:
     return rows
 
 
+def diagnostics_lines(data: ComparisonData) -> list[str]:
+    """Mask evidence per arm (and fraction): trained vs untrained vs nulls, t-intervals over seeds."""
+    from evaluation.mask_evidence import evidence_table, seed_intervals
+
+    if not data.diagnose:
+        return []
+    ref = data.plan["arms"][data.plan["diagnostics"]["reference"]]["label"]
+    lines = ["## Mask diagnostics (exploratory)", "",
+             f"On the first {data.plan['diagnostics']['images']} validation images; reconstruction difficulty "
+             f"(`rho_recon*`) scored by the same seed's {ref} for every arm. `_within`: correlation within each "
+             "patch position across images (0 for any image-independent map); `_shuffled`: the masker's draw paired "
+             "with other images' content (what position alone gives). A masker shows image-dependent masking only "
+             "where trained exceeds its untrained state and every null.", ""]
+    for arm, fraction in sorted({(a, f) for a, f, _s in data.diagnose}, key=str):
+        per_seed = [data.diagnose[arm, fraction, s] for s in data.plan["seeds"] if (arm, fraction, s) in data.diagnose]
+        name = data.plan["arms"][arm]["label"] + ("" if fraction is None else f" (labels {fraction:.0%})")
+        lines += [f"### {name}: {len(per_seed)} seeds", "", *evidence_table(seed_intervals(per_seed)), ""]
+    return lines
+
+
 def compute_rows(data: ComparisonData) -> list[str]:
     """Pretraining budget actually spent, per arm (mean over its units)."""
     rows = ["| arm | epochs | level-I steps | pretraining wall s (mean) | units |", "|---|---|---|---|---|"]
@@ -252,7 +273,7 @@ def comparison_markdown(data: ComparisonData, registration: dict) -> tuple[str, 
               "## Exploratory: every arm against each reference", "",
               "Two-sided, 95 %; Holm and Benjamini-Hochberg adjust the seeds × test-images p over this whole "
               "table. Exploratory: a small p here is a lead for a new registered comparison, not a finding.", "",
-              *exploratory_rows(data), ""]
+              *exploratory_rows(data), "", *diagnostics_lines(data)]
     if primary is not None:
         lines += ["## Sample size for the primary", "", *planner_lines(data, primary), ""]
     return "\n".join(lines), summary

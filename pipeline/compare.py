@@ -84,15 +84,18 @@ def run_one(spec, unit, store: UnitStore, run_root: Path) -> dict:
     """Run ``unit`` (its pretraining's checkpoint must exist for a downstream unit) and store it."""
     from pipeline.compare_units import run_unit, unit_settings
 
-    ckpt = None
-    if (pre := unit.pretraining(spec)) is not None:
+    ckpts = []
+    for pre in (unit.pretraining(spec), unit.reference(spec)):
+        if pre is None:
+            ckpts.append(None)
+            continue
         found = store.get(pre, unit_settings(spec, pre))
         if found is None or not Path(found["ckpt"]).is_file():
             raise RuntimeError(f"unit {unit.id} needs the checkpoint of {pre.id}, which is not here; run the "
                                "comparison with action=run (it reruns that pretraining first)")
-        ckpt = found["ckpt"]
+        ckpts.append(found["ckpt"])
     log.info("unit %s ...", unit.id)
-    result = run_unit(spec, unit, run_root / unit.id, ckpt)
+    result = run_unit(spec, unit, run_root / unit.id, *ckpts)
     result["code_commit"] = _git_commit()
     store.put(unit, unit_settings(spec, unit), result)
     log.info("unit %s: done in %.0f s", unit.id, result.get("wall_s", float("nan")))
@@ -107,7 +110,7 @@ def pending_phases(spec, store: UnitStore) -> list[list]:
     units = plan_units(spec)
     done = {u: store.get(u, unit_settings(spec, u)) for u in units}
     downstream = [u for u in units if u.kind != "pretrain" and done[u] is None]
-    needed = {u.pretraining(spec) for u in downstream} - {None}
+    needed = {p for u in downstream for p in (u.pretraining(spec), u.reference(spec))} - {None}
     pretrain = [u for u in units if u.kind == "pretrain" and
                 (done[u] is None or (u in needed and not Path(done[u]["ckpt"]).is_file()))]
     return [pretrain, downstream]
@@ -139,13 +142,16 @@ def write_report(out: Path) -> Path:
     plan = registration.plan
     spec = build_spec(plan)
     store = UnitStore(out / "units")
-    pretrain, downstream, labels = {}, {}, None
+    pretrain, downstream, diagnose, labels = {}, {}, {}, None
     for unit in plan_units(spec):
         result = store.get(unit, unit_settings(spec, unit))
         if result is None:
             continue
         if unit.kind == "pretrain":
             pretrain[unit.arm, unit.seed, unit.fraction] = result
+            continue
+        if unit.kind == "diagnose":
+            diagnose[unit.arm, unit.fraction, unit.seed] = result["evidence"]
             continue
         downstream[unit.kind, unit.arm, unit.fraction, unit.seed] = result
         if labels is None:
@@ -157,7 +163,7 @@ def write_report(out: Path) -> Path:
         raise ValueError(f"{out} holds no downstream result yet: nothing to report")
     identities = {f"unit {key}": r.get("data_identity") for key, r in {**pretrain, **downstream}.items()}
     check_same_data(identities)  # a ValueError naming the units whose data differ
-    data = ComparisonData(plan, pretrain, downstream, labels, spec.n_boot)
+    data = ComparisonData(plan, pretrain, downstream, labels, spec.n_boot, diagnose)
     identity = next((i for i in identities.values() if i), None)
     reg = {"data": describe(identity), "synthetic": is_synthetic(identity), "sha256": registration.sha256, "registered_at": registration.registered_at,
            "code_commit": registration.code_commit, "exploratory": registration.exploratory,

@@ -44,6 +44,10 @@ def plan_of(spec: ComparisonSpec) -> dict:
     """The registered content of ``spec`` as plain JSON values (fractions keyed as strings)."""
     plan = asdict(spec)
     plan["arms"] = {name: arm.lean() for name, arm in spec.arms.items()}
+    if plan["diagnostics"] is None:  # an optional block left out stays out of older plans' canonical form
+        del plan["diagnostics"]
+    elif plan["diagnostics"]["arms"] is None:
+        del plan["diagnostics"]["arms"]
     down = plan["downstream"]
     down["finetune"] = {f"{f:g}": list(v) for f, v in down["finetune"].items()}
     down["probe_c"], down["overrides"] = list(down["probe_c"]), list(down["overrides"])

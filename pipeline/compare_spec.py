@@ -118,6 +118,18 @@ class Downstream:
 
 
 @dataclass(frozen=True)
+class Diagnostics:
+    """Mask evidence (``evaluation.mask_evidence``) of ``arms`` (None: every pretraining arm but
+    ``reference``) on the first ``images`` validation images: trained vs untrained vs
+    image-independent nulls, the reconstruction difficulty scored by the same seed's ``reference``
+    arm (e.g. plain MAE)."""
+
+    reference: str
+    images: int = 128
+    arms: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class ComparisonSpec:
     name: str
     description: str
@@ -136,6 +148,7 @@ class ComparisonSpec:
     references: tuple[str, ...]
     quick: bool = False
     n_boot: int = 2000  # paired image-bootstrap resamples (metrics other than binary AUC)
+    diagnostics: Diagnostics | None = None
 
     def __post_init__(self) -> None:
         _require(len(self.seeds) >= 2 and len(set(self.seeds)) == len(self.seeds), "seeds", list(self.seeds),
@@ -147,6 +160,14 @@ class ComparisonSpec:
         for metric in self.metrics:
             _require(metric in METRICS, "metrics", list(self.metrics), str(list(METRICS)))
         _require(self.n_boot >= 100, "n_boot", self.n_boot, "an integer >= 100")
+        if self.diagnostics is not None:
+            ref = self.arms.get(self.diagnostics.reference)
+            _require(ref is not None and ref.pretrains and not ref.uses_labels, "diagnostics.reference",
+                     self.diagnostics.reference, "a pretraining arm that reads no labels (e.g. plain MAE)")
+            _require(self.diagnostics.images >= 2, "diagnostics.images", self.diagnostics.images, "an integer >= 2")
+            for arm in self.diagnostics.arms or ():
+                _require(arm in self.arms and self.arms[arm].pretrains, "diagnostics.arms", list(self.diagnostics.arms),
+                         f"pretraining arms of {sorted(self.arms)}")
         for ref in self.references:
             _require(ref in self.arms, "references", list(self.references), f"arm names {sorted(self.arms)}")
         if self.primary is None and self.secondaries:
@@ -181,7 +202,7 @@ ARM_KEYS = {"name", "label", "experiment", "stage", "overrides", "uses_labels", 
 ENDPOINT_KEYS = {"arm", "versus", "mode", "fraction", "metric", "direction", "alpha", "margin", "effect"}
 TOP_KEYS = {"name", "description", "data", "overrides", "trainer", "seeds", "fractions", "modes", "metrics", "arms", "budget",
             "downstream", "primary", "secondaries", "references", "quick", "out_dir", "run_dir", "allow_exploratory",
-            "n_boot"}
+            "n_boot", "diagnostics"}
 
 
 def _endpoint(key: str, raw: Mapping) -> Endpoint:
@@ -234,4 +255,14 @@ def build_spec(raw: Mapping) -> ComparisonSpec:
         primary=None if raw["primary"] is None else _endpoint("primary", raw["primary"]),
         secondaries=tuple(_endpoint(f"secondaries[{i}]", s) for i, s in enumerate(raw.get("secondaries") or ())),
         references=tuple(raw.get("references") or ()), quick=bool(raw.get("quick", False)),
-        n_boot=int(raw.get("n_boot", 2000)))
+        n_boot=int(raw.get("n_boot", 2000)), diagnostics=_diagnostics(raw.get("diagnostics")))
+
+
+def _diagnostics(raw: Mapping | None) -> Diagnostics | None:
+    if raw is None:
+        return None
+    _known("diagnostics", raw, {"reference", "images", "arms"})
+    if "reference" not in raw:
+        raise ValueError("compare.diagnostics needs a reference arm (the MAE that scores reconstruction difficulty)")
+    arms = raw.get("arms")
+    return Diagnostics(str(raw["reference"]), int(raw.get("images", 128)), None if arms is None else tuple(arms))

@@ -39,7 +39,7 @@ QUICK_IMAGES = 300  # per split, for the probes of a quick comparison
 
 @dataclass(frozen=True)
 class Unit:
-    kind: str  # pretrain | probe | finetune
+    kind: str  # pretrain | probe | finetune | diagnose
     arm: str
     seed: int
     fraction: float | None = None
@@ -55,6 +55,12 @@ class Unit:
             return None
         return Unit("pretrain", self.arm, self.seed, self.fraction if arm.uses_labels else None)
 
+    def reference(self, spec: ComparisonSpec) -> Unit | None:
+        """A diagnose unit's reference pretraining (the same seed's reference arm)."""
+        if self.kind != "diagnose":
+            return None
+        return Unit("pretrain", spec.diagnostics.reference, self.seed, None)
+
 
 def plan_units(spec: ComparisonSpec) -> list[Unit]:
     """Every unit of ``spec``: the pretrainings, then the downstream units."""
@@ -63,6 +69,10 @@ def plan_units(spec: ComparisonSpec) -> list[Unit]:
         if arm.pretrains:
             fractions = spec.fractions if arm.uses_labels else (None,)
             units += [Unit("pretrain", arm.name, s, f) for s in spec.seeds for f in fractions]
+    if spec.diagnostics is not None:
+        diagnosed = spec.diagnostics.arms or [a for a in spec.arms if a != spec.diagnostics.reference]
+        units += [Unit("diagnose", u.arm, u.seed, u.fraction) for u in list(units)
+                  if u.kind == "pretrain" and u.arm in diagnosed]
     return units + [Unit(mode, arm, s, f) for mode in spec.modes for f in spec.fractions for arm in spec.arms
                     for s in spec.seeds]
 
@@ -76,7 +86,9 @@ def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
         settings["arm"] = arm.lean()
     if unit.kind == "pretrain" or arm.pretrains:
         settings["budget"] = asdict(spec.budget)
-    if unit.kind != "pretrain":
+    if unit.kind == "diagnose":
+        settings["diagnostics"] = asdict(spec.diagnostics)
+    elif unit.kind != "pretrain":
         down = spec.downstream
         settings["downstream"] = {"experiment": down.experiment, "overrides": list(down.overrides)}
         if unit.kind == "probe":
@@ -244,11 +256,33 @@ def run_finetune(spec: ComparisonSpec, unit: Unit, ckpt: str | None, run_dir: Pa
             "data_identity": identity_of(dm)}
 
 
-def run_unit(spec: ComparisonSpec, unit: Unit, run_dir: Path, ckpt: str | None = None) -> dict:
-    """Run ``unit`` in ``run_dir`` (``ckpt``: the pretrained checkpoint of a downstream unit)."""
+@torch.no_grad()
+def run_diagnose(spec: ComparisonSpec, unit: Unit, ckpt: str, reference: str, run_dir: Path) -> dict:
+    """Mask evidence of the arm's trained masking (``evaluation.mask_evidence``) on the first
+    validation images of its pretraining data, unaugmented."""
+    from evaluation.mask_evidence import mask_evidence_of_checkpoint
+
+    start = time.time()
+    cfg = pretraining_config(spec, Unit("pretrain", unit.arm, unit.seed, unit.fraction), run_dir)
+    cfg.data.augment = None
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare_data()
+    dm.setup("fit")
+    images, _ = _split_arrays(dm.val_set, spec.diagnostics.images)
+    train, _ = _split_arrays(dm.train_set, QUICK_IMAGES if spec.quick else None)
+    evidence = mask_evidence_of_checkpoint(ckpt, images, train, reference, seed=unit.seed)
+    return {"evidence": evidence, "images": len(images), "wall_s": time.time() - start}
+
+
+def run_unit(spec: ComparisonSpec, unit: Unit, run_dir: Path, ckpt: str | None = None,
+             reference: str | None = None) -> dict:
+    """Run ``unit`` in ``run_dir`` (``ckpt``: the pretrained checkpoint of a downstream or
+    diagnose unit; ``reference``: a diagnose unit's reference checkpoint)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if unit.kind == "pretrain":
         return run_pretrain(spec, unit, run_dir)
+    if unit.kind == "diagnose":
+        return run_diagnose(spec, unit, ckpt, reference, run_dir)
     if unit.kind == "probe":
         return run_probe(spec, unit, ckpt, run_dir)
     return run_finetune(spec, unit, ckpt, run_dir)

@@ -143,12 +143,16 @@ def test_a_registered_primary_cannot_change_once_results_exist(folder, tmp_path)
 def test_three_arms_three_seeds_quick_on_an_image_folder(folder, tmp_path):
     """The done-when run: scratch, MAE and MLO-MAE (levels II / III on the fraction's labels) x 3 seeds."""
     out = tmp_path / "cmp"
-    decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE, "mlo": MLO}, seeds=(0, 1, 2))
+    decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE, "mlo": MLO}, seeds=(0, 1, 2),
+                       diagnostics={"reference": "mae", "images": 16})
     report = run_comparison(cfg_of(decl, out)).read_text()
-    assert len(list((out / "units").glob("*.json"))) == 6 + 9
+    assert len(list((out / "units").glob("*.json"))) == 6 + 3 + 9  # pretrainings, diagnoses, probes
     mlo = json.loads((out / "units" / "pretrain-mlo-s2-f0.5.json").read_text())
     assert mlo["level1_steps"] == 4  # quick: 2 cycles of 2 level-I steps
-    assert "MLO-MAE" in report and "3 seeds" in report
+    evidence = json.loads((out / "units" / "diagnose-mlo-s1-f0.5.json").read_text())["evidence"]
+    assert {"trained", "untrained", "shuffled", "mean_intensity", "centre", "random"} <= set(evidence)
+    assert evidence["mean_intensity"]["rho_intensity_within"] == 0.0  # an image-independent map: null level
+    assert "MLO-MAE" in report and "3 seeds" in report and "### MLO-MAE (labels 50%): 3 seeds" in report
     subprocess.run([sys.executable, "compare.py", "action=report", f"compare.out_dir={out}"], cwd=REPO, check=True,
                    capture_output=True, timeout=300)
     assert (out / "report.md").read_text() == report
