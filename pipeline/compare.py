@@ -84,18 +84,18 @@ def run_one(spec, unit, store: UnitStore, run_root: Path) -> dict:
     """Run ``unit`` (its pretraining's checkpoint must exist for a downstream unit) and store it."""
     from pipeline.compare_units import run_unit, unit_settings
 
-    ckpts = []
-    for pre in (unit.pretraining(spec), unit.reference(spec)):
+    def checkpoint(pre) -> str | None:
         if pre is None:
-            ckpts.append(None)
-            continue
+            return None
         found = store.get(pre, unit_settings(spec, pre))
         if found is None or not Path(found["ckpt"]).is_file():
             raise RuntimeError(f"unit {unit.id} needs the checkpoint of {pre.id}, which is not here; run the "
                                "comparison with action=run (it reruns that pretraining first)")
-        ckpts.append(found["ckpt"])
+        return found["ckpt"]
+
     log.info("unit %s ...", unit.id)
-    result = run_unit(spec, unit, run_root / unit.id, *ckpts)
+    result = run_unit(spec, unit, run_root / unit.id, checkpoint(unit.pretraining(spec)),
+                      checkpoint(unit.reference(spec)), {k: checkpoint(pre) for k, pre in unit.links(spec)})
     result["code_commit"] = _git_commit()
     store.put(unit, unit_settings(spec, unit), result)
     log.info("unit %s: done in %.0f s", unit.id, result.get("wall_s", float("nan")))
@@ -103,8 +103,9 @@ def run_one(spec, unit, store: UnitStore, run_root: Path) -> dict:
 
 
 def pending_phases(spec, store: UnitStore) -> list[list]:
-    """[pretrainings to run, downstream units to run]: missing results, and pretrainings whose
-    checkpoint is not on this machine while a missing downstream unit needs it."""
+    """[pretrainings without links, linked pretrainings, downstream and diagnose units] to run:
+    missing results, and pretrainings whose checkpoint is not on this machine while a missing
+    unit needs it."""
     from pipeline.compare_units import plan_units, unit_settings
 
     units = plan_units(spec)
@@ -113,7 +114,11 @@ def pending_phases(spec, store: UnitStore) -> list[list]:
     needed = {p for u in downstream for p in (u.pretraining(spec), u.reference(spec))} - {None}
     pretrain = [u for u in units if u.kind == "pretrain" and
                 (done[u] is None or (u in needed and not Path(done[u]["ckpt"]).is_file()))]
-    return [pretrain, downstream]
+    needed |= {p for u in pretrain for _k, p in u.links(spec)}
+    pretrain += [u for u in units if u.kind == "pretrain" and u not in pretrain and u in needed
+                 and not Path(done[u]["ckpt"]).is_file()]
+    linked = [u for u in pretrain if u.links(spec)]
+    return [[u for u in pretrain if u not in linked], linked, downstream]
 
 
 def launch(units: list, cfg: DictConfig, launcher: str, overrides: list[str], hydra_overrides: list[str]) -> None:
@@ -211,7 +216,7 @@ def run_comparison(cfg: DictConfig, launcher: str | None = None, overrides: list
                 run_one(spec, unit, store, run_root)
         else:
             launch(phase, cfg, launcher, overrides or [], hydra_overrides or [])
-    missing = [u.id for u in pending_phases(spec, store)[1]]
+    missing = [u.id for u in pending_phases(spec, store)[-1]]
     if missing:
         raise RuntimeError(f"{len(missing)} unit(s) produced no result: {missing[:8]}; see their logs in {run_root}")
     return write_report(out) if action == "run" else None

@@ -46,7 +46,9 @@ class Arm:
     pretraining epochs (full passes) instead of the comparison's step budget.
     ``downstream_experiment`` / ``downstream_overrides``: this arm's own downstream recipe (e.g. a
     supervised baseline: another network, oversampling, a synthetic training set), in place of /
-    added to the comparison's."""
+    added to the comparison's. ``links``: {config key of this arm's pretraining: another arm}: the
+    key is set to that arm's same-seed pretrained checkpoint (e.g. AutoMAE's
+    ``model.masking.source``, the MAE whose attention it reads); that arm pretrains first."""
 
     name: str
     label: str
@@ -57,6 +59,7 @@ class Arm:
     epochs: int | None = None
     downstream_experiment: str | None = None
     downstream_overrides: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
 
     @property
     def pretrains(self) -> bool:
@@ -65,7 +68,8 @@ class Arm:
     def lean(self) -> dict:
         """The fields that differ from an empty arm's (a new field with a falsy default leaves
         registered plans and cached units as they were)."""
-        raw = {**asdict(self), "overrides": list(self.overrides), "downstream_overrides": list(self.downstream_overrides)}
+        raw = {**asdict(self), "overrides": list(self.overrides), "downstream_overrides": list(self.downstream_overrides),
+               "links": dict(self.links)}
         return {k: v for k, v in raw.items() if v not in (None, False, [], ())}
 
 
@@ -108,7 +112,8 @@ class Endpoint:
 class Downstream:
     """``experiment``: the classifier experiment whose network encodes for probes and is
     fine-tuned; ``probe_c``: the logistic-regression C grid (chosen on validation);
-    ``finetune``: {fraction: [epochs, validate every n epochs]}; ``overrides`` for both."""
+    ``finetune``: {fraction: [epochs, validate every n epochs]}, the fractions fine-tuned at (a
+    subset of the comparison's); ``overrides`` for both."""
 
     experiment: str
     probe_c: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -168,6 +173,11 @@ class ComparisonSpec:
             for arm in self.diagnostics.arms or ():
                 _require(arm in self.arms and self.arms[arm].pretrains, "diagnostics.arms", list(self.diagnostics.arms),
                          f"pretraining arms of {sorted(self.arms)}")
+        for arm in self.arms.values():
+            for key, other in arm.links:
+                _require(arm.pretrains and other in self.arms and self.arms[other].pretrains and not self.arms[other].links
+                         and not self.arms[other].uses_labels, f"arms.{arm.name}.links.{key}", other,
+                         "a pretraining arm without links of its own that reads no labels")
         for ref in self.references:
             _require(ref in self.arms, "references", list(self.references), f"arm names {sorted(self.arms)}")
         if self.primary is None and self.secondaries:
@@ -178,17 +188,17 @@ class ComparisonSpec:
         for i, end in enumerate(self.secondaries):
             self._check_endpoint(f"secondaries[{i}]", end)
         if "finetune" in self.modes:
-            missing = [f for f in self.fractions if f not in self.downstream.finetune]
-            _require(not missing, "downstream.finetune", dict(self.downstream.finetune),
-                     f"[epochs, validate_every] for every fraction (missing {missing})")
+            _require(bool(self.downstream.finetune) and set(self.downstream.finetune) <= set(self.fractions),
+                     "downstream.finetune", dict(self.downstream.finetune),
+                     f"{{fraction: [epochs, validate_every]}} for the fractions to fine-tune at, of {list(self.fractions)}")
 
     def _check_endpoint(self, key: str, end: Endpoint) -> None:
         for which in ("arm", "versus"):
             _require(getattr(end, which) in self.arms, f"{key}.{which}", getattr(end, which),
                      f"an arm name {sorted(self.arms)}")
         _require(end.mode in self.modes, f"{key}.mode", end.mode, f"a mode of compare.modes {list(self.modes)}")
-        _require(end.fraction in self.fractions, f"{key}.fraction", end.fraction,
-                 f"a fraction of compare.fractions {list(self.fractions)}")
+        allowed = list(self.downstream.finetune) if end.mode == "finetune" else list(self.fractions)
+        _require(end.fraction in allowed, f"{key}.fraction", end.fraction, f"a fraction of the mode's {allowed}")
         _require(end.metric in self.metrics, f"{key}.metric", end.metric,
                  f"a metric of compare.metrics {list(self.metrics)}")
         _require(end.direction in ALTERNATIVES, f"{key}.direction", end.direction, str(list(ALTERNATIVES)))
@@ -198,7 +208,7 @@ class ComparisonSpec:
 
 
 ARM_KEYS = {"name", "label", "experiment", "stage", "overrides", "uses_labels", "epochs", "downstream_experiment",
-            "downstream_overrides"}
+            "downstream_overrides", "links"}
 ENDPOINT_KEYS = {"arm", "versus", "mode", "fraction", "metric", "direction", "alpha", "margin", "effect"}
 TOP_KEYS = {"name", "description", "data", "overrides", "trainer", "seeds", "fractions", "modes", "metrics", "arms", "budget",
             "downstream", "primary", "secondaries", "references", "quick", "out_dir", "run_dir", "allow_exploratory",
@@ -223,7 +233,8 @@ def _arm(name: str, raw: Mapping | None) -> Arm:
                stage=raw.get("stage", "pretrain"), overrides=tuple(raw.get("overrides") or ()),
                uses_labels=bool(raw.get("uses_labels", False)), epochs=None if epochs is None else int(epochs),
                downstream_experiment=raw.get("downstream_experiment"),
-               downstream_overrides=tuple(raw.get("downstream_overrides") or ()))
+               downstream_overrides=tuple(raw.get("downstream_overrides") or ()),
+               links=tuple((str(k), str(v)) for k, v in (raw.get("links") or {}).items()))
 
 
 def build_spec(raw: Mapping) -> ComparisonSpec:

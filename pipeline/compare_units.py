@@ -23,7 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from evaluation.linear_probe import downstream_outputs, fit_probe
 from evaluation.predict import predict_probs
@@ -55,6 +55,12 @@ class Unit:
             return None
         return Unit("pretrain", self.arm, self.seed, self.fraction if arm.uses_labels else None)
 
+    def links(self, spec: ComparisonSpec) -> list[tuple[str, Unit]]:
+        """A pretraining's (config key, linked arm's same-seed pretraining) pairs."""
+        if self.kind != "pretrain":
+            return []
+        return [(key, Unit("pretrain", other, self.seed, None)) for key, other in spec.arms[self.arm].links]
+
     def reference(self, spec: ComparisonSpec) -> Unit | None:
         """A diagnose unit's reference pretraining (the same seed's reference arm)."""
         if self.kind != "diagnose":
@@ -73,8 +79,13 @@ def plan_units(spec: ComparisonSpec) -> list[Unit]:
         diagnosed = spec.diagnostics.arms or [a for a in spec.arms if a != spec.diagnostics.reference]
         units += [Unit("diagnose", u.arm, u.seed, u.fraction) for u in list(units)
                   if u.kind == "pretrain" and u.arm in diagnosed]
-    return units + [Unit(mode, arm, s, f) for mode in spec.modes for f in spec.fractions for arm in spec.arms
-                    for s in spec.seeds]
+    return units + [Unit(mode, arm, s, f) for mode in spec.modes for f in fractions_of(spec, mode)
+                    for arm in spec.arms for s in spec.seeds]
+
+
+def fractions_of(spec: ComparisonSpec, mode: str) -> list[float]:
+    """The label fractions ``mode`` runs at: every one for probes, the fine-tuning recipe's for fine-tuning."""
+    return [f for f in spec.fractions if mode != "finetune" or f in spec.downstream.finetune]
 
 
 def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
@@ -173,8 +184,10 @@ def train_batches_per_epoch(cfg: DictConfig) -> tuple[int, dict | None]:
     return len(loader), identity_of(dm)
 
 
-def run_pretrain(spec: ComparisonSpec, unit: Unit, run_dir: Path) -> dict:
+def run_pretrain(spec: ComparisonSpec, unit: Unit, run_dir: Path, links: dict[str, str] | None = None) -> dict:
     cfg = pretraining_config(spec, unit, run_dir)
+    for key, ckpt in (links or {}).items():
+        OmegaConf.update(cfg, key, ckpt, force_add=True)
     arm = spec.arms[unit.arm]
     per_batch = int(cfg.data.mlo.cadence[0]) if cfg.data.get("mlo") else 1
     batches_per_epoch, identity = train_batches_per_epoch(cfg)
@@ -275,12 +288,13 @@ def run_diagnose(spec: ComparisonSpec, unit: Unit, ckpt: str, reference: str, ru
 
 
 def run_unit(spec: ComparisonSpec, unit: Unit, run_dir: Path, ckpt: str | None = None,
-             reference: str | None = None) -> dict:
+             reference: str | None = None, links: dict[str, str] | None = None) -> dict:
     """Run ``unit`` in ``run_dir`` (``ckpt``: the pretrained checkpoint of a downstream or
-    diagnose unit; ``reference``: a diagnose unit's reference checkpoint)."""
+    diagnose unit; ``reference``: a diagnose unit's reference checkpoint; ``links``: a
+    pretraining's linked checkpoints by config key)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if unit.kind == "pretrain":
-        return run_pretrain(spec, unit, run_dir)
+        return run_pretrain(spec, unit, run_dir, links)
     if unit.kind == "diagnose":
         return run_diagnose(spec, unit, ckpt, reference, run_dir)
     if unit.kind == "probe":

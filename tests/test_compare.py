@@ -68,6 +68,8 @@ def test_a_declaration_names_its_bad_key():
         ({**good, "primary": {**good["primary"], "fraction": 0.1}}, r"compare\.primary\.fraction=0\.1"),
         ({**good, "metrics": ["f1"]}, r"compare\.metrics=\['f1'\]"),
         ({**good, "modes": ["probe", "finetune"]}, r"compare\.downstream\.finetune"),
+        ({**good, "arms": {"scratch": None, "mae": {**MAE, "links": {"model.masking.source": "scratch"}}}},
+         r"compare\.arms\.mae\.links\.model\.masking\.source='scratch'"),
     ):
         with pytest.raises(ValueError, match=message):
             build_spec(bad)
@@ -81,6 +83,21 @@ def test_units_of_a_label_reading_arm_run_once_per_fraction():
     assert Unit("probe", "mlo", 1, 0.5).pretraining(spec) == Unit("pretrain", "mlo", 1, 0.5)
     assert Unit("probe", "mae", 1, 0.5).pretraining(spec) == Unit("pretrain", "mae", 1, None)
     assert Unit("probe", "scratch", 1, 0.5).pretraining(spec) is None
+
+
+def test_linked_pretrainings_wait_for_their_source_and_finetuning_runs_at_its_fractions(tmp_path):
+    from pipeline.compare import UnitStore, pending_phases
+
+    automae = {**MAE, "experiment": "mae_automae_small", "links": {"model.masking.source": "mae"}}
+    spec = build_spec(declaration(Path("/x"), {"scratch": None, "mae": MAE, "automae": automae},
+                                  fractions=[0.1, 0.5], modes=["probe", "finetune"],
+                                  downstream={"experiment": "vit_small", "finetune": {0.1: [2, 1]}}))
+    first, linked, rest = pending_phases(spec, UnitStore(tmp_path))
+    assert [u.id for u in first] == ["pretrain-mae-s0", "pretrain-mae-s1"]
+    assert [u.id for u in linked] == ["pretrain-automae-s0", "pretrain-automae-s1"]
+    assert linked[0].links(spec) == [("model.masking.source", Unit("pretrain", "mae", 0))]
+    assert {u.fraction for u in rest if u.kind == "finetune"} == {0.1}
+    assert {u.fraction for u in rest if u.kind == "probe"} == {0.1, 0.5}
 
 
 def test_quick_comparison_on_an_image_folder_registers_runs_reports_and_rebuilds_alike(folder, tmp_path):
