@@ -10,11 +10,11 @@ from pathlib import Path
 import lightning as L
 
 from callbacks.images import wandb_loggers
+from core.config import store_in_checkpoint
 from core.io import atomic_write_text
-from core.tasks import MULTI_LABEL
 from evaluation.metrics import TABLE_COLUMNS
 from evaluation.predict import predict_probs
-from evaluation.thresholds import SplitPredictions, tuned_comparison
+from evaluation.thresholds import SplitPredictions, decision_rule, tuned_comparison
 from evaluation.writer import write_evaluation
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,15 @@ def eval_batch_limit(trainer: L.Trainer, n: int, batch_size: int) -> int | None:
     return None if limit >= 1.0 else max(1, int(math.ceil(n / batch_size) * limit))
 
 
+def store_decision(ckpt: str | None, rule: dict) -> None:
+    """Store the decision rule tuned on validation in the tested checkpoint (``checkpoint["medmae"]
+    ["decision"]``), so that predict.py and export.py apply it from the checkpoint alone; nothing
+    when the test ran on weights that were never saved."""
+    if ckpt and Path(ckpt).is_file():
+        store_in_checkpoint(ckpt, "decision", rule)
+        log.info("decision rule tuned on validation (%s) stored in %s", rule["kind"], ckpt)
+
+
 class EvaluationCallback(L.Callback):
     """After testing a classifier, evaluates its test predictions (held in memory by
     ``Classifier.on_test_epoch_end``; ``callbacks.predictions`` writes them) and writes ``<run dir>/eval/``; logs the figures and
@@ -38,10 +47,10 @@ class EvaluationCallback(L.Callback):
 
     Args:
         tune_thresholds: also fit a decision rule on the validation predictions of the
-            tested checkpoint (binary threshold / per-class offsets, see ``thresholds``)
-            and report its test scores next to the untuned ones
-            (``eval/test_threshold_tuning.json``).
-        objective: ``f1`` / ``youden`` / ``sensitivity`` (binary) or ``macro_f1`` /
+            tested checkpoint (binary threshold / per-class offsets / per-label thresholds, see
+            ``thresholds``), report its test scores next to the untuned ones
+            (``eval/test_threshold_tuning.json``) and store the rule in the tested checkpoint.
+        objective: ``f1`` / ``youden`` / ``sensitivity`` (binary and multi-label) or ``macro_f1`` /
             ``balanced_acc`` (multi-class); None = ``f1`` / ``macro_f1``.
     """
 
@@ -60,11 +69,12 @@ class EvaluationCallback(L.Callback):
         batches = eval_batch_limit(trainer, len(dm.val_set), dm.eval_batch_size)
         if batches == 0 or len(dm.val_set) == 0:
             log.info("no validation predictions (no validation set or limit_val_batches=0): no threshold tuning")
-        elif self.tune_thresholds and dm.task != MULTI_LABEL:  # decision rules are single-label
+        elif self.tune_thresholds:
             val = SplitPredictions(*predict_probs(pl_module, dm.val_set, dm.eval_batch_size, batches), "val")
             test = SplitPredictions(data["probs"], data["labels"], "test")
             tuning = tuned_comparison(val, test, self.objective)
             atomic_write_text(root / "eval" / "test_threshold_tuning.json", json.dumps(tuning, indent=2))
+            store_decision(trainer.ckpt_path, decision_rule(tuning))
         loggers = wandb_loggers(trainer)
         if loggers:
             import pandas as pd

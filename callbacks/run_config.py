@@ -1,6 +1,7 @@
-"""Store the run's resolved config and its data identity inside every checkpoint, so that a
-checkpoint copied on its own (or logged as a W&B artifact) can be evaluated, exported, sampled
-from or fine-tuned without its run folder (read back by ``core.config.run_config``)."""
+"""Store the run's resolved config, its data identity and (for classifiers) the preprocessing
+record inside every checkpoint, so that a checkpoint copied on its own (or logged as a W&B
+artifact) can be evaluated, exported, sampled from, fine-tuned or used to predict image files
+without its run folder or its training data (read back by ``core.config``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import lightning as L
 
 from core.config import CHECKPOINT_KEY
+from datamodules.input_record import preprocessing_of
 
 
 def source_identity(datamodule: Any) -> dict | None:
@@ -37,8 +39,21 @@ def data_identity(datamodule: Any) -> dict:
     return identity
 
 
+def stored_preprocessing(datamodule: Any) -> dict | None:
+    """The preprocessing record of a set-up labelled datamodule (``datamodules.input_record``:
+    class names, normalisation statistics, intensity mapping, input size and channels); None for
+    datamodules without one (unlabelled, or not set up)."""
+    try:
+        return preprocessing_of(datamodule)
+    except (AttributeError, TypeError):  # no input_stats / source_size: not set up, or not labelled
+        return None
+
+
 class StoreRunConfig(L.Callback):
-    """Adds ``checkpoint["medmae"] = {"config": <resolved config>, "data": <identity>}``.
+    """Adds ``checkpoint["medmae"] = {"config": <resolved config>, "data": <identity>,
+    "preprocessing": <record>}`` (the record where the datamodule has one). The decision rule
+    tuned on validation is added to the tested checkpoint after the test
+    (``callbacks.evaluation``, key ``decision``).
 
     Args:
         config: the run's config as a plain container (``OmegaConf.to_container(cfg, resolve=True)``).
@@ -48,4 +63,7 @@ class StoreRunConfig(L.Callback):
         self.config = config
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"config": self.config, "data": data_identity(trainer.datamodule)}
+        stored = {"config": self.config, "data": data_identity(trainer.datamodule)}
+        if (record := stored_preprocessing(trainer.datamodule)) is not None:
+            stored["preprocessing"] = record
+        checkpoint[CHECKPOINT_KEY] = stored

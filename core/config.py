@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from core.io import atomic_path
+
 CHECKPOINT_KEY = "medmae"  # checkpoint[CHECKPOINT_KEY] = {"config": resolved run config, "data": identity}
 
 
@@ -29,8 +31,18 @@ def read_checkpoint(ckpt: str | Path) -> dict:
 
 
 def stored_identity(ckpt: str | Path) -> dict | None:
-    """``{"config": ..., "data": ...}`` stored in the checkpoint, or None (an older run)."""
+    """``{"config": ..., "data": ..., "preprocessing": ..., "decision": ...}`` stored in the
+    checkpoint, or None (an older run)."""
     return read_checkpoint(ckpt).get(CHECKPOINT_KEY)
+
+
+def store_in_checkpoint(ckpt: str | Path, key: str, value) -> None:
+    """Set ``checkpoint["medmae"][key] = value`` in the file, atomically (a crash leaves the old
+    file); e.g. the decision rule tuned on validation after the test."""
+    checkpoint = read_checkpoint(ckpt)
+    checkpoint.setdefault(CHECKPOINT_KEY, {})[key] = value
+    with atomic_path(ckpt) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def run_config(ckpt: str | Path) -> DictConfig:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -35,12 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
 from core.artifacts import resolve_checkpoint
 from core.config import CheckpointError, run_config, stored_identity
 from core.data_identity import describe
 from core.io import atomic_path, atomic_write_text
-from deploy.preprocessing import METADATA_KEY, dumps, preprocessing_of
+from datamodules.medmnist_files import DatasetError
+from deploy.graph import Preprocess, RawInputModel, raw_record
+from deploy.metadata import About, bundle_metadata, plain_metadata
+from deploy.preprocessing import METADATA_KEY, check_record, dumps, preprocessing_of
 from deploy.quantize import (
     CALIBRATION_IMAGES,
     accuracy,
@@ -58,6 +63,9 @@ PARITY_BATCH = 64
 EXAMPLE_BATCH = 2  # tracing / torch.export example; a batch of 1 would specialise the batch axis
 
 Runtime = Callable[[torch.Tensor], np.ndarray]
+RAW_OUTPUTS = ["logits", "probabilities"]
+DEFAULT_ABOUT = About()
+log = logging.getLogger(__name__)
 
 
 class ParityError(RuntimeError):
@@ -81,23 +89,55 @@ def model_path(ckpt: Path, fmt: str, out: Path | None) -> Path:
     return out / FORMATS[fmt] if out.is_dir() or not out.suffix else out
 
 
-def load_network(ckpt: Path, n_images: int) -> tuple[nn.Module, torch.Tensor, dict]:
-    """``model.net`` of a classifier checkpoint (eval, CPU, fp32, contiguous), its first
-    ``n_images`` real test images (N, C, H, W), preprocessed as the run's config says, and the
-    preprocessing record (``deploy.preprocessing``) that reproduces that input from files."""
+def checkpoint_network(ckpt: Path) -> tuple[nn.Module, dict]:
+    """``model.net`` of a classifier checkpoint (eval, CPU, fp32, contiguous) and its
+    preprocessing record (``datamodules.input_record``) with the decision rule tuned on validation
+    under ``output.decision`` when the run tuned one: both from the checkpoint alone. A checkpoint
+    saved before runs stored the record rebuilds the record from its run's data."""
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"{ckpt}: no such checkpoint file")
+    stored = stored_identity(ckpt) or {}
     num_classes = run_config(ckpt).model.get("num_classes")
     model = load_classifier(ckpt, num_classes)  # first: a non-classifier fails before data loading
-    datamodule, dataset = checkpoint_data(ckpt, "test")
-    if datamodule.num_classes != num_classes:
-        raise CheckpointError(f"{ckpt} predicts {num_classes} classes but its test data has {datamodule.num_classes}")
+    record = stored.get("preprocessing")
+    if record is None:  # saved before checkpoints carried their record: the run's data gives it
+        datamodule, _ = checkpoint_data(ckpt, "test")
+        record = preprocessing_of(datamodule)
+    record = check_record(record, str(ckpt))
+    if len(record["output"]["class_names"]) != num_classes:
+        raise CheckpointError(f"{ckpt} predicts {num_classes} classes but its record names "
+                              f"{len(record['output']['class_names'])}")
+    if stored.get("decision"):
+        record = {**record, "output": {**record["output"], "decision": stored["decision"]}}
+    return model.net.float().cpu().eval().to(memory_format=torch.contiguous_format), record
+
+
+def _at_size(image: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """One uint8 image (C, H, W) as (size, size, channels) uint8: its first ``channels`` channels (a
+    grayscale set repeated to RGB by ``as_rgb`` has equal ones), resized (bilinear, antialiased) and rounded."""
+    x = image[:channels]
+    if x.shape[-2:] != (size, size):
+        x = v2.functional.resize(x.float(), [size, size], antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).contiguous()
+
+
+def parity_pixels(ckpt: Path, record: dict, n: int) -> tuple[torch.Tensor, str]:
+    """(uint8 (N, S, S, C) images at the network's input size S, C = the decoded channels; what
+    they are): the run's first ``n`` test images, or ``n`` seeded random images when the run's data
+    cannot be read (a checkpoint exported away from its data: the parity of the graph is checked
+    on them instead)."""
+    size, channels = int(record["input"]["size"]), int(record["decode"]["channels"])
+    try:
+        _, dataset = checkpoint_data(ckpt, "test")
+    except (CheckpointError, DatasetError, FileNotFoundError, OSError, ValueError) as err:
+        log.warning("%s: parity is checked on %d random images (%s)", ckpt, n, err)
+        images = torch.randint(0, 256, (n, size, size, channels), generator=torch.Generator().manual_seed(0),
+                               dtype=torch.uint8)
+        return images, f"{n} seeded random uint8 images (the run's test data cannot be read)"
     if len(dataset) == 0:
         raise CheckpointError(f"{ckpt}: the run's test set is empty; nothing to check the export on")
-    n = min(n_images, len(dataset))
-    images = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)]).float()
-    net = model.net.float().cpu().eval().to(memory_format=torch.contiguous_format)
-    return net, images, preprocessing_of(datamodule)
+    n = min(n, len(dataset))
+    return torch.stack([_at_size(dataset.uint8(i), channels, size) for i in range(n)]), f"the run's first {n} test images"
 
 
 def trained_on(ckpt: Path) -> dict | None:
@@ -111,20 +151,24 @@ def example_input(images: torch.Tensor) -> torch.Tensor:
     return images[[min(i, len(images) - 1) for i in range(EXAMPLE_BATCH)]]
 
 
-def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
-    """ONNX file with the preprocessing record in its ``metadata_props``."""
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dict, plain: dict[str, str],
+                outputs: list[str]) -> None:
+    """ONNX file with the preprocessing record and the plain keys (``deploy.metadata``) in its
+    ``metadata_props``, ``model_version`` and ``doc_string`` set."""
     import onnx
 
     # torch.export-based exporter (the TorchScript-based one is deprecated since torch 2.9);
     # the dynamic shape is given positionally because forward's argument name varies (x, images).
     torch.onnx.export(
-        net, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-        input_names=["images"], output_names=["logits"],
+        model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+        input_names=["images"], output_names=outputs,
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {METADATA_KEY: dumps(record)})
-    onnx.save(model, str(path))
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {**plain, METADATA_KEY: dumps(record)})
+    proto.model_version = int(plain["model_version"])
+    proto.doc_string = plain["description"]
+    onnx.save(proto, str(path))
 
 
 @contextmanager
@@ -137,10 +181,13 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path, record: dict) -> None:
-    """TorchScript file with the preprocessing record as the extra file ``<METADATA_KEY>.json``."""
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, record: dict, plain: dict[str, str],
+                       outputs: list[str]) -> None:
+    """TorchScript file with the preprocessing record (extra file ``<METADATA_KEY>.json``) and
+    each plain key (``deploy.metadata``) as an extra file of its own name."""
+    extra = {**plain, f"{METADATA_KEY}.json": dumps(record)}
     with _quiet_jit(), torch.no_grad():
-        torch.jit.save(torch.jit.trace(net, example), str(path), _extra_files={f"{METADATA_KEY}.json": dumps(record)})
+        torch.jit.save(torch.jit.trace(model, example), str(path), _extra_files=extra)
 
 
 EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript}
@@ -152,7 +199,7 @@ def load_runtime(path: Path, fmt: str, threads: int | None = None) -> Runtime:
     if fmt == "torchscript":
         with _quiet_jit():
             module = torch.jit.load(str(path), map_location="cpu").eval()
-        return lambda x: module(x).numpy()
+        return lambda x: first_output(module(x)).numpy()
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -165,6 +212,11 @@ def load_runtime(path: Path, fmt: str, threads: int | None = None) -> Runtime:
     return lambda x: session.run(["logits"], {"images": x.numpy()})[0]
 
 
+def first_output(out: torch.Tensor | tuple) -> torch.Tensor:
+    """The logits of a module's output: itself, or the first of (logits, probabilities)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def run_exported(runtime: Runtime, images: torch.Tensor) -> np.ndarray:
     """Logits (N, K) of the exported model, in batches of ``PARITY_BATCH``."""
     return np.concatenate([runtime(batch) for batch in images.split(PARITY_BATCH)])
@@ -173,7 +225,7 @@ def run_exported(runtime: Runtime, images: torch.Tensor) -> np.ndarray:
 def parity_max_abs(net: nn.Module, runtime: Runtime, images: torch.Tensor) -> float:
     """Max abs difference between PyTorch's and the exported model's logits on ``images``."""
     with torch.inference_mode():
-        expected = torch.cat([net(batch) for batch in images.split(PARITY_BATCH)]).numpy()
+        expected = torch.cat([first_output(net(batch)) for batch in images.split(PARITY_BATCH)]).numpy()
         actual = run_exported(runtime, images)
     if actual.shape != expected.shape:
         raise ParityError(f"exported model returns logits of shape {actual.shape}, PyTorch {expected.shape}")
@@ -206,50 +258,61 @@ def latencies_ms(net: nn.Module, runtime: Runtime, image: torch.Tensor, runs: in
     """Batch-1 latency (exported, PyTorch eager) in ms of one image (1, C, H, W), ``THREADS`` threads."""
     with torch_threads(THREADS), torch.inference_mode():
         exported = median_latency_ms(lambda: runtime(image), runs)
-        eager = median_latency_ms(lambda: net(image).numpy(), runs)
+        eager = median_latency_ms(lambda: first_output(net(image)).numpy(), runs)
     return exported, eager
 
 
 def export_checkpoint(ckpt: Path, fmt: str, path: Path, parity_images: int, latency_runs: int,
-                      tolerance: float) -> dict:
+                      tolerance: float, raw_input: bool = False, about: About = DEFAULT_ABOUT) -> dict:
     """Export ``ckpt`` to ``path``, check parity, time it; the figures of this one model.
 
-    The file is written to a temporary name and moved to ``path`` only after the parity check
-    passed, so a failure never leaves a (half-written or wrong) model file.
+    ``raw_input``: the graph takes uint8 (N, H, W, C) pixels and holds the scaling and mean / std
+    normalisation (``deploy.graph``), returning logits and probabilities. The file is written to
+    a temporary name and moved to ``path`` only after the parity check passed, so a failure never
+    leaves a (half-written or wrong) model file.
     """
-    net, images, record = load_network(ckpt, parity_images)
+    net, record = checkpoint_network(ckpt)
+    pixels, parity_source = parity_pixels(ckpt, record, parity_images)
+    if raw_input:
+        model, images, record, outputs = RawInputModel(net, record).eval(), pixels, raw_record(record), RAW_OUTPUTS
+    else:
+        with torch.no_grad():
+            model, images, outputs = net, Preprocess(record)(pixels), ["logits"]
+    data = trained_on(ckpt)
+    plain = plain_metadata(record, about, type(net).__name__, data, outputs)
     created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(path) as tmp:
-            EXPORTERS[fmt](net, example_input(images), tmp, record)
-            diff = parity_max_abs(net, load_runtime(tmp, fmt), images)
+            EXPORTERS[fmt](model, example_input(images), tmp, record, plain, outputs)
+            diff = parity_max_abs(model, load_runtime(tmp, fmt), images)
             if not diff <= tolerance:  # also catches NaN
                 raise ParityError(
-                    f"{fmt} export of {ckpt} differs from PyTorch by max abs {diff:.3g} on {len(images)} test "
+                    f"{fmt} export of {ckpt} differs from PyTorch by max abs {diff:.3g} on {len(images)} "
                     f"images, above the tolerance {tolerance:g}; no model file was written"
                 )
-            latency, eager = latencies_ms(net, load_runtime(tmp, fmt, THREADS), images[:1], latency_runs)
+            latency, eager = latencies_ms(model, load_runtime(tmp, fmt, THREADS), images[:1], latency_runs)
             size = tmp.stat().st_size
     finally:
         if created and not any(path.parent.iterdir()):
             path.parent.rmdir()
     return {
         "ckpt": str(ckpt), "format": fmt, "path": str(path), "network": type(net).__name__,
-        "input_shape": list(images[:1].shape), "params": sum(p.numel() for p in net.parameters()),
+        "input_shape": list(images[:1].shape), "input_dtype": str(images.dtype).removeprefix("torch."),
+        "outputs": outputs, "params": sum(p.numel() for p in net.parameters()),
         "size_mb": size / 1e6, "ckpt_size_mb": Path(ckpt).stat().st_size / 1e6,
         "latency_ms": latency, "latency_ms_eager": eager,
-        "parity_max_abs": diff, "parity_images": len(images), "preprocessing": record,
-        "data": trained_on(ckpt),
+        "parity_max_abs": diff, "parity_images": len(images), "parity_source": parity_source,
+        "preprocessing": record, "metadata": plain, "data": data,
     }
 
 
-def protocol(fmt: str, latency_runs: int, parity_images: int, tolerance: float) -> str:
+def protocol(fmt: str, latency_runs: int, parity_source: str, tolerance: float) -> str:
     return (
         f"CPU, fp32, batch 1, {THREADS} thread (torch.set_num_threads; ONNX Runtime intra/inter-op threads), "
         f"latency = median of {latency_runs} timed calls (time.perf_counter) after {WARMUP} warm-up calls, "
-        f"for the {fmt} export and PyTorch eager; parity = max abs logit difference vs PyTorch on the first "
-        f"{parity_images} test images (tolerance {tolerance:g}); MB = 10^6 bytes."
+        f"for the {fmt} export and PyTorch eager; parity = max abs logit difference vs PyTorch on "
+        f"{parity_source}, at the network's input size (tolerance {tolerance:g}); MB = 10^6 bytes."
     )
 
 
@@ -298,17 +361,19 @@ def int8_figures(ckpt: Path, fp32: Path, latency_runs: int) -> dict:
 
 def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Path | None = None,
                       parity_images: int = 256, latency_runs: int = 100, tolerance: float = 1e-4,
-                      quantize: str | None = None) -> dict:
+                      quantize: str | None = None, raw_input: bool = False, about: About = DEFAULT_ABOUT) -> dict:
     """Export the classifier ``ckpt`` (``onnx`` | ``torchscript``), check and benchmark it.
 
     Returns ``{"export": figures, "compare": figures | None, "protocol", "threads", ...}``; the
     figures of a model are params, size_mb (file, 10^6 bytes), latency_ms / latency_ms_eager
-    (batch 1, median), parity_max_abs and the paths. Writes ``export.json`` and ``export.md``
-    next to the model file (see ``model_path``).
+    (batch 1, median), parity_max_abs and the paths. Writes ``export.json``, ``export.md`` and
+    the MONAI-bundle-style ``metadata.json`` (``deploy.metadata``) next to the model file (see
+    ``model_path``). ``raw_input``: preprocessing in the graph (``export_checkpoint``).
     """
     check_format(fmt)
-    if quantize not in (None, "int8") or (quantize and fmt != "onnx"):
-        raise ValueError(f"--quantize {quantize} is invalid; allowed: int8, with --format onnx")
+    if quantize not in (None, "int8") or (quantize and (fmt != "onnx" or raw_input)):
+        raise ValueError(f"--quantize {quantize} is invalid; allowed: int8, with --format onnx and float input "
+                         "(without --preprocess-in-graph)")
     if parity_images < 1 or latency_runs < 1 or tolerance < 0:
         raise ValueError("--parity-images and --latency-runs must be >= 1 and --tolerance >= 0")
     ckpt, path = Path(ckpt), model_path(Path(ckpt), fmt, out)
@@ -316,14 +381,17 @@ def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Pa
     compared = None
     if compare is not None:  # first, so that a failure there leaves no half-documented export
         with tempfile.TemporaryDirectory() as tmp:
-            compared = export_checkpoint(Path(compare), fmt, Path(tmp) / FORMATS[fmt], **settings)
+            compared = export_checkpoint(Path(compare), fmt, Path(tmp) / FORMATS[fmt], **settings,
+                                         raw_input=raw_input, about=about)
         compared["path"] = None  # measured in a temporary folder
-    exported = export_checkpoint(ckpt, fmt, path, **settings)
+    exported = export_checkpoint(ckpt, fmt, path, **settings, raw_input=raw_input, about=about)
     result = {
         "export": exported, "compare": compared, "threads": THREADS, "warmup_runs": WARMUP, **settings,
-        "protocol": protocol(fmt, latency_runs, exported["parity_images"], tolerance),
+        "protocol": protocol(fmt, latency_runs, exported["parity_source"], tolerance),
         "int8": int8_figures(ckpt, path, latency_runs) if quantize == "int8" else None,
     }
+    bundle = bundle_metadata(exported["preprocessing"], exported["metadata"], fmt, ckpt.name)
+    atomic_write_text(path.parent / "metadata.json", json.dumps(bundle, indent=2))
     atomic_write_text(path.parent / "export.json", json.dumps(result, indent=2))
     atomic_write_text(path.parent / "export.md", markdown(result))
     return result
@@ -333,12 +401,13 @@ def flat_figures(result: dict) -> dict:
     """``export/<key>`` and ``compare/<key>`` for every figure of ``export_classifier``'s result
     (the preprocessing record and the training data's identity stay in export.json)."""
     return {f"{role}/{k}": v for role in ("export", "compare") for k, v in (result.get(role) or {}).items()
-            if k not in ("preprocessing", "data")}
+            if k not in ("preprocessing", "data", "metadata", "outputs")}
 
 
 def run_export_stage(cfg) -> dict:
     """Pipeline stage: ``cfg.export`` = ``{ckpt, format (onnx), compare (or null), parity_images,
-    latency_runs, tolerance, quantize (optional)}``; exports into ``cfg.paths.output_dir``; flat figures."""
+    latency_runs, tolerance, quantize, preprocess_in_graph, model_version, description (optional)}``;
+    exports into ``cfg.paths.output_dir``; flat figures."""
     spec = cfg.export
     fmt = check_format(spec.get("format") or "onnx")
     compare = spec.get("compare")
@@ -346,6 +415,8 @@ def run_export_stage(cfg) -> dict:
         Path(spec.ckpt), fmt, Path(cfg.paths.output_dir) / FORMATS[fmt], Path(compare) if compare else None,
         parity_images=spec.get("parity_images", 256), latency_runs=spec.get("latency_runs", 100),
         tolerance=spec.get("tolerance", 1e-4), quantize=spec.get("quantize"),
+        raw_input=bool(spec.get("preprocess_in_graph", False)),
+        about=About(int(spec.get("model_version", 1)), spec.get("description")),
     )
     return flat_figures(result) | {f"int8/{k}": v for k, v in (result["int8"] or {}).items()}
 
@@ -366,10 +437,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed")
     parser.add_argument("--quantize", default=None, metavar="int8",
                         help="also write an int8 ONNX model (static, calibrated on training images) and its accuracy")
+    parser.add_argument("--preprocess-in-graph", action="store_true",
+                        help="the model takes uint8 pixels (N, H, W, C) at its input size; scaling, channel repeat "
+                             "and mean / std normalisation run in the graph (outputs logits and probabilities)")
+    parser.add_argument("--model-version", type=int, default=1, help="integer version written into the model (default 1)")
+    parser.add_argument("--description", default=None, help="the model's description (default: written from its "
+                        "classes, task and training data)")
     args = parser.parse_args(argv)
     try:
         result = export_classifier(resolve_checkpoint(args.ckpt), args.format, args.out, args.compare, args.parity_images,
-                                   args.latency_runs, args.tolerance, args.quantize)
+                                   args.latency_runs, args.tolerance, args.quantize, args.preprocess_in_graph,
+                                   About(args.model_version, args.description))
     except (CheckpointError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -377,5 +455,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(markdown(result), end="")
-    print(f"wrote {result['export']['path']} and export.json / export.md next to it")
+    print(f"wrote {result['export']['path']} and export.json / export.md / metadata.json next to it")
     return 0

@@ -25,12 +25,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from core.artifacts import resolve_checkpoint
-from core.config import CheckpointError, run_config
+from core.config import CheckpointError, run_config, stored_identity
 from core.predictions import save_predictions
+from datamodules.medmnist_files import DatasetError
 from datamodules.resolvers import register_resolvers
+from datamodules.transforms import build_transform
 from evaluation.predict import predict_probs, resolve_device
 from evaluation.report import write_run_report
 from evaluation.writer import write_evaluation
@@ -43,17 +46,50 @@ __all__ = ["CheckpointError", "checkpoint_data", "evaluate", "load_classifier", 
 def checkpoint_data(ckpt: Path, split: str, root: str | None = None):
     """The datamodule of ``ckpt``'s run (its own preprocessing) and its ``split`` dataset.
 
-    ``root`` replaces the data folder (``data.image_root`` of a table, else ``data.root``).
+    ``root`` replaces the data folder (``data.image_root`` of a table, else ``data.root``): new
+    images then go through the preprocessing stored in the checkpoint (``use_stored_preprocessing``).
+    Data that cannot be read is a CheckpointError naming the checkpoint, the data and the fix.
     """
     cfg = run_config(ckpt)
     if root is not None:
         cfg.data["image_root" if "table" in cfg.data else "root"] = root
     if "splits_file" in cfg.data:
         cfg.data.splits_file = None  # the run's splits.csv stays as training wrote it
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    return datamodule, datamodule.test_set if split == "test" else datamodule.val_set
+    try:
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.prepare_data()
+        datamodule.setup("test")
+    except (InstantiationException, DatasetError, FileNotFoundError) as err:
+        cause = dataset_error_in(err) or err
+        raise CheckpointError(f"{ckpt}: the data of its run cannot be read ({cause}); give the folder that holds "
+                              "it now with --root, or predict image files with predict.py, which needs the "
+                              "checkpoint alone") from err
+    dataset = datamodule.test_set if split == "test" else datamodule.val_set
+    stored = (stored_identity(ckpt) or {}).get("preprocessing")
+    if stored is not None:
+        use_stored_preprocessing(ckpt, datamodule, dataset, stored)
+    return datamodule, dataset
+
+
+def dataset_error_in(err: BaseException) -> BaseException | None:
+    """The DatasetError / FileNotFoundError an instantiation error wraps (the readable message), or None."""
+    while err is not None and not isinstance(err, (DatasetError, FileNotFoundError)):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def use_stored_preprocessing(ckpt: Path, datamodule, dataset, record: dict) -> None:
+    """Feed ``dataset`` as the model was trained: the class names must be the checkpoint's, and
+    the normalisation statistics are the stored ones (``normalization=dataset`` on other data
+    would compute them from that data's training split)."""
+    names = [str(c) for c in datamodule.class_names]
+    if names != record["output"]["class_names"]:
+        raise CheckpointError(f"{ckpt} was trained on the classes {record['output']['class_names']}, the data "
+                              f"holds {names}; evaluate it on data with the same classes in the same order")
+    spec = record["input"]
+    stats = None if spec["mean"] is None else (spec["mean"], spec["std"])
+    if stats != (None if datamodule.input_stats is None else tuple(list(map(float, v)) for v in datamodule.input_stats)):
+        dataset.transform = build_transform(datamodule.img_size, datamodule.source_size, stats, None)
 
 
 def sample_key(datamodule, dataset, split: str) -> tuple:

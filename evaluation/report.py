@@ -152,8 +152,12 @@ def write_run_report(run_dir: Path, cfg: DictConfig, metrics: dict, title: str |
     tuning_path = run_dir / "eval" / "test_threshold_tuning.json"
     if tuning_path.is_file():
         t = json.loads(tuning_path.read_text())
-        rule = f"threshold {t['threshold']:.4f}" if "threshold" in t else "offsets " + ", ".join(
-            f"{v:+.2f}" for v in t["offsets"])
+        if "threshold" in t:
+            rule = f"threshold {t['threshold']:.4f}"
+        elif "thresholds" in t:
+            rule = "thresholds " + ", ".join(f"{v:.3f}" for v in t["thresholds"])
+        else:
+            rule = "offsets " + ", ".join(f"{v:+.2f}" for v in t["offsets"])
         names = list(t["untuned"])
         lines += [f"## Threshold tuning ({t['kind']}, objective {t['objective']}, fitted on validation: {rule})", "",
                   "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]

@@ -3,9 +3,13 @@
 - binary: a threshold on the positive-class probability maximising F1, Youden's J, or
   reaching a target sensitivity;
 - multi-class: per-class offsets added to the log-probabilities (coordinate ascent over
-  a grid) maximising macro F1 or balanced accuracy.
+  a grid) maximising macro F1 or balanced accuracy;
+- multi-label: one threshold per label on its probability, each fitted as a binary threshold
+  (F1, Youden's J or a target sensitivity); a label with no positive or no negative in
+  validation keeps 0.5.
 The fitting functions take ``SplitPredictions`` and refuse any split but ``val``, so
-test data cannot leak into the tuning.
+test data cannot leak into the tuning. ``decision_rule`` turns a tuning into the rule stored
+in checkpoints and exports; ``apply_decision`` applies it (or the default argmax / 0.5).
 """
 
 from __future__ import annotations
@@ -104,9 +108,45 @@ def fit_class_offsets(
     return offsets
 
 
+def fit_label_thresholds(val: SplitPredictions, objective: str = "f1", target_sensitivity: float = 0.9
+                         ) -> tuple[np.ndarray, list[int]]:
+    """Per-label thresholds (K,) of multi-label probabilities (N, K) with 0 / 1 labels (N, K), each
+    ``fit_binary_threshold`` of its label; and the labels left at 0.5 because validation has no
+    positive or no negative for them (nothing to fit)."""
+    _require_val(val)
+    labels = np.asarray(val.labels).reshape(len(val.probs), -1)
+    thresholds, undefined = np.full(val.probs.shape[1], 0.5), []
+    for k in range(val.probs.shape[1]):
+        y = labels[:, k].astype(int)
+        if y.min() == y.max():
+            undefined.append(k)
+            continue
+        two = np.stack([1 - val.probs[:, k], val.probs[:, k]], axis=1)
+        thresholds[k] = fit_binary_threshold(SplitPredictions(two, y, "val"), objective, target_sensitivity)
+    return thresholds, undefined
+
+
+def _label_scores(labels: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Macro F1 / sensitivity / specificity over labels and the exact-match ratio of (N, K) 0 / 1 decisions."""
+    per = [_binary_scores(labels[:, k].astype(int), pred[:, k].astype(int)) for k in range(labels.shape[1])]
+    return {"macro_f1": float(np.mean([s["f1"] for s in per])),
+            "macro_sensitivity": float(np.mean([s["sensitivity"] for s in per])),
+            "macro_specificity": float(np.mean([s["specificity"] for s in per])),
+            "exact_match": float((pred == labels).all(1).mean())}
+
+
 def tuned_comparison(val: SplitPredictions, test: SplitPredictions, objective: str | None = None) -> dict:
-    """Fit on ``val``, apply to ``test``; returns the rule and untuned vs tuned test scores."""
+    """Fit on ``val``, apply to ``test``; returns the rule and untuned vs tuned test scores.
+    Multi-label predictions (labels (N, K)) get per-label thresholds (``fit_label_thresholds``)."""
     k = val.probs.shape[1]
+    if np.asarray(val.labels).ndim == 2:
+        objective = objective or "f1"
+        thresholds, undefined = fit_label_thresholds(val, objective)
+        labels = np.asarray(test.labels).astype(int)
+        return {"kind": "label thresholds", "objective": objective, "thresholds": thresholds.tolist(),
+                "undefined_in_val": undefined,
+                "untuned": _label_scores(labels, (test.probs >= 0.5).astype(int)),
+                "tuned": _label_scores(labels, (test.probs >= thresholds).astype(int))}
     untuned = test.probs.argmax(1)
     if k == 2:
         objective = objective or "f1"
@@ -124,3 +164,28 @@ def tuned_comparison(val: SplitPredictions, test: SplitPredictions, objective: s
 
     return {"kind": "class offsets", "objective": objective, "offsets": offsets.tolist(),
             "untuned": scores(untuned), "tuned": scores(tuned)}
+
+
+def decision_rule(tuning: dict) -> dict:
+    """The rule of a ``tuned_comparison`` as stored in checkpoints and exports:
+    ``{"kind": "binary_threshold", "threshold": t}`` (predict class 1 when P(class 1) >= t),
+    ``{"kind": "class_offsets", "offsets": [K]}`` (argmax of log p + offset) or
+    ``{"kind": "label_thresholds", "thresholds": [K]}`` (label k when p_k >= t_k); with the
+    ``objective`` and ``fitted_on: "validation"``."""
+    kinds = {"binary threshold": ("binary_threshold", "threshold"), "class offsets": ("class_offsets", "offsets"),
+             "label thresholds": ("label_thresholds", "thresholds")}
+    kind, key = kinds[tuning["kind"]]
+    return {"kind": kind, key: tuning[key], "objective": tuning["objective"], "fitted_on": "validation"}
+
+
+def apply_decision(probs: np.ndarray, rule: dict | None, multi_label: bool) -> np.ndarray:
+    """Decisions of probabilities (N, K) by a ``decision_rule`` (None: the default, argmax or
+    p >= 0.5 per label): class indices (N,), or (N, K) bool for multi-label."""
+    kind = (rule or {}).get("kind")
+    if multi_label:
+        return probs >= (np.asarray(rule["thresholds"]) if kind == "label_thresholds" else 0.5)
+    if kind == "binary_threshold":
+        return binary_predict(probs, float(rule["threshold"]))
+    if kind == "class_offsets":
+        return offset_predict(probs, np.asarray(rule["offsets"]))
+    return probs.argmax(1)

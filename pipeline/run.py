@@ -70,9 +70,13 @@ def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
             "last": (latest.best_model_path if latest else best.last_model_path if best else None) or None}
 
 
-def _test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
+def _test_checkpoint(trainer: L.Trainer, which: str, fast_dev_run_ckpt: str | None = None) -> str | None:
+    """The checkpoint to test: ``which`` of ``checkpoint_paths``; under fast_dev_run the one saved
+    of the current weights (so the decision rule tuned after the test is stored in a file too)."""
     if which not in ("best", "last"):
         raise ValueError(f"test_ckpt={which!r} is invalid; allowed: best, last")
+    if trainer.fast_dev_run and fast_dev_run_ckpt:
+        return fast_dev_run_ckpt
     if trainer.fast_dev_run or trainer.checkpoint_callback is None:
         log.warning("No checkpoint was saved (fast_dev_run or no ModelCheckpoint): testing current weights.")
         return None
@@ -141,7 +145,8 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
             trainer.save_checkpoint(path)
             metrics["best_checkpoint"] = metrics["last_checkpoint"] = str(path)
         if cfg.get("test"):
-            ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"))
+            fdr_ckpt = metrics["best_checkpoint"] if trainer.fast_dev_run else None
+            ckpt_path = _test_checkpoint(trainer, cfg.get("test_ckpt", "best"), fdr_ckpt)
             # verbose=False: the per-class table (tens of rows) goes to report.md and the loggers, not the console
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})

@@ -202,8 +202,9 @@ def test_an_exported_model_alone_predicts_image_files_as_evaluate_does(cnn_ckpt,
     table = export_npz(data_root / "dermamnist.npz", tmp_path / "png")
     with open(table, newline="") as f:
         test_files = [tmp_path / "png" / r["path"] for r in csv.DictReader(f) if r["split"] == "test"]
-    files, probs, _ = predict.predict(model, test_files)
-    assert files == test_files
+    result = predict.predict(model, test_files, device="cpu")
+    files, probs = result.files, result.probs
+    assert files == test_files and result.device == "cpu"
     reference = evaluate([cnn_ckpt], out=tmp_path / "eval")["probs"]
     np.testing.assert_allclose(probs, reference, atol=1e-4)
     assert predict.main([str(model), str(tmp_path / "png" / "images" / "test"), "--out", str(tmp_path / "p.csv")]) == 0
