@@ -1,5 +1,6 @@
-"""What every labelled datamodule shares: checked options, datasets built from uint8 arrays,
-label fractions, class weights, samplers, MLO-MAE level loaders and DDP-safe eval loaders.
+"""What every labelled datamodule shares: its typed options (``options.py``), datasets built
+from uint8 arrays, label fractions, class weights, samplers and DDP-safe eval loaders (MLO-MAE's
+level loaders come from ``mlo_levels.py`` when ``data.mlo`` is set).
 
 Subclasses (MedMNIST ``.npz`` files, image folders, image tables) only read their source and
 decide the split; ``build_sets`` does the rest the same way for all of them.
@@ -14,29 +15,18 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
-from lightning.pytorch.utilities import CombinedLoader
 from lightning_utilities.core.apply_func import apply_to_collection
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from core.tasks import MULTI_LABEL
 from datamodules.batch_transforms import BatchTransform
+from datamodules.mlo_levels import MLOLevelOptions, level_indices, level_loaders
 from datamodules.on_device import DeviceImages, IndexBatch, IndexDataset, keep_batch
-from datamodules.samplers import (
-    EPOCH_LENGTHS,
-    SAMPLER_MODES,
-    ClassBalancedSampler,
-    CyclingShuffleSampler,
-    UnpaddedDistributedSampler,
-)
-from datamodules.splits import label_fraction_subset, stratified_split
+from datamodules.options import DataOptions, require
+from datamodules.samplers import ClassBalancedSampler, UnpaddedDistributedSampler
+from datamodules.splits import label_fraction_subset
 from datamodules.synthetic_train import cap_synthetic_share, load_synthetic, train_fingerprint
-from datamodules.transforms import (
-    NORMALIZATIONS,
-    ArrayDataset,
-    AugmentConfig,
-    build_transform,
-    normalization_stats,
-)
+from datamodules.transforms import ArrayDataset, AugmentConfig, build_transform, normalization_stats
 
 
 def class_weights_from_labels(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -48,14 +38,10 @@ def class_weights_from_labels(labels: np.ndarray, num_classes: int) -> torch.Ten
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def require(ok: bool, key: str, value, allowed: str) -> None:
-    """ValueError naming the config key ``data.<key>`` when ``ok`` is false."""
-    if not ok:
-        raise ValueError(f"data.{key}={value!r} is invalid; allowed: {allowed}")
-
-
 class ClassificationDataModule(L.LightningDataModule, abc.ABC):
-    """Base of the labelled datamodules (see ``MedMNISTDataModule`` for the arguments).
+    """Base of the labelled datamodules. ``options``: the shared options in their typed groups
+    (``options.DataOptions``; a subclass builds them from its flat config keys with
+    ``DataOptions.from_keys``, see ``MedMNISTDataModule`` for what each key does).
 
     Subclasses set ``task`` and implement ``num_classes``, ``in_chans``, ``class_names`` and
     ``setup`` (which calls ``build_sets``).
@@ -63,79 +49,71 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
 
     task: str
 
-    def __init__(
-        self,
-        img_size: int | None,
-        normalization: str,
-        augment: dict | None,
-        label_fraction: float,
-        sampler: str,
-        epoch_length: str,
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        pin_memory: bool,
-        split_seed: int,
-        mlo: dict | None,
-        on_device: bool = False,
-        synthetic_train: str | None = None,
-        shuffle_seed: int | None = None,
-        synthetic_max_ratio: float | None = None,
-    ) -> None:
+    def __init__(self, options: DataOptions) -> None:
         super().__init__()
-        require(0 < label_fraction <= 1, "label_fraction", label_fraction, "(0, 1]")
-        require(sampler in SAMPLER_MODES, "sampler", sampler, str(list(SAMPLER_MODES)))
-        require(epoch_length in EPOCH_LENGTHS, "epoch_length", epoch_length, str(list(EPOCH_LENGTHS)))
-        require(normalization in NORMALIZATIONS, "normalization", normalization, str(list(NORMALIZATIONS)))
-        require(batch_size > 0, "batch_size", batch_size, "an integer >= 1")
-        require(eval_batch_size is None or eval_batch_size > 0, "eval_batch_size", eval_batch_size, ">= 1")
-        require(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
-        require(img_size is None or img_size >= 8, "img_size", img_size, "an integer >= 8")
-        self.img_size = img_size
-        self.normalization = normalization
-        self.augment = AugmentConfig(**(augment or {}))
-        self.label_fraction = label_fraction
-        self.sampler, self.epoch_length = sampler, epoch_length
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.split_seed = split_seed
-        self.shuffle_seed = split_seed if shuffle_seed is None else shuffle_seed  # training order, not splits
-        self.mlo = self._check_mlo(mlo)
-        self.on_device = bool(on_device)
-        self.synthetic_train = synthetic_train
-        require(synthetic_max_ratio is None or 0 < synthetic_max_ratio < 1, "synthetic_max_ratio",
-                synthetic_max_ratio, "(0, 1), e.g. 0.5 (at most as many synthetic as real images per class), or null")
-        self.synthetic_max_ratio = synthetic_max_ratio
+        self.options = options
         self.synthetic_card: dict | None = None
         self._real_train: tuple | None = None  # (images, labels) of the real training split
         self._identity: dict | None = None
         self.device_images: DeviceImages | None = None
-        self.level_indices: dict[str, np.ndarray] = {}
+        self.level_indices: dict[str, np.ndarray] = {}  # MLO-MAE's levels II / III (mlo_levels.py)
         self.train_set = self.val_set = self.test_set = None
         self.train_labels: np.ndarray | None = None
 
-    @staticmethod
-    def _check_mlo(mlo: dict | None) -> dict | None:
-        if not mlo:
-            return None
-        unknown = set(mlo) - {"level3_fraction", "cadence", "label_fraction"}
-        require(not unknown, "mlo", dict(mlo), "the keys level3_fraction, cadence, label_fraction")
-        fraction = mlo.get("level3_fraction", 0.2)
-        cadence = list(mlo.get("cadence", [2, 1, 1]))
-        labelled = mlo.get("label_fraction", 1.0)
-        require(0 < fraction < 1, "mlo.level3_fraction", fraction, "(0, 1)")
-        require(len(cadence) == 3 and all(int(c) == c and c >= 1 for c in cadence),
-                "mlo.cadence", cadence, "three integers >= 1 (level I : II : III)")
-        require(0 < labelled <= 1, "mlo.label_fraction", labelled, "(0, 1]")
-        return {"level3_fraction": fraction, "cadence": [int(c) for c in cadence], "label_fraction": labelled}
+    # ----- the options other layers read ---------------------------------------------------
+    @property
+    def img_size(self) -> int:
+        return self.options.input.img_size
+
+    @property
+    def normalization(self) -> str:
+        return self.options.input.normalization
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return self.options.augment
+
+    @property
+    def mlo(self) -> MLOLevelOptions | None:
+        return self.options.mlo
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.loader.batch_size
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.options.loader.eval_batch_size
+
+    @property
+    def on_device(self) -> bool:
+        return self.options.loader.on_device
+
+    @property
+    def label_fraction(self) -> float:
+        return self.options.split.label_fraction
+
+    @property
+    def split_seed(self) -> int:
+        return self.options.split.split_seed
+
+    @property
+    def shuffle_seed(self) -> int:
+        """The training order's seed (``data.shuffle_seed``; None: ``split_seed``)."""
+        seed = self.options.sampling.shuffle_seed
+        return self.split_seed if seed is None else seed
+
+    @property
+    def synthetic_train(self) -> str | None:
+        return self.options.generated.synthetic_train
 
     def check_task(self) -> None:
         """Cross-checks that need the task (call at the end of a subclass ``__init__``)."""
         require(self.synthetic_train is None or self.task != MULTI_LABEL,
                 "synthetic_train", self.synthetic_train, "null for multi-label tasks")
-        require(self.sampler == "none" or self.task != MULTI_LABEL,
-                "sampler", self.sampler, "'none' for multi-label tasks")
-        require(self.mlo is None or self.task != MULTI_LABEL, "mlo", self.mlo, "single-label tasks only")
+        require(self.options.sampling.sampler == "none" or self.task != MULTI_LABEL,
+                "sampler", self.options.sampling.sampler, "'none' for multi-label tasks")
+        require(self.mlo is None or self.task != MULTI_LABEL, "mlo", self.mlo, "null (off) for multi-label tasks")
 
     def check_declared(self, source: str, **declared) -> None:
         """The config's interpolated ``num_classes`` / ``in_chans`` / ``task`` must match the data."""
@@ -201,8 +179,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         if self.synthetic_train:
             synth = load_synthetic(self.synthetic_train, self.real_train_identity)
             self.synthetic_card = synth.card
-            if self.synthetic_max_ratio is not None:
-                keep = cap_synthetic_share(labels["train"], synth.labels, self.synthetic_max_ratio, self.split_seed + 3)
+            if (ratio := self.options.generated.synthetic_max_ratio) is not None:
+                keep = cap_synthetic_share(labels["train"], synth.labels, ratio, self.split_seed + 3)
                 synth = replace(synth, images=synth.images[keep], labels=synth.labels[keep])
             synthetic = np.r_[np.zeros(len(labels["train"]), bool), np.ones(len(synth.labels), bool)]
             images = {**images, "train": np.concatenate([np.asarray(images["train"]), synth.images])}
@@ -219,15 +197,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
             transforms = {"train": BatchTransform(self.img_size, stats, self.augment),
                           "val": BatchTransform(self.img_size, stats), "test": BatchTransform(self.img_size, stats)}
             self.device_images = DeviceImages(sets, transforms)
-        if self.mlo is not None:  # levels II and III: real images only (level I sees the synthetic ones too)
-            real = np.flatnonzero(~synthetic) if synthetic is not None else np.arange(len(self.train_labels))
-            if self.mlo["label_fraction"] < 1:  # the labelled subset a downstream run at that fraction uses
-                real = real[label_fraction_subset(self.train_labels[real], self.mlo["label_fraction"],
-                                                  self.split_seed + 1)]
-            level2, level3 = stratified_split(
-                self.train_labels[real], self.mlo["level3_fraction"], self.split_seed + 2, "data.mlo.level3_fraction"
-            )
-            self.level_indices = {"level2": real[level2], "level3": real[level3]}
+        if self.mlo is not None:  # levels II and III: real images only (level I sees the generated ones too)
+            self.level_indices = level_indices(self.mlo, self.train_labels, synthetic, self.split_seed)
 
     # ----- loaders ----------------------------------------------------------------------
     def _split_set(self, split: str):
@@ -247,40 +218,25 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0 and not train,
+            num_workers=self.options.loader.num_workers,
+            pin_memory=self.options.loader.pin_memory,
+            persistent_workers=self.options.loader.num_workers > 0 and not train,
             **kwargs,
         )
 
     def train_dataloader(self):
-        if self.mlo is not None:
-            return self._mlo_loaders()
         train_set = self._split_set("train")
+        if self.mlo is not None:
+            return level_loaders(self.mlo, train_set, self.level_indices, self.batch_size, self.shuffle_seed,
+                                 self._loader)
         drop_last = len(train_set) > self.batch_size  # no size-1 batch for BatchNorm
-        if self.sampler == "none":
+        sampling = self.options.sampling
+        if sampling.sampler == "none":
             return self._loader(train_set, self.batch_size, shuffle=True, drop_last=drop_last)
         sampler = ClassBalancedSampler(
-            self.train_labels.reshape(-1), self.sampler, self.epoch_length, seed=self.shuffle_seed
+            self.train_labels.reshape(-1), sampling.sampler, sampling.epoch_length, seed=self.shuffle_seed
         )
         return self._loader(train_set, self.batch_size, sampler=sampler, drop_last=drop_last)
-
-    def _mlo_loaders(self) -> CombinedLoader:
-        """One MLO-MAE cycle per step. The shorter level loaders restart within an epoch; each
-        pass gets a new order from (seed, epoch, pass), sharded per rank under DDP."""
-        n1, n2, n3 = self.mlo["cadence"]
-        train_set = self._split_set("train")
-        sets = {
-            "level1": (train_set, n1),
-            "level2": (Subset(train_set, self.level_indices["level2"]), n2),
-            "level3": (Subset(train_set, self.level_indices["level3"]), n3),
-        }
-        loaders = {
-            name: self._loader(ds, self.batch_size * n, sampler=CyclingShuffleSampler(ds, seed=self.shuffle_seed + i),
-                               drop_last=len(ds) > self.batch_size * n)
-            for i, (name, (ds, n)) in enumerate(sets.items())
-        }
-        return CombinedLoader(loaders, mode="max_size_cycle")
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._split_set(split)

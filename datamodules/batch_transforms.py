@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datamodules.transforms import AugmentConfig, check_rotation
+from datamodules.transforms import AugmentConfig
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing's defaults: area fraction, aspect ratio
 ERASE_RATIO = (0.3, 3.3)
@@ -130,8 +130,6 @@ class BatchTransform:
         stats: tuple[Sequence[float], Sequence[float]] | None,
         augment: AugmentConfig | None = None,
     ) -> None:
-        if augment is not None and augment.rotation > 0:
-            check_rotation(augment)
         if augment is not None and augment.random_resized_crop is not None:
             raise ValueError("data.augment.random_resized_crop runs on the loader path only: set data.on_device=false")
         self.img_size, self.stats, self.augment = img_size, stats, augment

@@ -99,12 +99,6 @@ def table_classes(table: pd.DataFrame, label_column: str, classes: Sequence | No
     return sort_classes(cells)
 
 
-def _check_columns(table: pd.DataFrame, source: str, named: dict[str, str | None]) -> None:
-    for key, column in named.items():
-        if column is not None and column not in table.columns:
-            raise ValueError(f"data.{key}={column!r} is not a column of {source}; its columns are {list(table.columns)}")
-
-
 TEMPLATE_FIELD = re.compile(r"{([^{}:!]+)[^{}]*}")
 ONE, ZERO = {"1", "1.0", "true", "True"}, {"0", "0.0", "false", "False", ""}
 
@@ -145,98 +139,152 @@ def one_hot_labels(table: pd.DataFrame, columns: Sequence[str], names: list[str]
     return [columns[i] for i in hot.argmax(1)]
 
 
-def table_records(
-    table_path: str | os.PathLike,
-    image_root: str | os.PathLike | None,
-    path_column: str | None,
-    label_column: str | None,
-    classes: Sequence | None = None,
-    split_column: str | None = None,
-    group_column: str | None = None,
-    extra_columns: Sequence[str] = (),
-    path_template: str | None = None,
-    label_columns: Sequence[str] | None = None,
-    multi_label: bool = False,
-    label_separator: str | None = None,
-) -> ImageRecords:
-    """Records of an image table; ``image_root`` defaults to the table's folder.
+@dataclass(frozen=True)
+class TableColumns:
+    """How a table names its images and labels (``data=image_table``'s keys), checked when
+    built: the options exclude each other as documented in ``ImageTableDataModule``.
 
     Paths come from ``path_column``, or from ``path_template`` filled from each row's columns;
     labels from ``label_column``, or from one-hot ``label_columns`` (their order is the class
     order unless ``classes`` says otherwise). ``multi_label``: any number of labels per row,
-    from 0 / 1 ``label_columns`` or from ``label_column`` cells split by ``label_separator``
-    (e.g. ChestX-ray14's ``Atelectasis|Effusion``); labels become an (N, K) 0 / 1 matrix."""
-    table_path = Path(table_path).expanduser()
-    table = read_table(table_path)
-    source = str(table_path)
-    if (path_template is None) == (path_column is None):
-        raise ValueError("set exactly one of data.path_column and data.path_template (e.g. "
-                         "data.path_column=null data.path_template=\"{image_id}.jpg\")")
-    if (label_columns is None) == (label_column is None):
-        raise ValueError("set exactly one of data.label_column and data.label_columns (one-hot: "
-                         "data.label_column=null data.label_columns=[MEL,NV,...])")
-    named = {"path_column": path_column, "label_column": label_column, "split_column": split_column,
-             "group_column": group_column}
-    named.update({f"stratify_columns/exclude ({c})": c for c in extra_columns})
-    named.update({f"label_columns ({c})": c for c in label_columns or ()})
-    _check_columns(table, source, named)
-    if label_separator and not multi_label:
-        raise ValueError(f"data.label_separator={label_separator!r} splits multi-label cells: set data.multi_label=true "
-                         "(or data.label_separator=null for one class per row)")
-    if multi_label and label_columns is None and not label_separator:
-        raise ValueError("data.multi_label=true needs data.label_columns (one 0 / 1 column per label) or "
-                         "data.label_separator (e.g. '|' for cells like 'Atelectasis|Effusion')")
+    from 0 / 1 ``label_columns`` or from ``label_column`` cells split by ``label_separator``.
+    ``image_root``: the folder the paths are relative to (None: the table's folder).
+    """
+
+    image_root: str | None = None
+    path_column: str | None = "path"
+    path_template: str | None = None
+    label_column: str | None = "label"
+    label_columns: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    multi_label: bool = False
+    label_separator: str | None = None
+    split_column: str | None = None
+    group_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path_template is None) == (self.path_column is None):
+            raise ValueError("set exactly one of data.path_column and data.path_template (e.g. "
+                             "data.path_column=null data.path_template=\"{image_id}.jpg\")")
+        if (self.label_columns is None) == (self.label_column is None):
+            raise ValueError("set exactly one of data.label_column and data.label_columns (one-hot: "
+                             "data.label_column=null data.label_columns=[MEL,NV,...])")
+        if self.label_separator and not self.multi_label:
+            raise ValueError(f"data.label_separator={self.label_separator!r} splits multi-label cells: set "
+                             "data.multi_label=true (or data.label_separator=null for one class per row)")
+        if self.multi_label and self.label_columns is None and not self.label_separator:
+            raise ValueError("data.multi_label=true needs data.label_columns (one 0 / 1 column per label) or "
+                             "data.label_separator (e.g. '|' for cells like 'Atelectasis|Effusion')")
+        for key in ("label_columns", "classes"):
+            if (value := getattr(self, key)) is not None:
+                object.__setattr__(self, key, tuple(str(c) for c in value))
+
+    def named(self, extra_columns: Sequence[str]) -> dict[str, str]:
+        """``{config key: column}`` of every column these options (and ``extra_columns``) read."""
+        named = {"path_column": self.path_column, "label_column": self.label_column,
+                 "split_column": self.split_column, "group_column": self.group_column}
+        named.update({f"stratify_columns/exclude ({c})": c for c in extra_columns})
+        named.update({f"label_columns ({c})": c for c in self.label_columns or ()})
+        return {k: c for k, c in named.items() if c is not None}
+
+
+@dataclass
+class TableRows:
+    """The cells of a table as parsed: one string per row (``paths`` filled from the template
+    when there is one), the row names of error messages (``line 12: <path>``)."""
+
+    source: str
+    table: pd.DataFrame
+    paths: list[str]
+    names: list[str]
+
+
+def read_rows(table_path: str | os.PathLike, columns: TableColumns, extra_columns: Sequence[str]) -> TableRows:
+    """Parse the table: the columns the options name must exist, the paths are read or filled."""
+    path = Path(table_path).expanduser()
+    table, source = read_table(path), str(path)
+    for key, column in columns.named(extra_columns).items():
+        if column not in table.columns:
+            raise ValueError(f"data.{key}={column!r} is not a column of {source}; its columns are {list(table.columns)}")
     if table.empty:
         raise DatasetError(f"{source} has a header but no rows")
-    if path_template is not None:
-        path_column = "__path__"
-        table[path_column] = template_paths(table, path_template, source)
-    names = [f"line {i + 2}: {p}" for i, p in enumerate(table[path_column])]  # line 1 is the header
-    if label_columns is not None and not multi_label:
-        label_column = "__label__"
-        table[label_column] = one_hot_labels(table, list(label_columns), names, source)
-        classes = classes or list(label_columns)
-    for column, what in ((path_column, "path"), (label_column, "label"), (group_column, "group")):
-        if column is not None:
-            blank = [n for n, v in zip(names, table[column]) if not v]
-            if blank:
-                raise rows_error(source, f"have an empty {what} cell ({column!r})", blank,
-                                 "fill in these cells or remove the rows")
+    if columns.path_template is not None:
+        paths = template_paths(table, columns.path_template, source)
+    else:
+        paths = table[columns.path_column].tolist()
+    return TableRows(source, table, paths, [f"line {i + 2}: {p}" for i, p in enumerate(paths)])  # line 1: header
+
+
+def row_problems(rows: TableRows, columns: TableColumns) -> list[DatasetError]:
+    """Every problem of the rows that needs no labels parsed, each naming all its rows: empty
+    path / label / group cells, an image listed twice, split values other than train / val / test."""
+    problems = []
+    cells = [(rows.paths, "path", columns.path_column or "path_template")]
+    cells += [(rows.table[c].tolist(), what, c) for c, what in ((columns.label_column, "label"),
+                                                                (columns.group_column, "group")) if c is not None]
+    for values, what, column in cells:
+        if blank := [n for n, v in zip(rows.names, values) if not v]:
+            problems.append(rows_error(rows.source, f"have an empty {what} cell ({column!r})", blank,
+                                       "fill in these cells or remove the rows"))
     seen: dict[str, str] = {}
     duplicates = []
-    for name, path in zip(names, table[path_column]):
+    for name, path in zip(rows.names, rows.paths):
         if path in seen:
             duplicates.append(f"{name} (also {seen[path]})")
-        else:
-            seen[path] = name
+        seen.setdefault(path, name)
     if duplicates:
-        raise rows_error(source, "list an image that an earlier row already lists (it could land in two splits)",
-                         duplicates, "keep one row per image")
-    if multi_label:
-        labels, class_list = multi_hot_labels(table, source, names, label_column, label_columns, label_separator,
-                                              classes)
-    else:
-        class_list = table_classes(table, label_column, classes)
-        index = {c: i for i, c in enumerate(class_list)}
-        raw = table[label_column].to_numpy()
-        unknown = [n for n, v in zip(names, raw) if v not in index]
-        if unknown:
-            raise rows_error(source, f"have a label outside data.classes={class_list}", unknown,
-                             "fix the labels or list every class in data.classes")
-        labels = np.array([index[v] for v in raw], dtype=np.int64)
-    _check_no_empty_class(source, labels, class_list)
-    splits = None
-    if split_column is not None:
-        splits = table[split_column].str.lower().to_numpy()
-        bad = [f"{n} ({split_column}={v!r})" for n, v in zip(names, splits) if v not in SPLITS]
-        if bad:
-            raise rows_error(source, f"have a {split_column!r} value other than {list(SPLITS)}", bad,
-                             f"use train / val / test in {split_column!r}, or set data.split_column=null")
-    groups = table[group_column].to_numpy() if group_column is not None else None
-    root = Path(image_root).expanduser() if image_root else table_path.parent
+        problems.append(rows_error(rows.source, "list an image that an earlier row already lists (it could land in "
+                                   "two splits)", duplicates, "keep one row per image"))
+    if (column := columns.split_column) is not None:
+        splits = rows.table[column].str.lower()
+        if bad := [f"{n} ({column}={v!r})" for n, v in zip(rows.names, splits) if v not in SPLITS]:
+            problems.append(rows_error(rows.source, f"have a {column!r} value other than {list(SPLITS)}", bad,
+                                       f"use train / val / test in {column!r}, or set data.split_column=null"))
+    return problems
+
+
+def raise_problems(problems: Sequence[DatasetError]) -> None:
+    """One DatasetError carrying every problem found (none: nothing happens)."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise DatasetError(f"{len(problems)} problems:\n\n" + "\n\n".join(str(p) for p in problems))
+
+
+def table_labels(rows: TableRows, columns: TableColumns) -> tuple[np.ndarray, list[str]]:
+    """(labels: (N,) int64 class index, or (N, K) int64 0 / 1 for multi-label, class names)."""
+    table, source, names = rows.table, rows.source, rows.names
+    if columns.multi_label:
+        return multi_hot_labels(table, source, names, columns.label_column, columns.label_columns,
+                                columns.label_separator, columns.classes)
+    label_column, classes = columns.label_column, columns.classes
+    if columns.label_columns is not None:
+        label_column, classes = "__label__", classes or columns.label_columns
+        table = table.assign(__label__=one_hot_labels(table, list(columns.label_columns), names, source))
+    class_list = table_classes(table, label_column, classes)
+    index = {c: i for i, c in enumerate(class_list)}
+    raw = table[label_column].to_numpy()
+    if unknown := [n for n, v in zip(names, raw) if v not in index]:
+        raise rows_error(source, f"have a label outside data.classes={class_list}", unknown,
+                         "fix the labels or list every class in data.classes")
+    return np.array([index[v] for v in raw], dtype=np.int64), class_list
+
+
+def table_records(table_path: str | os.PathLike, columns: TableColumns,
+                  extra_columns: Sequence[str] = ()) -> ImageRecords:
+    """Records of an image table (parse, then validate: every problem of the rows is reported
+    at once, then the labels are parsed and checked). ``extra_columns``: columns kept for
+    stratification or filters."""
+    rows = read_rows(table_path, columns, extra_columns)
+    raise_problems(row_problems(rows, columns))
+    labels, class_list = table_labels(rows, columns)
+    _check_no_empty_class(rows.source, labels, class_list)
+    table = rows.table
+    root = Path(columns.image_root).expanduser() if columns.image_root else Path(table_path).expanduser().parent
     records = ImageRecords(
-        source=source, root=root, paths=table[path_column].tolist(), labels=labels, classes=class_list,
-        rows=names, splits=splits, groups=groups,
+        source=rows.source, root=root, paths=rows.paths, labels=labels, classes=class_list, rows=rows.names,
+        splits=table[columns.split_column].str.lower().to_numpy() if columns.split_column is not None else None,
+        groups=table[columns.group_column].to_numpy() if columns.group_column is not None else None,
         columns={c: table[c].to_numpy() for c in extra_columns},
     )
     check_groups_in_one_split(records)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data_identity import synthetic_class_names
-from datamodules.base_datamodule import ClassificationDataModule, require
+from datamodules.base_datamodule import ClassificationDataModule
 from datamodules.data_source import npz_identity, synthetic_marker
 from datamodules.medmnist_files import (
     MedMNISTArrays,
@@ -18,10 +18,13 @@ from datamodules.medmnist_files import (
     medmnist_info,
     resolve_root,
 )
+from datamodules.options import DataOptions, require
 from datamodules.splits import stratified_split
 from datamodules.synthetic import generator_settings, write_synthetic_medmnist
 
 SPLIT_MODES = ("official", "stratified")
+OWN_KEYS = ("flag", "size", "root", "download", "as_rgb", "split", "val_fraction", "synthetic", "num_classes",
+            "in_chans", "task")
 
 
 class MedMNISTDataModule(ClassificationDataModule):
@@ -32,39 +35,21 @@ class MedMNISTDataModule(ClassificationDataModule):
         size: source image size in px (28, 64, 128 or 224).
         root: folder holding the ``.npz`` files (else ``$MEDMNIST_ROOT``, else ``~/.medmnist``).
         download: download a missing file from the URL in ``medmnist.INFO``.
-        img_size: model input size in px; images are resized when it differs from ``size``.
         as_rgb: repeat grayscale images to 3 channels.
-        normalization: ``imagenet``, ``half`` ([-1, 1]), ``dataset`` (train mean/std) or ``none``.
-        augment: train-only augmentation (see ``AugmentConfig``).
         split: ``official`` or ``stratified`` (re-split of train+val with ``val_fraction``).
-        label_fraction: stratified, seeded fraction of the training set to keep, in (0, 1].
-        sampler: ``none``, ``oversample`` (inverse class frequency) or ``sqrt``.
-        epoch_length: ``original`` or ``balanced`` (classes x majority count), with a sampler.
-        split_seed: seed of every split we make (val re-split, label fraction, MLO-MAE levels); a
-            constant (0) in the configs, so runs over training seeds share their splits.
-        shuffle_seed: seed of the training samplers' order (None: split_seed); ``${seed}`` in
-            the configs.
-        mlo: MLO-MAE level data, ``{level3_fraction: 0.2, cadence: [2, 1, 1]}``: the training
-            loader then yields ``{"level1": ..., "level2": ..., "level3": ...}`` per step, with
-            level I on the whole training set and levels II / III on a stratified, seeded
-            split of it; batch sizes are ``batch_size`` times the cadence (one cycle a step).
-            ``label_fraction`` (default 1) < 1: levels II / III read only that stratified
-            fraction of the training labels, the subset a run with ``data.label_fraction`` of
-            the same value and ``split_seed`` uses, while level I reads every training image
-            (MLO-MAE compared fairly at a label fraction).
-        on_device: keep the uint8 images on the training device and augment whole batches
-            there (``on_device.py``); the loaders then yield indices and ignore num_workers.
-        synthetic_train: a synthetic set (``synthesize.py``: ``.npz`` + JSON card) whose images
-            join the training split only, after the label fraction; its card must name this
-            dataset. Training items then carry a third element, the synthetic flag.
-        synthetic_max_ratio: at most this share of each class's training images is synthetic
-            (a seeded subset of the set's images of that class); None = all of them.
-        synthetic: if set, write a synthetic file of these ``make_synthetic_arrays`` kwargs
-            at the expected path when it is absent (tests and offline demos). The data are
-            synthetic when this is set or when the file carries the generator's marker
+        synthetic: if set, write a fake file of these ``make_synthetic_arrays`` kwargs at the
+            expected path when it is absent (tests and offline demos). The data are synthetic
+            (not real) when this is set or when the file carries the generator's marker
             (``generator``): the class names are then marked as synthetic and
             ``source_identity`` says "not real data".
         num_classes, in_chans, task: optional cross-checks of values the configs interpolate.
+        **options: the keys every labelled datamodule takes, in their typed groups
+            (``options.DataOptions``): ``img_size`` (default ``size``: images are resized when
+            it differs), ``normalization`` (default ``half``), ``augment``, ``batch_size``
+            (default 128), ``eval_batch_size``, ``num_workers``, ``pin_memory``, ``on_device``,
+            ``sampler``, ``epoch_length``, ``shuffle_seed``, ``split_seed``, ``label_fraction``,
+            ``synthetic_train``, ``synthetic_max_ratio`` and ``mlo`` (MLO-MAE's level data,
+            ``mlo_levels.MLOLevelOptions``).
     """
 
     def __init__(
@@ -73,40 +58,24 @@ class MedMNISTDataModule(ClassificationDataModule):
         size: int = 28,
         root: str | None = None,
         download: bool = True,
-        img_size: int | None = None,
         as_rgb: bool = False,
-        normalization: str = "half",
-        augment: dict | None = None,
         split: str = "official",
         val_fraction: float = 0.1,
-        label_fraction: float = 1.0,
-        sampler: str = "none",
-        epoch_length: str = "original",
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        split_seed: int = 0,
-        mlo: dict | None = None,
-        on_device: bool = False,
-        synthetic_train: str | None = None,
-        shuffle_seed: int | None = None,
-        synthetic_max_ratio: float | None = None,
         synthetic: dict | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
         task: str | None = None,
+        **options,
     ) -> None:
-        super().__init__(img_size or size, normalization, augment, label_fraction, sampler, epoch_length,
-                         batch_size, eval_batch_size, num_workers, pin_memory, split_seed, mlo, on_device, synthetic_train,
-                         shuffle_seed, synthetic_max_ratio)
+        options = {"img_size": size, "normalization": "half", "batch_size": 128, **options}
+        options["img_size"] = options["img_size"] or size
+        super().__init__(DataOptions.from_keys(options, "MedMNISTDataModule", OWN_KEYS))
         self.info = medmnist_info(flag)
         check_size(size)
         require(split in SPLIT_MODES, "split", split, str(list(SPLIT_MODES)))
         require(0 < val_fraction < 1, "val_fraction", val_fraction, "(0, 1)")
         self.task = self.info["task"]
         self.flag, self.size, self.root, self.download = flag, size, root, download
-        self.img_size = img_size or size
         self.as_rgb = as_rgb
         self.split, self.val_fraction = split, val_fraction
         self.synthetic = dict(synthetic) if synthetic else None

@@ -14,9 +14,10 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
-    """Train-only augmentation. All off by default (protocols opt in)."""
+    """``data.augment``: train-only augmentation, checked when built. All off by default
+    (protocols opt in)."""
 
     crop_padding: int = 0  # random crop of img_size after zero padding by this many px
     hflip: bool = False
@@ -28,6 +29,23 @@ class AugmentConfig:
     # [min, max] area share of a random crop resized to img_size (timm / torchvision's
     # RandomResizedCrop, aspect 3/4 to 4/3); with data.decode=lazy, of the full-size file
     random_resized_crop: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, what: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"data.augment.{what} is invalid; allowed: {allowed}")
+
+        check(self.crop_padding >= 0, f"crop_padding={self.crop_padding}", "an integer >= 0 (px)")
+        check(0 <= self.erasing <= 1, f"erasing={self.erasing}", "a probability in [0, 1]")
+        check(self.rotation == 0 or (0 < self.rotation <= 180 and 0 < self.rotation_p <= 1),
+              f"rotation={self.rotation} / rotation_p={self.rotation_p}",
+              "rotation 0 (off) or in (0, 180] degrees, rotation_p in (0, 1]")
+        crop = self.random_resized_crop
+        if crop is not None:
+            crop = tuple(float(v) for v in crop)
+            check(len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1, f"random_resized_crop={list(crop)}",
+                  "[min, max] area shares with 0 < min <= max <= 1, e.g. [0.08, 1.0]")
+            object.__setattr__(self, "random_resized_crop", crop)
 
 
 def channel_stats(images) -> tuple[list[float], list[float]]:
@@ -69,14 +87,7 @@ def normalization_stats(
     raise ValueError(f"data.normalization={name!r} is invalid; allowed: {list(NORMALIZATIONS)}")
 
 
-def check_rotation(augment: AugmentConfig) -> None:
-    if not 0 < augment.rotation <= 180 or not 0 < augment.rotation_p <= 1:
-        raise ValueError(f"data.augment.rotation={augment.rotation} / rotation_p={augment.rotation_p} are invalid; "
-                         "allowed: rotation in (0, 180] degrees, rotation_p in (0, 1]")
-
-
 def _rotation(augment: AugmentConfig, img_size: int) -> v2.Transform:
-    check_rotation(augment)
     rotate: v2.Transform = v2.RandomRotation(augment.rotation, expand=augment.rotation_expand)
     if augment.rotation_expand:
         rotate = v2.Compose([rotate, v2.Resize((img_size, img_size), antialias=True)])
@@ -93,11 +104,7 @@ def build_transform(
     steps: list = []
     crop = augment.random_resized_crop if augment is not None else None
     if crop is not None:
-        low, high = (float(v) for v in crop)
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"data.augment.random_resized_crop={list(crop)} is invalid; allowed: [min, max] area "
-                             "shares with 0 < min <= max <= 1, e.g. [0.08, 1.0]")
-        steps.append(v2.RandomResizedCrop(img_size, scale=(low, high), antialias=True))
+        steps.append(v2.RandomResizedCrop(img_size, scale=crop, antialias=True))
     elif img_size != source_size:
         steps.append(v2.Resize((img_size, img_size), antialias=True))
     if augment is not None:

@@ -32,12 +32,16 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
     Args:
         flags: MedMNIST flags to pool, e.g. ``[pathmnist, bloodmnist]``.
         in_chans: 1 or 3.
+        size: the members' source size in px.
         root, download: where the members' ``.npz`` files are (None: ``$MEDMNIST_ROOT`` or
             ``~/.medmnist``) and whether a missing one is downloaded, as ``data.root`` /
             ``data.download`` of a single dataset.
-        member: extra ``MedMNISTDataModule`` kwargs shared by all members
-            (``normalization``, ``label_fraction``...).
+        member: extra ``MedMNISTDataModule`` keys shared by all members (``normalization``,
+            ``label_fraction``...).
         num_classes, task: fixed to 0 / None (no labels); present for config interpolation.
+        **options: shared keys of every member that the union reads too (``options.DataOptions``):
+            ``img_size``, ``split_seed`` and the loader's ``batch_size``, ``eval_batch_size``,
+            ``num_workers``.
     """
 
     def __init__(
@@ -45,16 +49,12 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
         flags: list[str],
         in_chans: int = 3,
         size: int = 28,
-        img_size: int | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        split_seed: int = 0,
         root: str | None = None,
         download: bool = True,
         member: dict | None = None,
         num_classes: int = 0,
         task: str | None = None,
+        **options,
     ) -> None:
         super().__init__()
         if not flags:
@@ -63,19 +63,14 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
             raise ValueError(f"data.in_chans={in_chans} is invalid; allowed: 1, 3")
         if num_classes != 0:
             raise ValueError("data.num_classes must be 0 for an unlabelled union")
-        self.members = [
-            MedMNISTDataModule(flag=f, size=size, img_size=img_size, as_rgb=in_chans == 3, batch_size=batch_size,
-                               eval_batch_size=eval_batch_size, num_workers=num_workers, split_seed=split_seed,
-                               root=root, download=download, **(member or {}))
-            for f in flags
-        ]
+        self.members = [MedMNISTDataModule(flag=f, size=size, as_rgb=in_chans == 3, root=root, download=download,
+                                           **options, **(member or {})) for f in flags]
         rgb_members = [m.flag for m in self.members if int(m.info["n_channels"]) == 3]
         if in_chans == 1 and rgb_members:
             raise ValueError(f"data.in_chans=1 but {rgb_members} are RGB; use data.in_chans=3")
         self.in_chans, self.num_classes, self.task = in_chans, 0, None
         self.img_size = self.members[0].img_size
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.loader = self.members[0].options.loader
         self.train_set = self.val_set = None
 
     def prepare_data(self) -> None:
@@ -97,9 +92,10 @@ class MedMNISTUnionDataModule(L.LightningDataModule):
         self.val_set = ConcatDataset([Unlabelled(m.val_set) for m in self.members])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers)  # workers start afresh each epoch (resume, see base)
+        return DataLoader(self.train_set, batch_size=self.loader.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.loader.num_workers)  # workers start afresh each epoch (resume, see base)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        loader = self.loader
+        return DataLoader(self.val_set, batch_size=loader.eval_batch_size, shuffle=False,
+                          num_workers=loader.num_workers, persistent_workers=loader.num_workers > 0)

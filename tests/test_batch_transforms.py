@@ -141,8 +141,15 @@ def test_the_statistical_comparison_detects_a_different_distribution():
     assert _max_z(cpu, batched) > 6
 
 
-def test_invalid_rotation_is_rejected_by_both_paths():
-    bad = AugmentConfig(rotation=200.0)
-    for build in (lambda: build_transform(28, 28, None, bad), lambda: BatchTransform(28, None, bad)):
-        with pytest.raises(ValueError, match=r"data.augment.rotation=200.0"):
-            build()
+@pytest.mark.parametrize(("option", "named"), [
+    ({"rotation": 200.0}, r"data\.augment\.rotation=200\.0"), ({"rotation": -5.0}, r"data\.augment\.rotation=-5\.0"),
+    ({"rotation": 30.0, "rotation_p": 0.0}, r"rotation_p=0\.0"), ({"erasing": 1.5}, r"data\.augment\.erasing=1\.5"),
+    ({"crop_padding": -1}, r"data\.augment\.crop_padding=-1"),
+    ({"random_resized_crop": [0.5, 0.2]}, r"data\.augment\.random_resized_crop=\[0\.5, 0\.2\]"),
+])
+def test_invalid_augmentation_is_rejected_when_built_naming_the_key(option, named):
+    """Both paths (per image and batched) take only a checked AugmentConfig: the error comes
+    when the config is built, before either transform exists."""
+    with pytest.raises(ValueError, match=named):
+        AugmentConfig(**option)
+    assert AugmentConfig(rotation=180.0, rotation_p=0.5).rotation == 180.0  # the edges are allowed

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,8 @@ def test_mhist_filters_apply_to_training_only_and_split_is_stratified_on_agreeme
     assert set(excluded) == {"", "exclude"}
     assert len(dm.train_set) == int((dm.split_of == "train").sum())
     assert dm.class_names == ["HP", "SSA"] and dm.task == "binary-class"
-    dm.sampler, dm.epoch_length = "oversample", "balanced"  # the MHIST protocol's sampler
+    sampling = replace(dm.options.sampling, sampler="oversample", epoch_length="balanced")  # MHIST's protocol
+    dm.options = replace(dm.options, sampling=sampling)
     assert len(dm.train_dataloader().sampler) == 2 * np.bincount(dm.train_labels).max()
 
 
