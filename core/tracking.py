@@ -1,8 +1,11 @@
-"""The W&B mode of a run (the ``${wandb_mode:}`` resolver of ``logger=wandb``)."""
+"""The W&B mode of a run (the ``${wandb_mode:}`` resolver of ``logger=wandb``), and the W&B run
+of a command that reads or writes artifacts (``wandb_job``: evaluate / export / predict)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
                "disabled": "disabled"}
@@ -27,3 +30,20 @@ def wandb_mode() -> str:
         return "online" if wandb.login(prompt=False, verify=False) else "offline"
     finally:
         settings.silent = silent
+
+
+@contextmanager
+def wandb_job(job_type: str, project: str | None = None, entity: str | None = None,
+              folder: str | os.PathLike | None = None) -> Iterator[object]:
+    """A W&B run of ``job_type`` (project ``medmae`` unless given) in ``wandb_mode()`` (offline
+    without credentials, never a prompt), finished when the block ends; its files under ``folder``
+    (W&B's default: ``./wandb``). Artifacts used (``use_artifact``) and logged through it show as
+    the job's inputs and outputs in W&B's lineage."""
+    import wandb
+
+    run = wandb.init(project=project or "medmae", entity=entity, job_type=job_type, mode=wandb_mode(),
+                     dir=None if folder is None else str(folder))
+    try:
+        yield run
+    finally:
+        run.finish()

@@ -6,11 +6,17 @@
     python export.py CKPT --quantize int8        # also model.int8.onnx and its test accuracy vs fp32
 
 The network (``model.net``, eval mode, CPU, fp32) is exported with a dynamic batch axis
-(input ``images`` (B, C, H, W), output ``logits`` (B, K)). Before the file is moved into
-place, the first ``--parity-images`` real test images of the run (its own preprocessing)
-go through PyTorch and through the exported model (ONNX Runtime on CPU, or the loaded
-TorchScript module); a max abs logit difference above ``--tolerance`` is an error and
-leaves no model file. Then batch-1 CPU latency is measured (median of ``--latency-runs``
+(input ``images`` (B, C, H, W) float32, output ``logits`` (B, K)); with
+``--preprocess-in-graph`` the input is uint8 pixels (B, H, W, C) and the scaling, channel
+repeat and mean / std normalisation are in the graph (``deploy.graph``; outputs ``logits`` and
+``probabilities``). Everything comes from the checkpoint alone (its stored preprocessing record
+and tuned decision rule). Before the file is moved into place, the first ``--parity-images``
+test images of the run (seeded random uint8 images when its data cannot be read) go through
+PyTorch and through the exported model (ONNX Runtime on CPU, or the loaded TorchScript
+module); a max abs logit difference above ``--tolerance`` is an error and leaves no model
+file. The file carries plain metadata keys (``deploy.metadata``: class names, input layout,
+model version, description, thresholds tuned on validation) and a MONAI-bundle-style
+``metadata.json`` is written beside it; ``--wandb`` logs it as a W&B model artifact. Then batch-1 CPU latency is measured (median of ``--latency-runs``
 timed calls after warm-up, one thread) for the exported model and PyTorch eager;
 ``--compare CKPT`` measures a second checkpoint (e.g. the teacher) the same way in a
 temporary folder. Writes ``export.json`` and ``export.md`` next to the model (default:
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 import tempfile
@@ -38,10 +45,11 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from core.artifacts import resolve_checkpoint
+from core.artifacts import artifact_job, resolve_checkpoint
 from core.config import CheckpointError, run_config, stored_identity
 from core.data_identity import describe
 from core.io import atomic_path, atomic_write_text
+from core.tracking import wandb_job
 from datamodules.medmnist_files import DatasetError
 from deploy.graph import Preprocess, RawInputModel, raw_record
 from deploy.metadata import About, bundle_metadata, plain_metadata
@@ -397,6 +405,28 @@ def export_classifier(ckpt: Path, fmt: str, out: Path | None = None, compare: Pa
     return result
 
 
+def log_export(run, result: dict, name: str) -> None:
+    """Log the exported model with its ``metadata.json``, ``export.json`` and ``export.md`` to the
+    W&B ``run`` as an artifact of type ``model`` named ``name`` (W&B numbers its versions), with
+    the plain metadata keys and the parity figure as the artifact's metadata."""
+    import wandb
+
+    exported = result["export"]
+    path = Path(exported["path"])
+    meta = {**exported["metadata"], "format": exported["format"], "parity_max_abs": exported["parity_max_abs"],
+            "source_checkpoint": exported["ckpt"]}
+    artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]", "-", name), type="model",
+                              description=exported["metadata"]["description"], metadata=meta)
+    for f in (path, *(path.parent / n for n in ("metadata.json", "export.json", "export.md"))):
+        artifact.add_file(str(f), name=f.name)
+    run.log_artifact(artifact)
+
+
+def artifact_name(ckpt: Path, fmt: str) -> str:
+    """``<task_name>-<format>`` of the checkpoint's run (e.g. ``quickstart-onnx``)."""
+    return f"{run_config(ckpt).get('task_name') or ckpt.stem}-{fmt}"
+
+
 def flat_figures(result: dict) -> dict:
     """``export/<key>`` and ``compare/<key>`` for every figure of ``export_classifier``'s result
     (the preprocessing record and the training data's identity stay in export.json)."""
@@ -418,6 +448,10 @@ def run_export_stage(cfg) -> dict:
         raw_input=bool(spec.get("preprocess_in_graph", False)),
         about=About(int(spec.get("model_version", 1)), spec.get("description")),
     )
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is not None:  # the pipeline logs to W&B: the exported model becomes a model artifact
+        with wandb_job("export", wandb_cfg.get("project"), wandb_cfg.get("entity"), cfg.paths.output_dir) as run:
+            log_export(run, result, artifact_name(Path(spec.ckpt), fmt))
     return flat_figures(result) | {f"int8/{k}": v for k, v in (result["int8"] or {}).items()}
 
 
@@ -443,11 +477,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-version", type=int, default=1, help="integer version written into the model (default 1)")
     parser.add_argument("--description", default=None, help="the model's description (default: written from its "
                         "classes, task and training data)")
+    parser.add_argument("--wandb", action="store_true", help="log the exported model to W&B as a model artifact "
+                        "(offline without credentials; always on for a wandb: checkpoint)")
+    parser.add_argument("--wandb-project", default="medmae", help="W&B project for --wandb (default: medmae; a "
+                        "wandb: checkpoint's own project otherwise)")
     args = parser.parse_args(argv)
     try:
-        result = export_classifier(resolve_checkpoint(args.ckpt), args.format, args.out, args.compare, args.parity_images,
-                                   args.latency_runs, args.tolerance, args.quantize, args.preprocess_in_graph,
-                                   About(args.model_version, args.description))
+        with artifact_job([args.ckpt], "export", log=args.wandb, project=args.wandb_project) as run:
+            ckpt = resolve_checkpoint(args.ckpt, run)
+            result = export_classifier(ckpt, args.format, args.out, args.compare, args.parity_images,
+                                       args.latency_runs, args.tolerance, args.quantize, args.preprocess_in_graph,
+                                       About(args.model_version, args.description))
+            if run is not None:
+                log_export(run, result, artifact_name(ckpt, args.format))
     except (CheckpointError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.artifacts import resolve_checkpoint
+from core.artifacts import artifact_job, resolve_checkpoint
 from core.config import CheckpointError
 from core.io import atomic_path
 from datamodules.image_records import IMAGE_SUFFIXES
@@ -147,10 +147,11 @@ def read_batch(record: dict, files: Sequence[Path], unreadable: dict[str, str]) 
 
 
 @torch.inference_mode()
-def predict(model: str | Path, inputs: Sequence[str | Path], batch_size: int = 256, device: str = "auto"
-            ) -> Predictions:
-    """Probabilities of every readable image file under ``inputs`` (see the module docstring)."""
-    logits_of, record, where = load_model(resolve_checkpoint(model), device)
+def predict(model: str | Path, inputs: Sequence[str | Path], batch_size: int = 256, device: str = "auto",
+            run=None) -> Predictions:
+    """Probabilities of every readable image file under ``inputs`` (see the module docstring);
+    a ``wandb:`` model is fetched through ``run`` when given (``core.artifacts``)."""
+    logits_of, record, where = load_model(resolve_checkpoint(model, run), device)
     files, unreadable = image_files(inputs)
     done, probs = [], []
     for i in range(0, len(files), batch_size):
@@ -220,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when any file cannot be read")
     args = parser.parse_args(argv)
     try:
-        result = predict(args.model, args.inputs, args.batch_size, args.device)
+        decision_of({"output": {}}, args.decision)  # a bad --decision fails before the model is read
+        with artifact_job([args.model], "predict") as run:  # a W&B run only for a wandb: model (lineage)
+            result = predict(args.model, args.inputs, args.batch_size, args.device, run)
         rule = decision_of(result.record, args.decision)
     except (CheckpointError, DatasetError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

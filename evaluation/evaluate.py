@@ -28,7 +28,7 @@ import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from core.artifacts import resolve_checkpoint
+from core.artifacts import artifact_job, resolve_checkpoint
 from core.config import CheckpointError, run_config, stored_identity
 from core.predictions import save_predictions
 from datamodules.medmnist_files import DatasetError
@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=None, help="default: the run's data.num_workers")
     args = parser.parse_args(argv)
     try:
-        result = evaluate([resolve_checkpoint(c) for c in args.ckpts], args.split, args.out, args.root, args.accelerator, args.precision,
-                          args.batch_size, args.num_workers)
+        with artifact_job(args.ckpts, "evaluate") as run:  # a W&B run only for wandb: checkpoints (lineage)
+            result = evaluate([resolve_checkpoint(c, run) for c in args.ckpts], args.split, args.out, args.root,
+                              args.accelerator, args.precision, args.batch_size, args.num_workers)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
