@@ -34,6 +34,6 @@ class SampleGridCallback(EpochFigureCallback):
                 ax.set_xticks([])
                 ax.set_yticks([])
             axes[i, 0].set_ylabel(str(names[i])[:18], fontsize=7)
-        steps, guidance = pl_module.hparams.sample_steps, pl_module.hparams.guidance_scale
+        steps, guidance = pl_module.options.sampling.sample_steps, pl_module.options.sampling.guidance_scale
         fig.suptitle(f"epoch {epoch}: EMA samples, DDIM {steps} steps, guidance {guidance}", fontsize=8)
         save_figure(fig, trainer, "samples", f"epoch_{epoch:03d}", "samples")

@@ -9,13 +9,13 @@ datamodule (label fractions, samplers, class weights, augmentation, MLO-MAE leve
 from __future__ import annotations
 
 import csv
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from core.io import atomic_path
+from core.options import field_names, take
 from core.tasks import BINARY, MULTI_CLASS, MULTI_LABEL
 from datamodules.base_datamodule import ClassificationDataModule
 from datamodules.data_source import records_identity
@@ -26,7 +26,7 @@ from datamodules.image_records import ImageRecords, TableColumns, folder_records
 from datamodules.image_rows import FileImages, Rows
 from datamodules.intensity import IntensityConfig
 from datamodules.medmnist_files import SPLITS, DatasetError
-from datamodules.options import DataOptions, require, take
+from datamodules.options import DataOptions, require
 from datamodules.splits import assign_splits, combined_strata
 
 
@@ -56,7 +56,7 @@ class ImageDataModule(ClassificationDataModule):
     def __init__(self, records: ImageRecords, declared: dict | None = None, **options) -> None:
         decode, options = take(DecodeOptions, options)
         rows, options = take(RowOptions, options)
-        own = (*(f.name for f in fields(DecodeOptions)), *(f.name for f in fields(RowOptions)), *self.OWN_KEYS)
+        own = (*field_names(DecodeOptions, RowOptions), *self.OWN_KEYS)
         super().__init__(DataOptions.from_keys({**self.DEFAULTS, **options}, type(self).__name__, own))
         self.decoding, self.rows = decode, rows
         records = expand_frames(records, frame_counts(records.root, records.paths), decode.dicom_frames)
@@ -254,7 +254,7 @@ class ImageTableDataModule(ImageDataModule):
             crosses splits). The other keys as ``ImageDataModule``.
     """
 
-    OWN_KEYS = ("table", "num_classes", "in_chans", "task", *(f.name for f in fields(TableColumns)))
+    OWN_KEYS = ("table", "num_classes", "in_chans", "task", *field_names(TableColumns))
 
     def __init__(self, table: str, num_classes: int | None = None, in_chans: int | None = None,
                  task: str | None = None, **options) -> None:

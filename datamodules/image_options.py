@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.options import group
 from datamodules.dicom_frames import DICOM_FRAMES
 from datamodules.image_cache import RESIZE_MODES
 from datamodules.intensity import IntensityConfig
 from datamodules.medmnist_files import SPLITS
-from datamodules.options import nested_group, require
+from datamodules.options import require
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 DECODE_MODES = ("cache", "lazy")
@@ -54,7 +55,7 @@ class DecodeOptions:
 
     def __post_init__(self) -> None:
         require(self.channels in (1, 3), "channels", self.channels, "1 or 3")
-        object.__setattr__(self, "intensity", nested_group(IntensityConfig, "intensity", self.intensity))
+        object.__setattr__(self, "intensity", group(IntensityConfig, "data.intensity", self.intensity))
         windows = len(self.intensity.windows or ())
         require(not windows or windows == self.channels, "channels", self.channels,
                 f"{windows}: data.intensity.windows lists {windows} window(s), one channel each")

@@ -1,7 +1,7 @@
 """The labelled datamodules' shared options as typed, frozen groups, each checked when built.
 
 The keys users type stay flat (``data.batch_size``, ``data.sampler``, ``data.label_fraction``;
-nested only where the config nests them: ``data.augment.*``, ``data.mlo.*``): ``parse_keys``
+nested only where the config nests them: ``data.augment.*``, ``data.mlo.*``): ``DataOptions.from_keys``
 routes each key to its group, and every error names the key as it is typed
 (``data.batch_size=0 is invalid; allowed: an integer >= 1``). One new option is one field in
 one group (and its line in the data config).
@@ -22,9 +22,9 @@ Own-image datamodules add ``image_options`` (decoding and row splits); tables ad
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
+from core.options import field_names, group, refuse_unknown, take
 from datamodules.mlo_levels import MLOLevelOptions
 from datamodules.samplers import EPOCH_LENGTHS, SAMPLER_MODES
 from datamodules.transforms import NORMALIZATIONS, AugmentConfig
@@ -34,27 +34,6 @@ def require(ok: bool, key: str, value, allowed: str) -> None:
     """ValueError naming the config key ``data.<key>`` when ``ok`` is false."""
     if not ok:
         raise ValueError(f"data.{key}={value!r} is invalid; allowed: {allowed}")
-
-
-def nested_group(kind: type, key: str, value: Any):
-    """``value`` of the nested key ``data.<key>`` (None, a mapping from the config, or a
-    ``kind``) as a ``kind``; an unknown option is one error listing the known ones."""
-    if isinstance(value, kind):
-        return value
-    known = [f.name for f in fields(kind)]
-    if value is not None and not isinstance(value, Mapping):
-        raise ValueError(f"data.{key}={value!r} is invalid: data.{key} is a group of options {known}; "
-                         f"set one of them, e.g. data.{key}.{known[0]}=...")
-    value = dict(value or {})
-    if unknown := sorted(set(value) - set(known)):
-        raise ValueError(f"data.{key} has no option {unknown}; allowed: {known}")
-    return kind(**value)
-
-
-def take(kind: type, keys: Mapping) -> tuple[Any, dict]:
-    """(a ``kind`` built from the keys named by its fields, the other keys)."""
-    names = {f.name for f in fields(kind)}
-    return kind(**{k: v for k, v in keys.items() if k in names}), {k: v for k, v in keys.items() if k not in names}
 
 
 @dataclass(frozen=True)
@@ -152,19 +131,16 @@ class DataOptions:
     @classmethod
     def keys(cls) -> list[str]:
         """Every config key the groups take."""
-        return [f.name for kind in cls.FLAT.values() for f in fields(kind)] + list(cls.NESTED)
+        return field_names(*cls.FLAT.values()) + list(cls.NESTED)
 
     @classmethod
     def from_keys(cls, keys: Mapping, owner: str, own: tuple[str, ...] = ()) -> DataOptions:
         """The groups of the flat config ``keys`` of ``owner`` (whose own keys are ``own``);
         a key no group takes is one error listing every key ``owner`` takes."""
-        known = cls.keys()
-        if unknown := sorted(set(keys) - set(known)):
-            raise ValueError(f"data.{unknown[0]} is not an option of {owner} (unknown: {unknown}); "
-                             f"allowed: {sorted([*known, *own])}")
+        refuse_unknown(keys, [*cls.keys(), *own], owner, "data")
         groups = {}
         for name, kind in cls.FLAT.items():
             groups[name], keys = take(kind, keys)
         mlo = keys.get("mlo")
-        return cls(**groups, augment=nested_group(AugmentConfig, "augment", keys.get("augment")),
-                   mlo=None if not mlo else nested_group(MLOLevelOptions, "mlo", mlo))
+        return cls(**groups, augment=group(AugmentConfig, "data.augment", keys.get("augment")),
+                   mlo=None if not mlo else group(MLOLevelOptions, "data.mlo", mlo))

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from timm.data import Mixup
 from torch import nn
-from torchmetrics import CatMetric, MaxMetric, MeanMetric
+from torchmetrics import CatMetric, MaxMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightning_modules.components.losses import ClassificationLoss
@@ -117,8 +117,6 @@ class Classifier(L.LightningModule):
         for best in (self.val_acc_best, self.val_auc_best):
             best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
         self.test_probs, self.test_labels = CatMetric(), CatMetric()
-        # real + synthetic training data (data.synthetic_train): accuracy of each kind of image
-        self.acc_by_source = nn.ModuleDict({k: MeanMetric() for k in ("real", "synthetic")})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -164,7 +162,9 @@ class Classifier(L.LightningModule):
         loss = torch.sum(-soft * logits.log_softmax(dim=-1), dim=-1).mean()
         return loss, probabilities(logits.detach().float(), self.task), y
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The loss, and the batch's probabilities (detached) for callbacks that count by kind
+        of image (``callbacks.accuracy_by_source``)."""
         loss, probs, y = self._mixup_step(batch) if self.mixup else self._shared_step(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -174,18 +174,7 @@ class Classifier(L.LightningModule):
             )
         self.train_metrics.update(probs, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        if len(batch) == 3 and self.task != MULTI_LABEL:  # real + synthetic training images
-            self.log_by_source(probs, y, batch[2].bool())
-        return loss
-
-    def log_by_source(self, probs: torch.Tensor, y: torch.Tensor, synthetic: torch.Tensor) -> None:
-        """Epoch training accuracy on the real and on the synthetic images, separately (weighted
-        means on the device: no host sync per step)."""
-        correct = (probs.argmax(-1) == y).float()
-        for name, rows in (("real", ~synthetic), ("synthetic", synthetic)):
-            metric = self.acc_by_source[name]
-            metric.update(correct, weight=rows.float())
-            self.log(f"train/acc_{name}", metric, on_step=False, on_epoch=True)
+        return {"loss": loss, "probs": probs}
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())

@@ -37,6 +37,7 @@ from lightning_modules.components.optim import (
     make_optimizer,
 )
 from lightning_modules.components.speed import compile_networks, compile_options
+from lightning_modules.diffusion_options import DiffusionOptions
 from lightning_modules.metrics import MULTI_LABEL
 
 DATA_KEY = "medmae_data"  # checkpoint entry: what the model was trained on
@@ -101,19 +102,13 @@ class ClassConditionedDiffusion(L.LightningModule):
         num_classes, img_size, in_chans, task: the data (from the data config).
         unet: kwargs of ``components.diffusion.build_unet`` (block_channels, layers_per_block,
             attention_levels, norm_groups, dropout).
-        lr, weight_decay: the UNet's rates (one parameter group).
         optimizer: partial taking ``params`` (default: AdamW); scheduler: partial taking
             ``optimizer``, stepped per epoch (the config: linear warmup then cosine); None = constant lr.
-        ema_decay: decay of the weight EMA (used for validation and sampling), reached after a
-            warmup (``ema_decay_at``).
-        cond_dropout: probability of training a sample unconditionally (classifier-free guidance).
-        num_train_timesteps, beta_schedule: the DDPM schedule.
-        perceptual_weight, perceptual_net: optional perceptual term on the predicted x0,
-            weighted by alpha_bar_t (``lpips`` or a classifier checkpoint; see
-            ``perceptual_network``); 0 = MSE only.
-        latent_autoencoder: None (pixel space) or an AutoencoderKL folder / hub id.
-        sample_steps, guidance_scale: DDIM steps and guidance of the sample grids.
-        compile: ``torch.compile`` the UNet.
+        **options: the flat ``model.*`` keys, in typed groups (``diffusion_options``): ``lr``,
+            ``weight_decay``, ``ema_decay`` (optim); ``num_train_timesteps``, ``beta_schedule``,
+            ``cond_dropout`` (noise); ``perceptual_weight``, ``perceptual_net`` (perceptual
+            term on the predicted x0; ``perceptual_network``); ``sample_steps``,
+            ``guidance_scale`` (sample grids); ``latent_autoencoder``; ``compile``.
     """
 
     def __init__(
@@ -123,42 +118,30 @@ class ClassConditionedDiffusion(L.LightningModule):
         in_chans: int,
         task: str = "multi-class",
         unet: dict | None = None,
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        ema_decay: float = 0.999,
-        cond_dropout: float = 0.1,
-        num_train_timesteps: int = 1000,
-        beta_schedule: str = "linear",
-        perceptual_weight: float = 0.0,
-        perceptual_net: str | None = None,
-        latent_autoencoder: str | None = None,
-        sample_steps: int = 50,
-        guidance_scale: float = 2.0,
-        compile: bool | dict = False,
+        **options,
     ) -> None:
         super().__init__()
         if task == MULTI_LABEL:
             raise ValueError("the class-conditioned diffusion model needs a single-label task")
-        if not 0 <= cond_dropout < 1 or not 0 < ema_decay < 1:
-            raise ValueError(f"model.cond_dropout={cond_dropout} / model.ema_decay={ema_decay} are invalid; "
-                             "allowed: cond_dropout in [0, 1), ema_decay in (0, 1)")
-        if perceptual_weight > 0 and not perceptual_net:
-            raise ValueError("model.perceptual_weight > 0 needs model.perceptual_net (lpips or a classifier ckpt)")
+        self.options = DiffusionOptions.from_keys(options, ("num_classes", "img_size", "in_chans", "task", "unet",
+                                                            "optimizer", "scheduler"))
         self.optimizer_factory = optimizer or torch.optim.AdamW
         check_optimizer(self.optimizer_factory)
         self.scheduler_factory = scheduler
         self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
-        self.compile_options = compile_options(compile)
-        self._vae = [load_autoencoder(latent_autoencoder)] if latent_autoencoder else []  # frozen, not saved
+        self.compile_options = compile_options(self.options.compile)
+        latent = self.options.latent_autoencoder
+        self._vae = [load_autoencoder(latent)] if latent else []  # frozen, not saved
         channels, size = self.latent_shape()[:2]
         self.unet = _build_unet(size, channels, num_classes, **(unet or {}))
-        self.ema = AveragedModel(self.unet, multi_avg_fn=warmup_ema(ema_decay), use_buffers=True)
+        self.ema = AveragedModel(self.unet, multi_avg_fn=warmup_ema(self.options.optim.ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
-        self.scheduler = ddpm_scheduler(num_train_timesteps, beta_schedule)
-        self._perceptual = ([perceptual_network(perceptual_net, in_chans)]
-                            if perceptual_weight > 0 else [])
+        noise = self.options.noise
+        self.scheduler = ddpm_scheduler(noise.num_train_timesteps, noise.beta_schedule)
+        perceptual = self.options.perceptual
+        self._perceptual = [perceptual_network(perceptual.perceptual_net, in_chans)] if perceptual.on else []
 
     # ----- spaces ------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int]:
@@ -207,11 +190,11 @@ class ClassConditionedDiffusion(L.LightningModule):
         x, y = batch[0], batch[1]
         with torch.no_grad():
             z = self.encode(x)
-        labels = drop_labels(y, self.hparams.num_classes, self.hparams.cond_dropout)
+        labels = drop_labels(y, self.hparams.num_classes, self.options.noise.cond_dropout)
         mse, noisy, eps, t = diffusion_loss(self.unet, self.scheduler, z, labels)
         loss = mse
         if self._perceptual:
-            loss = loss + self.hparams.perceptual_weight * self.perceptual_term(x, noisy, eps, t)
+            loss = loss + self.options.perceptual.perceptual_weight * self.perceptual_term(x, noisy, eps, t)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"diffusion loss is {loss.item()} at step {self.global_step}; lower model.lr")
         self.log("train/mse", mse, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
@@ -224,7 +207,7 @@ class ClassConditionedDiffusion(L.LightningModule):
         x0_hat = self.decode(predicted_x0(self.scheduler, noisy, eps, t)).clamp(-1, 1)
         a = self.scheduler.alphas_cumprod.to(x.device)[t]
         net = self._perceptual[0]
-        if self.hparams.perceptual_net == "lpips":  # its inner network: per-image distances, no metric state
+        if self.options.perceptual.perceptual_net == "lpips":  # its inner network: per-image distances, no metric state
             rgb = (lambda im: im.expand(-1, 3, -1, -1)) if x.shape[1] == 1 else (lambda im: im)  # noqa: E731
             return (a * net.net(rgb(x0_hat), rgb(x), normalize=False).flatten()).mean()
         return (a * (net(x0_hat) - net(x).detach()).pow(2).mean(1)).mean()
@@ -244,9 +227,9 @@ class ClassConditionedDiffusion(L.LightningModule):
         self.log("val/loss", F.mse_loss(eps.float(), noise), prog_bar=True, sync_dist=True, batch_size=len(x))
 
     def configure_optimizers(self):
-        hp = self.hparams
-        opt = make_optimizer(self.optimizer_factory, [{"params": list(self.unet.parameters()), "lr": hp.lr,
-                                                       "weight_decay": hp.weight_decay}])
+        rates = self.options.optim
+        opt = make_optimizer(self.optimizer_factory, [{"params": list(self.unet.parameters()), "lr": rates.lr,
+                                                       "weight_decay": rates.weight_decay}])
         if self.scheduler_factory is None:
             return opt
         return [opt], [self.scheduler_factory(optimizer=opt)]
@@ -256,11 +239,11 @@ class ClassConditionedDiffusion(L.LightningModule):
     def sample(self, labels: Tensor, steps: int | None = None, guidance: float | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """EMA samples of ``labels`` (B,): (B, in_chans, img_size, img_size) in [-1, 1]."""
-        hp = self.hparams
+        sampling = self.options.sampling
         for frozen in self._vae:
             frozen.to(labels.device)
-        return ddim_sample(self.ema.module, self.scheduler, labels, self.latent_shape(), hp.num_classes,
-                           steps or hp.sample_steps, hp.guidance_scale if guidance is None else guidance,
+        return ddim_sample(self.ema.module, self.scheduler, labels, self.latent_shape(), self.hparams.num_classes,
+                           steps or sampling.sample_steps, sampling.guidance_scale if guidance is None else guidance,
                            generator, self.decode if self._vae else None)
 
     def sample_grid(self, per_class: int, seed: int = 0) -> Tensor:

@@ -75,7 +75,7 @@ class Distillation(Classifier):
     def on_fit_start(self) -> None:
         self.teacher.to(self.device).eval()
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         x, y = batch[0], batch[1]
         logits = self(x)
         with torch.no_grad():
@@ -92,6 +92,4 @@ class Distillation(Classifier):
         # put them on one axis); train/kd_loss: what is optimised, train/kd_soft: its KL term.
         self.log_dict({"train/loss": hard, "train/kd_loss": loss, "train/kd_soft": soft}, on_step=False,
                       on_epoch=True, batch_size=len(y))
-        if len(batch) == 3:
-            self.log_by_source(probs, y, batch[2].bool())
-        return loss
+        return {"loss": loss, "probs": probs}

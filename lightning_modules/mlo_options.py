@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from core.options import group
 from lightning_modules.components.hypergradient import SCALINGS, SCHEDULES
 from lightning_modules.components.masking import PATCH_WEIGHTINGS
 
@@ -22,6 +23,10 @@ def _one_of(group: str, name: str, value: Any, allowed: tuple) -> None:
 class MaskingOptions:
     """The masking network (level III's parameters) and how its probabilities are used.
 
+    The group ``model.masking`` of ``model=mlo_mae`` (``conf/model/masking/mlo.yaml``), as in
+    every model the masking strategy's name and options: name is ``mlo`` (the MAE strategies,
+    ``components/strategies``, belong to ``model=mae``).
+
     net: ``mlp`` (MLO-MAE's) or ``patch_scorer`` (light); hidden: its width (None: 512 for mlp,
     128 for patch_scorer); temperature divides the logits; input_norm (``none``, ``token``,
     ``batch``) normalises its input; input_grad: MLO-MAE's official code's input, the encoder's
@@ -30,6 +35,7 @@ class MaskingOptions:
     mode: ``learned``, or ``random`` (plain MAE inside the module; no level III).
     """
 
+    name: str = "mlo"
     net: str = "mlp"
     hidden: int | None = None
     temperature: float = 1.0
@@ -38,7 +44,15 @@ class MaskingOptions:
     patch_weighting: str = "probability"
     mode: str = "learned"
 
+    @staticmethod
+    def check_name(name: Any) -> None:
+        if name != "mlo":
+            raise ValueError(f"model.masking={name!r} is a masking strategy of MAE (model=mae); MLO-MAE masks by its "
+                             "learned masking network, model.masking=mlo (model.masking.mode=random: random masks "
+                             "inside MLO-MAE, for ablations)")
+
     def __post_init__(self) -> None:  # net, hidden, temperature, input_norm: checked by build_masking_net
+        self.check_name(self.name)
         _one_of("masking", "patch_weighting", self.patch_weighting, PATCH_WEIGHTINGS)
         _one_of("masking", "mode", self.mode, MASK_MODES)
 
@@ -88,16 +102,12 @@ class HypergradientOptions:
             raise ValueError(f"model.hypergradient.alpha={self.alpha} is invalid; allowed: > 0")
 
 
-def options(kind: type, group: str, value: Any):
-    """``value`` (None, a mapping from the config, or an instance) as a ``kind``; an unknown key
-    is one error listing the known ones."""
-    if isinstance(value, kind):
-        return value
-    known = [f.name for f in fields(kind)]
-    if value is not None and not isinstance(value, Mapping):
-        raise ValueError(f"model.{group}={value!r} is invalid: model.{group} is a group of options {known}; "
-                         f"set one of them, e.g. model.{group}.{known[0]}=...")
-    value = dict(value or {})
-    if unknown := sorted(set(value) - set(known)):
-        raise ValueError(f"model.{group} has no option {unknown}; allowed: {known}")
-    return kind(**value)
+def options(kind: type, group_name: str, value: Any):
+    """``value`` (None, a mapping from the config, or an instance) of ``model.<group_name>`` as a
+    ``kind``; an unknown key is one error listing the known ones. ``model.masking`` may also be
+    its strategy's name, and a wrong name is named before any option."""
+    if kind is MaskingOptions:
+        value = {"name": value} if isinstance(value, str) else value
+        if isinstance(value, Mapping) and "name" in value:
+            MaskingOptions.check_name(value["name"])
+    return group(kind, f"model.{group_name}", value)

@@ -33,7 +33,7 @@ def classifier_setup(data_root: str, batch_size: int):
 
 
 def main(kind: str, data_root: str, out: str) -> None:
-    from tests.test_mlo_mae import fit_state, mlo_setup
+    from tests.helpers import fit_state, mlo_setup
 
     # 2 nodes x 1 process: each process holds half of the single-process batch
     module, dm = mlo_setup(data_root, 4) if kind == "mlo" else classifier_setup(data_root, 4)

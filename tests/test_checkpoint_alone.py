@@ -19,7 +19,7 @@ from datamodules.export import export_npz
 from datamodules.synthetic import write_synthetic_medmnist
 from deploy import predict
 from pipeline.cli import train
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 CLASSES = ["normal", "pneumonia"]
 

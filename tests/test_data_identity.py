@@ -18,7 +18,7 @@ from datamodules import MedMNISTDataModule
 from datamodules.synthetic import write_synthetic_medmnist
 from evaluation import aggregate
 from pipeline.cli import run_summary, train
-from tests.conftest import REAL_PNEUMONIA, compose_cfg
+from tests.helpers import REAL_PNEUMONIA, compose_cfg
 
 FAST = ["trainer=cpu", "logger=csv", "~callbacks.rich_progress_bar", "data.num_workers=0", "debug=fdr"]
 

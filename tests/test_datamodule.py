@@ -4,7 +4,7 @@ import torch
 
 from datamodules import MedMNISTDataModule
 from datamodules.base_datamodule import class_weights_from_labels
-from tests.conftest import REAL_PNEUMONIA
+from tests.helpers import REAL_PNEUMONIA
 
 
 def _dm(root, **kw):

@@ -23,7 +23,7 @@ from lightning_modules.components.losses import distillation_kl
 from lightning_modules.diffusion import ClassConditionedDiffusion
 from pipeline.cli import train
 from synthesis import synthesize as syn
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.helpers import compose_cfg, tiny_overrides
 
 TINY_UNET = ["model.unet.block_channels=[8,16,16]", "model.unet.layers_per_block=1", "model.unet.norm_groups=4",
              "model.unet.attention_levels=[false,false,true]", "model.sample_steps=2"]
@@ -320,7 +320,38 @@ def test_ema_warms_up_then_follows_the_weights_at_its_decay():
 
 
 def test_training_on_real_plus_synthetic_reports_each_kind_separately(data_root, synthetic_set, tmp_path):
+    """One batch holds the whole training split (120 real + the generated images): the epoch's
+    accuracy is the count-weighted mean of the accuracies on each kind (the default callbacks
+    log them: callbacks.accuracy_by_source)."""
+    generated = len(np.load(synthetic_set)["train_labels"])
     cfg = compose_cfg(["experiment=cnn_derma", "data=pneumoniamnist", *tiny_overrides(data_root),
-                       "trainer.max_epochs=1", f"data.synthetic_train={synthetic_set}"], tmp_path)
+                       "trainer.max_epochs=1", "data.batch_size=1024", f"data.synthetic_train={synthetic_set}"],
+                      tmp_path)
     metrics = train(cfg)
-    assert 0 <= metrics["train/acc_real"] <= 1 and 0 <= metrics["train/acc_synthetic"] <= 1
+    real, synthetic = metrics["train/acc_real"], metrics["train/acc_synthetic"]
+    assert metrics["train/acc"] == pytest.approx((120 * real + generated * synthetic) / (120 + generated), abs=1e-6)
+    assert round(real * 120) == pytest.approx(real * 120, abs=1e-4)  # a count of correct real images
+
+
+def test_accuracy_by_source_counts_each_kind_of_image_over_batches_by_hand():
+    from types import SimpleNamespace
+
+    from callbacks.accuracy_by_source import AccuracyBySource
+
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda t, reduce_op: 2 * t))  # 2 ranks, same counts
+    callback = AccuracyBySource()
+    callback.on_train_epoch_start(trainer, module)
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    batches = [(None, torch.tensor([0, 0, 0, 1]), torch.tensor([False, False, True, True])),  # real 1 / 2, gen. 2 / 2
+               (None, torch.tensor([1, 0, 0, 1]), torch.tensor([False, True, True, True]))]  # real 0 / 1, gen. 2 / 3
+    for batch in batches:
+        callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(0.0), "probs": probs}, batch, 0)
+    callback.on_train_epoch_end(trainer, module)
+    assert logged == {"train/acc_real": pytest.approx(1 / 3), "train/acc_synthetic": pytest.approx(4 / 5)}
+    logged.clear()  # a split without generated images (two-element batches): nothing is logged
+    callback.on_train_epoch_start(trainer, module)
+    callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(0.0), "probs": probs}, batches[0][:2], 0)
+    callback.on_train_epoch_end(trainer, module)
+    assert logged == {}

@@ -34,8 +34,7 @@ from datamodules.dicom import read_dicom  # noqa: E402
 from datamodules.image_cache import decode_image  # noqa: E402
 from datamodules.intensity import IntensityConfig  # noqa: E402
 from pipeline.cli import train  # noqa: E402
-from tests.conftest import compose_cfg, tiny_overrides  # noqa: E402
-from tests.test_intensity import _hand  # noqa: E402  (the written-out mapping)
+from tests.helpers import compose_cfg, linear_map_by_hand, tiny_overrides  # noqa: E402
 
 
 def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", slope: float | None = 1.0,
@@ -100,8 +99,8 @@ def reference(path: Path, frame: int | None = None, ds=None) -> np.ndarray:
         warnings.simplefilter("ignore", UserWarning)
         voi = apply_voi_lut(apply_modality_lut(stored, ds), ds)  # pydicom: the LUT before the window
     if ds.get("VOILUTSequence"):
-        return _hand(voi, 0, 2 ** ds.VOILUTSequence[0].LUTDescriptor[2] - 1).astype(np.uint8)
-    return _hand(voi, *window_range(ds)).astype(np.uint8)
+        return linear_map_by_hand(voi, 0, 2 ** ds.VOILUTSequence[0].LUTDescriptor[2] - 1).astype(np.uint8)
+    return linear_map_by_hand(voi, *window_range(ds)).astype(np.uint8)
 
 
 GRID = np.arange(64 * 64).reshape(64, 64)
@@ -115,7 +114,7 @@ def test_voi_lut_sequence_is_applied_to_the_rescaled_values(tmp_path):
     path = write_dicom(tmp_path / "lut.dcm", STORED, slope=2.0, intercept=0.0, VOILUTSequence=[voi_lut_item(0, lut)])
     ours = read_dicom(path, IntensityConfig())
     np.testing.assert_array_equal(ours, reference(path))
-    on_stored = _hand(apply_voi_lut(STORED, pydicom.dcmread(path)), 0, 65535)  # the old defect
+    on_stored = linear_map_by_hand(apply_voi_lut(STORED, pydicom.dcmread(path)), 0, 65535)  # the old defect
     assert (np.abs(ours.astype(int) - on_stored) > 20).mean() > 0.5
 
 
@@ -125,7 +124,7 @@ def test_the_voi_lut_is_preferred_to_a_window_as_pydicom_does(tmp_path):
                        VOILUTSequence=[voi_lut_item(0, lut, bits=12)])
     ours = read_dicom(both, IntensityConfig())
     np.testing.assert_array_equal(ours, reference(both))
-    np.testing.assert_array_equal(ours, _hand(lut[STORED], 0, 4095))  # the LUT, by hand
+    np.testing.assert_array_equal(ours, linear_map_by_hand(lut[STORED], 0, 4095))  # the LUT, by hand
     window_only = write_dicom(tmp_path / "window.dcm", STORED, window=(1000.0, 500.0))
     assert (read_dicom(window_only, IntensityConfig()) != ours).mean() > 0.5
 
@@ -139,7 +138,7 @@ def test_the_file_window_with_its_voi_lut_function(function, tmp_path):
     ours = read_dicom(path, IntensityConfig())
     np.testing.assert_array_equal(ours, reference(path))
     assert 0 < (ours == 128).sum() and len(np.unique(ours)) > 200  # a real ramp, not a constant
-    exact = _hand(CT_STORED - 1024.0, -160, 240)  # LINEAR_EXACT by hand: [c - w/2, c + w/2] -> [0, 255]
+    exact = linear_map_by_hand(CT_STORED - 1024.0, -160, 240)  # LINEAR_EXACT by hand: [c - w/2, c + w/2] -> [0, 255]
     if function == "LINEAR_EXACT":
         np.testing.assert_array_equal(ours, exact)
     else:  # LINEAR (centre - 0.5, width - 1) and SIGMOID differ from it
@@ -161,10 +160,10 @@ def test_a_file_with_neither_window_nor_lut_is_mapped_by_its_min_max(tmp_path):
     hu = apply_modality_lut(pydicom.dcmread(path).pixel_array, pydicom.dcmread(path))
     assert not {"WindowCenter", "VOILUTSequence"} & set(pydicom.dcmread(path).dir())
     ours = read_dicom(path, IntensityConfig())
-    np.testing.assert_array_equal(ours, _hand(hu, hu.min(), hu.max()))
+    np.testing.assert_array_equal(ours, linear_map_by_hand(hu, hu.min(), hu.max()))
     np.testing.assert_array_equal(read_dicom(path, IntensityConfig(mode="window")), ours)  # window without values
     fixed = read_dicom(path, IntensityConfig(mode="fixed", min=-100, max=5000))
-    np.testing.assert_array_equal(fixed, _hand(hu, -100, 5000))  # other modes: on the modality values
+    np.testing.assert_array_equal(fixed, linear_map_by_hand(hu, -100, 5000))  # other modes: on the modality values
 
 
 def test_a_modality_lut_sequence_comes_before_the_voi(tmp_path):
@@ -172,7 +171,7 @@ def test_a_modality_lut_sequence_comes_before_the_voi(tmp_path):
     lut = {"ModalityLUTSequence": [voi_lut_item(0, curve)]}
     plain = write_dicom(tmp_path / "plain.dcm", STORED, slope=None, **lut)
     modality = apply_modality_lut(STORED, pydicom.dcmread(plain))
-    np.testing.assert_array_equal(read_dicom(plain, IntensityConfig()), _hand(modality, modality.min(), modality.max()))
+    np.testing.assert_array_equal(read_dicom(plain, IntensityConfig()), linear_map_by_hand(modality, modality.min(), modality.max()))
     windowed = write_dicom(tmp_path / "windowed.dcm", STORED, slope=None, window=(20000.0, 30000.0), **lut)
     ours = read_dicom(windowed, IntensityConfig())
     np.testing.assert_array_equal(ours, reference(windowed))  # output range: the LUT's 16 bits

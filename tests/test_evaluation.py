@@ -30,7 +30,7 @@ from evaluation.metrics import (
 from evaluation.report import write_run_report
 from evaluation.writer import write_evaluation
 from pipeline.cli import train
-from tests.conftest import REAL_PNEUMONIA, compose_cfg, tiny_overrides
+from tests.helpers import REAL_PNEUMONIA, compose_cfg, tiny_overrides, write_multilabel_chestmnist
 
 
 def _predictions(n=400, k=5, seed=0, never_predicted=3):
@@ -335,28 +335,13 @@ def test_cnn_derma_on_real_pneumoniamnist_report_matches_saved_predictions(tmp_p
             assert (tmp_path / line.split("](")[1].rstrip(")")).read_bytes()[:4] == b"\x89PNG"
 
 
-def _write_multilabel_chestmnist(root: Path, seed: int = 0) -> None:
-    """A small ChestMNIST-format file: 14 labels, each image's label i brightens band i."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in (("train", 96), ("val", 32), ("test", 32)):
-        labels = (rng.random((n, 14)) < 0.3).astype(np.uint8)
-        labels[:14] |= np.eye(14, dtype=np.uint8)  # every label present in every split
-        images = rng.normal(60, 20, size=(n, 28, 28))
-        for k in range(14):
-            images[labels[:, k] == 1, 2 * k: 2 * k + 2, :] += 120
-        arrays[f"{split}_images"] = images.clip(0, 255).astype(np.uint8)
-        arrays[f"{split}_labels"] = labels
-    np.savez(root / "chestmnist.npz", **arrays)
-
-
 @pytest.mark.slow
 def test_evaluate_multi_label_uses_sigmoid_and_writes_per_label_tables(tmp_path):
     from evaluation import evaluate
 
     root = tmp_path / "data"
     root.mkdir()
-    _write_multilabel_chestmnist(root)
+    write_multilabel_chestmnist(root)
     metrics = train(compose_cfg(["experiment=quickstart", "data=chestmnist", *tiny_overrides(root),
                                  "trainer.max_epochs=2", "data.batch_size=32"], tmp_path / "run"))
     result = evaluate.evaluate([Path(metrics["test_checkpoint"])], out=tmp_path / "eval", accelerator="cpu",

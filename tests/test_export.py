@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from deploy import export as ex
 from evaluation.evaluate import CheckpointError
 from pipeline.cli import train
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.helpers import compose_cfg, tiny_overrides
 
 FAST = {"parity_images": 32, "latency_runs": 5}
 TINY_VIT = ["model=vit", "encoder.depth=1", "encoder.embed_dim=32", "encoder.num_heads=2", "encoder.patch_size=4"]

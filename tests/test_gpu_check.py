@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.conftest import REAL_PNEUMONIA, REPO
+from tests.helpers import REAL_PNEUMONIA, REPO
 
 PINS = [ln.strip() for ln in (REPO / "benchmarks" / "gpu" / "wheels.txt").read_text().splitlines()
         if ln.strip() and not ln.startswith("#")]

@@ -51,3 +51,47 @@ def test_no_module_imports_a_higher_or_sibling_layer():
 ])
 def test_the_walker_sees_upward_imports(package, source, bad):
     assert bool(violations(package, "m.py", source)) is bad
+
+
+MAX_PARAMETERS = 16  # more belong in typed option groups (datamodules/options.py, lightning_modules/mlo_options.py)
+
+
+def constructor_sizes(package: str) -> dict[str, int]:
+    """``{module.Class: parameters of its constructor}`` (dataclass fields included) of every
+    class defined in ``package``'s modules."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    sizes = {}
+    root = importlib.import_module(package)
+    for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and "__init__" in vars(cls):
+                sizes[f"{info.name}.{name}"] = len(inspect.signature(cls).parameters)
+    return sizes
+
+
+def test_no_constructor_in_data_or_models_takes_more_than_16_parameters():
+    sizes = {**constructor_sizes("datamodules"), **constructor_sizes("lightning_modules")}
+    assert {"datamodules.image_datamodule.ImageTableDataModule", "lightning_modules.diffusion.ClassConditionedDiffusion",
+            "datamodules.options.LoaderOptions"} <= set(sizes)  # the walk reached classes and dataclasses
+    long = {name: n for name, n in sizes.items() if n > MAX_PARAMETERS}
+    assert not long, f"constructors with more than {MAX_PARAMETERS} parameters (group them): {long}"
+
+
+def test_modules_import_helpers_from_helpers_never_from_another_test_module():
+    """Shared test code lives in tests/helpers.py (plain functions) and tests/conftest.py
+    (fixtures, never imported): a test module importing another test module (or conftest)
+    runs or couples to that module's tests."""
+    found = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "tests":
+                names = [f"tests.{a.name}" for a in node.names]
+            found += [f"{path.name}:{node.lineno} imports {m}" for m in names
+                      if m.startswith("tests.") and m.split(".")[1].startswith(("test_", "conftest"))]
+    assert not found, "test modules importing test modules:\n" + "\n".join(found)

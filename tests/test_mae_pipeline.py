@@ -16,8 +16,7 @@ from lightning_modules.components.optim import cosine_with_warmup, param_groups
 from lightning_modules.components.vit import ViTClassifier, ViTEncoder
 from lightning_modules.mae import MAEPretrain
 from pipeline.cli import train
-from tests.conftest import compose_cfg, tiny_overrides
-from tests.test_train import TINY_VIT
+from tests.helpers import TINY_VIT, compose_cfg, tiny_overrides
 
 ARCH = dict(img_size=28, patch_size=4, embed_dim=32, depth=2, num_heads=2)
 

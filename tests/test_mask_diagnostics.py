@@ -35,7 +35,7 @@ from lightning_modules.components.mask_nulls import centre_bias, fixed_map_draw,
 from lightning_modules.components.patches import masking_from_scores
 from lightning_modules.components.strategies import MaskDraw
 from lightning_modules.components.vit import ViTEncoder
-from tests.test_mlo_mae import tiny_module
+from tests.helpers import tiny_module
 
 L, RATIO = 16, 0.75  # 4 x 4 patches of an 8 x 8 image, patch 2
 
@@ -382,7 +382,7 @@ def test_fixed_maps_at_null_level_on_real_chest_x_rays():
     """The review's numbers on the first 128 PneumoniaMNIST validation images (28 px, patch 4,
     maps from the training images): raw correlations of maps that ignore the image are large,
     the within-position ones are 0."""
-    from tests.conftest import REAL_PNEUMONIA
+    from tests.helpers import REAL_PNEUMONIA
 
     if not REAL_PNEUMONIA.is_file():
         pytest.skip(f"{REAL_PNEUMONIA} not present")

@@ -35,8 +35,7 @@ from lightning_modules.components.strategies.hpm import relative_ranking_loss
 from lightning_modules.components.strategies.schedules import cosine_momentum, linear_momentum
 from lightning_modules.components.vit import ViTEncoder
 from pipeline.cli import CONF_DIR, train
-from tests.conftest import compose_cfg, tiny_overrides
-from tests.test_train import TINY_VIT
+from tests.helpers import TINY_VIT, compose_cfg, save_encoder, tiny_overrides
 
 
 def _mae(img=28, patch=4, ratio=0.75, seed=0) -> MaskedAutoencoder:
@@ -47,12 +46,6 @@ def _mae(img=28, patch=4, ratio=0.75, seed=0) -> MaskedAutoencoder:
 
 def _images(n: int, img: int = 28, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 1, img, img, generator=torch.Generator().manual_seed(seed))
-
-
-def save_encoder(mae: MaskedAutoencoder, path) -> str:
-    """A checkpoint holding ``mae``'s encoder as MAEPretrain saves it (``mae.encoder.*``)."""
-    torch.save({"state_dict": {f"mae.encoder.{k}": v for k, v in mae.encoder.state_dict().items()}}, path)
-    return str(path)
 
 
 def _build(name: str, mae: MaskedAutoencoder, tmp_path, **options):
@@ -70,9 +63,11 @@ def test_each_masking_config_is_its_strategys_published_defaults():
 
     from omegaconf import OmegaConf
 
+    from lightning_modules.mlo_options import MaskingOptions
+
     files = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in (CONF_DIR / "model" / "masking").glob("*.yaml")}
-    assert set(files) == set(OPTIONS) == set(STRATEGIES)
-    for name, kind in OPTIONS.items():
+    assert set(files) == {*OPTIONS, "mlo"} and set(OPTIONS) == set(STRATEGIES)  # mlo: model=mlo_mae's group
+    for name, kind in {**OPTIONS, "mlo": MaskingOptions}.items():
         defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
                     for f in dataclasses.fields(kind)}
         assert files[name] == {"name": name, **defaults}, name

@@ -201,7 +201,7 @@ def test_invalid_loss_config(kwargs, msg):
 def test_checkpoints_without_tracker_states_still_load_strictly(tmp_path):
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     model = instantiate(compose_cfg(["experiment=quickstart"], tmp_path).model, _convert_="all")
     old = {k: v for k, v in model.state_dict().items() if not k.startswith(("val_acc_best.", "val_auc_best."))}

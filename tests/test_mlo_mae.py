@@ -8,30 +8,24 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.vit import ViTEncoder
 from lightning_modules.mlo_mae import MLOMAE
 from pipeline.cli import train
-from tests.conftest import compose_cfg, tiny_overrides
-from tests.test_train import TINY_VIT
-
-
-def tiny_module(seed=0, masking=None, levels=None, hypergradient=None, lr=0.5) -> MLOMAE:
-    """A tiny MLO-MAE; ``masking`` / ``levels`` / ``hypergradient`` entries replace the defaults here."""
-    torch.manual_seed(seed)
-    enc = ViTEncoder(img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=2, num_heads=2)
-    mae = MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2)
-    module = MLOMAE(mae, num_classes=3, task="multi-class", masking={"net": "mlp", "hidden": 8, **(masking or {})},
-                    levels={"cadence": (1, 1, 1), "lr_head": 0.5, "lr_mask": 5.0, "head_dropout": 0.0, **(levels or {})},
-                    hypergradient=hypergradient, lr=lr)
-    module.manual_backward = lambda loss: loss.backward()  # no Trainer in these unit tests
-    return module
-
-
-def global_batch(seed=1, n=8):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)) for _ in range(3)]
+from tests.helpers import (
+    TINY_VIT,
+    compose_cfg,
+    fit_state,
+    global_batch,
+    mlo_setup,
+    run_train_cli,
+    sgd_optimizers,
+    tiny_module,
+    tiny_overrides,
+)
 
 
 def snapshot(module):
@@ -44,19 +38,9 @@ def changed(before, module):
             for k in before if not torch.equal(before[k], after[k])}
 
 
-def _optimizers(module):
-    # Plain SGD: its update is linear in the gradient, so schedules and precisions can be
-    # compared through the updates (see ``SGDMLOMAE``).
-    return [
-        torch.optim.SGD(module.mae.parameters(), lr=module.hparams.lr),
-        torch.optim.SGD(module.head.parameters(), lr=module.levels.lr_head),
-        torch.optim.SGD(module.masknet.parameters(), lr=module.levels.lr_mask),
-    ], None
-
-
 def test_each_level_changes_only_its_own_parameters():
     module = tiny_module()
-    opts, _ = _optimizers(module)
+    opts, _ = sgd_optimizers(module)
     (x1, _), (x2, y2), (x3, y3) = global_batch()
     before = snapshot(module)
     _, level1_data = module.level1(x1, opts[0])
@@ -67,31 +51,6 @@ def test_each_level_changes_only_its_own_parameters():
     before = snapshot(module)
     module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
     assert changed(before, module) == {"masknet"}
-
-
-def test_level3_step_moves_the_masking_network_against_the_exact_hypergradient():
-    """With SGD, the masking net's update is -lr_mask x its gradient; that gradient must equal an
-    exact Hessian-vector-product reference at the weights after levels I and II (a wrong sign,
-    or a step along +g, gives a relative error of 2)."""
-    from lightning_modules.components.hypergradient import LevelBatches
-    from tests.test_hypergradient import official_reference
-
-    module = tiny_module()
-    opts, _ = _optimizers(module)
-    (x1, _), (x2, y2), (x3, y3) = global_batch()
-    _, level1_data = module.level1(x1, opts[0])
-    _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
-    _, tokens1, masking1, _, _ = level1_data
-    exact = official_reference(module.mae, module.head, module.masknet,
-                               LevelBatches(x1, tokens1, masking1, x2, y2, x3, y3))
-    module.mae.train(), module.head.train()
-    before = [p.detach().clone() for p in module.masknet.parameters()]
-    module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
-    step = [(b - p.detach()) / module.levels.lr_mask for b, p in zip(before, module.masknet.parameters())]
-    flat = torch.cat([s.flatten() for s in step])
-    ref = torch.cat([e.flatten() for e in exact])
-    assert ref.norm() > 0
-    assert ((flat - ref).norm() / ref.norm()).item() < 1e-2  # fp32 finite differences vs exact
 
 
 def test_training_step_hands_the_hypergradient_the_last_level1_chunk_and_updated_weights(monkeypatch):
@@ -121,7 +80,7 @@ def test_training_step_hands_the_hypergradient_the_last_level1_chunk_and_updated
 
 def test_masking_network_output_changes_after_level3_step():
     module = tiny_module()
-    opts, _ = _optimizers(module)
+    opts, _ = sgd_optimizers(module)
     (x1, _), (x2, y2), (x3, y3) = global_batch()
     _, level1_data = module.level1(x1, opts[0])
     _, feats2 = module.level2(x2, y2, opts[1], keep_graph=True)
@@ -130,46 +89,6 @@ def test_masking_network_output_changes_after_level3_step():
     module.level3(level1_data, x3, y3, x2, y2, feats2, opts[2], opts)
     after, _ = module.mask_maps(probe)
     assert (after - before).abs().max() > 1e-5
-
-
-class SGDMLOMAE(MLOMAE):
-    """MLO-MAE with plain SGD at every level: its update is linear in the gradient, so runs
-    can be compared to rounding (Adam's first step, lr * g / |g|, blows float noise in
-    exactly-zero gradients such as the attention key bias's up to lr)."""
-
-    def configure_optimizers(self):
-        return [torch.optim.SGD(m.parameters(), lr=lr) for m, lr in
-                ((self.mae, self.hparams.lr), (self.head, self.levels.lr_head), (self.masknet, self.levels.lr_mask))]
-
-    def on_train_epoch_end(self) -> None:  # no schedulers
-        pass
-
-
-def mlo_setup(data_root, batch_size, reduce=True, on_device=False):
-    """(a tiny SGD MLO-MAE, the synthetic DermaMNIST datamodule with MLO levels); seeded."""
-    from datamodules import MedMNISTDataModule
-
-    torch.manual_seed(0)
-    enc = ViTEncoder(img_size=28, patch_size=7, in_chans=3, embed_dim=16, depth=1, num_heads=2)
-    module = SGDMLOMAE(MaskedAutoencoder(enc, 0.75, decoder_dim=8, decoder_depth=1, decoder_heads=2),
-                       num_classes=7, task="multi-class", masking={"net": "mlp", "hidden": 8},
-                       levels={"head_dropout": 0.0, "cadence": (2, 1, 1), "lr_head": 0.1, "lr_mask": 10.0},
-                       hypergradient={"reduce": reduce}, lr=0.1)
-    dm = MedMNISTDataModule(flag="dermamnist", root=data_root, download=False, batch_size=batch_size,
-                            mlo={"level3_fraction": 0.2, "cadence": [2, 1, 1]}, on_device=on_device)
-    return module, dm
-
-
-def fit_state(module, dm, steps: int, epochs: int = 1, **trainer_kwargs) -> dict[str, torch.Tensor]:
-    """Fit ``epochs`` of ``steps`` training batches on the CPU (no validation, no files); the
-    final state dict."""
-    import lightning as L
-
-    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=steps, limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs)
-    trainer.fit(module, datamodule=dm)
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def _fit_mlo(data_root, devices, batch_size, reduce=True, steps=3, on_device=False):
@@ -218,7 +137,7 @@ def _nonfinite_worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     module = tiny_module()
-    opts, _ = _optimizers(module)
+    opts, _ = sgd_optimizers(module)
     x = torch.randn(4, 1, 8, 8)
     if rank == 1:
         x[0, 0, 0, 0] = float("nan")
@@ -256,6 +175,18 @@ def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
 def test_invalid_module_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_module(**kwargs)
+
+
+def test_model_masking_is_the_mlo_strategys_group_in_mlo_mae(tmp_path):
+    """model.masking means the same in every model: a strategy's name and its options. MLO-MAE's
+    is ``mlo`` (conf/model/masking/mlo.yaml); an MAE strategy there, or mlo on MAE, is refused."""
+    cfg = compose_cfg(["model=mlo_mae"], tmp_path)
+    assert cfg.model.masking.name == "mlo" and cfg.model.masking.net == "mlp"
+    assert tiny_module(masking={"name": "mlo"}).masking.name == "mlo"
+    with pytest.raises(ValueError, match=r"model.masking='attmask' is a masking strategy of MAE \(model=mae\)"):
+        tiny_module(masking=dict(compose_cfg(["model=mlo_mae", "model/masking=attmask"], tmp_path).model.masking))
+    with pytest.raises(InstantiationException, match="model.masking=mlo is MLO-MAE's learned masking"):
+        instantiate(compose_cfg(["model=mae", "model/masking=mlo", *TINY_VIT], tmp_path).model, _convert_="all")
 
 
 def test_mask_ratio_must_be_strictly_inside_zero_one():
@@ -332,9 +263,7 @@ def test_full_size_config_runs_one_forward(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_mlo_pipeline_under_ddp_sim(data_root, tmp_path):
-    from tests.test_train import _run_cli
-
-    proc = _run_cli(
+    proc = run_train_cli(
         ["experiment=mlo_mae_small", "data=dermamnist", "trainer=ddp_sim", *tiny_overrides(data_root)[:4],
          "logger=csv", "~callbacks.rich_progress_bar", *TINY_VIT, "stages.pretrain.trainer.max_epochs=1",
          "stages.finetune.trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -376,7 +305,7 @@ def mlo_batch(cadence, seed=1, per_chunk=4):
 
 
 def _step(module, batch):
-    opts, _ = _optimizers(module)
+    opts, _ = sgd_optimizers(module)
     module.optimizers = lambda: opts
     module.training_step(batch, 0)
     return snapshot(module)
@@ -409,7 +338,7 @@ def test_bf16_mixed_ours_matches_fp32_original():
     updates = {}
     for schedule, precision in (("ours", torch.bfloat16), ("original", None)):
         module = tiny_module(hypergradient={"schedule": schedule}, levels={"lr_head": 1e-4})
-        opts, _ = _optimizers(module)
+        opts, _ = sgd_optimizers(module)
         _, level1_data = module.level1(x1, opts[0])
         before = _flat(snapshot(module), "masknet")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision is not None):
@@ -490,7 +419,7 @@ def test_official_masking_input_sends_level1_gradient_into_the_patch_embedding()
     states = []
     for input_grad in (False, True):
         module = tiny_module(masking={"input_grad": input_grad})
-        opts, _ = _optimizers(module)
+        opts, _ = sgd_optimizers(module)
         _, (_, _, _, _, weights) = module.level1(x, opts[0])
         assert not weights.requires_grad  # nothing kept alive past the step
         states.append(snapshot(module))

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from datamodules.synthetic import write_synthetic_medmnist
-from tests.conftest import REPO, compose_cfg
+from tests.helpers import REPO, compose_cfg, fit_state, mlo_setup
 from tests.multinode_worker import RUN, classifier_setup
-from tests.test_mlo_mae import fit_state, mlo_setup
 
 
 def test_the_multinode_trainer_config():

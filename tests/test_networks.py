@@ -87,7 +87,7 @@ def test_pretrained_behind_an_unreachable_proxy_fails_within_seconds(tmp_path):
 def test_tagged_names_compose_and_build(tmp_path):
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     for name in ("resnet50.a1_in1k", "vit_base_patch16_224.mae", "resnet18.tv_in1k"):
         cfg = compose_cfg(["experiment=quickstart", "model=timm", f"model.net.name={name}"], tmp_path)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch.utilities import CombinedLoader
 
 from datamodules import MedMNISTDataModule
 from datamodules.on_device import IndexBatch
 from pipeline.cli import train
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.helpers import assert_reported_test_metrics, compose_cfg, tiny_overrides
 
 
 def _dm(root, **kw) -> MedMNISTDataModule:
@@ -103,4 +104,6 @@ def test_mlo_mae_pipeline_runs_on_device_with_augmentation(data_root, tmp_path):
                        "++stages.finetune.data.augment.crop_padding=2", "++stages.finetune.data.augment.hflip=true"],
                       tmp_path)
     metrics = train(cfg)
-    assert 0 <= metrics["test/acc"] <= 1
+    assert_reported_test_metrics(tmp_path / "finetune", metrics)
+    fine = yaml.safe_load((tmp_path / "finetune" / "config.yaml").read_text())["data"]
+    assert fine["on_device"] is True and fine["augment"]["hflip"] is True

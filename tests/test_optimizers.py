@@ -17,8 +17,7 @@ from lightning_modules.components.vit import ViTEncoder
 from lightning_modules.mae import MAEPretrain
 from lightning_modules.mlo_mae import MLOMAE
 from pipeline.stage_config import compose_stage
-from tests.conftest import compose_cfg, tiny_overrides
-from tests.test_train import TINY_VIT
+from tests.helpers import TINY_VIT, compose_cfg, tiny_overrides
 
 
 def _mae(seed=0) -> MaskedAutoencoder:
@@ -44,7 +43,9 @@ def test_mae_and_each_mlo_level_build_the_configured_optimiser_and_schedule():
     assert [o.param_groups[0]["lr"] for o in opts] == [0.1, 0.2, 0.3]
     assert [s.optimizer for s in scheds] == opts
     no_schedule = MLOMAE(_mae(), num_classes=2, task="binary-class", masking={"net": "patch_scorer"})
-    assert isinstance(no_schedule.configure_optimizers(), list)  # constant rates: the optimisers only
+    constant = no_schedule.configure_optimizers()  # constant rates: the optimisers only, no schedulers
+    assert [type(o) for o in constant] == [torch.optim.AdamW] * 3
+    assert [o.param_groups[0]["lr"] for o in constant] == [no_schedule.hparams.lr, 1e-3, 1e-3]
 
 
 def test_an_optimiser_partial_that_sets_the_rates_is_refused():

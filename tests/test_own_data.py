@@ -16,13 +16,14 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import f1_score, precision_score, recall_score
 
 from datamodules import DatasetError, ImageFolderDataModule, ImageTableDataModule
 from datamodules.export import export_npz
 from datamodules.image_cache import decode_image
 from datamodules.synthetic import write_synthetic_medmnist
 from pipeline.cli import train
-from tests.conftest import REAL_PNEUMONIA, REPO, compose_cfg
+from tests.helpers import REAL_PNEUMONIA, REPO, TINY_VIT, assert_reported_test_metrics, compose_cfg
 
 AGREE = "Number of Annotators who Selected SSA (Out of 7)"
 
@@ -94,7 +95,10 @@ def test_table_run_writes_splits_and_predictions_in_table_order(png_dataset, tmp
     assert [int(p["label"]) for p in preds] == [["normal", "pneumonia"].index(r["label"]) for r in test_rows]
     per_class = _read_csv(run / "eval" / "test_per_class.csv")
     assert [r["class"] for r in per_class[:2]] == ["normal", "pneumonia"]
-    assert 0 <= metrics["test/auc"] <= 1 and "test/specificity" in metrics
+    assert_reported_test_metrics(run, metrics, n=len(test_rows))
+    labels, probs = np.array([int(p["label"]) for p in preds]), np.array([float(p["prob_1"]) for p in preds])
+    negatives = labels == 0  # specificity: true negative rate of the 0.5 threshold on the positive class
+    assert metrics["test/specificity"] == pytest.approx(((probs < 0.5) & negatives).sum() / negatives.sum(), abs=1e-5)
 
 
 def test_folder_run_with_predefined_split(png_dataset, tmp_path):
@@ -345,8 +349,13 @@ def test_mhist_experiments_run_offline_with_a_local_weights_file(mhist_like, tmp
     net = instantiate(cfg.model.net)
     assert torch.equal(net.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
     metrics = train(cfg)
-    for key in ("precision", "recall", "specificity", "f1", "acc", "auc", "auprc"):
-        assert 0 <= metrics[f"test/{key}"] <= 1
+    assert_reported_test_metrics(tmp_path / "run", metrics)
+    test = np.load(tmp_path / "run" / "predictions" / "test_predictions.npz")
+    predicted = test["probs"][:, 1] >= 0.5  # the positive class (SSA) at threshold 0.5
+    assert metrics["test/recall"] == pytest.approx(recall_score(test["labels"], predicted, zero_division=0), abs=1e-5)
+    assert metrics["test/precision"] == pytest.approx(precision_score(test["labels"], predicted, zero_division=0),
+                                                      abs=1e-5)
+    assert metrics["test/f1"] == pytest.approx(f1_score(test["labels"], predicted, zero_division=0), abs=1e-5)
     vit = compose_cfg(["experiment=vit_b16_mhist", "model.net.pretrained=false", "+model.net.img_size=32",
                        "+model.net.depth=1", *common[:-1], f"hydra.run.dir={tmp_path}/vit"], tmp_path / "vit")
     assert vit.model.net.drop_rate == 0.5 and vit.model.lr == 1e-5
@@ -368,7 +377,8 @@ def test_mhist_without_a_validation_set_tests_the_last_epoch(mhist_like, tmp_pat
     metrics = train(compose_cfg(overrides, tmp_path / "run"))
     splits = _read_csv(tmp_path / "run" / "splits.csv")
     assert {r["split"] for r in splits} == {"train", "test"}  # no validation rows
-    assert metrics["test_checkpoint"].endswith("last.ckpt") and 0 <= metrics["test/auc"] <= 1
+    assert metrics["test_checkpoint"].endswith("last.ckpt")
+    assert_reported_test_metrics(tmp_path / "run", metrics)
     assert not any(k.startswith("val/") for k in metrics)
     assert not (tmp_path / "run" / "eval" / "test_threshold_tuning.json").exists()
     dm = _table_dm(mhist_like / "annotations.csv", tmp_path, image_root=str(mhist_like / "images"),
@@ -456,14 +466,14 @@ def test_mhist_full_size_configs_instantiate_from_local_weights(experiment, arch
 
 @pytest.mark.parametrize("experiment", ["mae_derma", pytest.param("mlo_mae_derma", marks=pytest.mark.slow)])
 def test_mae_and_mlo_mae_pipelines_run_on_an_image_table(experiment, png_dataset, tmp_path):
-    from tests.test_train import TINY_VIT
 
     cfg = compose_cfg([f"experiment={experiment}", "data=image_table", f"data.table={png_dataset}",
                        "data.split_column=split", "data.channels=1", "debug=fdr", *TINY_VIT,
                        "++stages.pretrain.data.batch_size=8", "++stages.finetune.data.batch_size=8",
                        *_own_overrides(tmp_path)], tmp_path / "run")
     metrics = train(cfg)
-    assert 0 <= metrics["test/auc"] <= 1 and "pretrain/best_checkpoint" in metrics
+    assert_reported_test_metrics(tmp_path / "run" / "finetune", metrics)
+    assert Path(metrics["pretrain/best_checkpoint"]).is_file()
     preds = _read_csv(tmp_path / "run" / "finetune" / "predictions" / "test_predictions.csv")
     assert [p["path"] for p in preds] == [r["path"] for r in _read_csv(png_dataset) if r["split"] == "test"]
 

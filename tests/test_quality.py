@@ -16,7 +16,7 @@ from datamodules.synthetic import make_synthetic_arrays
 from datamodules.synthetic_train import file_sha256
 from pipeline.cli import train
 from synthesis.quality import quality_report
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.helpers import compose_cfg, tiny_overrides
 
 PNEUMONIA = [medmnist_info("pneumoniamnist")["label"][str(i)] for i in range(2)]
 FIGURES = ("samples.png", "nn_distances.png", "closest_pairs.png")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, tiny_overrides
+from tests.helpers import REPO, TINY_VIT, tiny_overrides
 
 KILL = ["+callbacks.kill._target_=tests.helpers.KillAtStep"]
 
@@ -73,7 +73,6 @@ def test_classifier_killed_mid_epoch_resumes_to_the_same_model(variant, data_roo
 
 @pytest.mark.slow
 def test_mlo_mae_pipeline_killed_in_pretraining_resumes_to_the_same_model(data_root, tmp_path):
-    from tests.test_train import TINY_VIT
 
     common = ["experiment=mlo_mae_small", *tiny_overrides(data_root), *TINY_VIT,
               "stages.pretrain.trainer.max_epochs=3", "stages.finetune.trainer.max_epochs=1",

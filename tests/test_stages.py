@@ -11,8 +11,7 @@ import yaml
 from pipeline.cli import train
 from pipeline.stage_config import compose_stage, split_overrides
 from pipeline.stages import stage_order
-from tests.conftest import compose_cfg, tiny_overrides
-from tests.test_train import TINY_VIT
+from tests.helpers import TINY_VIT, compose_cfg, tiny_overrides
 
 
 def _stages(overrides: list[str], tmp_path) -> dict:

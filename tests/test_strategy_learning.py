@@ -21,7 +21,7 @@ from lightning_modules.components.strategies import build_strategy
 from lightning_modules.components.strategies.automae import rectangle_masks
 from lightning_modules.components.vit import ViTEncoder
 from lightning_modules.mae import MAEPretrain
-from tests.test_masking_strategies import save_encoder
+from tests.helpers import save_encoder
 
 
 def _mae(ratio: float = 0.75, seed: int = 0) -> MaskedAutoencoder:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from pipeline.sweep import default_space, final_monitor, run_sweep
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.helpers import compose_cfg, tiny_overrides
 
 
 def _trials(sweep_dir) -> list[optuna.trial.FrozenTrial]:
@@ -90,7 +90,7 @@ def test_two_workers_on_one_journal_study_run_each_trial_exactly_once(data_root,
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     sweep_dir = tmp_path / "sweep"
     args = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",
@@ -135,7 +135,7 @@ def test_wandb_sweep_example_drives_train_py_with_keys_the_experiment_has(tmp_pa
     import yaml
     from omegaconf import OmegaConf
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     sweep = yaml.safe_load((REPO / "examples" / "wandb_sweep.yaml").read_text())
     assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]

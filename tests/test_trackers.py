@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipeline.cli import train
-from tests.conftest import REPO, compose_cfg, tiny_overrides
+from tests.helpers import REPO, compose_cfg, tiny_overrides
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a W&B key
 

@@ -23,7 +23,7 @@ from evaluation import aggregate
 from evaluation.metrics import per_class_table, per_label_table, summary_metrics
 from lightning_modules.metrics import DefinedRanking, classification_metrics, classwise_metrics
 from pipeline.cli import train
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.helpers import compose_cfg, tiny_overrides
 
 
 @pytest.fixture(autouse=True)
