@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 
 from callbacks.images import wandb_loggers
-from core.config import store_in_checkpoint
+from core.checkpoints import store_in_checkpoint
 from core.io import atomic_write_text
 from evaluation.metrics import TABLE_COLUMNS
 from evaluation.predict import predict_probs

@@ -1,7 +1,7 @@
 """Store the run's resolved config, its data identity and (for classifiers) the preprocessing
 record inside every checkpoint, so that a checkpoint copied on its own (or logged as a W&B
 artifact) can be evaluated, exported, sampled from, fine-tuned or used to predict image files
-without its run folder or its training data (read back by ``core.config``)."""
+without its run folder or its training data (read back by ``core.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 
-from core.config import CHECKPOINT_KEY
+from core.checkpoints import CHECKPOINT_KEY
 from datamodules.input_record import preprocessing_of
 
 

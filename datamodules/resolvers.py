@@ -1,24 +1,22 @@
-"""OmegaConf resolvers so configs can read dataset metadata.
+"""OmegaConf resolvers that read dataset metadata, and ``register_resolvers``, the one call that
+registers every resolver of the project's configs (these and ``core.resolvers``': the machine's
+and the session's).
 
 ``${medmnist_num_classes:dermamnist}`` -> 7, ``${medmnist_in_chans:pneumoniamnist,true}`` -> 3,
 ``${medmnist_task:pneumoniamnist}`` -> "binary-class"; inside an image_table / image_folder
 data config, ``${image_data:num_classes}`` and ``${image_data:task}`` read the table's labels
-or the folder's class folders; ``${on_gpu:${trainer.accelerator}}`` and
-``${loader_workers:${trainer.accelerator},${trainer.devices}}`` give the data defaults of GPU
-runs (on-device data, pinned memory, worker processes for the CPU path); ``${wandb_mode:}``
-(``core.tracking``) and ``${cwd:}``.
+or the folder's class folders.
 """
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from core.resolvers import RESOLVERS, register
 from core.tasks import MULTI_LABEL
-from core.tracking import wandb_mode
 from datamodules.image_datamodule import task_of
 from datamodules.image_records import folder_layout, read_table, table_classes
 from datamodules.medmnist_files import medmnist_info
@@ -61,44 +59,16 @@ def _image_data(key: str, _parent_: DictConfig):
     raise ValueError(f"${{image_data:{key}}}: unknown key; use num_classes or task")
 
 
-GPU_ACCELERATORS = ("gpu", "cuda")
-
-
-def _on_gpu(accelerator) -> bool:
-    """True for ``trainer.accelerator`` gpu / cuda (``auto`` stays on the CPU defaults)."""
-    return str(accelerator).lower() in GPU_ACCELERATORS
-
-
-def _loader_workers(accelerator, devices) -> int:
-    """DataLoader workers per process: 0 on CPU (the model needs the cores); on GPUs the
-    machine's cores shared by the processes, one left for each main process, at most 8."""
-    if not _on_gpu(accelerator):
-        return 0
-    if isinstance(devices, int) and devices > 0:
-        processes = devices
-    elif isinstance(devices, (list, tuple)) or hasattr(devices, "__len__") and not isinstance(devices, str):
-        processes = max(1, len(devices))
-    else:  # "auto" / -1: every visible GPU
-        import torch
-
-        processes = max(1, torch.cuda.device_count())
-    return max(1, min(8, (os.cpu_count() or 2) // processes - 1))
+DATA_RESOLVERS = {
+    "medmnist_num_classes": lambda flag: len(medmnist_info(flag)["label"]),
+    "medmnist_in_chans": _in_chans,
+    "medmnist_task": lambda flag: medmnist_info(flag)["task"],
+    "image_data": _image_data,
+}
 
 
 def register_resolvers() -> None:
-    """Register every resolver of the project's configs (idempotent; the one place they are
-    registered: entry points, evaluation and synthesis call it)."""
-    resolvers = {
-        "medmnist_num_classes": lambda flag: len(medmnist_info(flag)["label"]),
-        "medmnist_in_chans": _in_chans,
-        "medmnist_task": lambda flag: medmnist_info(flag)["task"],
-        "image_data": _image_data,
-        "on_gpu": _on_gpu,
-        "loader_workers": _loader_workers,
-        "matmul_precision": lambda accelerator: "high" if _on_gpu(accelerator) else "highest",
-        "wandb_mode": wandb_mode,
-        "cwd": os.getcwd,
-    }
-    for name, fn in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+    """Register every resolver of the project's configs (idempotent; the one call the entry
+    points, evaluation and synthesis make): the data's and ``core.resolvers``'."""
+    register(RESOLVERS)
+    register(DATA_RESOLVERS)

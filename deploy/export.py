@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import statistics
 import sys
 import tempfile
@@ -45,11 +44,16 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from core.artifacts import artifact_job, resolve_checkpoint
-from core.config import CheckpointError, run_config, stored_identity
+from core.checkpoints import (
+    CheckpointError,
+    load_classifier,
+    resolve_checkpoint,
+    run_config,
+    stored_identity,
+)
 from core.data_identity import describe
 from core.io import atomic_path, atomic_write_text
-from core.tracking import wandb_job
+from core.tracking import artifact_job, log_model_files, wandb_job
 from datamodules.medmnist_files import DatasetError
 from deploy.graph import Preprocess, RawInputModel, raw_record
 from deploy.metadata import About, bundle_metadata, plain_metadata
@@ -62,7 +66,6 @@ from deploy.quantize import (
     test_inputs,
 )
 from evaluation.evaluate import checkpoint_data
-from lightning_modules.checkpoints import load_classifier
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 THREADS = 1  # intra-op threads for every latency measurement (PyTorch and ONNX Runtime)
@@ -409,17 +412,12 @@ def log_export(run, result: dict, name: str) -> None:
     """Log the exported model with its ``metadata.json``, ``export.json`` and ``export.md`` to the
     W&B ``run`` as an artifact of type ``model`` named ``name`` (W&B numbers its versions), with
     the plain metadata keys and the parity figure as the artifact's metadata."""
-    import wandb
-
     exported = result["export"]
     path = Path(exported["path"])
     meta = {**exported["metadata"], "format": exported["format"], "parity_max_abs": exported["parity_max_abs"],
             "source_checkpoint": exported["ckpt"]}
-    artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]", "-", name), type="model",
-                              description=exported["metadata"]["description"], metadata=meta)
-    for f in (path, *(path.parent / n for n in ("metadata.json", "export.json", "export.md"))):
-        artifact.add_file(str(f), name=f.name)
-    run.log_artifact(artifact)
+    files = (path, *(path.parent / n for n in ("metadata.json", "export.json", "export.md")))
+    log_model_files(run, name, files, exported["metadata"]["description"], meta)
 
 
 def artifact_name(ckpt: Path, fmt: str) -> str:

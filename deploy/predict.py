@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.artifacts import artifact_job, resolve_checkpoint
-from core.config import CheckpointError
+from core.checkpoints import CheckpointError, resolve_checkpoint
 from core.io import atomic_path
+from core.tracking import artifact_job
 from datamodules.image_records import IMAGE_SUFFIXES
 from datamodules.medmnist_files import DatasetError
 from deploy.preprocessing import (
@@ -150,7 +150,7 @@ def read_batch(record: dict, files: Sequence[Path], unreadable: dict[str, str]) 
 def predict(model: str | Path, inputs: Sequence[str | Path], batch_size: int = 256, device: str = "auto",
             run=None) -> Predictions:
     """Probabilities of every readable image file under ``inputs`` (see the module docstring);
-    a ``wandb:`` model is fetched through ``run`` when given (``core.artifacts``)."""
+    a ``wandb:`` model is fetched through ``run`` when given (``core.checkpoints.resolve_checkpoint``)."""
     logits_of, record, where = load_model(resolve_checkpoint(model, run), device)
     files, unreadable = image_files(inputs)
     done, probs = [], []

@@ -28,16 +28,21 @@ import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from core.artifacts import artifact_job, resolve_checkpoint
-from core.config import CheckpointError, run_config, stored_identity
+from core.checkpoints import (
+    CheckpointError,
+    load_classifier,
+    resolve_checkpoint,
+    run_config,
+    stored_identity,
+)
 from core.predictions import save_predictions
+from core.tracking import artifact_job
 from datamodules.medmnist_files import DatasetError
 from datamodules.resolvers import register_resolvers
 from datamodules.transforms import build_transform
 from evaluation.predict import predict_probs, resolve_device
 from evaluation.report import write_run_report
 from evaluation.writer import write_evaluation
-from lightning_modules.checkpoints import load_classifier
 
 register_resolvers()  # configs of runs may hold ${...} resolvers
 __all__ = ["CheckpointError", "checkpoint_data", "evaluate", "load_classifier", "run_config"]

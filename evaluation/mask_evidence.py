@@ -22,7 +22,7 @@ from scipy import stats
 from torch import Tensor
 from torchmetrics import Metric
 
-from core.config import CheckpointError, read_checkpoint, run_config
+from core.checkpoints import CheckpointError, read_checkpoint, run_config
 from lightning_modules.components.mask_diagnostics import (
     DiagnosedMasker,
     derangement,

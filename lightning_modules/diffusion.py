@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from core.config import run_config
-from lightning_modules.checkpoints import load_classifier
+from core.checkpoints import load_classifier, run_config
 from lightning_modules.components.diffusion import build_unet as _build_unet
 from lightning_modules.components.diffusion import (
     ddim_sample,

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.config import run_config
-from lightning_modules.checkpoints import load_classifier
+from core.checkpoints import load_classifier, run_config
 from lightning_modules.classifier import Classifier
 from lightning_modules.components.losses import distillation_kl
 from lightning_modules.metrics import MULTI_LABEL, probabilities

@@ -1,11 +1,10 @@
-"""Loggers: a CSV logger that keeps ``metrics.csv`` across a resume, the W&B mode, run id
-and results artifact, and the data tags of W&B and MLflow runs."""
+"""Loggers: a CSV logger that keeps ``metrics.csv`` across a resume, the results artifact and
+data tags of the W&B and MLflow loggers of a run (the W&B calls themselves: ``core.tracking``),
+and the SQLite tracking stores."""
 
 from __future__ import annotations
 
 import csv
-import os
-import secrets
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
@@ -14,6 +13,11 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from core.data_identity import identity_tags
 from core.io import file_lock
+from core.tracking import (
+    log_results_artifact,
+    tag_data,
+    wandb_run_id,  # noqa: F401  (pipeline/run.py's committed import; moving to core.tracking)
+)
 
 
 class _ResumableWriter(ExperimentWriter):
@@ -63,40 +67,14 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-# ----- Weights & Biases -------------------------------------------------------------------
-def wandb_run_id(output_dir: Path) -> str:
-    """The W&B run id of the run folder: read from ``wandb_run_id.txt``, or new and written there
-    (by rank 0), so that resuming in the same folder continues the same W&B run."""
-    path = output_dir / "wandb_run_id.txt"
-    if path.is_file():
-        return path.read_text().strip()
-    run_id = secrets.token_hex(6)  # W&B run ids: lowercase letters and digits
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(run_id + "\n")
-    return run_id
-
-
+# ----- Weights & Biases (core.tracking does the W&B calls) ----------------------------------
 def log_run_artifact(loggers: list, output_dir: Path) -> None:
-    """Log the run's results to every W&B logger as one artifact (type ``results``): report.md,
-    metrics.json, config.yaml, the predictions tables and everything in ``eval/``."""
+    """Log the run's results to every W&B logger as one artifact (``core.tracking.log_results_artifact``)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
-    if not wandb_loggers:
-        return
-    import wandb
-
-    files = [output_dir / n for n in ("report.md", "metrics.json", "config.yaml", "splits.csv")]
-    files += sorted((output_dir / "predictions").glob("*.csv")) + sorted((output_dir / "eval").glob("*"))
-    for lg in wandb_loggers:
-        run = lg.experiment
-        artifact = wandb.Artifact(f"results-{run.id}", type="results",
-                                  description=f"report, metrics, predictions and eval/ of {output_dir.name}")
-        for f in files:
-            if f.is_file():
-                artifact.add_file(str(f), name=f.relative_to(output_dir).as_posix())
-        run.log_artifact(artifact)
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            log_results_artifact(lg.experiment, output_dir)
 
 
 def log_data_identity(loggers: list, identity: dict | None) -> None:
@@ -110,10 +88,7 @@ def log_data_identity(loggers: list, identity: dict | None) -> None:
     tags = identity_tags(identity)
     for lg in loggers:
         if isinstance(lg, WandbLogger):
-            run = lg.experiment
-            extra = [f"{k}:{tags[k]}" for k in ("data.kind", "data.fingerprint")]
-            extra += ["synthetic-data"] if tags["data.synthetic"] == "true" else []
-            run.tags = tuple(dict.fromkeys([*(run.tags or ()), *extra]))
+            tag_data(lg.experiment, tags)
         elif isinstance(lg, MLFlowLogger):
             for key, value in tags.items():
                 lg.experiment.set_tag(lg.run_id, key, value)

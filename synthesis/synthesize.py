@@ -24,7 +24,7 @@ import torch
 from hydra.utils import instantiate
 from rich.progress import Progress
 
-from core.config import CheckpointError, run_config
+from core.checkpoints import CheckpointError, run_config
 from core.io import atomic_files
 from datamodules.resolvers import register_resolvers
 from datamodules.synthetic_train import CARD_FORMAT, card_path

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import CheckpointError
+from core.checkpoints import CheckpointError
 from datamodules.export import export_npz
 from datamodules.synthetic import write_synthetic_medmnist
 from deploy import predict

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from core.config import CheckpointError, run_config
+from core.checkpoints import CheckpointError, run_config
 from core.io import atomic_files, atomic_write_text, file_lock
 from core.predictions import load_predictions, save_predictions
 
@@ -67,3 +67,24 @@ def test_run_config_names_a_missing_or_unreadable_checkpoint(tmp_path):
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read as a checkpoint"):
         run_config(tmp_path / "bad.ckpt")
+
+
+def test_resolvers_live_with_their_concern_and_register_in_one_call(monkeypatch):
+    """core.resolvers: the machine's and session's; datamodules.resolvers: the data's; one call
+    registers both (what every entry point makes)."""
+    from omegaconf import OmegaConf
+
+    from core import resolvers
+    from datamodules.resolvers import DATA_RESOLVERS, register_resolvers
+
+    assert not set(resolvers.RESOLVERS) & set(DATA_RESOLVERS)
+    register_resolvers()
+    assert all(OmegaConf.has_resolver(name) for name in [*resolvers.RESOLVERS, *DATA_RESOLVERS])
+    monkeypatch.setattr(resolvers.os, "cpu_count", lambda: 16)
+    cfg = OmegaConf.create({"cpu": "${loader_workers:cpu,1}", "gpu2": "${loader_workers:gpu,2}",
+                            "gpu_list": "${loader_workers:cuda,[0,1,2,3]}", "one": "${loader_workers:gpu,1}",
+                            "tf32": "${matmul_precision:cuda}", "fp32": "${matmul_precision:auto}",
+                            "classes": "${medmnist_num_classes:dermamnist}"})
+    assert OmegaConf.to_container(cfg, resolve=True) == {
+        "cpu": 0, "gpu2": 7, "gpu_list": 3, "one": 8,  # 16 cores // processes - 1, at most 8
+        "tf32": "high", "fp32": "highest", "classes": 7}

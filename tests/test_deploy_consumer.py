@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import run_config
+from core.checkpoints import run_config
 from deploy import export as ex
 from deploy import predict
 from pipeline.cli import train

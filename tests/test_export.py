@@ -146,7 +146,7 @@ def test_a_wandb_model_artifact_is_downloaded_then_evaluated(cnn_ckpt, tmp_path,
 
     import wandb
 
-    from core.artifacts import resolve_checkpoint
+    from core.checkpoints import resolve_checkpoint
     from evaluation import evaluate
 
     asked = []

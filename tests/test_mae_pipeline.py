@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from lightning_modules.components.checkpoints import CheckpointMismatchError, load_encoder
+from core.checkpoints import CheckpointMismatchError, load_encoder
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.networks import vit_network
 from lightning_modules.components.optim import cosine_with_warmup, param_groups

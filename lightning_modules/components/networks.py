@@ -144,7 +144,7 @@ def vit_network(
     ``pretrained_ckpt``: a pretraining (or classifier) checkpoint whose encoder weights are
     loaded strictly; the head is always new. Errors before training on any mismatch.
     """
-    from lightning_modules.components.checkpoints import load_encoder
+    from core.checkpoints import load_encoder
     from lightning_modules.components.vit import ViTClassifier, ViTEncoder
 
     encoder = ViTEncoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,

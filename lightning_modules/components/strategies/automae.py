@@ -31,9 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from core.artifacts import resolve_checkpoint
-from core.config import CheckpointError
-from lightning_modules.components.checkpoints import CheckpointMismatchError, load_encoder
+from core.checkpoints import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_encoder,
+    resolve_checkpoint,
+)
 from lightning_modules.components.patches import masking_from_scores, num_kept
 from lightning_modules.components.strategies.attention import last_block_attention_maps
 from lightning_modules.components.strategies.base import (
