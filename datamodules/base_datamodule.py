@@ -25,7 +25,12 @@ from datamodules.on_device import DeviceImages, IndexBatch, IndexDataset, keep_b
 from datamodules.options import DataOptions, require
 from datamodules.samplers import ClassBalancedSampler, UnpaddedDistributedSampler
 from datamodules.splits import label_fraction_subset
-from datamodules.synthetic_train import cap_synthetic_share, load_synthetic, train_fingerprint
+from datamodules.synthetic_train import (
+    IDENTITY_KEYS,
+    cap_synthetic_share,
+    load_synthetic,
+    train_fingerprint,
+)
 from datamodules.transforms import ArrayDataset, AugmentConfig, build_transform, normalization_stats
 
 
@@ -177,7 +182,8 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self._identity = None
         synthetic = None
         if self.synthetic_train:
-            synth = load_synthetic(self.synthetic_train, self.real_train_identity)
+            identity = self.real_train_identity
+            synth = load_synthetic(self.synthetic_train, {k: identity[k] for k in IDENTITY_KEYS})
             self.synthetic_card = synth.card
             if (ratio := self.options.generated.synthetic_max_ratio) is not None:
                 keep = cap_synthetic_share(labels["train"], synth.labels, ratio, self.split_seed + 3)

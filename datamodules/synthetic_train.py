@@ -96,25 +96,28 @@ def read_arrays(npz: str | Path, card: dict) -> SyntheticSet:
     return SyntheticSet(images, labels, card, npz)
 
 
-def load_synthetic(path: str | Path, identity: dict) -> SyntheticSet:
-    """Read and check a synthetic set against ``identity`` (a datamodule's
-    ``real_train_identity``: data_source, num_classes, image_size, channels, train_fingerprint)."""
-    fix = "make it with synthesize.py for this dataset, or drop data.synthetic_train"
+def load_synthetic(path: str | Path, expected: dict, key: str = "data.synthetic_train",
+                   fix: str = "make it with synthesize.py for this dataset, or drop data.synthetic_train") -> SyntheticSet:
+    """The one loader of synthetic sets: read ``path`` and its card, check the card against
+    ``expected`` (card entries the data it joins or is judged against must have, e.g. a
+    datamodule's ``real_train_identity``: data_source, num_classes, image_size, channels,
+    train_fingerprint; or the quality report's classes and geometry), then the arrays against the
+    card. Every error names ``key`` (where the path came from) and ``fix``."""
     try:
         card = read_card(path)
     except ValueError as err:
-        raise type(err)(f"data.synthetic_train={path}: {err}; {fix}") from None
-    mismatched = {k: (card.get(k), identity[k]) for k in IDENTITY_KEYS if card.get(k) != identity[k]}
+        raise type(err)(f"{key}={path}: {err}; {fix}") from None
+    mismatched = {k: (card.get(k), v) for k, v in expected.items() if card.get(k) != v}
     if mismatched:
         detail = ", ".join(f"{k} {made!r} vs {ours!r}" for k, (made, ours) in mismatched.items())
         hint = (" (train_fingerprint: the generator saw another real training set: another split, split_seed "
                 "or label fraction)" if list(mismatched) == ["train_fingerprint"] else "")
-        raise ValueError(f"data.synthetic_train={path} was made for another dataset ({detail}: the set's vs this "
+        raise ValueError(f"{key}={path} was made for another dataset ({detail}: the set's vs this "
                          f"run's){hint}; {fix}")
     try:
         return read_arrays(path, card)
     except ValueError as err:
-        raise ValueError(f"data.synthetic_train={path}: {err}; {fix}") from None
+        raise ValueError(f"{key}={path}: {err}; {fix}") from None
 
 
 def cap_synthetic_share(real_labels: np.ndarray, syn_labels: np.ndarray, max_ratio: float,

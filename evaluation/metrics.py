@@ -4,7 +4,7 @@ Inputs everywhere: ``probs`` (N, K) probabilities (softmax; per-label sigmoid fo
 multi-label tasks), ``labels`` (N,) ints or (N, K) 0/1 for multi-label. Outputs are numpy
 / Python numbers. ACC and AUC follow ``medmnist.Evaluator`` exactly (its own functions are
 called) on splits where every class is defined. Binary tasks (class 1 positive) also get
-positive-class metrics, see ``binary_metrics``. A ratio with a zero denominator is 0, as in
+positive-class metrics, see ``positive_class_summary``. A ratio with a zero denominator is 0, as in
 scikit-learn. AUROC and average precision of a class with no positive or no negative sample
 in the split are undefined (``core.undefined_classes``): NaN in the tables, left out of the
 macro and weighted means and of the summary's AUC (a mean over the defined classes, their
@@ -20,6 +20,7 @@ from torchmetrics.functional import classification as tmf
 
 from core.tasks import BINARY, MULTI_LABEL
 from core.undefined_classes import defined_classes, mean_over_defined, warn_undefined
+from lightning_modules.metrics import binary_metrics
 
 TABLE_COLUMNS = ("class", "support", "accuracy", "precision", "recall", "specificity", "f1", "auroc", "ap")
 
@@ -140,22 +141,20 @@ def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
     return float(tmf.binary_average_precision(_t(scores).float(), _t(positive).long()))
 
 
-def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Positive-class (class 1) precision, recall (sensitivity), specificity and F1 of
-    ``probs[:, 1] > threshold``, and AUPRC (average precision of ``probs[:, 1]``).
+def positive_class_summary(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The positive-class metrics of a binary task (``lightning_modules.metrics.binary_metrics``,
+    the one definition the training loop logs too) on saved predictions: precision, recall
+    (sensitivity), specificity and F1 of ``probs[:, 1] > threshold``, and AUPRC (average precision
+    of ``probs[:, 1]``; NaN without a positive or a negative).
 
     ``probs`` (N, 2), ``labels`` (N,). At 0.5 the decision is medmnist's (its binary ACC
     thresholds ``probs[:, -1] > 0.5``) and argmax's, up to float rounding at exactly 0.5.
     """
-    decision, y = _t(probs[:, 1] > threshold).long(), _t(labels).long()  # strict ">" as medmnist
-    kw = {"threshold": 0.5, "zero_division": 0}
-    return {
-        "precision": float(tmf.binary_precision(decision, y, **kw)),
-        "recall": float(tmf.binary_recall(decision, y, **kw)),
-        "specificity": float(tmf.binary_specificity(decision, y, threshold=0.5)),
-        "f1": float(tmf.binary_f1_score(decision, y, **kw)),
-        "auprc": average_precision(labels == 1, probs[:, 1]),
-    }
+    summary = {}
+    for key, metric in binary_metrics(threshold=threshold).items():
+        metric.update(_t(probs).float(), _t(labels).long())
+        summary[key] = float(metric.compute())
+    return summary
 
 
 def summary_auc(probs: np.ndarray, labels: np.ndarray, task: str, table: list[dict]) -> tuple[float, int]:
@@ -173,7 +172,7 @@ def summary_metrics(probs: np.ndarray, labels: np.ndarray, task: str, class_name
                     split: str = "test") -> dict[str, float]:
     """ACC and AUC as medmnist.Evaluator defines them (AUC over the defined classes, their count
     in ``auc_defined_labels``), balanced accuracy, macro F1, ECE; for binary tasks also the
-    positive-class ``binary_metrics`` (ACC and AUC then already are the positive-class accuracy
+    positive-class ``positive_class_summary`` (ACC and AUC then already are the positive-class accuracy
     and AUROC). Multi-label: ACC, AUC, macro F1 over labels. ``class_names`` name undefined
     classes in the warning (default: their indices)."""
     names = list(class_names) if class_names is not None else [str(i) for i in range(probs.shape[1])]
@@ -195,5 +194,5 @@ def summary_metrics(probs: np.ndarray, labels: np.ndarray, task: str, class_name
         "n": int(len(labels)),
     }
     if task == BINARY:
-        summary.update(binary_metrics(probs, labels))
+        summary.update(positive_class_summary(probs, labels))
     return summary

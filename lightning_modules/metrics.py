@@ -161,13 +161,16 @@ class PositiveClass(MetricInputTransformer):
         return pred[:, 1].clamp(0, 1)
 
 
-def binary_metrics(split: str = "") -> dict[str, Metric]:
-    """The positive-class metrics of binary tasks, keyed without prefix."""
+def binary_metrics(split: str = "", threshold: float = 0.5) -> dict[str, Metric]:
+    """The positive-class (class 1) metrics of binary tasks, keyed without prefix: precision,
+    recall, specificity and F1 of ``probs[:, 1] > threshold`` (strict, as medmnist), AUPRC. The
+    one definition: the training loop logs them, ``evaluation.metrics.positive_class_summary``
+    computes them on saved predictions."""
     return {
-        "precision": PositiveClass(BinaryPrecision(threshold=0.5)),
-        "recall": PositiveClass(BinaryRecall(threshold=0.5)),
-        "specificity": PositiveClass(BinarySpecificity(threshold=0.5)),
-        "f1": PositiveClass(BinaryF1Score(threshold=0.5)),
+        "precision": PositiveClass(BinaryPrecision(threshold=threshold)),
+        "recall": PositiveClass(BinaryRecall(threshold=threshold)),
+        "specificity": PositiveClass(BinarySpecificity(threshold=threshold)),
+        "f1": PositiveClass(BinaryF1Score(threshold=threshold)),
         # NaN when the split has no positive or no negative (core.undefined_classes)
         "auprc": DefinedRanking("ap", 2, multi_label=False, average=1, split=split),
     }

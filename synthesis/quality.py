@@ -38,7 +38,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from datamodules.synthetic_train import SyntheticSet, card_path, read_arrays, read_card  # noqa: E402
+from datamodules.synthetic_train import SyntheticSet, load_synthetic  # noqa: E402
 from datamodules.transforms import ArrayDataset  # noqa: E402
 from evaluation.predict import predict_probs  # noqa: E402
 from lightning_modules.components.networks import penultimate_features  # noqa: E402
@@ -59,22 +59,14 @@ def image_geometry(images: np.ndarray) -> tuple[int, int]:
     return int(images.shape[1]), 1 if images.ndim == 3 else 3
 
 
-def _card_mismatches(card: dict, real_images: np.ndarray, class_names: list[str]) -> list[str]:
+def load_judged_set(path: Path, real_images: np.ndarray, class_names: list[str]) -> SyntheticSet:
+    """The synthetic set ``path`` (``datamodules.synthetic_train.load_synthetic``), its card
+    checked against the real data's classes and geometry; labels flattened to (N,)."""
     size, channels = image_geometry(real_images)
     expected = {"num_classes": len(class_names), "image_size": size, "channels": channels,
                 "class_names": list(class_names)}
-    return [f"{key} is {card.get(key)!r} but the real data has {want!r}"
-            for key, want in expected.items() if card.get(key) != want]
-
-
-def load_synthetic(path: Path, real_images: np.ndarray, class_names: list[str]) -> SyntheticSet:
-    """Read ``path`` and its card (``datamodules.synthetic_train``) and check the card against
-    the real data; labels flattened to (N,). One ValueError on any problem."""
-    card = read_card(path)
-    problems = _card_mismatches(card, real_images, class_names)
-    if problems:
-        raise ValueError(f"{card_path(Path(path))} does not fit the real data: {'; '.join(problems)}")
-    data = read_arrays(path, card)
+    data = load_synthetic(path, expected, key="synthetic set",
+                          fix="judge a set made by synthesize.py for these real images")
     return replace(data, labels=data.labels.reshape(-1))
 
 
@@ -510,7 +502,7 @@ def quality_report(synthetic: Path, real_images: np.ndarray, real_labels: np.nda
     real_labels = np.asarray(real_labels).reshape(-1).astype(np.int64)
     if len(real_labels) != len(real_images):
         raise ValueError(f"{len(real_images)} real images but {len(real_labels)} real labels")
-    data = load_synthetic(Path(synthetic), real_images, class_names)
+    data = load_judged_set(Path(synthetic), real_images, class_names)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

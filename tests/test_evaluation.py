@@ -22,9 +22,9 @@ from sklearn.metrics import (
 from evaluation.metrics import (
     BINARY,
     average_precision,
-    binary_metrics,
     expected_calibration_error,
     per_class_table,
+    positive_class_summary,
     summary_metrics,
 )
 from evaluation.report import write_run_report
@@ -110,7 +110,7 @@ def test_binary_metrics_edge_cases_follow_sklearn():
     assert average_precision(positive, scores) == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3 + 1 / 3 * 3 / 5)
     assert np.isnan(average_precision(np.zeros(6, bool), scores))  # no positive: undefined (sklearn says 0)
     assert np.isnan(average_precision(np.ones(6, bool), scores))  # no negative: undefined as well
-    nothing_predicted = binary_metrics(np.stack([1 - scores / 2, scores / 2], 1), positive.astype(int))
+    nothing_predicted = positive_class_summary(np.stack([1 - scores / 2, scores / 2], 1), positive.astype(int))
     assert nothing_predicted["precision"] == 0 and nothing_predicted["recall"] == 0 and nothing_predicted["f1"] == 0
     assert nothing_predicted["specificity"] == 1
 

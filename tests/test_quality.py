@@ -142,8 +142,8 @@ def torch_device():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"num_classes": 3}, "num_classes is 3 but the real data has 2"),
-    ({"image_size": 64}, "image_size is 64 but the real data has 28"),
+    ({"num_classes": 3}, "num_classes 3 vs 2"),
+    ({"image_size": 64}, "image_size 64 vs 28"),
     ({"class_names": ["a", "b"]}, "class_names"),
     ({"counts": {"0": 1, "1": 0}}, "card counts [1, 0] but the file holds [60, 60]"),
 ])
