@@ -155,12 +155,17 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from callbacks.preemption import Preempted
     from datamodules.medmnist_files import DatasetError
+    from pipeline.preemption import exit_preempted
 
     if cfg.get("print_config"):
         print_config_tree(cfg)
     try:
         metrics = train(cfg)
+    except Preempted as err:  # stopped cleanly on a signal: requeue (submitit / SLURM) and exit 75
+        exit_preempted(err, f"run the same command again with hydra.run.dir={cfg.paths.output_dir} (a job "
+                            "requeued by submitit gets its folder back) and it resumes from its checkpoints/last.ckpt")
     except (DatasetError, InstantiationException, ValueError, FileNotFoundError) as err:
         log_traceback(err)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

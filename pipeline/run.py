@@ -15,9 +15,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.monitor_check import MonitorDefined
+from callbacks.preemption import Preempted, SignalFlag, StopOnSignal, preemption_signals
 from callbacks.run_config import StoreRunConfig, source_identity
 from callbacks.seeding import EpochSeeding
 from core.io import atomic_write_text
@@ -86,6 +88,18 @@ def _test_checkpoint(trainer: L.Trainer, which: str, fast_dev_run_ckpt: str | No
     return path
 
 
+def resume_unfinished(cfg: DictConfig, output_dir: Path) -> None:
+    """Set ``ckpt_path`` to ``<output_dir>/checkpoints/last.ckpt`` when that file exists and the
+    run never finished (no ``metrics.json``): a run started again in its folder (a requeued SLURM
+    job, a retried sweep trial, a rerun by hand) continues where it stopped. Before the loggers
+    are built: the CSV logger appends (``resume_from: ${ckpt_path}``)."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("auto_resume", True) and not cfg.get("ckpt_path") and last.is_file() \
+            and not (output_dir / "metrics.json").is_file():
+        log.info("Resuming the unfinished run in %s from %s", output_dir, last)
+        cfg.ckpt_path = str(last)
+
+
 def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     """Fit, then test the checkpoint chosen by ``cfg.monitor``; returns all logged metrics.
 
@@ -93,8 +107,15 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     ``objective`` is the best monitored validation value; ``best_checkpoint`` and
     ``last_checkpoint`` are the saved checkpoint paths (None when none was saved);
     ``data_identity`` names the data (``core.data_identity``; None on other DDP ranks).
-    ``extra_callbacks`` join the configured callbacks.
+    ``extra_callbacks`` join the configured callbacks. An unfinished run in the same folder is
+    resumed (``resume_unfinished``); a preemption signal during the fit stops it at the next
+    batch with ``Preempted`` (``callbacks.preemption``), leaving no metrics.json.
     """
+    with preemption_signals() as flag:
+        return _run_stage(cfg, extra_callbacks, flag)
+
+
+def _run_stage(cfg: DictConfig, extra_callbacks: list | None, flag: SignalFlag) -> dict:
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision") or "highest")
@@ -110,7 +131,8 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
         model.check_precision(cfg.trainer.get("precision"))
     if not model.automatic_optimization:
         check_manual_optimization_trainer(cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("accumulate_grad_batches", 1))
-    callbacks = [*instantiate_group(cfg.get("callbacks")), EpochSeeding(cfg.seed), *(extra_callbacks or [])]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), EpochSeeding(cfg.seed), *(extra_callbacks or []),
+                 StopOnSignal(flag)]
     if (cfg.get("monitor") or {}).get("metric"):
         callbacks.append(MonitorDefined(cfg.monitor.metric))  # a NaN monitor stops the run, named
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
@@ -119,6 +141,7 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
         wandb_cfg.id = wandb_run_id(output_dir)
     if is_global_zero():
         prepare_stores(cfg.get("logger"))
+    resume_unfinished(cfg, output_dir)
     loggers = instantiate_group(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks.append(StoreRunConfig(resolved))  # every checkpoint carries its config
@@ -133,7 +156,12 @@ def run_stage(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     log_data_identity(loggers, identity)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except SIGTERMException:  # Lightning's own stop on SIGTERM (between validation batches)
+            raise Preempted(flag) from None
+        if flag.name is not None:  # the signal came after the last batch: the run started again tests
+            raise Preempted(flag)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_score if ckpt_cb is not None else None

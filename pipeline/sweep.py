@@ -25,7 +25,10 @@ Several workers may run one study at once (``sweep_workers``): start the same co
 ``sweep.dir=<one folder>`` several times, on one machine (``sweep.storage=sqlite``) or on
 nodes sharing the folder (``sweep.storage=journal``) or a database (an RDB URL). Together
 they run exactly ``sweep.n_trials`` trials; a killed worker's trial is failed after
-``sweep.grace_period`` seconds without a heartbeat and run again by another worker.
+``sweep.grace_period`` seconds without a heartbeat and run again by another worker. A retried
+trial (a killed worker's, or one stopped by a preemption signal: ``callbacks.preemption``, the
+worker exits 75 and is requeued under SLURM) continues in its own ``trial_<n>/`` folder from its
+``checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
@@ -42,10 +45,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
+from callbacks.preemption import Preempted
+from core.io import file_lock
 from pipeline.cli import compose_config, train
+from pipeline.preemption import exit_preempted
 from pipeline.stage_config import compose_stage
 from pipeline.stages import training_stages
-from pipeline.sweep_workers import FINISHED, claim, heartbeat, make_storage
+from pipeline.sweep_workers import FINISHED, claim, enqueue_retry, heartbeat, make_storage
 
 log = logging.getLogger("sweep")
 
@@ -136,7 +142,9 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
                                                       "monitor": OmegaConf.to_container(monitor)}, indent=2))
 
     def objective(trial: optuna.Trial) -> float:
-        run_dir = sweep_dir / f"trial_{trial.number:03d}"
+        # a retry continues in its trial's folder (from its last.ckpt: pipeline.run resumes an unfinished run)
+        run_dir = Path(trial.user_attrs.get("run_dir") or sweep_dir / f"trial_{trial.number:03d}")
+        trial.set_user_attr("run_dir", str(run_dir))
         cfg = compose_config([*overrides, *suggest(trial, space)], run_dir)
         try:
             # reports the per-epoch monitor (the dashboard's curves); prunes only with a MedianPruner
@@ -189,6 +197,13 @@ def run_worker(study: optuna.Study, storage, objective, settings: DictConfig, sw
             except optuna.TrialPruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
                 continue
+            except Preempted as err:  # the worker is being stopped: the trial is retried in its folder
+                trial.set_user_attr("fail_reason", f"preempted ({err.flag.name})")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                with file_lock(sweep_dir / ".claim.lock"):
+                    enqueue_retry(study, trial, int(settings.max_retry), log, f"was preempted ({err.flag.name})")
+                err.sweep_dir = sweep_dir
+                raise
             except TRIAL_ERRORS:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
                 failed += 1
@@ -213,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
         run_sweep(args)
+    except Preempted as err:  # requeue (SLURM) and exit 75; started again, the retry continues its trial
+        exit_preempted(err, f"run the same command again with sweep.dir={getattr(err, 'sweep_dir', '<the sweep folder>')}: "
+                            "the trial is retried in its folder from its checkpoints/last.ckpt")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

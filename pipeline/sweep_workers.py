@@ -11,7 +11,8 @@ heartbeats that find the trials of a killed worker.
   ``sweep.heartbeat_interval`` seconds by its worker. A RUNNING trial silent for longer than
   ``sweep.grace_period`` (a killed worker) is marked FAILED by the next worker that claims,
   and enqueued again with the same parameters (up to ``sweep.max_retry`` times), as Optuna's
-  ``RetryFailedTrialCallback`` does; live trials of other workers are never touched.
+  ``RetryFailedTrialCallback`` does; live trials of other workers are never touched. The retry
+  runs in the failed trial's folder and resumes from its ``checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
@@ -73,13 +74,25 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # its worker finished it meanwhile
         failed.append(trial.number)
-        retries = int(trial.user_attrs.get("retries", 0))
-        if retries < max_retry:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
-            log.warning("trial %d lost its worker: failed and enqueued again", trial.number)
-        else:
-            log.warning("trial %d lost its worker: failed (no retries left)", trial.number)
+        enqueue_retry(study, trial, max_retry, log, "lost its worker")
     return failed
+
+
+def enqueue_retry(study: optuna.Study, trial, max_retry: int, log, why: str) -> bool:
+    """Enqueue a failed ``trial`` (an ``optuna.Trial`` or ``FrozenTrial``) again with its
+    parameters, unless it used up ``max_retry``; the retry keeps the trial's run folder
+    (user attribute ``run_dir``), where it resumes from the trial's ``checkpoints/last.ckpt``."""
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries >= max_retry:
+        log.warning("trial %d %s: failed (no retries left)", trial.number, why)
+        return False
+    attrs = {"retry_of": trial.number, "retries": retries + 1}
+    if trial.user_attrs.get("run_dir"):
+        attrs["run_dir"] = trial.user_attrs["run_dir"]
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+    log.warning("trial %d %s: failed and enqueued again (continues in %s)", trial.number, why,
+                attrs.get("run_dir", "a new folder"))
+    return True
 
 
 def claim(study: optuna.Study, storage: optuna.storages.BaseStorage, n_trials: int, lock: Path,

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -182,3 +183,33 @@ class KillAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PauseAtStep(L.Callback):
+    """Once ``global_step`` reaches ``step``: writes the file ``marker`` and waits (up to
+    ``timeout_s``) for a preemption signal from outside (``callbacks.preemption``'s flag rises),
+    so that a test signals a training process at a known point."""
+
+    def __init__(self, step: int, marker: str, timeout_s: float = 120.0) -> None:
+        self.step, self.marker, self.timeout_s = step, Path(marker), timeout_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        flags = [cb.flag for cb in trainer.callbacks if hasattr(cb, "flag")]
+        self.marker.write_text(str(os.getpid()))
+        deadline = time.monotonic() + self.timeout_s
+        while not any(f.name for f in flags) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class SignalAtStep(L.Callback):
+    """Sends ``signal_name`` to its own process once ``global_step`` reaches ``step`` (a preemption
+    notice, in-process)."""
+
+    def __init__(self, step: int, signal_name: str = "SIGUSR1") -> None:
+        self.step, self.signum = step, getattr(signal, signal_name)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
