@@ -70,6 +70,7 @@ from evaluation.evaluate import checkpoint_data
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 THREADS = 1  # intra-op threads for every latency measurement (PyTorch and ONNX Runtime)
 WARMUP = 10  # untimed calls first (TorchScript's profiling executor optimises on the first runs)
+FAST_DEV_RUN_LATENCY_RUNS = 5  # timed calls of a pipeline's export stage under trainer.fast_dev_run (debug=fdr)
 PARITY_BATCH = 64
 EXAMPLE_BATCH = 2  # tracing / torch.export example; a batch of 1 would specialise the batch axis
 
@@ -435,13 +436,17 @@ def flat_figures(result: dict) -> dict:
 def run_export_stage(cfg) -> dict:
     """Pipeline stage: ``cfg.export`` = ``{ckpt, format (onnx), compare (or null), parity_images,
     latency_runs, tolerance, quantize, preprocess_in_graph, model_version, description (optional)}``;
-    exports into ``cfg.paths.output_dir``; flat figures."""
+    exports into ``cfg.paths.output_dir``; flat figures. Under ``trainer.fast_dev_run``
+    (``debug=fdr``) the latency is measured over at most ``FAST_DEV_RUN_LATENCY_RUNS`` runs."""
     spec = cfg.export
     fmt = check_format(spec.get("format") or "onnx")
+    latency_runs = spec.get("latency_runs", 100)
+    if (cfg.get("trainer") or {}).get("fast_dev_run"):  # debug=fdr: the stage runs, its timing means nothing
+        latency_runs = min(latency_runs, FAST_DEV_RUN_LATENCY_RUNS)
     compare = spec.get("compare")
     result = export_classifier(
         Path(spec.ckpt), fmt, Path(cfg.paths.output_dir) / FORMATS[fmt], Path(compare) if compare else None,
-        parity_images=spec.get("parity_images", 256), latency_runs=spec.get("latency_runs", 100),
+        parity_images=spec.get("parity_images", 256), latency_runs=latency_runs,
         tolerance=spec.get("tolerance", 1e-4), quantize=spec.get("quantize"),
         raw_input=bool(spec.get("preprocess_in_graph", False)),
         about=About(int(spec.get("model_version", 1)), spec.get("description")),

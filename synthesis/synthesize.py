@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ from lightning_modules.diffusion import DATA_KEY
 register_resolvers()  # configs of runs may hold ${...} resolvers
 
 TARGETS = ("balance", "counts")
+log = logging.getLogger(__name__)
+FAST_DEV_RUN_STEPS = 2  # DDIM steps per image when the stage runs under trainer.fast_dev_run (debug=fdr)
 
 
 def load_diffusion(ckpt: Path, device: str = "cpu"):
@@ -180,10 +183,16 @@ def real_training_arrays(dm) -> tuple[np.ndarray, np.ndarray]:
 def run_synthesis_stage(cfg) -> dict:
     """Pipeline stage: ``cfg.synthesis`` {ckpt, target, counts, steps, guidance, seed, batch_size,
     classifier_ckpt, inception_weights} -> ``<paths.output_dir>/synthetic.npz`` (checked against
-    the stage's data) and the quality report (report.md); returns {"synthetic_train": path, ...}."""
+    the stage's data) and the quality report (report.md); returns {"synthetic_train": path, ...}.
+    Under ``trainer.fast_dev_run`` (``debug=fdr``) it samples with ``FAST_DEV_RUN_STEPS`` steps,
+    as Lightning runs one batch: the stage is exercised, its images mean nothing."""
     from synthesis.quality import quality_report
 
     s, out_dir = cfg.synthesis, Path(cfg.paths.output_dir)
+    steps = s.get("steps", 50)
+    if (cfg.get("trainer") or {}).get("fast_dev_run"):  # debug=fdr: the stage runs, not for its images
+        steps = FAST_DEV_RUN_STEPS
+        log.info("trainer.fast_dev_run: %d DDIM steps per image instead of %s", steps, s.get("steps", 50))
     if cfg.data.get("synthetic_train"):
         raise ValueError("the synthesis stage's data must be the real data alone: unset data.synthetic_train")
     dm = instantiate(cfg.data, _convert_="all")
@@ -192,7 +201,7 @@ def run_synthesis_stage(cfg) -> dict:
     real_images, real_labels = real_training_arrays(dm)
     out = out_dir / "synthetic.npz"
     counts = {int(k): int(v) for k, v in (s.get("counts") or {}).items()}
-    card = synthesize(Path(s.ckpt), out, s.get("target", "balance"), counts, s.get("steps", 50),
+    card = synthesize(Path(s.ckpt), out, s.get("target", "balance"), counts, steps,
                       s.get("guidance", 2.0), s.get("seed", cfg.seed), s.get("batch_size", 256),
                       expected=dm.real_train_identity)
     classifier = s.get("classifier_ckpt")

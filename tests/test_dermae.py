@@ -355,3 +355,21 @@ def test_accuracy_by_source_counts_each_kind_of_image_over_batches_by_hand():
     callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(0.0), "probs": probs}, batches[0][:2], 0)
     callback.on_train_epoch_end(trainer, module)
     assert logged == {}
+
+
+def test_debug_fdr_adds_no_dermae_keys_and_shortens_synthesis_through_fast_dev_run(data_root, diffusion_ckpt,
+                                                                                  tmp_path):
+    """debug=fdr sets only what every run has; the synthesis stage reads trainer.fast_dev_run
+    (2 DDIM steps per image, as its card records) like Lightning does for training."""
+    from omegaconf import OmegaConf
+
+    plain = compose_cfg(["experiment=cnn_derma", "debug=fdr"], tmp_path / "plain")
+    assert "synthesis" not in plain and "export" not in plain
+    cfg = compose_cfg(["model=diffusion", "data=pneumoniamnist", *tiny_overrides(data_root), "debug=fdr"],
+                      tmp_path / "stage")
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.output_dir = str(tmp_path / "stage")
+    cfg.synthesis = {"ckpt": str(diffusion_ckpt), "steps": 50, "batch_size": 64}
+    result = syn.run_synthesis_stage(cfg)
+    card = json.loads(Path(result["synthetic_train"]).with_suffix(".json").read_text())
+    assert card["steps"] == syn.FAST_DEV_RUN_STEPS == 2
