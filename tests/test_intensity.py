@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 
 from datamodules import ImageTableDataModule
@@ -209,14 +210,17 @@ def test_own_data_splits_stay_fixed_across_training_seeds(tmp_path):
         rows.append({"path": f"x{i}.png", "label": i % 2})
     pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
     splits = []
-    for seed in (1, 2):
+    for seed in (1, 2):  # the runs' datamodules, as train() builds them (the split needs no training)
         cfg = compose_cfg(["experiment=cnn_derma", "data=image_table", f"data.table={tmp_path / 'table.csv'}",
                            *tiny_overrides(tmp_path)[3:], "data.channels=1", "data.img_size=16",
-                           "data.cache_dir=null", f"seed={seed}", "debug=fdr"], tmp_path / f"run{seed}")
+                           "data.cache_dir=null", f"seed={seed}", f"data.splits_file={tmp_path}/splits{seed}.csv"],
+                          tmp_path / f"run{seed}")
         assert cfg.data.split_seed == 0 and cfg.data.shuffle_seed == seed
-        train(cfg)
-        splits.append((tmp_path / f"run{seed}" / "splits.csv").read_text())
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.setup("fit")
+        splits.append((tmp_path / f"splits{seed}.csv").read_text())
     assert splits[0] == splits[1]
+    assert {row.split(",")[3] for row in splits[0].splitlines()[1:]} == {"train", "val", "test"}
 
 
 def test_non_square_images_keep_their_aspect_ratio_by_default(tmp_path):

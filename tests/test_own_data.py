@@ -662,7 +662,7 @@ def test_a_multi_label_table_trains_and_its_per_label_aucs_equal_sklearn(multi_l
     overrides = ["experiment=cnn_derma", "data=image_table", f"data.table={multi_label_table}",
                  "data.label_column=findings", "data.multi_label=true", "data.label_separator='|'",
                  "data.classes=[effusion,nodule,atelectasis]", "data.group_column=patient", "data.channels=1",
-                 "data.img_size=24", "data.batch_size=16", "trainer.max_epochs=15", "model.lr=0.05", *_own_overrides(tmp_path)]
+                 "data.img_size=24", "data.batch_size=16", "trainer.max_epochs=5", "model.lr=0.05", *_own_overrides(tmp_path)]
     from hydra.errors import InstantiationException
 
     with pytest.raises(InstantiationException, match=r"(?s)label outside data.classes=\['effusion', 'nodule', "
