@@ -35,6 +35,7 @@ from pipeline.stage_config import compose_stage
 
 log = logging.getLogger("compare")
 QUICK_IMAGES = 300  # per split, for the probes of a quick comparison
+MEAN_MAP_IMAGES = 5000  # training images averaged into the diagnostics' mean-intensity map
 
 
 @dataclass(frozen=True)
@@ -216,10 +217,19 @@ def downstream_config(spec: ComparisonSpec, unit: Unit, run_dir: Path, extra: li
                            f"data.label_fraction={unit.fraction}", *extra], run_dir)
 
 
-def _split_arrays(dataset, limit: int | None) -> tuple[torch.Tensor, np.ndarray]:
+def _batches(dataset, limit: int | None, batch_size: int):
+    """(images, labels) batches of the first ``limit`` items (all when None), in order."""
+    from torch.utils.data import DataLoader, Subset
+
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    items = [dataset[i] for i in range(n)]
-    return torch.stack([torch.as_tensor(x) for x, *_ in items]), np.asarray([int(y) for _, y, *_ in items])
+    for x, y, *_ in DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False):
+        yield x, y
+
+
+def _split_arrays(dataset, limit: int | None) -> tuple[torch.Tensor, np.ndarray]:
+    """The first ``limit`` items as one tensor (N, C, H, W) and their labels (N,)."""
+    xs, ys = zip(*_batches(dataset, limit, 256))
+    return torch.cat(xs), torch.cat(ys).numpy().reshape(-1)
 
 
 @torch.no_grad()
@@ -236,10 +246,11 @@ def run_probe(spec: ComparisonSpec, unit: Unit, ckpt: str | None, run_dir: Path)
     encode = penultimate_features(net)
     limit = QUICK_IMAGES if spec.quick else None
     features, labels = {}, {}
-    for split in ("train", "val", "test"):
-        x, labels[split] = _split_arrays(getattr(dm, f"{split}_set"), limit)
-        features[split] = torch.cat([encode(x[i:i + spec.downstream.batch_size])
-                                     for i in range(0, len(x), spec.downstream.batch_size)]).numpy()
+    for split in ("train", "val", "test"):  # streamed: own data may not fit in memory as one tensor
+        pairs = [(encode(x).numpy(), y.numpy().reshape(-1))
+                 for x, y in _batches(getattr(dm, f"{split}_set"), limit, spec.downstream.batch_size)]
+        features[split] = np.concatenate([f for f, _ in pairs])
+        labels[split] = np.concatenate([y for _, y in pairs])
     c, probs = fit_probe(features, labels, spec.downstream.probe_c)
     out = downstream_outputs(probs["val"], labels["val"], probs["test"], labels["test"])
     return {**out, "C": c, "n_labels": int(len(labels["train"])), "wall_s": time.time() - start,
@@ -282,7 +293,7 @@ def run_diagnose(spec: ComparisonSpec, unit: Unit, ckpt: str, reference: str, ru
     dm.prepare_data()
     dm.setup("fit")
     images, _ = _split_arrays(dm.val_set, spec.diagnostics.images)
-    train, _ = _split_arrays(dm.train_set, QUICK_IMAGES if spec.quick else None)
+    train, _ = _split_arrays(dm.train_set, QUICK_IMAGES if spec.quick else MEAN_MAP_IMAGES)
     evidence = mask_evidence_of_checkpoint(ckpt, images, train, reference, seed=unit.seed)
     return {"evidence": evidence, "images": len(images), "wall_s": time.time() - start}
 
