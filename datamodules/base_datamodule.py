@@ -20,17 +20,17 @@ from torch.utils.data import DataLoader
 
 from core.tasks import MULTI_LABEL
 from datamodules.batch_transforms import BatchTransform
+from datamodules.generated_set import (
+    IDENTITY_KEYS,
+    cap_generated_share,
+    load_generated_set,
+    train_fingerprint,
+)
 from datamodules.mlo_levels import MLOLevelOptions, level_indices, level_loaders
 from datamodules.on_device import DeviceImages, IndexBatch, IndexDataset, keep_batch
 from datamodules.options import DataOptions, require
 from datamodules.samplers import ClassBalancedSampler, UnpaddedDistributedSampler
 from datamodules.splits import label_fraction_subset
-from datamodules.synthetic_train import (
-    IDENTITY_KEYS,
-    cap_synthetic_share,
-    load_synthetic,
-    train_fingerprint,
-)
 from datamodules.transforms import ArrayDataset, AugmentConfig, build_transform, normalization_stats
 
 
@@ -57,7 +57,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
     def __init__(self, options: DataOptions) -> None:
         super().__init__()
         self.options = options
-        self.synthetic_card: dict | None = None
+        self.generated_card: dict | None = None  # the card of data.synthetic_train's generated set
         self._real_train: tuple | None = None  # (images, labels) of the real training split
         self._identity: dict | None = None
         self.device_images: DeviceImages | None = None
@@ -151,7 +151,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         return self._identity
 
     def data_identity(self, train_images: np.ndarray, train_labels: np.ndarray) -> dict:
-        """What a synthetic training set must have been made for (see ``synthetic_train.py``):
+        """What a generated training set must have been made for (see ``generated_set.py``):
         this dataset, its classes, source image size and channels, and these real training
         images (uint8 (N, H, W[, 3])) and labels."""
         return {"data_source": self.sample_source(), "num_classes": int(self.num_classes),
@@ -180,22 +180,22 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         self.source_channels = 1 if images["train"].ndim == 3 else 3
         self._real_train = (images["train"], labels["train"])
         self._identity = None
-        synthetic = None
+        generated = None  # (N,) bool: which training images come from the generated set
         if self.synthetic_train:
             identity = self.real_train_identity
-            synth = load_synthetic(self.synthetic_train, {k: identity[k] for k in IDENTITY_KEYS})
-            self.synthetic_card = synth.card
+            gen = load_generated_set(self.synthetic_train, {k: identity[k] for k in IDENTITY_KEYS})
+            self.generated_card = gen.card
             if (ratio := self.options.generated.synthetic_max_ratio) is not None:
-                keep = cap_synthetic_share(labels["train"], synth.labels, ratio, self.split_seed + 3)
-                synth = replace(synth, images=synth.images[keep], labels=synth.labels[keep])
-            synthetic = np.r_[np.zeros(len(labels["train"]), bool), np.ones(len(synth.labels), bool)]
-            images = {**images, "train": np.concatenate([np.asarray(images["train"]), synth.images])}
-            labels = {**labels, "train": np.concatenate([labels["train"].reshape(-1, 1), synth.labels])}
+                keep = cap_generated_share(labels["train"], gen.labels, ratio, self.split_seed + 3)
+                gen = replace(gen, images=gen.images[keep], labels=gen.labels[keep])
+            generated = np.r_[np.zeros(len(labels["train"]), bool), np.ones(len(gen.labels), bool)]
+            images = {**images, "train": np.concatenate([np.asarray(images["train"]), gen.images])}
+            labels = {**labels, "train": np.concatenate([labels["train"].reshape(-1, 1), gen.labels])}
         self.train_labels = labels["train"]
         train_tf = build_transform(self.img_size, source_size, stats, self.augment)
         eval_tf = build_transform(self.img_size, source_size, stats, None)
         multi = self.task == MULTI_LABEL
-        self.train_set = ArrayDataset(images["train"], labels["train"], train_tf, as_rgb, multi, synthetic)
+        self.train_set = ArrayDataset(images["train"], labels["train"], train_tf, as_rgb, multi, generated)
         self.val_set = ArrayDataset(images["val"], labels["val"], eval_tf, as_rgb, multi)
         self.test_set = ArrayDataset(images["test"], labels["test"], eval_tf, as_rgb, multi)
         if self.on_device:
@@ -204,7 +204,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
                           "val": BatchTransform(self.img_size, stats), "test": BatchTransform(self.img_size, stats)}
             self.device_images = DeviceImages(sets, transforms)
         if self.mlo is not None:  # levels II and III: real images only (level I sees the generated ones too)
-            self.level_indices = level_indices(self.mlo, self.train_labels, synthetic, self.split_seed)
+            self.level_indices = level_indices(self.mlo, self.train_labels, generated, self.split_seed)
 
     # ----- loaders ----------------------------------------------------------------------
     def _split_set(self, split: str):
@@ -212,7 +212,7 @@ class ClassificationDataModule(L.LightningDataModule, abc.ABC):
         dataset = getattr(self, f"{split}_set")
         if self.device_images is None:
             return dataset
-        return IndexDataset(split, dataset.labels, dataset.synthetic)
+        return IndexDataset(split, dataset.labels, dataset.generated)
 
     def _loader(self, dataset, batch_size: int, train: bool = True, **kwargs) -> DataLoader:
         if self.device_images is not None:

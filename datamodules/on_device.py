@@ -22,20 +22,20 @@ from datamodules.transforms import ArrayDataset
 @dataclass
 class IndexBatch:
     """A batch of ``split``'s samples before they become images: index (B,) into the split's
-    arrays, the labels (B,) or (B, K) and, with synthetic training images, their flags (B,)."""
+    arrays, the labels (B,) or (B, K) and, with a generated set joined, the generated flags (B,)."""
 
     split: str
     index: Tensor
     label: Tensor
-    synthetic: Tensor | None = None
+    generated: Tensor | None = None
 
 
 class IndexDataset(Dataset):
     """A split as indices: ``__getitems__`` (the DataLoader's batched fetch) returns one
     ``IndexBatch``; use it with ``collate_fn=keep_batch``."""
 
-    def __init__(self, split: str, labels: Tensor, synthetic: Tensor | None = None) -> None:
-        self.split, self.labels, self.synthetic = split, labels, synthetic
+    def __init__(self, split: str, labels: Tensor, generated: Tensor | None = None) -> None:
+        self.split, self.labels, self.generated = split, labels, generated
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,7 +45,7 @@ class IndexDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> IndexBatch:
         index = torch.as_tensor(indices, dtype=torch.long)
-        flags = None if self.synthetic is None else self.synthetic[index]
+        flags = None if self.generated is None else self.generated[index]
         return IndexBatch(self.split, index, self.labels[index], flags)
 
 
@@ -69,7 +69,7 @@ class DeviceImages:
         return self._on_device[key]
 
     def materialize(self, batch: IndexBatch) -> tuple[Tensor, ...]:
-        """``(images (B, C, S, S) float, labels[, synthetic flags])`` on the batch's device."""
+        """``(images (B, C, S, S) float, labels[, generated flags])`` on the batch's device."""
         device = batch.index.device
         images = self.transforms[batch.split](self.images(batch.split, device)[batch.index])
-        return (images, batch.label) if batch.synthetic is None else (images, batch.label, batch.synthetic)
+        return (images, batch.label) if batch.generated is None else (images, batch.label, batch.generated)

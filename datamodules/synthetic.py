@@ -1,5 +1,9 @@
 """Synthetic datasets in exactly the MedMNIST ``.npz`` format, for tests and offline demos.
 
+"Synthetic" in this project means this: whole datasets that are not real data (and runs on
+them say so). DerMAE's diffusion samples joined to a real training split are a *generated* set
+(``datamodules.generated_set``).
+
 Each class has its own smooth pattern (a bright blob at a class-specific position and
 a class-specific tint) plus pixel noise, so a small network can learn it but not
 trivially. Class proportions default to DermaMNIST's training distribution.

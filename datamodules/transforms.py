@@ -127,8 +127,9 @@ class ArrayDataset(torch.utils.data.Dataset):
     """MedMNIST arrays as a Dataset of ``(image (C, H, W) float, label)``.
 
     Labels are a scalar long for single-label tasks, a float vector (K,) for multi-label.
-    Grayscale images are repeated to 3 channels when ``as_rgb``. With ``synthetic`` (N,) bool
-    (a training split with synthetic images added) items are ``(image, label, synthetic)``.
+    Grayscale images are repeated to 3 channels when ``as_rgb``. With ``generated`` (N,) bool (a
+    training split with a generated set joined, ``generated_set.py``) items are
+    ``(image, label, generated)``.
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         transform: v2.Compose,
         as_rgb: bool = False,
         multi_label: bool = False,
-        synthetic: np.ndarray | None = None,
+        generated: np.ndarray | None = None,
     ) -> None:
         self.as_rgb = as_rgb
         if isinstance(images, np.ndarray):  # in memory: one tensor
@@ -149,7 +150,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         y = torch.from_numpy(labels)
         self.labels = y.float() if multi_label else y.reshape(-1).long()
         self.transform = transform
-        self.synthetic = None if synthetic is None else torch.from_numpy(np.asarray(synthetic, dtype=bool))
+        self.generated = None if generated is None else torch.from_numpy(np.asarray(generated, dtype=bool))
 
     def _to_tensor(self, images: np.ndarray, batch: bool = True) -> torch.Tensor:
         """uint8 (N, H, W[, 3]) -> (N, C, H, W), or one image (H, W[, 3]) -> (C, H, W)."""
@@ -178,4 +179,4 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         x = self.transform(self.uint8(i).float().div_(255.0))
-        return (x, self.labels[i]) if self.synthetic is None else (x, self.labels[i], self.synthetic[i])
+        return (x, self.labels[i]) if self.generated is None else (x, self.labels[i], self.generated[i])

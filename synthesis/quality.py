@@ -38,7 +38,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from datamodules.synthetic_train import SyntheticSet, load_synthetic  # noqa: E402
+from datamodules.generated_set import GeneratedSet, load_generated_set  # noqa: E402
 from datamodules.transforms import ArrayDataset  # noqa: E402
 from evaluation.predict import predict_probs  # noqa: E402
 from lightning_modules.components.networks import penultimate_features  # noqa: E402
@@ -59,13 +59,13 @@ def image_geometry(images: np.ndarray) -> tuple[int, int]:
     return int(images.shape[1]), 1 if images.ndim == 3 else 3
 
 
-def load_judged_set(path: Path, real_images: np.ndarray, class_names: list[str]) -> SyntheticSet:
-    """The synthetic set ``path`` (``datamodules.synthetic_train.load_synthetic``), its card
+def load_judged_set(path: Path, real_images: np.ndarray, class_names: list[str]) -> GeneratedSet:
+    """The synthetic set ``path`` (``datamodules.generated_set.load_generated_set``), its card
     checked against the real data's classes and geometry; labels flattened to (N,)."""
     size, channels = image_geometry(real_images)
     expected = {"num_classes": len(class_names), "image_size": size, "channels": channels,
                 "class_names": list(class_names)}
-    data = load_synthetic(path, expected, key="synthetic set",
+    data = load_generated_set(path, expected, key="synthetic set",
                           fix="judge a set made by synthesize.py for these real images")
     return replace(data, labels=data.labels.reshape(-1))
 
@@ -479,7 +479,7 @@ def memorisation_section(syn: np.ndarray, syn_y: np.ndarray, real_q: np.ndarray,
     return text, figures
 
 
-def card_section(data: SyntheticSet, class_names: list[str], n_syn: int, n_real: int) -> str:
+def card_section(data: GeneratedSet, class_names: list[str], n_syn: int, n_real: int) -> str:
     card = data.card
     counts = ", ".join(f"{n}: {int(card['counts'].get(str(c), 0))}" for c, n in enumerate(class_names))
     rows = [["file", f"`{data.path}`"], ["data source", card.get("data_source", "?")],

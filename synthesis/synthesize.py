@@ -3,7 +3,7 @@
 
 DDIM with a configurable number of steps and guidance scale, batched, on the GPU when there
 is one. The output is a MedMNIST-style ``.npz`` with ``train_images`` / ``train_labels`` only
-(validation and test stay real) and a JSON card (``datamodules/synthetic_train.py``): the
+(validation and test stay real) and a JSON card (``datamodules/generated_set.py``): the
 checkpoint, seed, steps, guidance and counts. Both files are written to temporary names and
 only then renamed into place, so a failed or killed run never leaves a half-written set.
 """
@@ -27,8 +27,8 @@ from rich.progress import Progress
 
 from core.checkpoints import CheckpointError, run_config
 from core.io import atomic_files
+from datamodules.generated_set import CARD_FORMAT, card_path
 from datamodules.resolvers import register_resolvers
-from datamodules.synthetic_train import CARD_FORMAT, card_path
 from lightning_modules.diffusion import DATA_KEY
 
 register_resolvers()  # configs of runs may hold ${...} resolvers
@@ -109,7 +109,7 @@ def generate(model, counts: list[int], steps: int, guidance: float, seed: int, b
 
 def check_against(data: dict, hp, expected: dict, ckpt: Path) -> None:
     """The diffusion model must have been trained on ``expected``'s dataset, classes, size and
-    channels (``datamodules.synthetic_train.IDENTITY_KEYS``)."""
+    channels (``datamodules.generated_set.IDENTITY_KEYS``)."""
     made = {"data_source": data["data_source"], "num_classes": int(hp.num_classes),
             "image_size": int(hp.img_size), "channels": int(hp.in_chans),
             "train_fingerprint": data.get("train_fingerprint")}

@@ -156,8 +156,8 @@ def test_synthetic_images_join_the_training_split_only(data_root, synthetic_set)
     assert len(mixed.train_set) == len(plain.train_set) + n_syn
     for split in ("val_set", "test_set"):  # validation and test are the real ones, untouched
         a, b = getattr(plain, split), getattr(mixed, split)
-        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and b.synthetic is None
-    flags = mixed.train_set.synthetic
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and b.generated is None
+    flags = mixed.train_set.generated
     assert flags.sum() == n_syn and not flags[: len(plain.train_set)].any()
     x, y, flag = mixed.train_set[len(mixed.train_set) - 1]
     assert flag.item() is True and x.shape == (1, 28, 28)
@@ -170,15 +170,15 @@ def test_synthetic_images_join_the_training_split_only(data_root, synthetic_set)
 
 
 def test_synthetic_share_per_class_is_capped_by_hand():
-    from datamodules.synthetic_train import cap_synthetic_share
+    from datamodules.generated_set import cap_generated_share
 
     real = np.array([0] * 10 + [1] * 2)
     syn = np.array([1] * 30 + [0] * 3)
-    kept = cap_synthetic_share(real, syn, 0.5, seed=0)  # class 1: at most 1 x 2 = 2; class 0: 3 <= 10, all
+    kept = cap_generated_share(real, syn, 0.5, seed=0)  # class 1: at most 1 x 2 = 2; class 0: 3 <= 10, all
     assert np.bincount(syn[kept], minlength=2).tolist() == [3, 2]
-    assert np.bincount(syn[cap_synthetic_share(real, syn, 0.75, 0)], minlength=2).tolist() == [3, 6]  # 3 x 2
-    assert len(cap_synthetic_share(real, syn, 0.98, 0)) == 33  # 49 x 2 = 98 >= 30: nothing dropped
-    assert not np.array_equal(cap_synthetic_share(real, syn, 0.5, 0), cap_synthetic_share(real, syn, 0.5, 1))
+    assert np.bincount(syn[cap_generated_share(real, syn, 0.75, 0)], minlength=2).tolist() == [3, 6]  # 3 x 2
+    assert len(cap_generated_share(real, syn, 0.98, 0)) == 33  # 49 x 2 = 98 >= 30: nothing dropped
+    assert not np.array_equal(cap_generated_share(real, syn, 0.5, 0), cap_generated_share(real, syn, 0.5, 1))
 
 
 def test_synthetic_max_ratio_caps_the_share_in_the_training_split(data_root, synthetic_set):
@@ -187,11 +187,11 @@ def test_synthetic_max_ratio_caps_the_share_in_the_training_split(data_root, syn
     full, capped = MedMNISTDataModule(**kw), MedMNISTDataModule(**kw, synthetic_max_ratio=0.2)
     for dm in (full, capped):
         dm.setup("fit")
-    labels, flags = capped.train_labels.reshape(-1), np.asarray(capped.train_set.synthetic)
+    labels, flags = capped.train_labels.reshape(-1), np.asarray(capped.train_set.generated)
     for c in np.unique(labels[flags]):
         share = (flags & (labels == c)).sum() / (labels == c).sum()
         assert share <= 0.2 + 1e-9
-    assert flags.sum() < np.asarray(full.train_set.synthetic).sum()
+    assert flags.sum() < np.asarray(full.train_set.generated).sum()
     with pytest.raises(ValueError, match=r"data.synthetic_max_ratio=1.5 is invalid"):
         MedMNISTDataModule(**kw, synthetic_max_ratio=1.5)
 

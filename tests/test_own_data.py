@@ -767,8 +767,8 @@ def test_lazy_random_resized_crop_reads_full_size_files_and_bad_settings_are_nam
 def test_streamed_statistics_and_fingerprints_equal_the_whole_array_ones():
     import hashlib
 
+    from datamodules.generated_set import train_fingerprint
     from datamodules.image_rows import Rows
-    from datamodules.synthetic_train import train_fingerprint
     from datamodules.transforms import channel_stats
 
     rng = np.random.default_rng(0)

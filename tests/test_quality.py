@@ -11,9 +11,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from datamodules.generated_set import file_sha256
 from datamodules.medmnist_files import medmnist_info
 from datamodules.synthetic import make_synthetic_arrays
-from datamodules.synthetic_train import file_sha256
 from pipeline.cli import train
 from synthesis.quality import quality_report
 from tests.helpers import compose_cfg, tiny_overrides

@@ -1,7 +1,10 @@
-"""Synthetic training images (``data.synthetic_train=<npz>``): the file format ``synthesize.py``
-writes, and its checks against the dataset it is added to.
+"""Generated training sets (DerMAE: images a diffusion model sampled, ``synthesize.py``), joined
+to a real training split with ``data.synthetic_train=<npz>``: the file format, and its checks
+against the data it joins or is judged against. (Not ``datamodules.synthetic``, the generator
+of fake MedMNIST-format files for tests and offline demos: those are whole datasets that are
+not real data.)
 
-A synthetic set is a MedMNIST-style ``.npz`` with only ``train_images`` (uint8, (N, H, W) or
+A generated set is a MedMNIST-style ``.npz`` with only ``train_images`` (uint8, (N, H, W) or
 (N, H, W, 3)) and ``train_labels`` (int64 (N, 1)), plus a JSON card of the same stem that says
 which data and diffusion checkpoint it was made for. Validation and test data never come
 from such a file: it can only be added to the training split.
@@ -24,7 +27,7 @@ IDENTITY_KEYS = ("data_source", "num_classes", "image_size", "channels", "train_
 
 def train_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """sha256 (16 hex digits) of the real training split as a run uses it (after the split and
-    the label fraction): a synthetic set may only join the training set its generator saw."""
+    the label fraction): a generated set may only join the training set its generator saw."""
     from datamodules.image_rows import chunks
 
     h = hashlib.sha256()
@@ -34,12 +37,12 @@ def train_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-class MissingSyntheticFile(FileNotFoundError, ValueError):
+class MissingGeneratedFile(FileNotFoundError, ValueError):
     """The ``.npz`` or its card is not there (a ValueError too: one kind of bad input)."""
 
 
 @dataclass
-class SyntheticSet:
+class GeneratedSet:
     images: np.ndarray  # uint8 (N, H, W) or (N, H, W, 3)
     labels: np.ndarray  # int64 (N, 1)
     card: dict
@@ -51,12 +54,12 @@ def card_path(npz: Path) -> Path:
 
 
 def read_card(npz: str | Path) -> dict:
-    """The card of a synthetic set, after checking that both files exist and the card is one."""
+    """The card of a generated set, after checking that both files exist and the card is one."""
     npz = Path(npz).expanduser()
     card_file = card_path(npz)
     for f in (npz, card_file):
         if not f.is_file():
-            raise MissingSyntheticFile(f"{f} does not exist (a synthetic set is {npz.name} plus its card "
+            raise MissingGeneratedFile(f"{f} does not exist (a synthetic set is {npz.name} plus its card "
                                        f"{card_file.name}, both written by synthesize.py)")
     try:
         card = json.loads(card_file.read_text())
@@ -68,7 +71,7 @@ def read_card(npz: str | Path) -> dict:
     return card
 
 
-def read_arrays(npz: str | Path, card: dict) -> SyntheticSet:
+def read_arrays(npz: str | Path, card: dict) -> GeneratedSet:
     """The images and labels of ``npz``, checked against its ``card``: exactly the two keys,
     uint8 at the card's size and channels, labels in range, the card's per-class counts and
     the file's sha256."""
@@ -93,12 +96,12 @@ def read_arrays(npz: str | Path, card: dict) -> SyntheticSet:
     claimed = [int((card.get("counts") or {}).get(str(c), 0)) for c in range(k)]
     if claimed != counts:
         raise ValueError(f"{npz}: card counts {claimed} but the file holds {counts}")
-    return SyntheticSet(images, labels, card, npz)
+    return GeneratedSet(images, labels, card, npz)
 
 
-def load_synthetic(path: str | Path, expected: dict, key: str = "data.synthetic_train",
-                   fix: str = "make it with synthesize.py for this dataset, or drop data.synthetic_train") -> SyntheticSet:
-    """The one loader of synthetic sets: read ``path`` and its card, check the card against
+def load_generated_set(path: str | Path, expected: dict, key: str = "data.synthetic_train",
+                   fix: str = "make it with synthesize.py for this dataset, or drop data.synthetic_train") -> GeneratedSet:
+    """The one loader of generated sets: read ``path`` and its card, check the card against
     ``expected`` (card entries the data it joins or is judged against must have, e.g. a
     datamodule's ``real_train_identity``: data_source, num_classes, image_size, channels,
     train_fingerprint; or the quality report's classes and geometry), then the arrays against the
@@ -120,7 +123,7 @@ def load_synthetic(path: str | Path, expected: dict, key: str = "data.synthetic_
         raise ValueError(f"{key}={path}: {err}; {fix}") from None
 
 
-def cap_synthetic_share(real_labels: np.ndarray, syn_labels: np.ndarray, max_ratio: float,
+def cap_generated_share(real_labels: np.ndarray, syn_labels: np.ndarray, max_ratio: float,
                         seed: int) -> np.ndarray:
     """Sorted indices of the synthetic images to keep so that, in every class, at most
     ``max_ratio`` of the training images are synthetic: s_c <= floor(max_ratio / (1 - max_ratio)
