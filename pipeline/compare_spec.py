@@ -70,7 +70,7 @@ class Arm:
         registered plans and cached units as they were)."""
         raw = {**asdict(self), "overrides": list(self.overrides), "downstream_overrides": list(self.downstream_overrides),
                "links": dict(self.links)}
-        return {k: v for k, v in raw.items() if v not in (None, False, [], ())}
+        return {k: v for k, v in raw.items() if v not in (None, False, [], (), {})}
 
 
 @dataclass(frozen=True)

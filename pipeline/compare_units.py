@@ -113,7 +113,7 @@ def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
 def same_settings(stored: dict, settings: dict) -> bool:
     """Whether a stored unit's settings are ``settings`` (its arm compared in the lean form)."""
     if "arm" in stored:
-        stored = {**stored, "arm": {k: v for k, v in stored["arm"].items() if v not in (None, False, [], ())}}
+        stored = {**stored, "arm": {k: v for k, v in stored["arm"].items() if v not in (None, False, [], (), {})}}
     return stored == settings
 
 

@@ -85,6 +85,17 @@ def test_units_of_a_label_reading_arm_run_once_per_fraction():
     assert Unit("probe", "scratch", 1, 0.5).pretraining(spec) is None
 
 
+def test_units_stored_before_an_arm_field_existed_still_count():
+    from pipeline.compare_units import same_settings, unit_settings
+
+    spec = build_spec(declaration(Path("/x"), {"scratch": None, "mae": MAE}))
+    now = unit_settings(spec, Unit("pretrain", "mae", 0))
+    older = {**now, "arm": {k: v for k, v in now["arm"].items()}}  # as older code wrote it: every field
+    older["arm"].update(uses_labels=False, epochs=None, downstream_overrides=[])
+    assert "links" not in now["arm"] and same_settings(older, now)
+    assert not same_settings({**older, "seed": 1}, now)
+
+
 def test_linked_pretrainings_wait_for_their_source_and_finetuning_runs_at_its_fractions(tmp_path):
     from pipeline.compare import UnitStore, pending_phases
 
