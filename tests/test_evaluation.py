@@ -296,7 +296,12 @@ def test_evaluate_command_single_ensemble_and_class_mismatch(data_root, tmp_path
     melanoma = "synthetic_class_4_like_melanoma"  # the fixture's data are synthetic: marked class names
     assert metrics[f"test/auroc/{melanoma}"] == pytest.approx(roc_auc_score(labels == 4, probs[:, 4]), abs=1e-5)
     assert metrics[f"test/ap/{melanoma}"] == pytest.approx(average_precision_score(labels == 4, probs[:, 4]), abs=1e-5)
-    assert 0 <= metrics["val/ece"] <= 1 and "val/recall/synthetic_class_1_like_basal_cel" in metrics
+    confidence, correct = probs.max(1), probs.argmax(1) == labels  # ECE by hand: 15 equal-width bins
+    bins = np.clip(np.ceil(confidence * 15).astype(int) - 1, 0, 14)
+    ece = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).mean()
+              for b in np.unique(bins))
+    assert metrics["test/ece"] == pytest.approx(ece, abs=1e-4)
+    assert "val/recall/synthetic_class_1_like_basal_cel" in metrics
     history = json.loads((tmp_path / "run" / "eval" / "val_confusion_matrices.json").read_text())
     assert list(history) == ["0"] and np.asarray(history["0"]).sum() == 70  # every validation image
 

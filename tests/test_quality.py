@@ -84,7 +84,8 @@ def test_report_with_classifier_writes_tables_figures_and_keys(classifier_ckpt, 
     assert math.isfinite(figures["fid_judge"]) and math.isfinite(figures["kid_judge_mean"]) and "kid_judge_std" in figures
     assert math.isfinite(figures["fid_judge/normal"]) and "fid_judge/pneumonia" not in figures  # none generated
     assert figures["nn/synthetic_median/normal"] > 0 and figures["nn/real_median/pneumonia"] > 0
-    assert 0 <= figures["nn/copy_fraction"] <= 1
+    # another generator's images: flagged about as often as real pairs fall under the 1st percentile
+    assert figures["nn/copy_fraction"] == figures["nn/copies"] / figures["n_synthetic"] <= 0.1
 
 
 def test_exact_copies_are_flagged_and_fresh_images_are_not(tmp_path):
