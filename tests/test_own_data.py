@@ -785,3 +785,29 @@ def test_streamed_statistics_and_fingerprints_equal_the_whole_array_ones():
         whole = hashlib.sha256(np.ascontiguousarray(images[index]).tobytes())
         whole.update(labels.astype(np.int64).tobytes())
         assert train_fingerprint(rows, labels) == whole.hexdigest()[:16] == train_fingerprint(images[index], labels)
+
+
+def test_table_options_are_checked_before_reading_and_row_problems_come_together(tmp_path):
+    """table_records parses (TableColumns: the options, checked when built, before the table is
+    read), then validates the rows: every problem found is in one error, each naming its rows."""
+    from datamodules.image_records import TableColumns, table_records
+    from datamodules.medmnist_files import DatasetError
+
+    with pytest.raises(ValueError, match="exactly one of data.label_column and data.label_columns"):
+        TableColumns(label_column=None)
+    with pytest.raises(ValueError, match="data.label_separator='|' splits multi-label cells"):
+        TableColumns(label_separator="|")
+    rows = [{"path": f"{i}.png", "label": "ab"[i % 2], "split": "train"} for i in range(6)]
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    rows[1]["label"] = ""  # blank label
+    rows[3]["path"] = "2.png"  # listed twice
+    rows[4]["split"] = "holdout"  # not a split
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DatasetError) as err:
+        table_records(tmp_path / "t.csv", TableColumns(split_column="split"))
+    message = str(err.value)
+    assert message.startswith(f"{len(['blank', 'duplicate', 'split'])} problems")
+    assert "line 3: 1.png" in message and "empty label cell" in message  # line 1 is the header
+    assert "line 5: 2.png (also line 4: 2.png)" in message
+    assert "line 6: 4.png (split='holdout')" in message
