@@ -18,4 +18,6 @@ Layers, each importing only the ones before it (``tests/test_layers.py`` walks e
 - ``core.file_hash``: sha256 of data files, computed once per file version.
 - ``core.predictions``: prediction files and the validation confusion history.
 - ``core.undefined_classes``: classes whose AUROC / AP is undefined in a split, named in warnings.
+- ``core.errors``: the one message of an error, unwrapped from config instantiation and
+  DataLoader worker tracebacks.
 """

@@ -13,6 +13,7 @@ then used without its run folder; for runs saved before configs were stored, the
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -35,15 +36,36 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model it is loaded into."""
 
 
+UNREADABLE_FIX = ("copy or download it again, or use another checkpoint of the run (its checkpoints/ folder holds "
+                  "last.ckpt and the best epoch_*.ckpt)")
+
+
 def read_checkpoint(ckpt: str | Path) -> dict:
-    """The checkpoint's dict (tensors on the CPU), or a CheckpointError naming the file."""
+    """The checkpoint's dict (tensors on the CPU), or a CheckpointError naming the file and the fix."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: no such checkpoint file")
     try:
         return torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a checkpoint, or pickled objects weights_only refuses
-        raise CheckpointError(f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{ckpt} cannot be read as a checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); {UNREADABLE_FIX}") from err
+
+
+def check_checkpoint_file(ckpt: str | Path, key: str) -> None:
+    """A CheckpointError naming the config ``key`` when ``ckpt`` is missing or not a complete
+    PyTorch checkpoint (a zip archive whose index, written last, lists its pickle: a truncated
+    file has none). Quick: reads the archive's index, not the tensors (Lightning loads them)."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise CheckpointError(f"{key}={ckpt}: no such checkpoint file; give an existing one (or none to start afresh)")
+    try:
+        with zipfile.ZipFile(ckpt) as archive:
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in archive.namelist()):
+                raise zipfile.BadZipFile("no data.pkl in the archive")
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{key}={ckpt} cannot be read as a checkpoint (truncated, or not a PyTorch checkpoint: "
+                              f"{err}); {UNREADABLE_FIX}, or start afresh without {key}") from err
 
 
 def stored_identity(ckpt: str | Path) -> dict | None:

@@ -36,10 +36,19 @@ def _version(path: Path) -> str:
 
 
 def _read_disk() -> dict[str, str]:
+    """The stored hashes; {} when there are none, or when the file is damaged (it is rewritten)."""
+    path = cache_dir() / "file_sha256.json"
     try:
-        return json.loads((cache_dir() / "file_sha256.json").read_text())
-    except (OSError, ValueError):
+        known = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as err:
+        known = err
+    if not isinstance(known, dict):
+        log.warning("the hash cache %s is damaged (%s): the hashes are computed again and the file rewritten",
+                    path, known if isinstance(known, Exception) else f"holds a {type(known).__name__}")
+        return {}
+    return known
 
 
 def _write_disk(key: str, digest: str) -> None:

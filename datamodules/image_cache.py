@@ -221,8 +221,10 @@ def cached_images(root: Path, paths: Sequence[str], rows: Sequence[str], source:
             images = np.load(target, mmap_mode="r")  # read per item (``image_rows.Rows``)
             if images.shape == expected and images.dtype == np.uint8:
                 return images, True
-        except (OSError, ValueError, EOFError):
-            pass
+            problem = f"holds {images.dtype} {images.shape}, expected uint8 {expected}"
+        except (OSError, ValueError, EOFError) as err:
+            problem = f"cannot be read ({type(err).__name__}: {err})"
+        log.warning("the image cache %s %s (truncated or damaged): decoding the images again", target, problem)
         target.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     for stale in cache_dir.glob(f".images-{family}-*.partial.npy"):  # left by a killed process
         if time.time() - stale.stat().st_mtime > STALE_PARTIAL_S:

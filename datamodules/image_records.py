@@ -243,6 +243,15 @@ def row_problems(rows: TableRows, columns: TableColumns) -> list[DatasetError]:
     return problems
 
 
+def missing_files(rows: TableRows, root: Path) -> list[DatasetError]:
+    """The rows whose image file does not exist under ``root`` (as one problem; empty paths are
+    ``row_problems``' own)."""
+    if missing := [n for n, p in zip(rows.names, rows.paths) if p and not (root / str(p)).is_file()]:
+        return [rows_error(rows.source, f"name image files that do not exist under {root}", missing,
+                           "fix the paths (relative to data.image_root) or remove these rows")]
+    return []
+
+
 def raise_problems(problems: Sequence[DatasetError]) -> None:
     """One DatasetError carrying every problem found (none: nothing happens)."""
     if len(problems) == 1:
@@ -272,15 +281,22 @@ def table_labels(rows: TableRows, columns: TableColumns) -> tuple[np.ndarray, li
 
 def table_records(table_path: str | os.PathLike, columns: TableColumns,
                   extra_columns: Sequence[str] = ()) -> ImageRecords:
-    """Records of an image table (parse, then validate: every problem of the rows is reported
-    at once, then the labels are parsed and checked). ``extra_columns``: columns kept for
-    stratification or filters."""
+    """Records of an image table (parse, then validate: every problem of the rows, missing image
+    files and labels outside the classes are reported at once). ``extra_columns``: columns kept
+    for stratification or filters."""
     rows = read_rows(table_path, columns, extra_columns)
-    raise_problems(row_problems(rows, columns))
-    labels, class_list = table_labels(rows, columns)
+    root = Path(columns.image_root).expanduser() if columns.image_root else Path(table_path).expanduser().parent
+    problems = row_problems(rows, columns) + missing_files(rows, root)
+    blank_labels = columns.label_column is not None and not all(rows.table[columns.label_column])
+    try:
+        labels, class_list = table_labels(rows, columns)
+    except DatasetError as err:  # reported with the rows' other problems (an empty label cell is one already)
+        if not blank_labels:
+            problems.append(err)
+        raise_problems(problems or [err])
+    raise_problems(problems)
     _check_no_empty_class(rows.source, labels, class_list)
     table = rows.table
-    root = Path(columns.image_root).expanduser() if columns.image_root else Path(table_path).expanduser().parent
     records = ImageRecords(
         source=rows.source, root=root, paths=rows.paths, labels=labels, classes=class_list, rows=rows.names,
         splits=table[columns.split_column].str.lower().to_numpy() if columns.split_column is not None else None,

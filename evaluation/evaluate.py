@@ -35,6 +35,7 @@ from core.checkpoints import (
     run_config,
     stored_identity,
 )
+from core.errors import one_message
 from core.predictions import save_predictions
 from core.tracking import artifact_job
 from datamodules.medmnist_files import DatasetError
@@ -65,7 +66,7 @@ def checkpoint_data(ckpt: Path, split: str, root: str | None = None):
         datamodule.prepare_data()
         datamodule.setup("test")
     except (InstantiationException, DatasetError, FileNotFoundError) as err:
-        cause = dataset_error_in(err) or err
+        cause = one_message(err, (DatasetError, FileNotFoundError))
         raise CheckpointError(f"{ckpt}: the data of its run cannot be read ({cause}); give the folder that holds "
                               "it now with --root, or predict image files with predict.py, which needs the "
                               "checkpoint alone") from err
@@ -74,13 +75,6 @@ def checkpoint_data(ckpt: Path, split: str, root: str | None = None):
     if stored is not None:
         use_stored_preprocessing(ckpt, datamodule, dataset, stored)
     return datamodule, dataset
-
-
-def dataset_error_in(err: BaseException) -> BaseException | None:
-    """The DatasetError / FileNotFoundError an instantiation error wraps (the readable message), or None."""
-    while err is not None and not isinstance(err, (DatasetError, FileNotFoundError)):
-        err = err.__cause__ or err.__context__
-    return err
 
 
 def use_stored_preprocessing(ckpt: Path, datamodule, dataset, record: dict) -> None:

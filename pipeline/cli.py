@@ -70,13 +70,15 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict:
     return run_pipeline(cfg, callbacks) if cfg.get("stages") else run_stage(cfg, callbacks)
 
 
-def dataset_error_in(err: BaseException):
-    """The DatasetError that ``err`` wraps (config resolvers raise inside OmegaConf errors), or None."""
+def error_message(err: BaseException) -> str:
+    """The one message of a failed run (``core.errors.one_message``): the DatasetError /
+    CheckpointError / missing file inside a config instantiation error, unwrapped from a
+    DataLoader worker's traceback."""
+    from core.checkpoints import CheckpointError
+    from core.errors import one_message
     from datamodules.medmnist_files import DatasetError
 
-    while err is not None and not isinstance(err, DatasetError):
-        err = err.__cause__ or err.__context__
-    return err
+    return one_message(err, (DatasetError, CheckpointError, FileNotFoundError))
 
 
 SUMMARY_METRICS = ("acc", "auc", "bal_acc", "f1_macro")
@@ -171,7 +173,7 @@ def main(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         # One readable message instead of a deep stack trace; HYDRA_FULL_ERROR=1 shows it, train.log has it.
-        print(f"\nerror: {dataset_error_in(err) or err}", file=sys.stderr)
+        print(f"\nerror: {error_message(err)}", file=sys.stderr)
         sys.exit(1)
     except BaseException as err:  # anything else: Hydra prints it; the log file keeps it too
         log_traceback(err)

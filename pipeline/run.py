@@ -22,6 +22,7 @@ from callbacks.monitor_check import MonitorDefined
 from callbacks.preemption import Preempted, SignalFlag, StopOnSignal, preemption_signals
 from callbacks.run_config import StoreRunConfig, source_identity
 from callbacks.seeding import EpochSeeding
+from core.checkpoints import check_checkpoint_file
 from core.io import atomic_write_text
 from evaluation.report import write_run_report
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
@@ -142,6 +143,8 @@ def _run_stage(cfg: DictConfig, extra_callbacks: list | None, flag: SignalFlag) 
     if is_global_zero():
         prepare_stores(cfg.get("logger"))
     resume_unfinished(cfg, output_dir)
+    if cfg.get("ckpt_path"):  # one message naming the file, not torch.load's traceback from inside fit
+        check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
     loggers = instantiate_group(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks.append(StoreRunConfig(resolved))  # every checkpoint carries its config

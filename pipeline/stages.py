@@ -6,6 +6,7 @@ training set and ``kind: export`` exports a classifier (DerMAE)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from core.checkpoints import check_checkpoint_file
+from core.io import atomic_write_text
 from evaluation.report import write_pipeline_report
 from pipeline.run import is_global_zero, run_stage
 from pipeline.stage_config import compose_stage
@@ -22,12 +25,33 @@ log = logging.getLogger("train")
 KINDS = ("train", "synthesize", "export")
 
 
+INIT_CKPTS = ("best", "last")
+
+
+def _did_you_mean(value: str) -> str:
+    close = difflib.get_close_matches(value, INIT_CKPTS, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def init_stage(name: str, init: DictConfig) -> str | None:
-    """The stage ``stages.<name>.init_from`` starts from (None: a checkpoint file, or no stage)."""
+    """The stage ``stages.<name>.init_from`` starts from (None: a checkpoint file, or no stage).
+    Checks the value first (before any stage runs): ``ckpt`` is best / last with a stage, else an
+    existing, complete checkpoint file; a typo names the allowed values."""
     ckpt, source = str(init.get("ckpt", "best")), init.get("stage")
-    if ckpt not in ("best", "last") and source is not None:
-        raise ValueError(f"stages.{name}.init_from names both stage {source!r} and the file {ckpt!r}; "
-                         "set stage=null to start from the file")
+    key = f"stages.{name}.init_from"
+    if source is not None and ckpt not in INIT_CKPTS:
+        if Path(ckpt).is_file():
+            raise ValueError(f"{key} names both stage {source!r} and the file {ckpt!r}; set stage=null to start from "
+                             "the file")
+        raise ValueError(f"{key}.ckpt={ckpt!r} is invalid; allowed: best, last (the checkpoints of {key}.stage="
+                         f"{source!r}) or, with {key}.stage=null, an existing checkpoint file{_did_you_mean(ckpt)}")
+    if source is None and ckpt in INIT_CKPTS:
+        raise ValueError(f"{key}.ckpt={ckpt} needs {key}.stage=<the stage whose {ckpt} checkpoint to start from>")
+    if source is None:
+        if not Path(ckpt).is_file():
+            raise FileNotFoundError(f"{key}.ckpt={ckpt}: no such checkpoint file; allowed: best, last (with {key}.stage)"
+                                    f" or an existing checkpoint file{_did_you_mean(ckpt)}")
+        check_checkpoint_file(ckpt, f"{key}.ckpt")
     return source
 
 
@@ -35,9 +59,7 @@ def init_checkpoint(name: str, init: DictConfig, done: dict[str, dict]) -> str:
     """The checkpoint ``stages.<name>.init_from`` names: ``{stage: S, ckpt: best|last}`` (a stage
     that ran before) or ``{ckpt: <file>}`` (any checkpoint, e.g. one copied or downloaded alone)."""
     ckpt, source = str(init.get("ckpt", "best")), init_stage(name, init)
-    if ckpt not in ("best", "last"):
-        if not Path(ckpt).is_file():
-            raise FileNotFoundError(f"stages.{name}.init_from.ckpt={ckpt}: no such checkpoint file")
+    if source is None:  # a checkpoint file, checked by init_stage
         return ckpt
     if source not in done:
         raise ValueError(f"stages.{name}.init_from.stage={source!r} has not run before {name!r}")
@@ -96,7 +118,16 @@ def wait_for_marker(marker: Path, name: str, timeout_s: float = 24 * 3600, poll_
         if time.monotonic() > deadline:
             raise TimeoutError(f"stage {name!r}: rank zero wrote no {marker} within {timeout_s:.0f} s")
         time.sleep(poll_s)
-    return json.loads(marker.read_text())
+    return read_marker(marker, name)
+
+
+def read_marker(marker: Path, name: str) -> dict:
+    """The results a finished stage left in ``stage.json``, or a ValueError naming the file and the fix."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{marker} cannot be read ({type(err).__name__}: {err}); delete it to run stage {name!r} "
+                         "again (it resumes from its checkpoints/last.ckpt)") from err
 
 
 def run_step(kind: str, scfg: DictConfig, callbacks: list | None) -> dict:
@@ -142,7 +173,7 @@ from ``compose_stage`` (all composed before the first stage starts).
         marker = stage_dir / "stage.json"
         if marker.is_file():
             log.info("Stage %r already finished (%s): skipped.", name, marker)
-            done[name] = json.loads(marker.read_text())
+            done[name] = read_marker(marker, name)
         else:
             kind = stage.get("kind", "train")
             scfg = configs[name]
@@ -158,7 +189,7 @@ from ``compose_stage`` (all composed before the first stage starts).
             else:
                 done[name] = run_step(kind, scfg, last_stage_callbacks if name == last_training else None)
                 if is_global_zero():
-                    marker.write_text(json.dumps(done[name], indent=2, sort_keys=True))
+                    atomic_write_text(marker, json.dumps(done[name], indent=2, sort_keys=True))  # never half-written
         metrics.update({f"{name}/{k}": v for k, v in done[name].items()})
         metrics.update(done[name])
     if is_global_zero():

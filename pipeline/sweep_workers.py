@@ -35,8 +35,23 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def make_storage(kind: str | None, sweep_dir: Path) -> tuple[optuna.storages.BaseStorage, str]:
-    """(storage, where it is) for ``sweep.storage``."""
+    """(storage, where it is) for ``sweep.storage``, read once: a damaged or unreachable store
+    is a ValueError naming it and the fix, not a database traceback."""
     kind = kind or "sqlite"
+    where = {"sqlite": sweep_dir / "optuna.db", "journal": sweep_dir / "optuna.journal"}.get(kind, kind)
+    if kind not in ("sqlite", "journal") and "://" not in kind:
+        raise ValueError(f"sweep.storage={kind!r} is invalid; allowed: sqlite, journal or an RDB URL (postgresql://...)")
+    try:
+        storage, where = _open_storage(kind, sweep_dir)
+        storage.get_all_studies()
+    except Exception as err:  # sqlite "file is not a database", a journal that does not parse, a server down
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{where} cannot be read as an Optuna study storage ({type(err).__name__}: {detail}); move "
+                         f"it away to start a new study in {sweep_dir}, or set sweep.dir to another sweep folder") from err
+    return storage, where
+
+
+def _open_storage(kind: str, sweep_dir: Path) -> tuple[optuna.storages.BaseStorage, str]:
     if kind == "sqlite":
         return optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}"), str(sweep_dir / "optuna.db")
     if kind == "journal":
@@ -44,9 +59,7 @@ def make_storage(kind: str | None, sweep_dir: Path) -> tuple[optuna.storages.Bas
         backend = optuna.storages.journal.JournalFileBackend(
             str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)))
         return optuna.storages.journal.JournalStorage(backend), str(path)
-    if "://" in kind:
-        return optuna.storages.RDBStorage(kind), kind
-    raise ValueError(f"sweep.storage={kind!r} is invalid; allowed: sqlite, journal or an RDB URL (postgresql://...)")
+    return optuna.storages.RDBStorage(kind), kind
 
 
 def last_beat(trial: optuna.trial.FrozenTrial) -> float:

@@ -213,3 +213,13 @@ class SignalAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class DeleteAtTrainStart(L.Callback):
+    """Deletes the file ``path`` when training starts (a file that vanishes during a run)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.path.unlink()
