@@ -373,3 +373,21 @@ def test_debug_fdr_adds_no_dermae_keys_and_shortens_synthesis_through_fast_dev_r
     result = syn.run_synthesis_stage(cfg)
     card = json.loads(Path(result["synthetic_train"]).with_suffix(".json").read_text())
     assert card["steps"] == syn.FAST_DEV_RUN_STEPS == 2
+
+
+def test_diffusion_options_are_typed_groups_checked_when_built_with_the_flat_keys():
+    """model.* keys stay flat (as configs and checkpoints hold them); each lands in its group and
+    a bad value or an unknown key is one error naming the key."""
+    tiny = {"block_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, False], "norm_groups": 4}
+    model = ClassConditionedDiffusion(num_classes=2, img_size=8, in_chans=1, unet=tiny, cond_dropout=0.2,
+                                      sample_steps=7, guidance_scale=1.5, ema_decay=0.99, beta_schedule="scaled_linear")
+    assert (model.options.noise.cond_dropout, model.options.sampling.sample_steps) == (0.2, 7)
+    assert model.options.optim.ema_decay == 0.99 and model.scheduler.config.beta_schedule == "scaled_linear"
+    assert model.hparams.sample_steps == 7  # saved flat: a checkpoint rebuilds the same groups
+    for bad, named in [({"cond_dropout": 1.0}, r"model\.cond_dropout=1\.0 is invalid"),
+                       ({"beta_schedule": "cosine"}, r"model\.beta_schedule='cosine' is invalid"),
+                       ({"sample_steps": 0}, r"model\.sample_steps=0 is invalid"),
+                       ({"perceptual_weight": 1.0}, r"model\.perceptual_weight > 0 needs model\.perceptual_net"),
+                       ({"samplesteps": 5}, r"model\.samplesteps is not an option of ClassConditionedDiffusion")]:
+        with pytest.raises(ValueError, match=named):
+            ClassConditionedDiffusion(num_classes=2, img_size=8, in_chans=1, unet=tiny, **bad)
