@@ -1,3 +1,6 @@
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -114,11 +117,34 @@ def test_oversampling_loader_balances_batches(data_root):
         ({"sampler": "smote"}, "data.sampler='smote'"),
         ({"normalization": "zscore"}, "data.normalization='zscore'"),
         ({"num_classes": 5}, "data.num_classes=5 disagrees"),
+        ({"eval_batch_size": 0}, "data.eval_batch_size=0"),
+        ({"num_workers": -2}, "data.num_workers=-2"),
+        ({"epoch_length": "long"}, "data.epoch_length='long'"),
+        ({"img_size": 4}, "data.img_size=4"),
+        ({"synthetic_max_ratio": 1.0}, "data.synthetic_max_ratio=1.0"),
+        ({"augment": {"hflipp": True}}, "data.augment has no option ['hflipp']"),
+        ({"augment": {"erasing": 2.0}}, "data.augment.erasing=2.0"),
+        ({"mlo": {"cadence": [2, 1]}}, "data.mlo.cadence=[2, 1]"),
+        ({"batchsize": 8}, "data.batchsize is not an option of MedMNISTDataModule"),
     ],
 )
 def test_invalid_config_names_key_and_range(kwargs, key):
-    with pytest.raises(ValueError, match=key.replace("(", r"\(").replace(".", r"\.")):
+    """Every option is checked when the datamodule is built (its typed group), naming the key."""
+    with pytest.raises(ValueError, match=re.escape(key)):
         MedMNISTDataModule(flag="dermamnist", **kwargs)
+
+
+def test_the_flat_keys_land_in_their_typed_groups():
+    from datamodules.options import LoaderOptions, SamplingOptions
+
+    dm = MedMNISTDataModule(flag="dermamnist", batch_size=16, num_workers=2, sampler="sqrt", shuffle_seed=9,
+                            split_seed=4, augment={"hflip": True}, mlo={"cadence": [3, 1, 1]})
+    assert dm.options.loader == LoaderOptions(batch_size=16, eval_batch_size=16, num_workers=2)
+    assert dm.options.sampling == SamplingOptions(sampler="sqrt", shuffle_seed=9)
+    assert (dm.split_seed, dm.shuffle_seed, dm.img_size, dm.normalization) == (4, 9, 28, "half")
+    assert dm.augment.hflip and dm.mlo.cadence == (3, 1, 1) and dm.mlo.level3_fraction == 0.2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dm.options.loader.batch_size = 8  # checked once, then fixed
 
 
 def test_synthetic_data_is_written_once_through_prepare_data(tmp_path):
