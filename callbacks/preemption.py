@@ -40,6 +40,9 @@ class SignalFlag:
             log.warning("%s received: training stops at the next batch and resumes from checkpoints/last.ckpt "
                         "when the run is started again in its folder", self.name)
 
+    def __getstate__(self) -> dict:  # a spawned process gets the flag, not this process's handlers
+        return {"name": self.name, "previous": {}}
+
     def previous_handler(self):
         """The handler the received signal had before ours, when it is a Python callable (else None)."""
         handler = self.previous.get(self.name)

@@ -145,7 +145,8 @@ def parity_pixels(ckpt: Path, record: dict, n: int) -> tuple[torch.Tensor, str]:
         log.warning("%s: parity is checked on %d random images (%s)", ckpt, n, err)
         images = torch.randint(0, 256, (n, size, size, channels), generator=torch.Generator().manual_seed(0),
                                dtype=torch.uint8)
-        return images, f"{n} seeded random uint8 images (the run's test data cannot be read)"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return images, f"{n} seeded random uint8 images (the run's test data cannot be read: {reason})"
     if len(dataset) == 0:
         raise CheckpointError(f"{ckpt}: the run's test set is empty; nothing to check the export on")
     n = min(n, len(dataset))

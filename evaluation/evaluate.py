@@ -5,9 +5,11 @@
     python evaluate.py CKPT --split val --root DATA_DIR
     python evaluate.py CKPT --accelerator gpu --precision bf16-mixed --batch-size 1024 --num-workers 8
 
-Each checkpoint is rebuilt from the ``config.yaml`` its run saved (the folder above
-``checkpoints/``) and sees the data through that config (its own normalisation and size;
-``--root`` to read the files from elsewhere); every checkpoint must cover the same images.
+Each checkpoint is rebuilt from the config stored inside it (else the ``config.yaml`` its run
+saved, the folder above ``checkpoints/``) and sees the data through that config (its own size;
+``--root`` to read the files from elsewhere, e.g. new images: they are normalised with the
+statistics stored in the checkpoint, and other classes are refused); every checkpoint must
+cover the same images.
 Predictions go through ``evaluation.predict.predict_probs`` (the model's ``predict_step``:
 softmax, or per-label sigmoid for multi-label tasks); device, precision, batch size and
 workers default to the first run's config.
