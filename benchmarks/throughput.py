@@ -238,8 +238,7 @@ def projection(times: dict[str, float], args) -> None:
     """Projected mlo_mae_derma wall time from the measured ViT-B step times."""
     from pipeline.cli import compose_config
 
-    cfg = compose_config(["experiment=mlo_mae_derma"], Path("."))
-    pre, fin = cfg.stages.pretrain, cfg.stages.finetune
+    pre, fin = (compose_config([f"experiment=mlo_mae_derma/{stage}"], Path(".")) for stage in ("pretrain", "finetune"))
     n1 = pre.data.mlo.cadence[0]
     pre_batch, fin_batch = pre.data.batch_size, fin.data.batch_size
     pre_epochs, fin_epochs = pre.trainer.max_epochs, fin.trainer.max_epochs

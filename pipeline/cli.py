@@ -18,18 +18,8 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-
-def _conf_dir() -> Path:
-    """The configs next to this code (a checkout), else the installed package ``medmae_conf``."""
-    checkout = Path(__file__).resolve().parent.parent / "conf"
-    if (checkout / "train.yaml").is_file():
-        return checkout
-    import medmae_conf
-
-    return Path(medmae_conf.__file__).resolve().parent
-
-
-CONF_DIR = _conf_dir()
+from pipeline.command_line import CARRIED, root_overrides
+from pipeline.compose import CONF_DIR, compose
 
 
 def register_resolvers() -> None:
@@ -40,19 +30,29 @@ def register_resolvers() -> None:
 
 
 def compose_config(overrides: list[str], output_dir: str | os.PathLike) -> DictConfig:
-    """Compose ``conf/train.yaml`` as ``python train.py <overrides>`` would, writing to ``output_dir``.
+    """Compose ``conf/train.yaml`` as ``python train.py <overrides>`` would, writing to ``output_dir``
+    (a pipeline's root takes the overrides it has keys for: ``pipeline.command_line``).
 
     For tests, benchmarks and notebooks that call ``train(cfg)`` without the CLI.
     """
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
     from omegaconf import open_dict
 
     register_resolvers()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    cfg, error = None, None
+    try:
+        cfg = compose("train", list(overrides), return_hydra_config=True)
+    except HydraException as err:
+        error = err
+    if cfg is None or cfg.get("stages"):  # a pipeline, or a command line only a pipeline may take
+        routed = root_overrides(list(overrides))
+        if routed is None and error is not None:  # not a pipeline: Hydra's own error stands
+            raise error
+        if routed is not None and (cfg is None or routed != list(overrides)):
+            cfg = compose("train", routed, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(Path(output_dir).resolve())
         cfg.hydra.job.num = 0
@@ -140,7 +140,8 @@ CONFIG_TREE_GROUPS = ("data", "model", "trainer", "callbacks", "logger", "stages
 
 def print_config_tree(cfg: DictConfig) -> None:
     """The composed config as a rich tree on the console, a branch per top-level group
-    (unresolved values as written: the resolved config is saved as config.yaml)."""
+    (unresolved values as written: the resolved config is saved as config.yaml); a pipeline's:
+    its stage list, the overrides carried to its stages and its run folder."""
     import rich
     import rich.syntax
     import rich.tree
@@ -148,7 +149,10 @@ def print_config_tree(cfg: DictConfig) -> None:
 
     tree = rich.tree.Tree("config", guide_style="dim")
     groups = [k for k in CONFIG_TREE_GROUPS if cfg.get(k) is not None]
-    for key in [*groups, *[k for k in cfg if k not in groups and k != "hydra"]]:
+    keys = [*groups, *[k for k in cfg if k not in groups and k != "hydra"]]
+    if cfg.get("stages"):  # a pipeline's root: its stage list (each stage's config.yaml holds the rest)
+        keys = [k for k in ("stages", CARRIED, "task_name", "paths") if k in cfg]
+    for key in keys:
         value = cfg[key]
         text = OmegaConf.to_yaml(value) if OmegaConf.is_config(value) else str(value)
         tree.add(key, style="bold").add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", word_wrap=True))
@@ -184,11 +188,33 @@ def main(cfg: DictConfig) -> float | None:
 
 def experiments_help() -> str:
     """One line per experiment config: its name and the first line of its header comment."""
-    lines = ["Experiments (python train.py experiment=<name>):"]
+    lines = ["Experiments (python train.py experiment=<name>; a pipeline's stages run alone as "
+             "experiment=<pipeline>/<stage>):"]
     for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         comments = [ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#") and "@package" not in ln]
         lines.append(f"  {path.stem:<24} {comments[0] if comments else ''}")
     return "\n".join(lines) + "\n"
+
+
+def pipeline_argv(argv: list[str]) -> list[str]:
+    """train.py's arguments ``argv`` as Hydra is to see them: for a pipeline, the overrides its
+    root has no key for are carried to the stages (``pipeline.command_line``); anything else as given."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # Hydra reports it
+        return argv
+    if not args.overrides or args.help or args.hydra_help or args.shell_completion or args.experimental_rerun \
+            or args.config_dir or args.config_path:
+        return argv
+    routed = root_overrides(args.overrides, args.config_name or "train")
+    if routed is None or routed == args.overrides:
+        return argv
+    rest = list(argv)
+    for override in args.overrides:
+        rest.remove(override)
+    return [*rest, *routed]
 
 
 def train_main() -> None:
@@ -197,4 +223,9 @@ def train_main() -> None:
         print(experiments_help())  # then Hydra's help, which composes without resolving: no resolvers
     else:
         register_resolvers()  # before Hydra resolves hydra.run.dir
+        try:
+            sys.argv[1:] = pipeline_argv(sys.argv[1:])  # DDP's processes re-run this argv: routed once
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
     main()

@@ -1,8 +1,8 @@
 """Multi-stage pipelines (pretrain -> fine-tune -> test): the running order, each stage's run
 folder, ``init_from`` checkpoints, ``links`` between stages, ``stage.json`` markers and resume
-from ``last.ckpt``. Each stage's config is composed by Hydra (``pipeline.stage_config``).
-Stages train by default; ``kind: synthesize`` samples a diffusion model into a synthetic
-training set and ``kind: export`` exports a classifier (DerMAE)."""
+from ``last.ckpt``. Each stage is an experiment of its own, composed by Hydra with the command
+line (``pipeline.stage_config``). Stages train by default; ``kind: synthesize`` samples a
+diffusion model into a synthetic training set and ``kind: export`` exports a classifier (DerMAE)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,9 @@ def stage_order(cfg: DictConfig) -> list[str]:
     """The stages to run (null ones skipped): each after every stage its ``init_from`` and
     ``links`` read from, otherwise in the order of ``cfg.stages``."""
     stages = {n: s for n, s in cfg.stages.items() if s is not None}
+    for name, stage in stages.items():
+        if not stage.get("experiment"):
+            raise ValueError(f"stages.{name} names no experiment: stages.{name}.experiment=<pipeline>/<stage>")
     needs = {n: _reads_from(n, s) for n, s in stages.items()}
     for name, sources in needs.items():
         if missing := sorted(sources - set(stages)):

@@ -66,18 +66,24 @@ def default_space(cfg: DictConfig) -> dict[str, dict]:
     return {f"{p}.{k}": spec for p in prefixes for k, spec in (("lr", LR), ("weight_decay", WEIGHT_DECAY))}
 
 
-def final_monitor(cfg: DictConfig) -> DictConfig:
+def training_stage_configs(cfg: DictConfig) -> dict[str, DictConfig] | None:
+    """The config of every training stage of pipeline ``cfg`` in running order (None: not a pipeline)."""
+    if not cfg.get("stages"):
+        return None
+    return {n: compose_stage(cfg, n, Path(cfg.paths.output_dir) / n) for n in training_stages(cfg)}
+
+
+def final_monitor(cfg: DictConfig, stages: dict[str, DictConfig] | None = None) -> DictConfig:
     """The monitor whose best value is the objective: the last training stage's, else the run's."""
-    if cfg.get("stages"):
-        last = training_stages(cfg)[-1]
-        return compose_stage(cfg, last, Path(cfg.paths.output_dir) / last).monitor
-    return cfg.monitor
+    stages = stages if stages is not None else training_stage_configs(cfg)
+    return list(stages.values())[-1].monitor if stages else cfg.monitor
 
 
-def check_space(cfg: DictConfig, space: dict[str, dict]) -> None:
-    """Every key exists in the experiment's config and every spec is a valid distribution."""
+def check_space(cfg: DictConfig, space: dict[str, dict], stages: dict[str, DictConfig] | None = None) -> None:
+    """Every key exists in the experiment's config (a pipeline's ``stages.<name>.<key>`` in that
+    stage's, another key in every training stage's) and every spec is a valid distribution."""
     for key, spec in space.items():
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if _missing(cfg, key, stages):
             raise ValueError(f"sweep.params key {key!r} is not in this experiment's config; for a pipeline "
                              "name the stage, e.g. stages.finetune.model.lr")
         kind = spec.get("type")
@@ -89,6 +95,14 @@ def check_space(cfg: DictConfig, space: dict[str, dict]) -> None:
                 raise ValueError(f"sweep.params.{key}: categorical needs a non-empty choices list")
         else:
             raise ValueError(f"sweep.params.{key}.type={kind!r} is invalid; allowed: float, int, categorical")
+
+
+def _missing(cfg: DictConfig, key: str, stages: dict[str, DictConfig] | None) -> bool:
+    targets = [cfg] if stages is None else list(stages.values())
+    if stages is not None and key.startswith("stages."):
+        _, name, key = (key.split(".", 2) + [""])[:3]
+        targets = [stages[name]] if name in stages else []
+    return not targets or any(OmegaConf.select(t, key, default="__missing__") == "__missing__" for t in targets)
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
@@ -112,14 +126,16 @@ def run_sweep(overrides: list[str]) -> optuna.Study:
     probe = compose_config(overrides, "/tmp/medmae-sweep-probe")
     settings = probe.sweep
     space = OmegaConf.to_container(settings.params, resolve=True) if settings.params else default_space(probe)
-    check_space(probe, space)
-    monitor = final_monitor(probe)
+    stages = training_stage_configs(probe)
+    check_space(probe, space, stages)
+    monitor = final_monitor(probe, stages)
     if monitor.mode not in ("min", "max"):
         raise ValueError(f"monitor.mode={monitor.mode!r} is invalid; allowed: min, max")
-    devices = probe.trainer.get("devices", 1)
-    if probe.trainer.get("strategy") not in (None, "auto") or (isinstance(devices, int) and devices > 1):
-        raise ValueError("sweep.py runs each trial in one process: use one device (trainer=cpu or trainer=gpu); "
-                         "for multi-GPU trials use W&B Sweeps (examples/wandb_sweep.yaml)")
+    for run in list(stages.values()) if stages else [probe]:
+        devices = run.trainer.get("devices", 1)
+        if run.trainer.get("strategy") not in (None, "auto") or (isinstance(devices, int) and devices > 1):
+            raise ValueError("sweep.py runs each trial in one process: use one device (trainer=cpu or trainer=gpu); "
+                             "for multi-GPU trials use W&B Sweeps (examples/wandb_sweep.yaml)")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
     sweep_dir = Path(settings.dir or Path(probe.paths.log_dir) / probe.task_name / "sweeps" / stamp).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)

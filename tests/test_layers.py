@@ -53,6 +53,75 @@ def test_the_walker_sees_upward_imports(package, source, bad):
     assert bool(violations(package, "m.py", source)) is bad
 
 
+def own_imports(module: str, source: str, modules: set[str]) -> set[str]:
+    """The modules of ``modules`` that ``module`` (a dotted name; a package's ``__init__`` by the
+    package's name) imports anywhere in ``source``, relative imports included."""
+    package = module if f"{module}.__init__" in modules else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            anchor = package.split(".")[: len(package.split(".")) - max(node.level - 1, 0)] if node.level else []
+            base = ".".join([*anchor, *([node.module] if node.module else [])])
+            names = [f"{base}.{a.name}" if {f"{base}.{a.name}", f"{base}.{a.name}.__init__"} & modules else base
+                     for a in node.names]  # a module of the package, else a name defined in ``base``
+        else:
+            continue
+        for name in names:
+            while name and name not in modules and f"{name}.__init__" not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
+    return found
+
+
+def import_cycles(sources: dict[str, str]) -> list[list[str]]:
+    """One circle of imports (``[a, b, ..., a]``) per circle found among the modules of
+    ``sources`` (``{dotted name: source}``; a package's ``__init__`` as ``<package>.__init__``)."""
+    modules = set(sources)
+    graph = {m.removesuffix(".__init__"): own_imports(m.removesuffix(".__init__"), s, modules)
+             for m, s in sources.items()}
+    cycles, state = [], {}  # state: 1 on the current path, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return cycles
+
+
+def test_no_two_modules_of_a_package_import_each_other_around_a_circle():
+    found = []
+    for package in LAYERS:
+        sources = {".".join(p.relative_to(REPO).with_suffix("").parts): p.read_text()
+                   for p in sorted((REPO / package).rglob("*.py"))}
+        found += [" -> ".join(cycle) for cycle in import_cycles(sources)]
+    assert not found, "import circles inside a package:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(("sources", "cycle"), [
+    ({"pipeline.cli": "def train():\n    from pipeline.stages import run\n",  # the circle of issue 33
+      "pipeline.stages": "from pipeline.stage_config import compose_stage\n",
+      "pipeline.stage_config": "from pipeline.cli import CONF_DIR\n"},
+     ["pipeline.cli", "pipeline.stages", "pipeline.stage_config", "pipeline.cli"]),
+    ({"core.__init__": "from . import io\n", "core.io": "from core import tasks\n", "core.tasks": "import os\n"},
+     None),
+    ({"a.x": "from .y import f\n", "a.y": "from . import x\n"}, ["a.x", "a.y", "a.x"]),
+    ({"a.x": "from a.y import f\n", "a.y": "import numpy\n"}, None),
+])
+def test_the_walker_sees_import_circles(sources, cycle):
+    assert import_cycles(sources) == ([cycle] if cycle else [])
+
+
 MAX_PARAMETERS = 16  # more belong in typed option groups (datamodules/options.py, lightning_modules/mlo_options.py)
 
 

@@ -18,7 +18,7 @@ from tests.multinode_worker import RUN, classifier_setup
 
 
 def test_the_multinode_trainer_config():
-    cfg = compose_cfg(["experiment=mlo_mae_derma", "trainer=ddp_multinode"], Path("/tmp/unused"))
+    cfg = compose_cfg(["experiment=mlo_mae_derma/pretrain", "trainer=ddp_multinode"], Path("/tmp/unused"))
     t = cfg.trainer
     assert (t.num_nodes, t.devices, t.accelerator, t.strategy) == (2, 8, "gpu", "ddp_find_unused_parameters_true")
     launcher = compose_cfg(["trainer=ddp_multinode", "hydra/launcher=slurm_multinode"], Path("/tmp/unused"),

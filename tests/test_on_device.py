@@ -89,8 +89,8 @@ def test_training_on_device_reproduces_the_dataloader_run(data_root, tmp_path):
 
 
 def test_gpu_trainer_defaults_to_the_on_device_path(tmp_path):
-    gpu = compose_cfg(["experiment=mlo_mae_small", "trainer=gpu"], tmp_path)
-    cpu = compose_cfg(["experiment=mlo_mae_small"], tmp_path)
+    gpu = compose_cfg(["experiment=mlo_mae_small/pretrain", "trainer=gpu"], tmp_path)
+    cpu = compose_cfg(["experiment=mlo_mae_small/pretrain"], tmp_path)
     assert gpu.data.on_device is True and gpu.data.pin_memory is True and gpu.data.num_workers >= 1
     assert cpu.data.on_device is False and cpu.data.num_workers == 0 and cpu.data.pin_memory is False
     ddp = compose_cfg(["experiment=cnn_derma", "trainer=ddp"], tmp_path)

@@ -35,8 +35,10 @@ def _tiny_model_overrides(name: str) -> list[str]:
     cfg = compose_cfg([f"experiment={name}"], Path("."))
     stages = cfg.get("stages") or {}
     extra = [f"++stages.{s}.data.batch_size=8" for s in stages]
-    for s in stages:  # DerMAE's diffusion stage: a tiny UNet
-        if str((stages[s].get("model") or {}).get("_target_", "")).endswith("ClassConditionedDiffusion"):
+    for s in training_stages(cfg) if stages else []:  # DerMAE's diffusion stage: a tiny UNet
+        from pipeline.stage_config import compose_stage
+
+        if compose_stage(cfg, s, Path(s)).model._target_.endswith("ClassConditionedDiffusion"):
             extra += [f"++stages.{s}.model.unet.{k}" for k in TINY_UNET]
     return ["data.batch_size=8", *TINY_VIT, *extra]
 
@@ -72,7 +74,7 @@ def test_experiment_fast_dev_run(experiment, data_root, tmp_path):
     run_dir = tmp_path / training_stages(cfg)[-1] if cfg.get("stages") else tmp_path
     assert_reported_test_metrics(run_dir, metrics)
     preds = np.load(run_dir / "predictions" / "test_predictions.npz")
-    assert preds["probs"].shape[1] == cfg.data.num_classes
+    assert preds["probs"].shape[1] == yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["num_classes"]
     np.testing.assert_allclose(preds["probs"].sum(1), 1, rtol=1e-5)
 
 
