@@ -97,7 +97,7 @@ def test_a_lone_checkpoint_exports_with_a_parity_check_on_random_images(table_ru
     config = torch.load(alone, map_location="cpu", weights_only=True)
     config["medmae"]["config"]["data"]["table"] = str(tmp_path / "gone.csv")  # its data is nowhere
     torch.save(config, alone)
-    result = ex.export_classifier(alone, "onnx", out=tmp_path / "deployed", parity_images=8, latency_runs=2)
+    result = ex.export_classifier(alone, "torchscript", out=tmp_path / "deployed", parity_images=8, latency_runs=2)
     figures = result["export"]
     assert figures["parity_source"].startswith("8 seeded random uint8 images") and figures["parity_max_abs"] <= 1e-4
     assert "random uint8 images" in (tmp_path / "deployed" / "export.md").read_text()

@@ -77,8 +77,10 @@ def test_a_training_process_signalled_mid_epoch_and_started_again_ends_as_an_uni
     _assert_same_run(preempted, straight)
 
 
+@pytest.mark.slow  # three short trainings in-process (~10 s)
 def test_sigterm_in_process_stops_cleanly_and_a_second_start_resumes_to_the_same_model(data_root, tmp_path, caplog):
-    overrides = [*COMMON, *tiny_overrides(data_root), "trainer.max_epochs=2", "~callbacks.evaluation"]
+    overrides = [*COMMON, *tiny_overrides(data_root), "trainer.max_epochs=2", "~callbacks.evaluation",
+                 "data.batch_size=32"]
     straight = tmp_path / "straight"
     train(compose_cfg(overrides, straight))
     steps = int(_rows(straight)[-1]["step"]) // 2
