@@ -120,6 +120,8 @@ def load_model(path: Path, device: str = "cpu") -> tuple[Logits, dict, str]:
         name = session.get_inputs()[0].name
         return lambda x: session.run(["logits"], {name: x.numpy()})[0], record, where.type
     where = resolve_device(device)
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no GPU here; use --device auto or cpu")
     if suffix == ".pt":
         extra = {f"{METADATA_KEY}.json": ""}
         module = torch.jit.load(str(path), map_location=where, _extra_files=extra).eval()

@@ -129,6 +129,9 @@ def test_the_cpu_path_is_chosen_without_a_gpu_and_cuda_without_one_is_one_messag
     assert predict.main([str(chest_run["ckpt"]), str(chest_run["files"][0]), "--device", "tpu"]) == 1
     err = capsys.readouterr().err
     assert "accelerator='tpu' is invalid; allowed: auto, cpu, gpu" in err and "Traceback" not in err
+    assert predict.main([str(chest_run["ckpt"]), str(chest_run["files"][0]), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "error: --device cuda: torch sees no GPU here; use --device auto or cpu" in err and "Traceback" not in err
 
 
 def test_a_wandb_model_is_fetched_through_a_run_so_lineage_shows(chest_run, tmp_path, monkeypatch):
