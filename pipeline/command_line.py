@@ -45,9 +45,9 @@ def root_overrides(overrides: list[str], config_name: str = "train") -> list[str
     """The overrides Hydra composes a pipeline's root with: ``overrides`` with the ones the root has
     no key or group for moved into ``+stage_overrides=[...]``. None: ``overrides`` compose no
     pipeline. Raises ValueError for a sweep the root cannot take."""
-    parsed = parse(overrides)
-    own = [line for line, o in zip(overrides, parsed) if of_the_stage_list(o)]
     try:
+        parsed = parse(overrides)
+        own = [line for line, o in zip(overrides, parsed) if of_the_stage_list(o) and not o.is_sweep_override()]
         root = compose(config_name, own, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException):
         return None  # Hydra reports the problem when it composes the command line itself
@@ -59,8 +59,10 @@ def root_overrides(overrides: list[str], config_name: str = "train") -> list[str
             taken.append(line)
         elif override.is_sweep_override():
             if not (override.is_add() or override.is_force_add()):
-                raise ValueError(f"{line}: a multirun of a pipeline sweeps a key its stage list lacks with ++: "
-                                 f"++{line.lstrip('~+')} (every stage) or ++stages.<name>.{line.lstrip('~+')} (one)")
+                body = line.lstrip("~+")
+                hint = f"++{body}" if body.startswith("stages.") else \
+                    f"++{body} (every stage) or ++stages.<name>.{body} (one stage)"
+                raise ValueError(f"{line}: a multirun of a pipeline sweeps a key its stage list lacks with ++: {hint}")
             taken.append(line)
         else:
             carried.append(line)

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from pipeline.cli import CONF_DIR, pipeline_argv, train
-from pipeline.command_line import CARRIED, root_overrides, stage_command_line
+from pipeline.command_line import CARRIED, parse, root_overrides, stage_command_line
 from pipeline.stage_config import compose_stage, split_by_stage
 from pipeline.stages import apply_links, init_checkpoint, run_pipeline, stage_order
 from tests.helpers import REPO, TINY_VIT, compose_cfg, tiny_overrides
@@ -121,8 +121,6 @@ def test_the_root_takes_what_it_has_keys_for_and_carries_the_rest_to_the_stages(
     assert routed[:-1] == taken and routed[-1].startswith(f"+{CARRIED}=[")
     carried = ["debug=fdr", "trainer=cpu", "model.lr=0.1", "stages.finetune.data.root='/a b/c=d'",
                "~callbacks.rich_progress_bar", "stages.pretrain.x=${oc.env:HOME}"]
-    from pipeline.command_line import parse
-
     assert parse([routed[-1]])[0].value() == carried  # quotes, '=' and ${...} come back as written
     assert stage_command_line(routed[:-1], carried) == ["seed=1", "paths.medmnist_root=/m", *carried]
     assert root_overrides(["experiment=cnn_derma", "model.lr=0.1"]) is None  # not a pipeline: Hydra's as given
@@ -273,7 +271,9 @@ def test_train_py_runs_a_pipeline_with_stage_overrides_through_hydra(data_root, 
     assert pre["model"]["lr"] == fine["model"]["lr"] == 0.002 and pre["model"]["probe_lr"] == 0.01
     assert pre["data"]["flag"] == fine["data"]["flag"] == "dermamnist"
     recorded = yaml.safe_load((tmp_path / "run" / ".hydra" / "overrides.yaml").read_text())
-    assert f"+{CARRIED}=['model.lr=0.002','stages.pretrain.model.probe_lr=0.01']" in recorded
+    assert recorded[:2] == ["experiment=mae_small", f"paths.medmnist_root={data_root}"]  # the root's
+    carried = parse([recorded[2]])[0].value()  # the stages' own, as written
+    assert carried[0] == "data=dermamnist" and carried[-2:] == ["model.lr=0.002", "stages.pretrain.model.probe_lr=0.01"]
 
 
 # --- every stage of every pipeline, as before this design --------------------------------------
