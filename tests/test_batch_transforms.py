@@ -115,7 +115,13 @@ AUGMENTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(AUGMENTS))
+# The combinations cost the most (torchvision augments 2,500 images one by one); each of their
+# parts keeps a default test here, expansion is pixel-exact above, resizing exact in the first test.
+SLOW_AUGMENTS = ("rotation_expand_any_angle", "everything_with_resize")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_AUGMENTS else n
+                                  for n in AUGMENTS])
 def test_batched_augmentation_has_torchvisions_pixel_statistics(name):
     cfg, img_size = AUGMENTS[name]
     cpu, batched = _draws(cfg, img_size, 2500, _image())
