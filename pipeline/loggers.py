@@ -13,11 +13,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from core.data_identity import identity_tags
 from core.io import file_lock
-from core.tracking import (
-    log_results_artifact,
-    tag_data,
-    wandb_run_id,  # noqa: F401  (pipeline/run.py's committed import; moving to core.tracking)
-)
+from core.tracking import log_results_artifact, tag_data
 
 
 class _ResumableWriter(ExperimentWriter):

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,9 +23,10 @@ from callbacks.run_config import StoreRunConfig, source_identity
 from callbacks.seeding import EpochSeeding
 from core.checkpoints import check_checkpoint_file
 from core.io import atomic_write_text
+from core.tracking import finish_active_run, wandb_run_id
 from evaluation.report import write_run_report
 from lightning_modules.manual_optimization import check_manual_optimization_trainer
-from pipeline.loggers import log_data_identity, log_run_artifact, prepare_stores, wandb_run_id
+from pipeline.loggers import log_data_identity, log_run_artifact, prepare_stores
 
 log = logging.getLogger("train")
 
@@ -51,13 +51,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _finish_wandb() -> None:
-    """Close the W&B run so that each multirun job becomes its own run."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
 
 
 def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
@@ -190,5 +183,5 @@ def _run_stage(cfg: DictConfig, extra_callbacks: list | None, flag: SignalFlag) 
             write_run_report(output_dir, cfg, metrics)
             log_run_artifact(loggers, output_dir)
     finally:
-        _finish_wandb()
+        finish_active_run()  # each multirun job its own W&B run
     return metrics
