@@ -29,6 +29,7 @@ from evaluation.statistics import (
     mean_interval,
     paired_t,
     seeds_images_test,
+    shared_image_variance,
     tost,
     tost_from,
     verdict,
@@ -59,7 +60,7 @@ class Paired:
     t: TestResult
     both: TestResult
     image_method: str
-    image_var: float
+    image_var: float  # the test-image variance shared by every seed
     seeds: list[int]
 
 
@@ -88,7 +89,7 @@ class ComparisonData:
         var = image_variance(metric, outs[0], outs[1], self.labels, n_boot=self.n_boot, seed=0)
         return Paired(a, b, paired_t(a, b, alternative, level),
                       seeds_images_test(a, b, var.of_mean, var.per_seed, alternative, level), var.method,
-                      var.of_mean, seeds)
+                      shared_image_variance(var.of_mean, var.per_seed, len(seeds)), seeds)
 
 
 def _fmt_p(p: float) -> str:
@@ -228,8 +229,9 @@ def planner_lines(data: ComparisonData, primary: dict) -> list[str]:
     alt = "greater" if primary["direction"] != "two-sided" else "two-sided"
     plain = seeds_needed(primary["effect"], sd, primary["alpha"], POWER, alt)
     counted = seeds_needed(primary["effect"], sd, primary["alpha"], POWER, alt, image_var=p.image_var)
-    return [f"From this run ({len(p.seeds)} seeds): paired standard deviation over seeds {sd:.4f}, test-image "
-            f"variance of the mean difference {p.image_var:.2e} ({p.image_method}).",
+    return [f"From this run ({len(p.seeds)} seeds): paired standard deviation over seeds {sd:.4f}; test-image "
+            f"variance shared by every seed (what more seeds cannot average away) {p.image_var:.2e} "
+            f"({p.image_method}).",
             f"Seeds for power {POWER:.0%} at a true difference of {primary['effect']:g} "
             f"({primary['direction']}, α = {primary['alpha']:g}): paired t alone {plain}; counting the test set "
             + (f"{counted}." if counted is not None else "no number of seeds suffices (the test set's own noise "

@@ -119,6 +119,12 @@ def paired_t(a, b, alternative: str = "two-sided", level: float = 0.95) -> TestR
                       alternative, interval)
 
 
+def shared_image_variance(image_var_of_mean: float, image_var_per_seed: float, n: int) -> float:
+    """The test-image variance shared by every seed (what no number of seeds averages away):
+    ``v_avg - (v_s - v_avg) / (n - 1)``, at least 0 (see the module docstring)."""
+    return max(image_var_of_mean - max(image_var_per_seed - image_var_of_mean, 0.0) / (n - 1), 0.0)
+
+
 def seeds_images_test(a, b, image_var_of_mean: float, image_var_per_seed: float,
                       alternative: str = "two-sided", level: float = 0.95) -> TestResult:
     """Test of mean(a - b) that counts the training seeds and the test images (module docstring).
@@ -132,7 +138,7 @@ def seeds_images_test(a, b, image_var_of_mean: float, image_var_per_seed: float,
     if image_var_of_mean < 0 or image_var_per_seed < 0:
         raise ValueError("image variances must be >= 0")
     seed_part = d.var(ddof=1) / n
-    shared = max(image_var_of_mean - max(image_var_per_seed - image_var_of_mean, 0.0) / (n - 1), 0.0)
+    shared = shared_image_variance(image_var_of_mean, image_var_per_seed, n)
     se = float(np.sqrt(seed_part + shared))
     df = (seed_part + shared) ** 2 / (seed_part**2 / (n - 1)) if seed_part > 0 else np.inf
     return _t_test(float(d.mean()), se, df, alternative, level, f"t over {n} seeds + test-image variance")
