@@ -14,6 +14,7 @@ Every unit gets the comparison's data overrides, ``seed`` and ``data.split_seed`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -90,7 +91,8 @@ def fractions_of(spec: ComparisonSpec, mode: str) -> list[float]:
 
 
 def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
-    """Everything a unit's result depends on (its cache key); the device is not part of it."""
+    """Everything a unit's result depends on (its cache key) as JSON values (what a stored unit
+    holds: tuples become lists); the device is not part of it."""
     arm = spec.arms[unit.arm]
     settings = {"unit": unit.id, "data": list(spec.data), "overrides": list(spec.overrides), "quick": spec.quick,
                 "seed": unit.seed, "fraction": unit.fraction}
@@ -107,7 +109,7 @@ def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
             settings["downstream"]["probe_c"] = list(down.probe_c)
         else:
             settings["downstream"]["finetune"] = list(down.finetune[unit.fraction])
-    return settings
+    return json.loads(json.dumps(settings))
 
 
 def same_settings(stored: dict, settings: dict) -> bool:

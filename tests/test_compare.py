@@ -94,6 +94,10 @@ def test_units_stored_before_an_arm_field_existed_still_count():
     older["arm"].update(uses_labels=False, epochs=None, downstream_overrides=[])
     assert "links" not in now["arm"] and same_settings(older, now)
     assert not same_settings({**older, "seed": 1}, now)
+    diagnosed = build_spec(declaration(Path("/x"), {"scratch": None, "mae": MAE, "hpm": MAE},
+                                       diagnostics={"reference": "mae", "arms": ["hpm"]}))
+    settings = unit_settings(diagnosed, Unit("diagnose", "hpm", 0))
+    assert same_settings(json.loads(json.dumps(settings)), settings)  # as stored: tuples are lists
 
 
 def test_linked_pretrainings_wait_for_their_source_and_finetuning_runs_at_its_fractions(tmp_path):
