@@ -221,11 +221,18 @@ def downstream_config(spec: ComparisonSpec, unit: Unit, run_dir: Path, extra: li
 
 def _batches(dataset, limit: int | None, batch_size: int):
     """(images, labels) batches of the first ``limit`` items (all when None), in order."""
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    for x, y, *_ in DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False):
+    for x, y, *_ in DataLoader(_first(dataset, limit), batch_size=batch_size, shuffle=False):
         yield x, y
+
+
+def _first(dataset, limit: int | None):
+    """The first ``limit`` items of ``dataset`` (all when None): a quick comparison's probes and
+    fine-tunings test on the same images."""
+    from torch.utils.data import Subset
+
+    return dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
 
 
 def _split_arrays(dataset, limit: int | None) -> tuple[torch.Tensor, np.ndarray]:
@@ -275,8 +282,8 @@ def run_finetune(spec: ComparisonSpec, unit: Unit, ckpt: str | None, run_dir: Pa
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup()
-    val = predict_probs(model, dm.val_set, spec.downstream.batch_size)
-    test = predict_probs(model, dm.test_set, spec.downstream.batch_size)
+    val, test = (predict_probs(model, _first(getattr(dm, f"{split}_set"), QUICK_IMAGES if spec.quick else None),
+                               spec.downstream.batch_size) for split in ("val", "test"))
     out = downstream_outputs(*val, *test)
     return {**out, "wall_s": metrics["wall_time_s"], "epochs": epochs, "test_labels": test[1].tolist(),
             "data_identity": identity_of(dm)}
