@@ -238,7 +238,8 @@ def test_submitit_local_launcher(data_root, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["medmae-train", *(pytest.param(c, marks=pytest.mark.slow) for c in (
-    "medmae-evaluate", "medmae-aggregate", "medmae-sweep", "medmae-synthesize", "medmae-export", "medmae-predict"))])
+    "medmae-evaluate", "medmae-aggregate", "medmae-sweep", "medmae-synthesize", "medmae-export", "medmae-predict",
+    "medmae-compare"))])
 def test_entry_points_answer_help_from_any_folder(command, tmp_path):
     exe = Path(sys.executable).parent / command
     proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -289,14 +290,20 @@ def test_full_size_fast_dev_run_is_fast(experiment, tmp_path, capsys):
 def test_one_optimiser_convention_for_every_model(tmp_path):
     """model.lr and model.weight_decay, and the optimiser and schedule as partials, in every
     experiment (every stage); optimizer.lr is refused."""
-    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
-        cfg = compose_cfg([f"experiment={path.stem}"], tmp_path)
-        models = [cfg.stages[n].model for n in training_stages(cfg)] if cfg.get("stages") else [cfg.model]
+    checked = 0
+    for path in sorted((CONF_DIR / "experiment").rglob("*.yaml")):
+        name = path.relative_to(CONF_DIR / "experiment").with_suffix("").as_posix()
+        cfg = compose_cfg([f"experiment={name}"], tmp_path)
+        if cfg.get("stages"):  # a pipeline: its stages are experiments of their own, checked here too
+            continue
+        models = [cfg.model] if "model" in cfg else []
         for model in models:
             assert "lr" in model and "weight_decay" in model, path.stem
             assert model.optimizer._partial_ and model.optimizer._target_.startswith("torch.optim."), path.stem
             assert "scheduler" in model, path.stem
             assert not {"lr", "weight_decay"} & set(model.optimizer), path.stem
+            checked += 1
+    assert checked >= 40  # every single-run experiment and every stage experiment of the pipelines
     cfg = compose_cfg(["experiment=quickstart", "+model.optimizer.lr=0.1"], tmp_path)
     with pytest.raises(Exception, match="model.optimizer.lr is not read: the rates are model.lr"):
         instantiate(cfg.model)
@@ -305,12 +312,12 @@ def test_one_optimiser_convention_for_every_model(tmp_path):
 def test_a_local_config_is_composed_into_every_run(tmp_path, monkeypatch):
     import shutil
 
-    import pipeline.cli
+    import pipeline.compose
 
     conf = tmp_path / "conf"  # a copy: the checkout's own conf/local is never written
     shutil.copytree(CONF_DIR, conf)
     (conf / "local" / "default.yaml").unlink(missing_ok=True)
-    monkeypatch.setattr(pipeline.cli, "CONF_DIR", conf)
+    monkeypatch.setattr(pipeline.compose, "CONF_DIR", conf)
     assert compose_cfg(["experiment=quickstart"], tmp_path / "a").paths.medmnist_root is None
     (conf / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  medmnist_root: /data/medmnist\n")
     assert compose_cfg(["experiment=quickstart"], tmp_path / "b").paths.medmnist_root == "/data/medmnist"
