@@ -43,7 +43,7 @@ def _model_files(folder: Path) -> list[str]:
 def test_onnx_export_matches_pytorch_and_writes_figures(cnn_ckpt):
     result = ex.export_classifier(cnn_ckpt, "onnx", **FAST)
     folder = cnn_ckpt.parent.parent / "export"  # default: next to the run's checkpoints/
-    assert _model_files(folder) == ["export.json", "export.md", "model.onnx"]  # no temp files left
+    assert _model_files(folder) == ["export.json", "export.md", "metadata.json", "model.onnx"]  # no temp files left
     saved = json.loads((folder / "export.json").read_text())
     figures = saved["export"]
     assert figures["parity_max_abs"] <= 1e-4 and figures["parity_images"] == 32
@@ -78,7 +78,7 @@ def test_cli_compare_reports_both_models(cnn_ckpt, vit_ckpt, tmp_path, capsys):
     for role in ("export", "compare"):
         assert saved[role]["parity_max_abs"] <= 1e-4 and saved[role]["latency_ms"] > 0
     assert saved["compare"]["path"] is None  # measured in a temporary folder
-    assert _model_files(tmp_path) == ["export.json", "export.md", "model.onnx"]
+    assert _model_files(tmp_path) == ["export.json", "export.md", "metadata.json", "model.onnx"]
 
 
 def test_cli_rejects_a_non_classifier_checkpoint(tmp_path, capsys):
@@ -211,7 +211,9 @@ def test_an_exported_model_alone_predicts_image_files_as_evaluate_does(cnn_ckpt,
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(test_files) and rows[0]["predicted"] in record["output"]["class_names"]
-    assert predict.main([str(model), str(tmp_path / "nowhere")]) == 1
+    assert predict.main([str(model), str(tmp_path / "nowhere"), "--out", str(tmp_path / "none.csv")]) == 1
+    with open(tmp_path / "none.unreadable.csv", newline="") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == [str(tmp_path / "nowhere")]
 
 
 @pytest.mark.slow

@@ -44,8 +44,9 @@ def test_sweep_resumes_from_its_sqlite_file_and_prunes(data_root, tmp_path):
 @pytest.mark.slow
 def test_resumed_sweep_draws_new_values_and_retries_the_trial_of_a_killed_worker(data_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",
-              "sweep.study_name=quickstart", "sweep.startup_trials=10", "~callbacks.evaluation",
+    # One validation batch of 64 images: debug=fdr's 4 images can all be one class (AUC undefined)
+    common = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", "data.eval_batch_size=64",
+              f"sweep.dir={sweep_dir}", "sweep.study_name=quickstart", "sweep.startup_trials=10", "~callbacks.evaluation",
               "sweep.grace_period=2", "sweep.heartbeat_interval=0.5"]
     run_sweep([*common, "sweep.n_trials=2"])
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
@@ -93,8 +94,8 @@ def test_two_workers_on_one_journal_study_run_each_trial_exactly_once(data_root,
     from tests.helpers import REPO
 
     sweep_dir = tmp_path / "sweep"
-    args = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", f"sweep.dir={sweep_dir}",
-            "sweep.storage=journal", "sweep.study_name=quickstart", "sweep.n_trials=5", "~callbacks.evaluation",
+    args = ["experiment=quickstart", *tiny_overrides(data_root), "debug=fdr", "data.eval_batch_size=64",
+            f"sweep.dir={sweep_dir}", "sweep.storage=journal", "sweep.study_name=quickstart", "sweep.n_trials=5", "~callbacks.evaluation",
             "sweep.heartbeat_interval=1"]
     workers = [subprocess.Popen([sys.executable, str(REPO / "sweep.py"), *args, f"sweep.worker={i}"], cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
