@@ -274,7 +274,8 @@ def main() -> None:
         f"{args.steps} steps / guidance {args.guidance}; CNN arms and students {args.epochs} epochs; MAE "
         f"{args.mae_epochs} + {args.mae_finetune_epochs} epochs; synthetic counts at level 1: {synth1['counts']}.",
         "Test metrics (mean +- std over seeds); each treatment minus its control, paired by seed: mean "
-        "[95% bootstrap interval] (paired t-interval); 'supported' only where both exclude 0:",
+        "[95 % paired t-interval over seeds], the p of the seeds x test-images test and its Holm-adjusted p "
+        "over the table. Exploratory: no comparison here was registered as a primary.",
         comparison_table(rows),
         "Synthetic-set quality at level 1 (judge: arm (a), seed 0; FID / KID per class on the judge's features):\n"
         + "\n".join(f"- {k}: {v:.4f}" for k, v in sorted(quality.items()) if isinstance(v, float)),

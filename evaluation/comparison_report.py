@@ -5,7 +5,7 @@ results keyed by (arm, seed, fraction or None) and the downstream results keyed 
 fraction, seed), each with its per-image test outputs, and the test labels. Every number is
 recomputed from the per-image outputs, so the same files give the same report in any process.
 
-- **Confirmatory**: the registered primary endpoint: the paired t over seeds (in the declared
+- **Primary endpoint** (confirmatory when the plan is): the registered primary endpoint: the paired t over seeds (in the declared
   direction) *and* the seeds x test-images test must both reject at alpha for "supported";
   TOST against the declared margin for "equivalent"; otherwise "not separable at this budget".
 - **Key secondaries**: the same tests, p-values Holm-adjusted over the secondaries.
@@ -262,7 +262,7 @@ def comparison_markdown(data: ComparisonData, registration: dict) -> tuple[str, 
                   "confirmatory finding.**", ""]
     else:
         rows, primary_result = endpoint_rows(data, [primary], holm=False)
-        lines += ["## Confirmatory: the primary endpoint", "",
+        lines += ["## The primary endpoint (registered)", "",
                   "\"supported\" needs the paired t over seeds and the seeds × test-images test (the test set's "
                   "own noise counted) both to reject at α in the registered direction.", "", *ENDPOINT_HEADER,
                   *rows, ""]

@@ -124,7 +124,7 @@ def pending_phases(spec, store: UnitStore) -> list[list]:
 def launch(units: list, cfg: DictConfig, launcher: str, overrides: list[str], hydra_overrides: list[str]) -> None:
     """Run ``units`` as one Hydra multirun of this command through ``launcher`` (a subprocess
     that waits for every job)."""
-    keep = [o for o in overrides if not o.split("=")[0].lstrip("+~") in ("action", "unit")]
+    keep = [o for o in overrides if o.split("=")[0].lstrip("+~") not in ("action", "unit")]
     command = [sys.executable, "-m", "pipeline.compare", "--multirun", *keep, "action=unit",
                "unit=" + ",".join(u.id for u in units), f"hydra/launcher={launcher}",
                *[o for o in hydra_overrides if not o.startswith("hydra/launcher=")]]

@@ -129,7 +129,7 @@ def test_quick_comparison_on_an_image_folder_registers_runs_reports_and_rebuilds
     probe = json.loads((out / "units" / "probe-mae-s0-f0.5.json").read_text())
     assert probe["data_identity"]["kind"] == "folder" and len(probe["test"]["scores"]) == 40
     text = report.read_text()
-    assert "QUICK MODE" in text and plan["sha256"] in text and "## Confirmatory: the primary endpoint" in text
+    assert "QUICK MODE" in text and plan["sha256"] in text and "## The primary endpoint (registered)" in text
     assert "95% paired t over 2 seeds" in text and "t over 2 seeds + test-image variance" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["primary"]["verdict"] in ("supported", "not separable at this budget")
