@@ -55,13 +55,17 @@ def linear_map_by_hand(values, low: float, high: float) -> np.ndarray:
     return np.clip(np.floor((np.asarray(values, float) - low) * 255 / (high - low) + 0.5), 0, 255)
 
 
-def write_multilabel_chestmnist(root: Path, seed: int = 0) -> None:
-    """A small ChestMNIST-format file: 14 labels, each image's label i brightens band i."""
+def write_multilabel_chestmnist(root: Path, seed: int = 0, sizes: tuple[int, int, int] = (96, 32, 32),
+                                absent_in_test: int | None = None) -> None:
+    """A small ChestMNIST-format file: 14 labels, each image's label i brightens band i (rows 2i,
+    2i + 1); ``sizes`` images in train / val / test; label ``absent_in_test`` has no positive there."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, n in (("train", 96), ("val", 32), ("test", 32)):
+    for split, n in zip(("train", "val", "test"), sizes):
         labels = (rng.random((n, 14)) < 0.3).astype(np.uint8)
         labels[:14] |= np.eye(14, dtype=np.uint8)  # every label present in every split
+        if split == "test" and absent_in_test is not None:
+            labels[:, absent_in_test] = 0
         images = rng.normal(60, 20, size=(n, 28, 28))
         for k in range(14):
             images[labels[:, k] == 1, 2 * k: 2 * k + 2, :] += 120

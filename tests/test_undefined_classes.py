@@ -23,7 +23,7 @@ from evaluation import aggregate
 from evaluation.metrics import per_class_table, per_label_table, summary_metrics
 from lightning_modules.metrics import DefinedRanking, classification_metrics, classwise_metrics
 from pipeline.cli import train
-from tests.helpers import compose_cfg, tiny_overrides
+from tests.helpers import compose_cfg, tiny_overrides, write_multilabel_chestmnist
 
 
 @pytest.fixture(autouse=True)
@@ -153,21 +153,8 @@ def test_tables_and_summary_show_nan_and_average_the_defined_classes():
 
 
 def _write_chest(root: Path) -> None:
-    """ChestMNIST-format file (14 labels; label k brightens rows 2k..2k+1); label 13 ('hernia')
-    has no positive in the test split."""
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 64), ("val", 32), ("test", 40)):
-        labels = (rng.random((n, 14)) < 0.3).astype(np.uint8)
-        labels[:14] |= np.eye(14, dtype=np.uint8)
-        if split == "test":
-            labels[:, 13] = 0
-        images = rng.normal(60, 20, size=(n, 28, 28))
-        for k in range(14):
-            images[labels[:, k] == 1, 2 * k: 2 * k + 2, :] += 120
-        arrays[f"{split}_images"] = images.clip(0, 255).astype(np.uint8)
-        arrays[f"{split}_labels"] = labels
-    np.savez(root / "chestmnist.npz", **arrays)
+    """ChestMNIST-format file whose label 13 ('hernia') has no positive in the test split."""
+    write_multilabel_chestmnist(root, sizes=(64, 32, 40), absent_in_test=13)
 
 
 def test_a_multi_label_run_reports_one_auc_everywhere(tmp_path):
