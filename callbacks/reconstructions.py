@@ -11,6 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from callbacks.images import EpochFigureCallback, save_figure, to_display  # noqa: E402
 
 COLUMNS = ("original", "masked", "reconstruction", "pasted")
+# The loss covers the hidden patches only: the decoder's output on visible patches is untrained.
+TITLES = {"original": "original", "masked": "input (hidden\npatches blank)", "reconstruction": "output (hidden\npatches trained)",
+          "pasted": "output on hidden\n+ visible input"}
 
 
 class ReconstructionCallback(EpochFigureCallback):
@@ -33,6 +36,6 @@ class ReconstructionCallback(EpochFigureCallback):
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0:
-                    ax.set_title(col, fontsize=8)
+                    ax.set_title(TITLES[col], fontsize=7)
         fig.suptitle(f"epoch {epoch}", fontsize=9)
         save_figure(fig, trainer, "reconstructions", f"epoch_{epoch:03d}", "reconstructions")
