@@ -8,7 +8,8 @@ recomputed from the per-image outputs, so the same files give the same report in
 - **Primary endpoint** (confirmatory when the plan is): the registered primary endpoint: the paired t over seeds (in the declared
   direction) *and* the seeds x test-images test must both reject at alpha for "supported";
   TOST against the declared margin for "equivalent"; otherwise "not separable at this budget".
-- **Key secondaries**: the same tests, p-values Holm-adjusted over the secondaries.
+- **Key secondaries**: the same tests, p-values (and TOST p) Holm-adjusted over the secondaries;
+  tested after the primary (fixed sequence): exploratory where the primary is not supported.
 - **Exploratory**: every arm against each reference, two-sided, with Holm and Benjamini-Hochberg
   adjusted p over the whole table next to the raw p. Nothing there is "supported".
 - **Planner**: the seeds the primary would need for its declared effect at power 0.8, from this
@@ -24,6 +25,7 @@ import numpy as np
 from core.data_identity import SYNTHETIC_BANNER
 from evaluation.sample_size import seeds_needed
 from evaluation.statistics import (
+    SUPPORTED,
     TestResult,
     adjust,
     mean_interval,
@@ -100,15 +102,19 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def endpoint_rows(data: ComparisonData, endpoints: list[dict], holm: bool) -> tuple[list[str], list[dict]]:
-    """Markdown rows and machine-readable results of registered endpoints."""
+def endpoint_rows(data: ComparisonData, endpoints: list[dict], holm: bool, gated: bool = False
+                  ) -> tuple[list[str], list[dict]]:
+    """Markdown rows and machine-readable results of registered endpoints; ``gated``: the primary
+    was not supported, so by the fixed sequence these verdicts are exploratory."""
     labels = {name: arm["label"] for name, arm in data.plan["arms"].items()}
     rows, results = [], []
     tests = [data.paired(e["arm"], e["versus"], e["mode"], e["fraction"], e["metric"], e["direction"],
                          1 - e["alpha"]) for e in endpoints]
     raw = [max(p.t.p, p.both.p) if p else np.nan for p in tests]
     adjusted = adjust(raw, "holm") if holm else np.asarray(raw)
-    for e, p, p_adj in zip(endpoints, tests, adjusted):
+    equivalence = [_equivalence(e, p) for e, p in zip(endpoints, tests)]
+    eq_adjusted = adjust([q[0] if q else np.nan for q in equivalence], "holm") if holm else None
+    for i, (e, p, p_adj) in enumerate(zip(endpoints, tests, adjusted)):
         name = (f"{labels[e['arm']]} − {labels[e['versus']]}, {e['mode']} at {e['fraction']:.0%} labels, test "
                 f"{METRIC_NAMES[e['metric']]}, {e['direction']}, α = {e['alpha']:g}")
         n_seeds = len(data.plan["seeds"])
@@ -116,17 +122,17 @@ def endpoint_rows(data: ComparisonData, endpoints: list[dict], holm: bool) -> tu
             rows.append(f"| {name} | incomplete: {0 if p is None else len(p.seeds)} of {n_seeds} seeds | | | | | |")
             results.append({"endpoint": e, "verdict": "incomplete"})
             continue
-        eq = None
-        if e.get("margin"):
-            p_seed, ok_seed = tost(p.a, p.b, e["margin"], e["alpha"])
-            p_both, ok_both = tost_from(p.both, e["margin"], e["alpha"])
-            eq = (max(p_seed, p_both), ok_seed and ok_both)
+        eq = equivalence[i]
+        if eq is not None and holm:  # the secondaries' TOSTs: Holm over the family too
+            eq = (float(eq_adjusted[i]), bool(eq_adjusted[i] < e["alpha"]))
         if holm:  # the family of secondaries: both tests at the Holm-adjusted level
             both = TestResult(p.both.mean, p.both.se, p.both.statistic, p.both.df, float(p_adj), p.both.alternative,
                               p.both.interval)
             decision = verdict(both, None, e["alpha"], eq, e.get("margin"))
         else:
             decision = verdict(p.t, p.both, e["alpha"], eq, e.get("margin"))
+        if gated:
+            decision = f"exploratory (primary not supported): {decision}"
         tost_cell = "-" if eq is None else f"p {_fmt_p(eq[0])} (±{e['margin']:g})"
         p_cell = f"t: p {_fmt_p(p.t.p)}; seeds × images: p {_fmt_p(p.both.p)}" + (
             f"; Holm {_fmt_p(p_adj)}" if holm else "")
@@ -138,6 +144,16 @@ def endpoint_rows(data: ComparisonData, endpoints: list[dict], holm: bool) -> tu
                         "seeds_images_interval": [p.both.interval.low, p.both.interval.high],
                         "image_variance_method": p.image_method, "seeds": p.seeds, "a": p.a, "b": p.b})
     return rows, results
+
+
+def _equivalence(endpoint: dict, p) -> tuple[float, bool] | None:
+    """(TOST p, equivalent) of a registered margin: the larger p of the TOST over seeds and of the
+    TOST on the seeds x images statistic; None without a margin or a result."""
+    if p is None or not endpoint.get("margin"):
+        return None
+    p_seed, ok_seed = tost(p.a, p.b, endpoint["margin"], endpoint["alpha"])
+    p_both, ok_both = tost_from(p.both, endpoint["margin"], endpoint["alpha"])
+    return max(p_seed, p_both), ok_seed and ok_both
 
 
 ENDPOINT_HEADER = ["| endpoint | arm vs versus (mean ± sd over seeds) | mean difference | intervals | tests | "
@@ -268,8 +284,11 @@ def comparison_markdown(data: ComparisonData, registration: dict) -> tuple[str, 
                   *rows, ""]
         summary["primary"] = primary_result[0]
     if secondaries:
-        rows, results = endpoint_rows(data, secondaries, holm=True)
-        lines += ["## Key secondaries (registered; Holm over the secondaries)", "", *ENDPOINT_HEADER, *rows, ""]
+        gated = primary is not None and not str(summary["primary"].get("verdict", "")).startswith(SUPPORTED)
+        rows, results = endpoint_rows(data, secondaries, holm=True, gated=gated)
+        lines += ["## Key secondaries (registered; Holm over the secondaries)", "",
+                  "Tested after the primary (fixed sequence): they are claims only where the primary is "
+                  "supported; otherwise their verdicts are exploratory.", "", *ENDPOINT_HEADER, *rows, ""]
         summary["secondaries"] = results
     lines += ["## Pretraining compute", "", *compute_rows(data), "", "## Every arm", "", *mean_rows(data), "",
               "## Exploratory: every arm against each reference", "",

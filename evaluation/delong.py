@@ -15,6 +15,7 @@ midranks (Sun & Xu, 2014), O(N log N) per score vector.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,5 +79,5 @@ def paired_auc_test(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarr
     p = placements(np.stack([scores_a, scores_b]), labels)
     diff = float(p.auc[0] - p.auc[1])
     se = float(np.sqrt(p.combined_variance(np.array([1.0, -1.0]))))
-    z = diff / se if se > 0 else 0.0
+    z = diff / se if se > 0 else math.copysign(math.inf, diff) if diff else 0.0  # no noise: any difference is certain
     return {"diff": diff, "se": se, "z": z, "p": float(2 * norm.sf(abs(z)))}

@@ -2,8 +2,9 @@
 
 The paired t-test over seeds has power from the noncentral t distribution (statsmodels'
 ``TTestPower`` for the plain case). The test that also counts the test set
-(``statistics.seeds_images_test``) has SE^2 = sd^2 / n + v, where ``v`` (the test-image variance
-of the seed-averaged difference) does not shrink with seeds: its power is computed the same way
+(``statistics.seeds_images_test``) has SE^2 = sd^2 / n + v, where ``v`` (the test-image
+covariance that every pair of seeds shares, ``statistics.shared_image_variance``: the part of the
+test set's noise that seeds cannot average away) does not shrink with seeds: its power is computed the same way
 with that SE and Welch-Satterthwaite degrees of freedom, and when sqrt(v) alone is too large for
 the effect, no number of seeds reaches the power (``seeds_needed`` returns None: a larger test
 set, not more seeds, is what the comparison needs).
@@ -20,7 +21,7 @@ def power(n: int, effect: float, sd: float, alpha: float = 0.05, alternative: st
           image_var: float = 0.0) -> float:
     """Power of the paired test over ``n`` seeds to detect a true mean difference ``effect``
     (in the direction of ``alternative``; two-sided: either) given the paired standard deviation
-    over seeds ``sd`` and the test-image variance ``image_var`` of the mean difference."""
+    over seeds ``sd`` and the shared test-image variance ``image_var``."""
     if n < 2:
         raise ValueError(f"a paired test needs at least 2 seeds, got {n}")
     if sd < 0 or image_var < 0:
@@ -33,11 +34,15 @@ def power(n: int, effect: float, sd: float, alpha: float = 0.05, alternative: st
     nc = effect / se
     if alternative == "two-sided":
         crit = stats.t.ppf(1 - alpha / 2, df)
-        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    if alternative not in ("greater", "less"):
+        # The lower tail by symmetry: scipy's nct.cdf(-crit, df, nc) is NaN for large nc.
+        result = stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc)
+    elif alternative in ("greater", "less"):
+        result = stats.nct.sf(stats.t.ppf(1 - alpha, df), df, nc)  # ``effect``: the size in the declared direction
+    else:
         raise ValueError(f"alternative={alternative!r} is invalid; allowed: two-sided, greater, less")
-    crit = stats.t.ppf(1 - alpha, df)
-    return float(stats.nct.sf(crit, df, nc))  # ``effect`` is the size in the declared direction
+    if not math.isfinite(result):
+        raise ArithmeticError(f"power is not finite at n={n}, effect={effect}, sd={sd}, image_var={image_var}")
+    return float(result)
 
 
 def seeds_needed(effect: float, sd: float, alpha: float = 0.05, target_power: float = 0.8,

@@ -208,3 +208,46 @@ def test_comparison_configs_compose_and_declare_valid_plans():
         assert spec.name == name and (spec.primary is None or spec.primary.arm in spec.arms)
     raw = yaml.safe_load((CONF_DIR / "compare" / "confirmatory_pneumonia.yaml").read_text())
     assert raw["primary"]["effect"] > 0 and len(raw["seeds"]) >= 5
+
+
+def _report_data(signal: dict[str, float], seeds=range(6)):
+    """ComparisonData of arms whose test scores separate 100 positives from 100 negatives by
+    ``signal[arm]`` standard deviations (fresh noise per seed), probe at 10 %."""
+    import numpy as np
+
+    from evaluation.comparison_report import ComparisonData
+
+    labels = np.repeat([1, 0], 100)
+    rng = np.random.default_rng(0)
+    downstream = {("probe", arm, 0.1, s): {"test": {"scores": (labels * k + rng.normal(size=200)).tolist(),
+                                                    "decisions": labels.tolist()}}
+                  for arm, k in signal.items() for s in seeds}
+    endpoint = {"mode": "probe", "fraction": 0.1, "metric": "auc", "direction": "greater", "alpha": 0.05}
+    plan = {"name": "t", "arms": {a: {"label": a.upper()} for a in signal}, "seeds": list(seeds), "modes": ["probe"],
+            "fractions": [0.1], "metrics": ["auc"], "references": ["b"], "data": [], "diagnostics": None,
+            "primary": {**endpoint, "arm": "a", "versus": "b", "effect": 0.02},
+            "secondaries": [{**endpoint, "arm": "c", "versus": "b", "margin": 0.05},
+                            {**endpoint, "arm": "d", "versus": "b", "margin": 0.05}]}
+    return ComparisonData(plan, {}, downstream, labels, n_boot=200), plan
+
+
+def test_secondaries_are_gated_by_the_primary_and_their_tost_is_holm_adjusted():
+    from evaluation.comparison_report import _equivalence, comparison_markdown, endpoint_rows
+    from evaluation.statistics import adjust
+
+    registration = {"sha256": "x", "registered_at": "now", "exploratory": False, "amendments": []}
+    data, plan = _report_data({"a": 2.0, "b": 0.5, "c": 0.5, "d": 0.5})
+    text, summary = comparison_markdown(data, registration)
+    assert summary["primary"]["verdict"] == "supported"
+    assert all(not r["verdict"].startswith("exploratory") for r in summary["secondaries"])
+    raw = [_equivalence(e, data.paired(e["arm"], e["versus"], "probe", 0.1, "auc", "greater", 0.95))[0]
+           for e in plan["secondaries"]]
+    holm = adjust(raw, "holm")
+    rows, _ = endpoint_rows(data, plan["secondaries"], holm=True)
+    assert min(holm) == pytest.approx(2 * min(raw)) and all(f"p {h:.3f} (±0.05)" in row for h, row in zip(holm, rows))
+
+    weak, _ = _report_data({"a": 0.5, "b": 0.5, "c": 2.0, "d": 0.5})  # the primary fails; c beats b
+    text, summary = comparison_markdown(weak, registration)
+    assert summary["primary"]["verdict"] == "not separable at this budget"
+    assert summary["secondaries"][0]["verdict"].startswith("exploratory (primary not supported): ")
+    assert "fixed sequence" in text

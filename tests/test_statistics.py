@@ -18,8 +18,8 @@ from evaluation.statistics import (
     adjust,
     mean_interval,
     paired_t,
-    percentile_bootstrap_interval,
     seeds_images_test,
+    shared_image_variance,
     tost,
     tost_from,
     verdict,
@@ -60,6 +60,14 @@ def test_delong_components_match_the_pairwise_definition_with_ties_and_sklearns_
     test = paired_auc_test(a, b, labels)
     assert test["se"] == pytest.approx(np.sqrt(var), rel=1e-10)
     assert test["p"] == pytest.approx(2 * stats.norm.sf(abs(test["diff"]) / np.sqrt(var)), rel=1e-10)
+
+
+def test_delong_without_noise_calls_a_real_difference_certain():
+    labels = np.array([1, 1, 0, 0])
+    test = paired_auc_test(np.array([0.9, 0.8, 0.1, 0.2]), np.full(4, 0.5), labels)
+    assert test["diff"] == 0.5 and test["se"] == 0 and test["z"] == np.inf and test["p"] == 0.0
+    same = paired_auc_test(np.array([0.9, 0.8, 0.1, 0.2]), np.array([0.9, 0.8, 0.1, 0.2]), labels)
+    assert same["z"] == 0.0 and same["p"] == 1.0
 
 
 def test_delong_refuses_what_it_cannot_estimate():
@@ -109,6 +117,21 @@ def test_paired_t_and_seeds_images_test_without_image_noise_are_scipys_paired_t(
     assert "95% t over 5 seeds + test-image variance" in str(noisy.interval)
 
 
+
+def test_seeds_images_test_by_hand_and_its_clamps():
+    a, b = np.array([0.91, 0.93, 0.90, 0.95, 0.94]), np.array([0.90, 0.90, 0.91, 0.92, 0.90])
+    d, n = a - b, 5
+    # v_avg = 1e-4, v_s = 1.2e-4: shared = 1e-4 - 0.2e-4 / 4 = 0.95e-4
+    assert shared_image_variance(1e-4, 1.2e-4, n) == pytest.approx(0.95e-4)
+    seed_part = d.var(ddof=1) / n
+    se2 = seed_part + 0.95e-4
+    df = se2**2 / (seed_part**2 / (n - 1))
+    got = seeds_images_test(a, b, 1e-4, 1.2e-4, alternative="two-sided")
+    assert got.se == pytest.approx(np.sqrt(se2)) and got.df == pytest.approx(df)
+    assert got.p == pytest.approx(2 * stats.t.sf(d.mean() / np.sqrt(se2), df))
+    assert shared_image_variance(1e-4, 1e-3, n) == 0.0  # per-seed noise far above the mean's: clamped at 0
+    assert shared_image_variance(1e-4, 0.5e-4, n) == pytest.approx(1e-4)  # v_s < v_avg: no negative correction
+
 def test_holm_and_benjamini_hochberg_on_a_hand_worked_example():
     p = [0.01, 0.04, 0.03, 0.005]
     # Holm: sorted 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> 0.02, 0.03, 0.06, max(0.04, 0.06) = 0.06
@@ -143,16 +166,16 @@ def test_verdict_rules():
     tiny = [0.5, 0.501, 0.499, 0.5, 0.5005]
     eq = tost(tiny, b, 0.01)
     assert verdict(paired_t(tiny, b, "greater"), None, 0.05, eq, 0.01) == "equivalent within ±0.01"
+    assert verdict(paired_t(b, a), None, 0.05) == "supported (lower)"  # two-sided: the direction found
     with pytest.raises(ValueError, match="NaN"):
         paired_t([0.5, np.nan], [0.5, 0.5])
 
 
-def test_percentile_bootstrap_over_seeds_is_refused_under_five():
-    with pytest.raises(ValueError, match="range of the values"):
-        percentile_bootstrap_interval([0.1, 0.2, 0.3])
-    interval = percentile_bootstrap_interval(np.random.default_rng(0).normal(size=30))
-    assert "percentile bootstrap over 30 seeds" in str(interval)
-    assert "t over 3 seeds" in str(mean_interval([0.1, 0.2, 0.3]))
+def test_mean_interval_is_scipys_t_interval():
+    values = [0.1, 0.2, 0.35]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    interval = mean_interval(values)
+    assert (interval.low, interval.high) == pytest.approx((low, high)) and "t over 3 seeds" in str(interval)
 
 
 # ----- coverage of null experiments --------------------------------------------------------
@@ -200,15 +223,6 @@ def test_intervals_cover_near_nominal_in_null_experiments(seeds):
     assert abs(si_cov - 0.95) <= 0.025
 
 
-def test_a_percentile_bootstrap_over_five_seeds_undercovers():
-    """Why it is refused below 5 and never the primary: about 85 % at a nominal 95 % over 5 seeds."""
-    rng = np.random.default_rng(0)
-    samples = rng.normal(size=(4000, 5))
-    means = samples[:, rng.integers(0, 5, (2000, 5))].mean(axis=2)  # (trials, resamples)
-    low, high = np.percentile(means, [2.5, 97.5], axis=1)
-    assert 0.80 < np.mean((low < 0) & (high > 0)) < 0.89
-
-
 # ----- the sample-size planner -------------------------------------------------------------
 def test_planner_matches_statsmodels_without_image_noise():
     for effect, sd in ((0.02, 0.017), (0.02, 0.048), (0.05, 0.072)):
@@ -216,6 +230,21 @@ def test_planner_matches_statsmodels_without_image_noise():
         assert seeds_needed(effect, sd) == int(np.ceil(ref))
         assert power(10, effect, sd) == pytest.approx(TTestPower().power(effect / sd, 10, 0.05, alternative="larger"))
 
+
+
+def test_two_sided_planner_matches_statsmodels_where_scipys_lower_tail_is_nan():
+    for effect, sd in ((0.02, 0.048), (0.05, 0.072), (0.02, 0.017)):
+        ref = TTestPower().solve_power(effect / sd, None, 0.05, 0.8, alternative="two-sided")
+        assert seeds_needed(effect, sd, alternative="two-sided") == int(np.ceil(ref))
+    assert power(500, 0.02, 0.048, alternative="two-sided") == pytest.approx(1.0)
+
+
+def test_planner_with_shared_image_variance_by_hand():
+    n, effect, sd, v = 8, 0.02, 0.02, 0.004**2
+    seed_part = sd**2 / n
+    se = np.sqrt(seed_part + v)
+    df = (seed_part + v) ** 2 / (seed_part**2 / (n - 1))
+    assert power(n, effect, sd, image_var=v) == pytest.approx(stats.nct.sf(stats.t.ppf(0.95, df), df, effect / se))
 
 def test_planner_says_when_the_test_set_forbids_any_number_of_seeds():
     # SE can never fall below sqrt(image_var) = 0.012: 0.02 AUC is out of reach at power 0.8
