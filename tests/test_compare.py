@@ -115,10 +115,24 @@ def test_linked_pretrainings_wait_for_their_source_and_finetuning_runs_at_its_fr
     assert {u.fraction for u in rest if u.kind == "probe"} == {0.1, 0.5}
 
 
-def test_quick_comparison_on_an_image_folder_registers_runs_reports_and_rebuilds_alike(folder, tmp_path):
-    out = tmp_path / "cmp"
+@pytest.fixture(scope="module")
+def quick_run(folder, tmp_path_factory) -> tuple[Path, dict, Path]:
+    """A quick comparison (scratch, MAE; 2 seeds) on the image folder, run once: (out, declaration, report)."""
+    out = tmp_path_factory.mktemp("quick") / "cmp"
     decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE})
-    report = run_comparison(cfg_of(decl, out))
+    return out, decl, run_comparison(cfg_of(decl, out))
+
+
+def _copy(out: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(out, to))
+
+
+def test_quick_comparison_on_an_image_folder_registers_runs_reports_and_rebuilds_alike(quick_run, tmp_path):
+    out, decl, _ = quick_run
+    out = _copy(out, tmp_path / "cmp")  # this test rewrites a unit: the fixture's folder stays as it ran
+    report = out / "report.md"
     plan = json.loads((out / "plan.json").read_text())
     assert plan["plan"]["primary"]["arm"] == "mae" and len(plan["sha256"]) == 64
     units = sorted(p.stem for p in (out / "units").glob("*.json"))
@@ -153,17 +167,17 @@ def test_quick_comparison_on_an_image_folder_registers_runs_reports_and_rebuilds
         run_comparison(cfg_of(decl, out, action="report"))
 
 
-def test_a_registered_primary_cannot_change_once_results_exist(folder, tmp_path):
-    out = tmp_path / "cmp"
-    decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE})
-    run_comparison(cfg_of(decl, out, action="plan"))  # registered, nothing run: changes are free
+def test_a_registered_primary_cannot_change_once_results_exist(quick_run, tmp_path):
+    ran, decl, _ = quick_run
     moved = {**decl, "primary": {**decl["primary"], "direction": "two-sided"}}
-    run_comparison(cfg_of(moved, out, action="plan"))
-    assert json.loads((out / "plan.json").read_text())["plan"]["primary"]["direction"] == "two-sided"
-    run_comparison(cfg_of(moved, out))
+    fresh = tmp_path / "fresh"
+    run_comparison(cfg_of(decl, fresh, action="plan"))  # registered, nothing run: changes are free
+    run_comparison(cfg_of(moved, fresh, action="plan"))
+    assert json.loads((fresh / "plan.json").read_text())["plan"]["primary"]["direction"] == "two-sided"
+    out = _copy(ran, tmp_path / "cmp")  # registered with direction greater, and its units ran
     with pytest.raises(RegistrationError, match=r"differs in \['primary'\] and unit results exist"):
-        run_comparison(cfg_of(decl, out))
-    allowed = cfg_of(decl, out)
+        run_comparison(cfg_of(moved, out))
+    allowed = cfg_of(moved, out)
     allowed.compare.allow_exploratory = True
     report = run_comparison(allowed)
     assert "EXPLORATORY: the registered plan was changed after results existed (primary)" in report.read_text()

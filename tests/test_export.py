@@ -116,6 +116,7 @@ def test_export_stage_returns_flat_figures(cnn_ckpt, tmp_path):
     assert not any(k.startswith("compare/") for k in figures)
 
 
+@pytest.mark.slow
 def test_a_classifier_checkpoint_copied_alone_evaluates_and_exports(cnn_ckpt, tmp_path):
     import numpy as np
     import torch
@@ -139,6 +140,7 @@ def test_a_classifier_checkpoint_copied_alone_evaluates_and_exports(cnn_ckpt, tm
         evaluate([alone], out=tmp_path / "old")
 
 
+@pytest.mark.slow
 def test_a_wandb_model_artifact_is_downloaded_then_evaluated(cnn_ckpt, tmp_path, monkeypatch):
     """``wandb:ENTITY/PROJECT/NAME:VERSION`` names a model artifact (W&B's own API is replaced
     by a stand-in that 'downloads' the checkpoint, as log_model=true uploads it)."""
@@ -178,7 +180,7 @@ def test_a_wandb_model_artifact_is_downloaded_then_evaluated(cnn_ckpt, tmp_path,
         resolve_checkpoint("wandb:me/medmae/model-abc:v1")
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_an_exported_model_alone_predicts_image_files_as_evaluate_does(cnn_ckpt, data_root, tmp_path, fmt):
     """The exported file carries its preprocessing: predict.py, given only the model file and
     PNGs of the test images, gives evaluate.py's probabilities."""

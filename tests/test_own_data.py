@@ -656,6 +656,7 @@ def multi_label_table(tmp_path_factory) -> Path:
     return root / "table.csv"
 
 
+@pytest.mark.slow
 def test_a_multi_label_table_trains_and_its_per_label_aucs_equal_sklearn(multi_label_table, tmp_path):
     from sklearn.metrics import roc_auc_score
 

@@ -103,6 +103,7 @@ def test_exact_copies_are_flagged_and_fresh_images_are_not(tmp_path):
         assert new[f"nn/synthetic_median/{name}"] == pytest.approx(new[f"nn/real_median/{name}"], rel=0.2)
 
 
+@pytest.mark.slow
 def test_fid_is_zero_for_identical_sets_and_larger_for_a_different_set(classifier_ckpt, tmp_path):
     real, real_y = dark_bright(seed=0, n_per_class=30)
     same = quality_report(write_set(tmp_path / "same.npz", real, real_y), real, real_y, PNEUMONIA, tmp_path / "same",

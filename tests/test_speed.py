@@ -79,6 +79,7 @@ def _tiny_mlo(seed: int = 0):
     return mae, head, masknet
 
 
+@pytest.mark.slow
 def test_compiled_mlo_networks_give_the_eager_hypergradient():
     """The finite-difference passes run eagerly in fp32 even when the networks are compiled (the
     compiled calls are shifted by 1e-3, so any compiled call inside them changes the result),

@@ -154,6 +154,7 @@ def _diverging_common(data_root, sweep_dir) -> list[str]:
             "sweep.prune=false", "~callbacks.evaluation"]
 
 
+@pytest.mark.slow
 def test_a_sweep_where_every_trial_diverges_fails_them_and_ends(data_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     run_sweep([*_diverging_common(data_root, sweep_dir), "sweep.n_trials=2", "sweep.max_failures=3",

@@ -139,6 +139,7 @@ def test_resume_from_checkpoint(data_root, tmp_path):
     assert min(int(r[step_col]) for r in rows[1:]) > 0  # the step counter continued
 
 
+@pytest.mark.slow
 def test_wandb_logger_runs_offline_without_api_key(data_root, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
@@ -287,6 +288,7 @@ def test_full_size_fast_dev_run_is_fast(experiment, tmp_path, capsys):
         print(f"\n{experiment} debug=fdr: {seconds:.0f} s wall")
 
 
+@pytest.mark.slow
 def test_one_optimiser_convention_for_every_model(tmp_path):
     """model.lr and model.weight_decay, and the optimiser and schedule as partials, in every
     experiment (every stage); optimizer.lr is refused."""
