@@ -110,14 +110,17 @@ def endpoint_rows(data: ComparisonData, endpoints: list[dict], holm: bool, gated
     rows, results = [], []
     tests = [data.paired(e["arm"], e["versus"], e["mode"], e["fraction"], e["metric"], e["direction"],
                          1 - e["alpha"]) for e in endpoints]
-    raw = [max(p.t.p, p.both.p) if p else np.nan for p in tests]
+    n_seeds = len(data.plan["seeds"])
+    # An endpoint without every seed stays in the family, as not rejected (p = 1): it must not
+    # shrink the Holm correction of the others.
+    raw = [max(p.t.p, p.both.p) if p and len(p.seeds) == n_seeds else 1.0 for p in tests]
     adjusted = adjust(raw, "holm") if holm else np.asarray(raw)
-    equivalence = [_equivalence(e, p) for e, p in zip(endpoints, tests)]
-    eq_adjusted = adjust([q[0] if q else np.nan for q in equivalence], "holm") if holm else None
+    equivalence = [_equivalence(e, p) if p and len(p.seeds) == n_seeds else None for e, p in zip(endpoints, tests)]
+    eq_adjusted = adjust([q[0] if q else np.nan if not e.get("margin") else 1.0
+                          for e, q in zip(endpoints, equivalence)], "holm") if holm else None
     for i, (e, p, p_adj) in enumerate(zip(endpoints, tests, adjusted)):
         name = (f"{labels[e['arm']]} − {labels[e['versus']]}, {e['mode']} at {e['fraction']:.0%} labels, test "
                 f"{METRIC_NAMES[e['metric']]}, {e['direction']}, α = {e['alpha']:g}")
-        n_seeds = len(data.plan["seeds"])
         if p is None or len(p.seeds) < n_seeds:
             rows.append(f"| {name} | incomplete: {0 if p is None else len(p.seeds)} of {n_seeds} seeds | | | | | |")
             results.append({"endpoint": e, "verdict": "incomplete"})

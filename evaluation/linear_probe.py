@@ -19,21 +19,28 @@ from evaluation.thresholds import SplitPredictions, binary_predict, fit_binary_t
 
 def auc_of(probs: np.ndarray, labels: np.ndarray) -> float:
     """Binary: AUROC of the positive-class column; several classes: macro one-vs-rest AUROC
-    (medmnist's definition)."""
+    (medmnist's definition) over the classes that have positives and negatives here."""
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels, probs[:, 1]))
-    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
+    return metric_value("auc", probs, labels)
 
 
-def fit_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], c_grid,
+def fit_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], c_grid, num_classes: int,
               max_iter: int = 3000) -> tuple[float, dict[str, np.ndarray]]:
     """(chosen C, {"val": probs, "test": probs}) of a logistic regression on ``features["train"]``
-    (N, F) with ``labels["train"]`` (N,); C maximises the validation AUC."""
+    (N, F) with ``labels["train"]`` (N,); C maximises the validation AUC. Probabilities are
+    (N, ``num_classes``), one column per class index (0 for a class the training labels lack)."""
     scaler = StandardScaler().fit(features["train"])
     x = {split: scaler.transform(f) for split, f in features.items()}
     fits = {c: LogisticRegression(C=c, max_iter=max_iter).fit(x["train"], labels["train"]) for c in c_grid}
-    best = max(c_grid, key=lambda c: auc_of(fits[c].predict_proba(x["val"]), labels["val"]))
-    return float(best), {split: fits[best].predict_proba(x[split]) for split in ("val", "test")}
+
+    def probs(c: float, split: str) -> np.ndarray:
+        out = np.zeros((len(x[split]), num_classes))
+        out[:, fits[c].classes_] = fits[c].predict_proba(x[split])
+        return out
+
+    best = max(c_grid, key=lambda c: auc_of(probs(c, "val"), labels["val"]))
+    return float(best), {split: probs(best, split) for split in ("val", "test")}
 
 
 def downstream_outputs(val_probs: np.ndarray, val_labels: np.ndarray, test_probs: np.ndarray,

@@ -80,6 +80,23 @@ def _git_commit() -> str | None:
     return git_commit()
 
 
+def _run_dir_for(run_dir: Path, settings: dict) -> Path:
+    """``run_dir`` holding ``settings.json``: an interrupted run of the same settings resumes in it;
+    one left by other settings (a plan amended after results) is cleared first, so nothing of it
+    (its ``last.ckpt``) leaks into the new unit."""
+    import shutil
+
+    from core.io import atomic_write_text
+
+    record = run_dir / "settings.json"
+    if record.is_file() and json.loads(record.read_text()) != settings:
+        log.warning("%s holds a run of other settings: cleared", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(settings, indent=2, sort_keys=True))
+    return run_dir
+
+
 def run_one(spec, unit, store: UnitStore, run_root: Path) -> dict:
     """Run ``unit`` (its pretraining's checkpoint must exist for a downstream unit) and store it."""
     from pipeline.compare_units import run_unit, unit_settings
@@ -94,7 +111,8 @@ def run_one(spec, unit, store: UnitStore, run_root: Path) -> dict:
         return found["ckpt"]
 
     log.info("unit %s ...", unit.id)
-    result = run_unit(spec, unit, run_root / unit.id, checkpoint(unit.pretraining(spec)),
+    run_dir = _run_dir_for(run_root / unit.id, unit_settings(spec, unit))
+    result = run_unit(spec, unit, run_dir, checkpoint(unit.pretraining(spec)),
                       checkpoint(unit.reference(spec)), {k: checkpoint(pre) for k, pre in unit.links(spec)})
     result["code_commit"] = _git_commit()
     store.put(unit, unit_settings(spec, unit), result)

@@ -66,7 +66,7 @@ def register(out: Path, spec: ComparisonSpec, has_results: bool, code_commit: st
              allow_exploratory: bool = False) -> Registration:
     """The registration of ``spec`` in ``out`` (written when new; see the module docstring)."""
     plan, path = plan_of(spec), out / "plan.json"
-    record = json.loads(path.read_text()) if path.is_file() else None
+    record = _read_record(path) if path.is_file() else None
     if record is not None:  # compared in today's canonical form (a plan written by older code)
         record["plan"] = plan_of(build_spec(record["plan"]))
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -91,8 +91,7 @@ def register(out: Path, spec: ComparisonSpec, has_results: bool, code_commit: st
         record.update(plan=plan, sha256=plan_hash(plan), exploratory=True)
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         log.warning("The registered plan changed after results existed (%s): the report is exploratory.", changed)
-    return Registration(record["sha256"], record["registered_at"], record.get("code_commit"),
-                        bool(record["exploratory"]), tuple(record["amendments"]), record["plan"])
+    return _registration(record)
 
 
 def read_registration(out: Path) -> Registration:
@@ -100,6 +99,20 @@ def read_registration(out: Path) -> Registration:
     path = out / "plan.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: no comparison was registered in {out}")
+    return _registration(_read_record(path))
+
+
+def _read_record(path: Path) -> dict:
+    """``plan.json``, refused when its plan is not the one its SHA-256 names (edited by hand or
+    merged badly)."""
     record = json.loads(path.read_text())
+    if plan_hash(record["plan"]) != record["sha256"]:
+        raise RegistrationError(f"{path}: its plan does not hash to its sha256 {record['sha256'][:12]} (edited "
+                                "after registration?). Restore it from version control, or register a new "
+                                "comparison (another compare.name or compare.out_dir).")
+    return record
+
+
+def _registration(record: dict) -> Registration:
     return Registration(record["sha256"], record["registered_at"], record.get("code_commit"),
                         bool(record["exploratory"]), tuple(record["amendments"]), record["plan"])

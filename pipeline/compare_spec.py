@@ -70,7 +70,13 @@ class Arm:
         registered plans and cached units as they were)."""
         raw = {**asdict(self), "overrides": list(self.overrides), "downstream_overrides": list(self.downstream_overrides),
                "links": dict(self.links)}
-        return {k: v for k, v in raw.items() if v not in (None, False, [], (), {})}
+        return {k: v for k, v in raw.items() if not is_unset(k, v)}
+
+
+def is_unset(key: str, value) -> bool:
+    """Whether an arm field is left out of its lean form: empty or falsy values, except ``stage:
+    None`` (a one-stage experiment), which differs from the default ``pretrain``."""
+    return value in (None, False, [], (), {}) and not (key == "stage" and value is None)
 
 
 @dataclass(frozen=True)

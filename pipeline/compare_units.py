@@ -30,7 +30,7 @@ from evaluation.linear_probe import downstream_outputs, fit_probe
 from evaluation.predict import predict_probs
 from lightning_modules.components.networks import penultimate_features
 from pipeline.cli import compose_config, train
-from pipeline.compare_spec import Arm, ComparisonSpec
+from pipeline.compare_spec import Arm, ComparisonSpec, is_unset
 from pipeline.run import run_stage
 from pipeline.stage_config import compose_stage
 
@@ -115,7 +115,7 @@ def unit_settings(spec: ComparisonSpec, unit: Unit) -> dict:
 def same_settings(stored: dict, settings: dict) -> bool:
     """Whether a stored unit's settings are ``settings`` (its arm compared in the lean form)."""
     if "arm" in stored:
-        stored = {**stored, "arm": {k: v for k, v in stored["arm"].items() if v not in (None, False, [], (), {})}}
+        stored = {**stored, "arm": {k: v for k, v in stored["arm"].items() if not is_unset(k, v)}}
     return stored == settings
 
 
@@ -199,12 +199,13 @@ def run_pretrain(spec: ComparisonSpec, unit: Unit, run_dir: Path, links: dict[st
     if batches is not None:
         cfg.trainer.limit_train_batches = batches
     last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():  # an interrupted unit resumes
+    resumed = last.is_file()
+    if resumed:  # an interrupted unit resumes: it counts only the batches left
         cfg.ckpt_path = str(last)
     counter = CountBatches()
     metrics = run_stage(cfg, [counter])
     expected = epochs * (batches or batches_per_epoch)
-    if counter.count != expected and not last.is_file():
+    if counter.count != expected and not resumed:
         raise RuntimeError(f"unit {unit.id} ran {counter.count} training batches, the budget says {expected}")
     return {"ckpt": metrics["last_checkpoint"], "wall_s": metrics["wall_time_s"], "epochs": epochs,
             "batches_per_epoch": batches or batches_per_epoch, "level1_steps": expected * per_batch,
@@ -260,7 +261,7 @@ def run_probe(spec: ComparisonSpec, unit: Unit, ckpt: str | None, run_dir: Path)
                  for x, y in _batches(getattr(dm, f"{split}_set"), limit, spec.downstream.batch_size)]
         features[split] = np.concatenate([f for f, _ in pairs])
         labels[split] = np.concatenate([y for _, y in pairs])
-    c, probs = fit_probe(features, labels, spec.downstream.probe_c)
+    c, probs = fit_probe(features, labels, spec.downstream.probe_c, int(cfg.data.num_classes))
     out = downstream_outputs(probs["val"], labels["val"], probs["test"], labels["test"])
     return {**out, "C": c, "n_labels": int(len(labels["train"])), "wall_s": time.time() - start,
             "test_labels": labels["test"].tolist(), "data_identity": identity_of(dm)}

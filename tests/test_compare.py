@@ -265,3 +265,69 @@ def test_secondaries_are_gated_by_the_primary_and_their_tost_is_holm_adjusted():
     assert summary["primary"]["verdict"] == "not separable at this budget"
     assert summary["secondaries"][0]["verdict"].startswith("exploratory (primary not supported): ")
     assert "fixed sequence" in text
+
+
+def test_an_incomplete_secondary_stays_in_the_holm_family():
+    from evaluation.comparison_report import endpoint_rows
+
+    data, plan = _report_data({"a": 2.0, "b": 0.5, "c": 1.0, "d": 0.5})
+    del data.downstream["probe", "d", 0.1, 5]  # d lacks one seed
+    endpoints = [{**e, "margin": None} for e in plan["secondaries"]]
+    _, results = endpoint_rows(data, endpoints, holm=True)
+    assert results[1]["verdict"] == "incomplete"
+    alone = max(results[0]["p_t"], results[0]["p_seeds_images"])
+    assert results[0]["p_holm"] == pytest.approx(min(1.0, 2 * alone))  # a family of 2, not of 1
+
+
+def test_a_hand_edited_plan_is_refused(folder, tmp_path):
+    out = tmp_path / "cmp"
+    decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE})
+    run_comparison(cfg_of(decl, out, action="plan"))
+    record = json.loads((out / "plan.json").read_text())
+    record["plan"]["primary"]["alpha"] = 0.1  # the hash left as it was
+    (out / "plan.json").write_text(json.dumps(record))
+    with pytest.raises(RegistrationError, match="does not hash to its sha256"):
+        run_comparison(cfg_of(decl, out, action="report"))
+
+
+def test_a_one_stage_arm_keeps_its_stage_through_the_registered_plan():
+    from pipeline.compare_registry import plan_of
+
+    raw = declaration(Path("/nowhere"), {"scratch": {"label": "scratch"},
+                                         "mae": {**MAE, "stage": None}})
+    spec = build_spec(raw)
+    again = build_spec(json.loads(json.dumps(plan_of(spec))))
+    assert spec.arms["mae"].stage is None and again.arms["mae"].stage is None and again == spec
+
+
+def test_the_probe_chooses_c_on_validation_and_keeps_a_column_per_class():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from evaluation.linear_probe import fit_probe
+
+    rng = np.random.default_rng(0)
+    y = {"train": np.repeat([0, 1], 40), "val": np.repeat([0, 1], 40), "test": np.repeat([0, 1], 40)}
+    signal = {"train": y["train"], "val": y["val"], "test": 1 - y["test"]}  # test's feature is reversed
+    x = {s: np.c_[signal[s] + rng.normal(0, 1, 80), rng.normal(size=(80, 20))] for s in y}
+    auc = {(cc, s): roc_auc_score(y[s], fit_probe(x, y, [cc], 2)[1][s][:, 1]) for cc in (1e-4, 1.0)
+           for s in ("val", "test")}
+    assert auc[1.0, "val"] > auc[1e-4, "val"] and auc[1e-4, "test"] > auc[1.0, "test"]  # they disagree
+    c, _ = fit_probe(x, y, [1e-4, 1.0], num_classes=2)
+    assert c == 1.0  # validation's choice
+    three = {s: np.r_[v, [2]] if s != "train" else v for s, v in y.items()}  # class 2 absent from training
+    x3 = {s: np.r_[x[s], x[s][:1]] if s != "train" else x[s] for s in x}
+    _, probs = fit_probe(x3, three, [1.0], num_classes=3)
+    assert probs["test"].shape == (81, 3) and (probs["test"][:, 2] == 0).all()
+    np.testing.assert_allclose(probs["test"].sum(1), 1)
+
+
+def test_a_run_folder_of_other_settings_is_cleared_before_a_unit_reruns(tmp_path):
+    from pipeline.compare import _run_dir_for
+
+    run = _run_dir_for(tmp_path / "pretrain-mae-s0", {"budget": 216})
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_text("interrupted")
+    assert (_run_dir_for(run, {"budget": 216}) / "checkpoints" / "last.ckpt").is_file()  # same settings: resumes
+    assert not (_run_dir_for(run, {"budget": 468}) / "checkpoints").exists()  # amended: nothing of the old run
+    assert json.loads((run / "settings.json").read_text()) == {"budget": 468}
