@@ -5,8 +5,8 @@ results keyed by (arm, seed, fraction or None) and the downstream results keyed 
 fraction, seed), each with its per-image test outputs, and the test labels. Every number is
 recomputed from the per-image outputs, so the same files give the same report in any process.
 
-- **Primary endpoint** (confirmatory when the plan is): the registered primary endpoint: the paired t over seeds (in the declared
-  direction) *and* the seeds x test-images test must both reject at alpha for "supported";
+- **Primary endpoint** (registered; confirmatory where the plan was registered as such): the
+  paired t over seeds (in the declared direction) *and* the seeds x test-images test must both reject at alpha for "supported";
   TOST against the declared margin for "equivalent"; otherwise "not separable at this budget".
 - **Key secondaries**: the same tests, p-values (and TOST p) Holm-adjusted over the secondaries;
   tested after the primary (fixed sequence): exploratory where the primary is not supported.
