@@ -316,28 +316,31 @@ def interval_figure(data: ComparisonData, path, metric: str | None = None) -> No
     fig, axes = plt.subplots(1, len(plan["modes"]), figsize=(5.5 * len(plan["modes"]), 4), squeeze=False)
     for ax, mode in zip(axes[0], plan["modes"]):
         for i, arm in enumerate(arms):
-            xs, means, lows, highs = [], [], [], []
+            xs, means, lows, highs, counts = [], [], [], [], set()
             for j, f in enumerate(fractions):
                 seeds = data.complete_seeds(mode, [arm], f)
                 if len(seeds) < 2:
                     continue
-                ci = mean_interval(data.values(metric, mode, arm, f, seeds))
+                values = data.values(metric, mode, arm, f, seeds)
+                ci = mean_interval(values)
                 xs.append(j + (i - len(arms) / 2) * 0.06)
-                means.append((ci.low + ci.high) / 2)
+                means.append(float(np.mean(values)))
                 lows.append(ci.low)
                 highs.append(ci.high)
+                counts.add(len(seeds))
             if xs:
                 m = np.asarray(means)
+                n = "/".join(map(str, sorted(counts)))
                 ax.errorbar(xs, m, yerr=[m - lows, np.asarray(highs) - m], marker="o", capsize=3,
-                            label=plan["arms"][arm]["label"], color=f"C{i}")
+                            label=f"{plan['arms'][arm]['label']} (n = {n})", color=f"C{i}")
         ax.set_xticks(range(len(fractions)), [f"{f:.0%}" for f in fractions])
         ax.set_xlabel("training labels used")
         ax.set_title(mode)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"test {METRIC_NAMES[metric]}: mean, 95 % t-interval over seeds")
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over a bar
     fig.suptitle(f"{plan['name']}: seeds {plan['seeds']}" + (" (QUICK: not evidence)" if plan.get("quick") else ""),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
