@@ -314,10 +314,12 @@ def interval_figure(data: ComparisonData, path, metric: str | None = None) -> No
     metric = metric or (plan["primary"] or {}).get("metric") or plan["metrics"][0]
     arms, fractions = list(plan["arms"]), plan["fractions"]
     fig, axes = plt.subplots(1, len(plan["modes"]), figsize=(5.5 * len(plan["modes"]), 4), squeeze=False)
+    colours = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20").colors
     for ax, mode in zip(axes[0], plan["modes"]):
+        shown = [f for f in fractions if any(len(data.complete_seeds(mode, [a], f)) >= 2 for a in arms)] or fractions
         for i, arm in enumerate(arms):
             xs, means, lows, highs, counts = [], [], [], [], set()
-            for j, f in enumerate(fractions):
+            for j, f in enumerate(shown):
                 seeds = data.complete_seeds(mode, [arm], f)
                 if len(seeds) < 2:
                     continue
@@ -332,15 +334,22 @@ def interval_figure(data: ComparisonData, path, metric: str | None = None) -> No
                 m = np.asarray(means)
                 n = "/".join(map(str, sorted(counts)))
                 ax.errorbar(xs, m, yerr=[m - lows, np.asarray(highs) - m], marker="o", capsize=3,
-                            label=f"{plan['arms'][arm]['label']} (n = {n})", color=f"C{i}")
-        ax.set_xticks(range(len(fractions)), [f"{f:.0%}" for f in fractions])
+                            label=f"{plan['arms'][arm]['label']} (n = {n})", color=colours[i % len(colours)])
+        ax.set_xticks(range(len(shown)), [f"{f:.0%}" for f in shown])
+        ax.set_xlim(-0.5, len(shown) - 0.5)
         ax.set_xlabel("training labels used")
         ax.set_title(mode)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"test {METRIC_NAMES[metric]}: mean, 95 % t-interval over seeds")
-    axes[0][0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: never over a bar
     fig.suptitle(f"{plan['name']}: seeds {plan['seeds']}" + (" (QUICK: not evidence)" if plan.get("quick") else ""),
                  fontsize=10)
     fig.tight_layout()
+    handles, labels = {}, {}
+    for ax in axes[0]:  # one entry per arm, from whichever panel drew it
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label.split(" (n = ")[0], h)
+            labels.setdefault(label.split(" (n = ")[0], label)
+    fig.legend(list(handles.values()), list(labels.values()), fontsize=8, loc="upper center",
+               bbox_to_anchor=(0.5, 0.0), ncol=min(3, max(1, len(handles))))  # below the axes: never over a bar
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -279,6 +279,24 @@ def test_an_incomplete_secondary_stays_in_the_holm_family():
     assert results[0]["p_holm"] == pytest.approx(min(1.0, 2 * alone))  # a family of 2, not of 1
 
 
+def test_the_figure_has_one_legend_entry_per_arm_and_only_the_fractions_each_mode_ran(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from evaluation.comparison_report import interval_figure
+
+    data, plan = _report_data({"a": 2.0, "b": 0.5, "c": 0.5})
+    plan.update(modes=["probe", "finetune"], fractions=[0.01, 0.1])
+    for (_mode, arm, f, s), value in list(data.downstream.items()):  # fine-tuning at 10 % only
+        data.downstream["finetune", arm, f, s] = value
+    captured, savefig = {}, plt.Figure.savefig
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: (captured.setdefault("fig", fig), savefig(fig, *a, **k)))
+    interval_figure(data, tmp_path / "c.png")
+    fig = captured["fig"]
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["A (n = 6)", "B (n = 6)", "C (n = 6)"]
+    assert [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes] == [["10%"], ["10%"]]
+
+
 def test_a_hand_edited_plan_is_refused(folder, tmp_path):
     out = tmp_path / "cmp"
     decl = declaration(folder, {"scratch": {"label": "scratch"}, "mae": MAE})
