@@ -152,12 +152,14 @@ def seed_intervals(per_seed: list[dict[str, dict[str, float]]], level: float = 0
     return out
 
 
-def _cell(entry: dict[str, float] | None) -> str:
+def _cell(entry: dict[str, float] | None, seeds: int) -> str:
+    """``mean [low, high]``, with ``(n = k)`` where NaN left only k of the ``seeds`` seeds."""
     if entry is None:
         return "-"
+    fewer = f" (n = {entry['n']})" if entry["n"] < seeds else ""
     if entry["n"] < 2 or math.isnan(entry["low"]):
-        return f"{entry['mean']:+.3f}"
-    return f"{entry['mean']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]"
+        return f"{entry['mean']:+.3f}{fewer}"
+    return f"{entry['mean']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]{fewer}"
 
 
 def evidence_table(intervals: dict[str, dict[str, dict[str, float]]], level: float = 0.95,
@@ -168,12 +170,13 @@ def evidence_table(intervals: dict[str, dict[str, dict[str, float]]], level: flo
              f"| centre bias | fixed random map | random masks | trained - untrained | trained - strongest null |",
              "|" + "---|" * (11 if label else 10)]
     nulls = ("shuffled", "mean_intensity", "centre", "fixed_random", "random")
+    seeds = max((e["n"] for row in intervals.values() for e in row.values()), default=0)
     for key, row in intervals.items():
         diffs = {m: row[f"trained - {m}"] for m in nulls if f"trained - {m}" in row}
         strongest = max(diffs, key=lambda m: abs(row[m]["mean"]) if m in row else -1, default=None)
-        cells = [_cell(row.get(m)) for m in ("trained", "untrained", *nulls)]
-        cells += [_cell(row.get("trained - untrained")),
-                  f"{_cell(diffs[strongest])} ({strongest})" if strongest else "-"]
+        cells = [_cell(row.get(m), seeds) for m in ("trained", "untrained", *nulls)]
+        cells += [_cell(row.get("trained - untrained"), seeds),
+                  f"{_cell(diffs[strongest], seeds)} ({strongest})" if strongest else "-"]
         lines.append(f"| {label + ' | ' if label else ''}{key} | " + " | ".join(cells) + " |")
     lines += ["", f"Mean over seeds [{level:.0%} Student-t interval over seeds]; differences paired by seed."]
     return lines

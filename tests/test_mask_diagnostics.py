@@ -14,7 +14,12 @@ from omegaconf import OmegaConf
 from scipy import stats
 from scipy.stats import spearmanr
 
-from evaluation.mask_evidence import mask_evidence, mask_evidence_of_checkpoint, seed_intervals
+from evaluation.mask_evidence import (
+    evidence_table,
+    mask_evidence,
+    mask_evidence_of_checkpoint,
+    seed_intervals,
+)
 from lightning_modules.components.mae import MaskedAutoencoder
 from lightning_modules.components.mask_diagnostics import (
     DiagnosedMasker,
@@ -297,6 +302,10 @@ def test_seed_intervals_match_scipy_t():
     assert diff["mean"] == pytest.approx((a - b).mean())
     assert (diff["low"], diff["high"], diff["p"]) == pytest.approx((ci.low, ci.high, paired.pvalue))
     assert out["ess"]["trained"]["n"] == 4 and "centre" not in out["ess"]
+    ess_row = next(line for line in evidence_table(out) if line.startswith("| ess |"))
+    assert ess_row.split(" | ")[1].endswith("(n = 4)")  # a seed left out is said where it happens
+    rho_row = next(line for line in evidence_table(out) if line.startswith("| rho |"))
+    assert "(n =" not in rho_row
     with pytest.raises(ValueError, match="same maskers"):
         seed_intervals([{"trained": {"rho": 0.1}}, {"trained": {"rho": 0.2}, "centre": {"rho": 0.0}}])
 

@@ -60,6 +60,9 @@ class AutoMAEOptions(StrategyOptions):
     mask_factor: what the generator's top patches add to the uniform noise (AutoMAE: 0.5).
     adversary_weight: weight of the generator's LSGAN term (AutoMAE's ``loss_g_factor``: 0.2).
     tau: Gumbel-softmax temperature (AutoMAE: 1).
+    hidden: channels of the generator's hidden layer; None: heads // 2 as AutoMAE (6 for a
+        12-head ViT-B), but at least 4, since one or two ReLU channels on [CLS] attention of
+        about 1 / L are dead at initialisation in a quarter to a half of the seeds.
     rect_area: the discriminator's real masks: rectangles of [low, high] x L patches (10 / 64 and
         40 / 64 of the grid, the 8 x 8 values of a public AutoMAE port).
     """
@@ -70,6 +73,7 @@ class AutoMAEOptions(StrategyOptions):
     adversary_weight: float = 0.2
     tau: float = 1.0
     rect_area: tuple[float, float] = (10 / 64, 40 / 64)
+    hidden: int | None = None
 
     def __post_init__(self) -> None:
         if self.source is None or not str(self.source).strip():
@@ -82,6 +86,8 @@ class AutoMAEOptions(StrategyOptions):
             raise option_error("adversary_weight", self.adversary_weight, ">= 0")
         if not self.tau > 0:
             raise option_error("tau", self.tau, "> 0")
+        if self.hidden is not None and self.hidden < 1:
+            raise option_error("hidden", self.hidden, "a channel count >= 1, or null for max(heads // 2, 4)")
         area = tuple(float(v) for v in self.rect_area)
         if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
             raise option_error("rect_area", self.rect_area, "[low, high] shares of the grid, 0 < low <= high <= 1")
@@ -90,18 +96,33 @@ class AutoMAEOptions(StrategyOptions):
 
 class AttentionScorer(nn.Module):
     """AutoMAE's mask generator head: per-head attention (B, heads, L) on a g x g grid ->
-    log-probabilities (B, L) over the patches (Conv 3x3 heads -> heads / 2, ReLU, Conv 3x3 -> 1)."""
+    log-probabilities (B, L) over the patches (Conv 3x3 heads -> hidden, ReLU, Conv 3x3 -> 1).
 
-    def __init__(self, heads: int, grid: int) -> None:
+    The hidden layer's bias starts at 0 (PyTorch's default draws it from +-1 / sqrt(9 heads)):
+    attention probabilities are about 1 / L, so a negative initial bias outweighs them and the
+    ReLU outputs 0 for every input, a generator that never receives a gradient."""
+
+    def __init__(self, heads: int, grid: int, hidden: int | None = None) -> None:
         super().__init__()
-        mid = max(1, heads // 2)
+        mid = hidden or max(4, heads // 2)
         self.grid = grid
         self.net = nn.Sequential(nn.Conv2d(heads, mid, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(mid, 1, 3, padding=1), nn.Flatten())
+        nn.init.zeros_(self.net[0].bias)
 
     def forward(self, attention: Tensor) -> Tensor:
         b, h, _ = attention.shape
         return self.net(attention.reshape(b, h, self.grid, self.grid)).log_softmax(-1)
+
+
+def check_generator_alive(logp: Tensor) -> None:
+    """Raise when the generator's log-probabilities (B, L) are equal over the patches for every
+    image: its hidden ReLU layer is dead, no gradient reaches it, and the masks would be random
+    with a fixed positional bias (torch's top-K of ties), not AutoMAE's."""
+    if len(logp) and bool((logp == logp[:, :1]).all()):
+        raise RuntimeError("AutoMAE's mask generator is dead: its hidden ReLU layer outputs 0 for every patch of "
+                           "this batch, so it receives no gradient and its masks ignore the attention. Widen it "
+                           "(model.masking.hidden, e.g. 8) or change the seed, and restart this pretraining.")
 
 
 class MaskDiscriminator(nn.Module):
@@ -177,7 +198,7 @@ class AutoMAEMasking(MaskingStrategy):
             load_encoder(self.source, resolve_checkpoint(options.source))
         except (FileNotFoundError, CheckpointError, CheckpointMismatchError) as err:
             raise ValueError(f"model.masking.source={options.source!r}: {err}") from err
-        self.scorer = AttentionScorer(mae.encoder.blocks[-1].attn.num_heads, self.grid)
+        self.scorer = AttentionScorer(mae.encoder.blocks[-1].attn.num_heads, self.grid, options.hidden)
         self.discriminator = MaskDiscriminator(self.grid)
 
     def attention(self, images: Tensor) -> Tensor:
@@ -187,7 +208,10 @@ class AutoMAEMasking(MaskingStrategy):
     def sample(self, attention: Tensor) -> Tensor:
         """Generator probabilities (B, L): a Gumbel-softmax sample in training, else softmax."""
         logp = self.scorer(attention)
-        return F.gumbel_softmax(logp, tau=self.options.tau) if self.training else logp.exp()
+        if self.training:
+            check_generator_alive(logp)
+            return F.gumbel_softmax(logp, tau=self.options.tau)
+        return logp.exp()
 
     def draw(self, images: Tensor, mae: nn.Module, progress: float = 1.0) -> MaskDraw:
         with torch.autocast(images.device.type, enabled=False):
