@@ -344,12 +344,11 @@ def interval_figure(data: ComparisonData, path, metric: str | None = None) -> No
     fig.suptitle(f"{plan['name']}: seeds {plan['seeds']}" + (" (QUICK: not evidence)" if plan.get("quick") else ""),
                  fontsize=10)
     fig.tight_layout()
-    handles, labels = {}, {}
-    for ax in axes[0]:  # one entry per arm, from whichever panel drew it
+    entries = {}  # label -> handle: one entry per arm (and seed count), from whichever panel drew it
+    for ax in axes[0]:
         for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label.split(" (n = ")[0], h)
-            labels.setdefault(label.split(" (n = ")[0], label)
-    fig.legend(list(handles.values()), list(labels.values()), fontsize=8, loc="upper center",
-               bbox_to_anchor=(0.5, 0.0), ncol=min(3, max(1, len(handles))))  # below the axes: never over a bar
+            entries.setdefault(label, h)
+    fig.legend(list(entries.values()), list(entries), fontsize=8, loc="upper center",
+               bbox_to_anchor=(0.5, 0.0), ncol=min(3, max(1, len(entries))))  # below the axes: never over a bar
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

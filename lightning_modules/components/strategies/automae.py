@@ -205,18 +205,19 @@ class AutoMAEMasking(MaskingStrategy):
         """The source's last-block [CLS] attention per head, (B, heads, L)."""
         return last_block_attention_maps(self.source, images)[:, :, 0, 1:].float()
 
-    def sample(self, attention: Tensor) -> Tensor:
-        """Generator probabilities (B, L): a Gumbel-softmax sample in training, else softmax."""
-        logp = self.scorer(attention)
-        if self.training:
-            check_generator_alive(logp)
-            return F.gumbel_softmax(logp, tau=self.options.tau)
-        return logp.exp()
+    def sample(self, attention: Tensor, logp: Tensor | None = None) -> Tensor:
+        """Generator probabilities (B, L): a Gumbel-softmax sample in training, else softmax
+        (``logp``: the generator's output on ``attention`` where already computed)."""
+        logp = self.scorer(attention) if logp is None else logp
+        return F.gumbel_softmax(logp, tau=self.options.tau) if self.training else logp.exp()
 
     def draw(self, images: Tensor, mae: nn.Module, progress: float = 1.0) -> MaskDraw:
         with torch.autocast(images.device.type, enabled=False):
             attention = self.attention(images.float())
-            prob = self.sample(attention)
+            logp = self.scorer(attention)
+            if self.training:  # once per step: the critic's fresh sample comes from the same generator
+                check_generator_alive(logp)
+            prob = self.sample(attention, logp)
             uniform = torch.rand(prob.shape, device=prob.device)
             masking, noise = biased_masking(prob, uniform, self.mask_ratio, self.options.mask_factor)
         scale = (noise - noise.detach()) + 1 if self.training else None  # exactly 1: the straight-through path
